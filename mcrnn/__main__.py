@@ -1,0 +1,3 @@
+from mcrnn.cli import main
+
+raise SystemExit(main())
