@@ -154,7 +154,7 @@ def router_gates(
     seg: torch.Tensor,
     aggregation: str,
     top_k: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Weights of the cached memories and of the online memory for every token.
 
     ``logits_{t,i} = <u_t, c_i>`` for cached ``i < s(t)`` and ``<u_t, c_s(t)>`` for the online one.
@@ -170,26 +170,29 @@ def router_gates(
         seg: [T] segment index of each token.
 
     Returns:
-        ``cached`` [B, T, H, N] (zero where ``i >= s(t)``) and ``online`` [B, T, H].
+        ``cached`` [B, T, H, N] (zero where ``i >= s(t)`` or not selected), ``online`` [B, T, H], and
+        for ``ssc`` the selected segment indices [B, T, H, min(top_k, N)] (slots pointing at
+        ``i >= s(t)`` carry weight 0), else None.
     """
+    batch, _, heads, _ = u.shape
     n_seg = contexts.shape[1]
     visible = torch.arange(n_seg, device=u.device).view(1, -1) < seg.view(-1, 1)  # [T, N]
-    visible = visible.view(1, -1, 1, n_seg)
+    visible = visible.view(1, seg.numel(), 1, n_seg)
     if aggregation == "residual":
-        return visible.to(u.dtype).expand(u.shape[0], -1, u.shape[2], -1), u.new_ones(u.shape[:3])
+        return visible.to(u.dtype).expand(batch, -1, heads, -1), u.new_ones(u.shape[:3]), None
     if aggregation == "average":
         weight = 1.0 / (seg + 1).to(u.dtype).view(1, -1, 1)
         cached = visible.to(u.dtype) * weight.unsqueeze(-1)
-        return cached.expand(u.shape[0], -1, u.shape[2], -1), weight.expand(u.shape[0], -1, u.shape[2])
+        return cached.expand(batch, -1, heads, -1), weight.expand(batch, -1, heads), None
     cached_logits = torch.einsum("bthd,bnhd->bthn", u, contexts)
     online_logits = (u * online_context).sum(-1)
     mask = visible
-    if aggregation == "ssc" and top_k is not None and top_k < n_seg:
-        ranked = cached_logits.masked_fill(~visible, float("-inf"))
-        # NaN logits rank as -inf in topk's order only if replaced; keep NaN so it propagates below
-        chosen = ranked.nan_to_num(nan=float("-inf")).topk(top_k, dim=-1).indices
-        selected = torch.zeros_like(ranked, dtype=torch.bool).scatter(-1, chosen, True)
-        mask = visible & selected
+    selected = None
+    if aggregation == "ssc":
+        ranked = cached_logits.masked_fill(~visible, float("-inf")).nan_to_num(nan=float("-inf"))
+        # ties among hidden (-inf) slots are harmless: they are masked out below
+        selected = ranked.topk(min(top_k, n_seg), dim=-1).indices
+        mask = visible & torch.zeros_like(visible.expand_as(ranked)).scatter(-1, selected, True)
     logits = torch.cat([cached_logits.masked_fill(~mask, float("-inf")), online_logits.unsqueeze(-1)], -1)
     gates = torch.softmax(logits, dim=-1)
-    return gates[..., :-1], gates[..., -1]
+    return gates[..., :-1], gates[..., -1], selected

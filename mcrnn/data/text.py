@@ -1,0 +1,103 @@
+"""Language-modelling data from local ``.txt`` / ``.jsonl`` files.
+
+Every file is read as UTF-8; a ``.jsonl`` file holds one JSON object per line and its ``field`` (default
+``"text"``) is one document; any other file is one document. Documents are tokenized, joined with the
+tokenizer's ``eos_id`` and cut into consecutive windows of ``seq_len + 1`` tokens; window ``i`` gives
+``input_ids = w[:-1]`` and ``labels = w[1:]``. ``split="val"`` takes the last ``val_fraction`` of the
+token stream and ``"train"`` the rest, so the two never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from mcrnn.data.tokenizer import Tokenizer, get_tokenizer
+
+
+def read_documents(path: str | Path, field: str = "text") -> list[str]:
+    """Documents of one file; clear errors naming the path for missing, empty or undecodable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"data file is not valid UTF-8: {path} ({err})") from err
+    if not text.strip():
+        raise ValueError(f"data file is empty: {path}")
+    if path.suffix != ".jsonl":
+        return [text]
+    docs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"invalid JSON at {path}:{number} ({err})") from err
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise ValueError(f"{path}:{number} has no string field {field!r}")
+        docs.append(record[field])
+    if not docs:
+        raise ValueError(f"data file has no documents: {path}")
+    return docs
+
+
+def tokenize_files(paths: Sequence[str | Path], tokenizer: Tokenizer, field: str = "text") -> torch.Tensor:
+    """One LongTensor stream: the documents of all files, each followed by ``eos_id``."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ValueError("paths must name at least one data file")
+    ids: list[int] = []
+    for path in paths:
+        for doc in read_documents(path, field):
+            ids.extend(tokenizer.encode(doc))
+            ids.append(tokenizer.eos_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class TextDataset(Dataset):
+    """Consecutive windows of a tokenized file stream; item ``i`` is ``{"input_ids", "labels"}`` [seq_len]."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path] | str | Path,
+        seq_len: int,
+        *,
+        tokenizer: Tokenizer | str | None = None,
+        split: str = "train",
+        val_fraction: float = 0.1,
+        field: str = "text",
+    ) -> None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.tokenizer = get_tokenizer(tokenizer)
+        stream = tokenize_files(paths, self.tokenizer, field)
+        cut = int(len(stream) * (1.0 - val_fraction))
+        stream = {"train": stream[:cut], "val": stream[cut:], "all": stream}[split]
+        self.seq_len = seq_len
+        self.num_windows = (len(stream) - 1) // seq_len
+        if self.num_windows < 1:
+            raise ValueError(
+                f"split {split!r} of {paths} has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
+            )
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.num_windows:
+            raise IndexError(f"index {index} out of range for {self.num_windows} windows")
+        window = self.stream[index * self.seq_len : (index + 1) * self.seq_len + 1]
+        return {"input_ids": window[:-1], "labels": window[1:]}

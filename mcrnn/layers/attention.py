@@ -1,0 +1,112 @@
+"""Causal softmax attention with rotary position embeddings: the Transformer++ token mixer.
+
+``y = W_o concat_h softmax(RoPE(q_h) RoPE(k_h)^T / sqrt(D) + causal mask) v_h`` with ``q, k, v = x W_{q,k,v}``
+and PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels where available). RoPE
+(Su et al., 2021) rotates channel pairs ``(i, i + D/2)`` of ``q`` and ``k`` at absolute position ``p`` by
+``p * theta^(-2i/D)``. The interface mirrors :class:`mcrnn.layers.MemoryCachingAttention`, so a model
+can stack either: ``forward(x, attention_mask=None, cache=None, use_cache=False) -> (y, cache)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AttentionCache:
+    """Keys and values seen so far, ``[B, H, T_past, D]`` each (RoPE already applied to the keys)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    key_mask: torch.Tensor | None = None  # [B, T_past] bool, True = real token; None = all real
+
+    @property
+    def seq_len(self) -> int:
+        return self.keys.shape[2]
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Apply RoPE to ``x`` [B, H, T, D] at integer ``positions`` [T] (half-split channel pairing)."""
+    dim = x.shape[-1]
+    half = dim // 2
+    freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) * 2.0 / dim)
+    angles = positions.to(torch.float32)[:, None] * freqs[None, :]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head causal attention with RoPE and SDPA.
+
+    Args:
+        hidden_size: model width; must be divisible by ``num_heads`` and give an even head dim.
+        num_heads: attention heads ``H``; head dim ``D = hidden_size / H``.
+        rope_theta: RoPE base ``theta``.
+        layer_idx: position in the stack (kept for symmetry with the MC layer).
+    """
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, *, rope_theta: float = 10000.0, layer_idx: int | None = None
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        self.head_dim = hidden_size // num_heads
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head dim hidden_size/num_heads={self.head_dim} must be even for RoPE")
+        self.num_heads = num_heads
+        self.rope_theta = rope_theta
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: AttentionCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, AttentionCache | None]:
+        """``x`` [B, T, hidden]; ``attention_mask`` [B, T] with 1 = real token (padded keys are ignored).
+
+        Returns ``y`` [B, T, hidden] and, with ``use_cache``, the cache extended by these ``T`` tokens.
+        """
+        batch, seq_len, _ = x.shape
+        past = cache.seq_len if cache is not None else 0
+        shape = (batch, seq_len, self.num_heads, self.head_dim)
+        q = self.q_proj(x).view(shape).transpose(1, 2)
+        k = self.k_proj(x).view(shape).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        positions = torch.arange(past, past + seq_len, device=x.device)
+        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+        key_mask = None
+        if attention_mask is not None:
+            key_mask = attention_mask[:, -seq_len:].to(torch.bool)
+        if cache is not None:
+            if cache.key_mask is not None or key_mask is not None:
+                ones = torch.ones(batch, past + seq_len, dtype=torch.bool, device=x.device)
+                old = cache.key_mask if cache.key_mask is not None else ones[:, :past]
+                new = key_mask if key_mask is not None else ones[:, past:]
+                key_mask = torch.cat([old, new], dim=1)
+            k = torch.cat([cache.keys, k], dim=2)
+            v = torch.cat([cache.values, v], dim=2)
+        if key_mask is None and past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            total = past + seq_len
+            allowed = torch.arange(total, device=x.device)[None, :] <= positions[:, None]  # [T, total]
+            if key_mask is not None:
+                allowed = allowed[None, None] & key_mask[:, None, None, :]
+                # a fully padded query row attends to itself only, so SDPA never sees an all-masked row
+                allowed = allowed | (torch.arange(total, device=x.device)[None, :] == positions[:, None])
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        y = self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
+        new_cache = AttentionCache(k, v, key_mask) if use_cache else None
+        return y, new_cache

@@ -1,0 +1,1 @@
+"""Matrix memories (``linear``, ``swla``): naive reference, parallel PyTorch path, recurrent step."""

@@ -1,0 +1,283 @@
+"""Parallel PyTorch path for MC over matrix memories: chunked matmuls and scans, no token loop.
+
+MC over a matrix memory splits into three pieces (each a function here):
+
+1. :func:`chunk_linear`: decayed linear attention inside segments, giving the online read
+   ``q_t^T M_t`` for every token and the states ``M(i)`` at segment ends;
+2. :func:`~mcrnn.ops.segments.router_gates`: the aggregation weights;
+3. :func:`cached_read` (dense, for ``residual``/``grm``/``soup``/``average``) or
+   :func:`selected_read` (only the ``top_k`` chosen states, for ``ssc``):
+   ``sum_{i < s(t)} g_{t,i} q_t^T M(i)``.
+
+Tensors are handled heads-first ([B, H, T, D]) inside this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+#: target number of query tokens per block of the cached reads (bounds the read buffers)
+READ_BLOCK_TOKENS = 256
+
+
+def chunk_size_for(lengths: Sequence[int], chunk_size: int) -> int:
+    """Largest chunk <= ``chunk_size`` dividing every segment but the last, so chunks never straddle
+    a segment boundary (the last segment is padded at the end of the sequence instead)."""
+    common = math.gcd(*lengths[:-1]) if len(lengths) > 1 else max(lengths[-1], 1)
+    return max(d for d in range(1, min(chunk_size, common) + 1) if common % d == 0)
+
+
+def chunk_linear(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor | None,
+    lengths: Sequence[int],
+    init: str,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked decayed linear attention inside segments.
+
+    ``M_t = exp(log_decay_t) M_{t-1} + k_t v_t^T``; ``init="independent"`` restarts from ``M = 0``
+    at every segment start, ``"checkpoint"`` continues across segments.
+
+    Args:
+        q, k: [B, H, T, Dk]; v: [B, H, T, Dv]; log_decay: [B, H, T] (<= 0) or None.
+        lengths: segment lengths summing to T.
+
+    Returns:
+        ``online`` [B, H, T, Dv] with ``o_t = q_t^T M_t`` and ``states`` [B, H, N, Dk, Dv], the state at
+        the end of every segment.
+    """
+    batch, heads, seq_len, key_dim = q.shape
+    value_dim = v.shape[-1]
+    chunk = chunk_size_for(lengths, chunk_size)
+    n_chunks = -(-seq_len // chunk)
+    pad = n_chunks * chunk - seq_len
+    if pad:
+        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        if log_decay is not None:
+            log_decay = torch.nn.functional.pad(log_decay, (0, pad))
+    q = q.reshape(batch, heads, n_chunks, chunk, key_dim)
+    k = k.reshape(batch, heads, n_chunks, chunk, key_dim)
+    v = v.reshape(batch, heads, n_chunks, chunk, value_dim)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
+    scores = q @ k.transpose(-1, -2)
+    if log_decay is None:
+        intra = scores.masked_fill(~causal, 0.0)
+        local = k.transpose(-1, -2) @ v  # [B, H, n, Dk, Dv]
+        chunk_decay = None
+    else:
+        cum = log_decay.reshape(batch, heads, n_chunks, chunk).cumsum(-1)
+        pair = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+        intra = scores * pair.exp()
+        local = (k * (cum[..., -1:] - cum).exp().unsqueeze(-1)).transpose(-1, -2) @ v
+        chunk_decay = cum[..., -1].exp()
+    # chunk index where each segment starts / ends (chunks never straddle segments)
+    chunk_counts = [n // chunk for n in lengths[:-1]] + [n_chunks - sum(n // chunk for n in lengths[:-1])]
+    seg_first = torch.tensor([0, *chunk_counts[:-1]], device=q.device).cumsum(0)
+    seg_last = torch.tensor(chunk_counts, device=q.device).cumsum(0) - 1
+    carry = None
+    if init == "independent":
+        carry = torch.ones(n_chunks, dtype=q.dtype, device=q.device).index_fill(0, seg_first, 0.0)
+    ends = _chunk_scan(local, chunk_decay, carry)  # state at the end of every chunk
+    starts = torch.cat([torch.zeros_like(ends[:, :, :1]), ends[:, :, :-1]], dim=2)
+    if carry is not None:
+        starts = starts * carry.view(1, 1, -1, 1, 1)
+    inter_q = q if log_decay is None else q * cum.exp().unsqueeze(-1)
+    online = intra @ v + inter_q @ starts
+    online = online.reshape(batch, heads, n_chunks * chunk, value_dim)[:, :, :seq_len]
+    return online, ends[:, :, seg_last]
+
+
+def _chunk_scan(
+    local: torch.Tensor, chunk_decay: torch.Tensor | None, carry: torch.Tensor | None
+) -> torch.Tensor:
+    """Inclusive scan ``E_n = a_n E_{n-1} + L_n`` over chunks, ``a_n = decay_n * carry_n``.
+
+    Without decay a cumulative sum (segmented by ``carry == 0`` resets); with decay a Hillis-Steele
+    scan of ``log2(n)`` vectorised steps on the pairs ``(a, L)``, whose products never exceed 1.
+
+    Args:
+        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] or None; carry: [n] of 0/1 or None.
+    """
+    if chunk_decay is None:
+        total = local.cumsum(2)
+        if carry is None:
+            return total
+        # subtract the running sum reached before each segment's first chunk
+        reset = (carry == 0).nonzero().flatten()
+        before = torch.cat([torch.zeros_like(total[:, :, :1]), total[:, :, :-1]], dim=2)[:, :, reset]
+        owner = torch.cumsum((carry == 0).long(), 0) - 1
+        return total - before[:, :, owner]
+    decay = chunk_decay if carry is None else chunk_decay * carry.view(1, 1, -1)
+    state = local
+    step = 1
+    n_chunks = local.shape[2]
+    while step < n_chunks:
+        shifted = torch.nn.functional.pad(state[:, :, :-step], (0, 0, 0, 0, step, 0))
+        state = state + decay.unsqueeze(-1).unsqueeze(-1) * shifted
+        decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (step, 0), value=1.0)
+        step *= 2
+    return state
+
+
+def _read_blocks(lengths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Query blocks ``(start, end, n_visible)`` made of whole segments, about READ_BLOCK_TOKENS long;
+    ``n_visible`` is the number of cached states the block's last segment can read."""
+    blocks = []
+    start = position = 0
+    for index, length in enumerate(lengths):
+        position += length
+        if position - start >= READ_BLOCK_TOKENS or index == len(lengths) - 1:
+            if index > 0:
+                blocks.append((start, position, index))
+            start = position
+    return blocks
+
+
+class _CachedRead(torch.autograd.Function):
+    """``y_t = sum_{i} g_{t,i} q_t^T M(i) = vec(g_t (x) q_t) @ [M(1); ...; M(n)]``, block by block.
+
+    Each block of query tokens forms ``X = g (x) q`` [B, H, C, n*Dk] and does one GEMM with the
+    stacked states; backward recomputes ``X`` instead of saving it, so memory stays at one block:
+    ``dX = dy M^T``, ``dq_t = sum_i g_{t,i} dX_{t,i}``, ``dg_{t,i} = <dX_{t,i}, q_t>``, ``dM = X^T dy``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, gates, states, blocks):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(q, gates, states)
+        ctx.blocks = blocks
+        batch, heads, seq_len, key_dim = q.shape
+        out = q.new_zeros(batch, heads, seq_len, states.shape[-1])
+        for start, end, n_visible in blocks:
+            mixed = gates[:, :, start:end, :n_visible, None] * q[:, :, start:end, None, :]
+            out[:, :, start:end] = mixed.flatten(-2) @ states[:, :, :n_visible].flatten(2, 3)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        q, gates, states = ctx.saved_tensors
+        grad_q = torch.zeros_like(q)
+        grad_gates = torch.zeros_like(gates)
+        grad_states = torch.zeros_like(states)
+        key_dim = q.shape[-1]
+        for start, end, n_visible in ctx.blocks:
+            block_q = q[:, :, start:end]
+            block_g = gates[:, :, start:end, :n_visible]
+            block_dy = grad_out[:, :, start:end]
+            stacked = states[:, :, :n_visible].flatten(2, 3)  # [B, H, n*Dk, Dv]
+            grad_mixed = (block_dy @ stacked.transpose(-1, -2)).unflatten(-1, (n_visible, key_dim))
+            grad_q[:, :, start:end] = (block_g.unsqueeze(-1) * grad_mixed).sum(-2)
+            grad_gates[:, :, start:end, :n_visible] = (grad_mixed * block_q.unsqueeze(-2)).sum(-1)
+            mixed = (block_g.unsqueeze(-1) * block_q.unsqueeze(-2)).flatten(-2)
+            grad_states[:, :, :n_visible] += (mixed.transpose(-1, -2) @ block_dy).unflatten(
+                2, (n_visible, key_dim)
+            )
+        return grad_q, grad_gates, grad_states, None
+
+
+def cached_read(q: torch.Tensor, gates: torch.Tensor, states: torch.Tensor, lengths: Sequence[int]):
+    """``y_t = sum_{i < s(t)} g_{t,i} q_t^T M(i)`` for every token.
+
+    Args:
+        q: [B, H, T, Dk]; gates: [B, H, T, N] (must be 0 for ``i >= s(t)``); states: [B, H, N, Dk, Dv].
+
+    Returns: [B, H, T, Dv].
+    """
+    return _CachedRead.apply(q, gates, states, _read_blocks(lengths))
+
+
+class _SelectedRead(torch.autograd.Function):
+    """``y_t = sum_j w_{t,j} q_t^T M(idx_{t,j})`` touching only the selected states.
+
+    The (token, slot) pairs are grouped by the state they read; for each cached state ``i`` the
+    rows of every (b, h) that chose it are gathered into a padded [B*H, P_i, Dk] batch and multiplied
+    by ``M(i)`` in one ``bmm`` (P_i = the most rows any (b, h) sends to state i). Work is
+    ``2 * T * k * Dk * Dv`` per head, as for a gathered read, with a Python loop over states only.
+
+    Inputs are flat: ``rows`` [R + 1, Dk] (the query rows plus one zero row that padding points at),
+    ``weights`` [P + 1] (the pair weights plus one zero), ``states`` [B*H, N, Dk, Dv].
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weights, states, plan):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(rows, weights, states)
+        ctx.plan = plan
+        out = rows.new_zeros(rows.shape[0], states.shape[-1])
+        for state, pair_index, row_index in plan:
+            picked = rows[row_index] * weights[pair_index].unsqueeze(-1)  # [BH, P, Dk]
+            out.index_add_(0, row_index.flatten(), (picked @ states[:, state]).flatten(0, 1))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        rows, weights, states = ctx.saved_tensors
+        grad_rows = torch.zeros_like(rows)
+        grad_weights = torch.zeros_like(weights)
+        grad_states = torch.zeros_like(states)
+        for state, pair_index, row_index in ctx.plan:
+            picked_q = rows[row_index]  # [BH, P, Dk]
+            picked_dy = grad_out[row_index]  # [BH, P, Dv]
+            picked_w = weights[pair_index].unsqueeze(-1)
+            grad_read = picked_dy @ states[:, state].transpose(-1, -2)  # [BH, P, Dk]
+            grad_rows.index_add_(0, row_index.flatten(), (picked_w * grad_read).flatten(0, 1))
+            grad_weights.index_add_(0, pair_index.flatten(), (grad_read * picked_q).sum(-1).flatten())
+            grad_states[:, state] += (picked_q * picked_w).transpose(-1, -2) @ picked_dy
+        return grad_rows, grad_weights, grad_states, None
+
+
+def _selection_plan(selected: torch.Tensor, weights: torch.Tensor, n_states: int):
+    """Group the (b, h, t, slot) pairs of ``selected`` [B, H, T, k] by the cached state they read.
+
+    Pairs with weight exactly 0 (slots pointing at states the token cannot see) are dropped.
+    Returns ``(state, pair_index [BH, P], row_index [BH, P])`` per state read by any pair; padding
+    entries point at pair ``B*H*T*k`` and row ``B*H*T`` (the zero entries appended by the caller).
+    """
+    batch, heads, seq_len, slots = selected.shape
+    n_pairs = selected.numel()
+    flat_state = selected.flatten()
+    pair = torch.arange(n_pairs, device=selected.device)
+    group = pair // (seq_len * slots)  # which (b, h)
+    keep = weights.detach().flatten() != 0
+    pair, flat_state, group = pair[keep], flat_state[keep], group[keep]
+    key = flat_state * (batch * heads) + group
+    order = torch.argsort(key, stable=True)
+    pair, group, key = pair[order], group[order], key[order]
+    counts = torch.bincount(key, minlength=n_states * batch * heads)
+    rank = torch.arange(key.numel(), device=key.device) - (torch.cumsum(counts, 0) - counts)[key]
+    per_state = counts.view(n_states, batch * heads)
+    plan = []
+    begin = 0
+    for state, (width, end) in enumerate(
+        zip(per_state.amax(1).tolist(), per_state.sum(1).cumsum(0).tolist(), strict=True)
+    ):
+        if width:
+            pair_index = torch.full((batch * heads, width), n_pairs, device=key.device)
+            pair_index = pair_index.index_put((group[begin:end], rank[begin:end]), pair[begin:end])
+            row_index = torch.where(pair_index == n_pairs, batch * heads * seq_len, pair_index // slots)
+            plan.append((state, pair_index, row_index))
+        begin = end
+    return plan
+
+
+def selected_read(
+    q: torch.Tensor, gates: torch.Tensor, selected: torch.Tensor, states: torch.Tensor
+) -> torch.Tensor:
+    """``sum_{i in R_t} g_{t,i} q_t^T M(i)`` over the ``top_k`` states each token selected.
+
+    Args:
+        q: [B, H, T, Dk]; gates: [B, H, T, N] (zero off the selection); selected: [B, H, T, k] state
+        indices; states: [B, H, N, Dk, Dv].
+
+    Returns: [B, H, T, Dv].
+    """
+    weights = gates.gather(-1, selected)
+    plan = _selection_plan(selected, weights, states.shape[2])
+    rows = torch.cat([q.flatten(0, 2), q.new_zeros(1, q.shape[-1])])
+    pair_weights = torch.cat([weights.flatten(), weights.new_zeros(1)])
+    out = _SelectedRead.apply(rows, pair_weights, states.flatten(0, 1), plan)
+    return out[:-1].view(*q.shape[:3], -1)

@@ -1,0 +1,142 @@
+"""The public op: ``memory_caching(q, k, v, u, ...)`` over every memory family.
+
+Checks the arguments once, resolves the segmentation, casts to the accumulation dtype and hands
+over to the memory family's implementation (naive token loop, parallel PyTorch, Triton, or the
+recurrent decoding step when a cache is passed in).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from mcrnn.ops.linear.op import (
+    MatrixMemoryCache,
+    naive_memory_caching,
+    parallel_linear_mc,
+    recurrent_linear_mc,
+)
+from mcrnn.ops.segments import check_choice, check_options, check_qkv, compute_dtype, resolve_segment_lengths
+
+MATRIX_MEMORIES = ("linear", "swla")
+BACKENDS = ("auto", "naive", "torch", "triton")
+
+
+def memory_caching(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    segment_size: int | None = None,
+    segment_lengths: Sequence[int] | None = None,
+    aggregation: str = "grm",
+    init: str = "checkpoint",
+    top_k: int | None = None,
+    pooling: str = "mean",
+    memory: str = "linear",
+    log_decay: torch.Tensor | None = None,
+    prev_gate: torch.Tensor | None = None,
+    cur_gate: torch.Tensor | None = None,
+    cache: MatrixMemoryCache | None = None,
+    output_cache: bool = False,
+    backend: str = "auto",
+    chunk_size: int = 64,
+) -> torch.Tensor | tuple[torch.Tensor, MatrixMemoryCache]:
+    """Memory Caching over a matrix memory (DESIGN.md §3-§6).
+
+    Per head, token ``t`` in segment ``s`` with online state ``M_t`` and cached states ``M(i)``::
+
+        residual: y_t = q_t^T M_t + sum_{i<s} q_t^T M(i)
+        grm/soup: y_t = sum_{i<=s} g_{t,i} q_t^T M(i),  g_t = softmax_i <u_t, c_i>,  M(s) := M_t
+        ssc:      as grm over the top_k cached segments by <u_t, c_i> plus the online one
+        average:  y_t = (1/s) sum_{i<=s} q_t^T M(i)
+
+    with ``M_t = a_t M_{t-1} + k_t v_t^T`` (``linear``, ``a_t = exp(log_decay_t)``, 1 if None) or
+    ``M_t = a_t M_{t-1} + b_t k_{t-1} v_{t-1}^T + l_t k_t v_t^T`` (``swla``; ``b = prev_gate``,
+    ``l = cur_gate``), ``c_i`` the mean (or sum, ``pooling="sum"``) of segment i's keys, and the online
+    context the causal pool of the current segment's keys up to ``t``.
+
+    Args:
+        q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; u: [B, T, H, Dk] router queries (None: ``u = q``).
+        segment_size: constant segments (the last may be shorter); ``segment_lengths``: explicit
+            lengths summing to T; neither: one segment (the base memory).
+        aggregation: ``residual | grm | soup | ssc | average`` (``soup == grm`` for matrix memories).
+        init: ``checkpoint`` (a segment continues from the previous state) or ``independent``
+            (each segment restarts from zero).
+        top_k: cached segments each token reads under ``ssc``.
+        pooling: ``mean | sum`` router-key pooling.
+        memory: ``linear | swla``.
+        log_decay: [B, T, H] log of the decay ``a_t`` (<= 0) or None.
+        prev_gate, cur_gate: [B, T, H] the ``swla`` gates ``b_t, l_t``.
+        cache: continue decoding from this cache (token by token, the recurrent form).
+        output_cache: also return the cache after the last token.
+        backend: ``auto`` (Triton on CUDA when available, else PyTorch), ``naive`` (token loop),
+            ``torch`` (parallel PyTorch), ``triton``.
+        chunk_size: inner chunk length of the parallel path.
+
+    Returns:
+        ``o`` [B, T, H, Dv] in the dtype of ``q`` (state accumulates in float32, float64 for float64
+        inputs), or ``(o, cache)`` with ``output_cache=True``.
+    """
+    check_choice("memory", memory, MATRIX_MEMORIES)
+    check_choice("backend", backend, BACKENDS)
+    check_options(aggregation, init, pooling, top_k)
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    check_qkv(q, k, v, u, gates)
+    if memory == "swla" and (prev_gate is None or cur_gate is None):
+        raise ValueError("memory='swla' needs prev_gate and cur_gate ([B, T, H] tensors in (0, 1))")
+    if memory == "linear" and (prev_gate is not None or cur_gate is not None):
+        raise ValueError("prev_gate/cur_gate are swla gates; memory='linear' takes only log_decay")
+    if log_decay is not None and bool((log_decay > 0).any()):
+        raise ValueError("log_decay must be <= 0 (a decay a_t = exp(log_decay) in (0, 1])")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if cache is not None and not isinstance(cache, MatrixMemoryCache):
+        raise TypeError(f"cache must be a MatrixMemoryCache, got {type(cache).__name__}")
+    seq_len = q.shape[1]
+    lengths = resolve_segment_lengths(seq_len, segment_size, segment_lengths) if cache is None else None
+    out_dtype = q.dtype
+    dtype = compute_dtype(q, k, v, u)
+    u = q if u is None else u
+    q, k, v, u = (x.to(dtype) for x in (q, k, v, u))
+    log_decay, prev_gate, cur_gate = (None if g is None else g.to(dtype) for g in gates.values())
+    options = dict(aggregation=aggregation, init=init, top_k=top_k, pooling=pooling, memory=memory,
+                   log_decay=log_decay, prev_gate=prev_gate, cur_gate=cur_gate)
+    if seq_len == 0:
+        raise ValueError("q must hold at least one token (T >= 1)")
+    if cache is not None:
+        boundaries = _boundaries(segment_size, segment_lengths)
+        out, cache = recurrent_linear_mc(q, k, v, u, cache, boundaries, **options)
+    elif backend == "naive":
+        out = naive_memory_caching(q, k, v, u, lengths, **options)
+        if output_cache:
+            _, cache = parallel_linear_mc(q, k, v, u, lengths, output_cache=True, **options)
+    else:
+        if backend == "triton" or (backend == "auto" and q.is_cuda):
+            _warn_no_triton()
+        out, cache = parallel_linear_mc(q, k, v, u, lengths, output_cache=output_cache,
+                                        chunk_size=chunk_size, **options)
+    out = out.to(out_dtype)
+    return (out, cache) if output_cache else out
+
+
+def _boundaries(segment_size: int | None, segment_lengths: Sequence[int] | None) -> set[int] | int | None:
+    """Segment starts for decoding: a constant size, absolute start positions, or None."""
+    if segment_lengths is not None:
+        return set(torch.tensor(list(segment_lengths)).cumsum(0).tolist())
+    if segment_size is not None:
+        if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
+            raise ValueError(f"segment_size must be an int >= 1, got {segment_size!r}")
+    return segment_size
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_no_triton() -> None:
+    if "triton" not in _WARNED:
+        _WARNED.add("triton")
+        warnings.warn("Triton kernels are not available here; using the PyTorch path", stacklevel=3)
