@@ -1,0 +1,235 @@
+"""``MCModel`` and ``MCForCausalLM``: Hugging Face models built from MC (or attention) token mixers.
+
+Data flow (DESIGN.md §9): ``ids -> embedding -> L x block -> RMSNorm -> LM head -> logits``, where a block is
+``h = h + mixer(RMSNorm(h)); h = h + SwiGLU(RMSNorm(h))``, ``SwiGLU(x) = W_down (silu(W_gate x) * W_up x)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from mcrnn.layers.attention import Attention
+from mcrnn.models.cache import MCCache
+from mcrnn.models.configuration_mcrnn import MCConfig
+
+
+class SwiGLU(nn.Module):
+    """``W_down (silu(W_gate x) * W_up x)``, no biases; ``x`` [..., hidden] -> [..., hidden]."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def build_mixer(config: MCConfig, layer_idx: int) -> nn.Module:
+    """The token mixer of layer ``layer_idx``: an MC layer (MC off when no segmentation) or attention."""
+    if config.mixer_of(layer_idx) == "attention":
+        return Attention(
+            config.hidden_size, config.num_heads, rope_theta=config.rope_theta, layer_idx=layer_idx
+        )
+    from mcrnn.layers import MemoryCachingAttention
+
+    mixer = MemoryCachingAttention(
+        config.hidden_size,
+        config.num_heads,
+        memory=config.memory,
+        aggregation=config.aggregation,
+        segment_size=config.segment_size,
+        segment_lengths=config.segment_lengths,
+        init=config.init,
+        top_k=config.top_k,
+        pooling=config.pooling,
+        use_decay=config.use_decay,
+        conv_size=config.conv_size,
+        chunk_size=config.chunk_size,
+        memory_expansion=config.memory_expansion,
+        layer_idx=layer_idx,
+    )
+    # the MC layer initialises its own parameters (gates, decays, deep-memory weights): keep them
+    for module in mixer.modules():
+        module._is_hf_initialized = True
+    return mixer
+
+
+class MCBlock(nn.Module):
+    """``h + mixer(norm(h))`` then ``h + mlp(norm(h))``."""
+
+    def __init__(self, config: MCConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.mixer = build_mixer(config, layer_idx)
+        self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: object | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, object | None]:
+        mixed, new_cache = self.mixer(
+            self.mixer_norm(hidden), attention_mask=attention_mask, cache=cache, use_cache=use_cache
+        )
+        hidden = hidden + mixed
+        hidden = hidden + self.mlp(self.mlp_norm(hidden))
+        return hidden, new_cache
+
+
+class MCPreTrainedModel(PreTrainedModel):
+    """Weight init and Hugging Face plumbing shared by :class:`MCModel` and :class:`MCForCausalLM`."""
+
+    config_class = MCConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["MCBlock"]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        """Generation must not build a KV ``DynamicCache``: the model returns its own :class:`MCCache`."""
+        return False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, ``initializer_range``) for linear and embedding weights, ones for RMSNorm."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.RMSNorm) and module.weight is not None:
+            nn.init.ones_(module.weight)
+
+
+class MCModel(MCPreTrainedModel):
+    """Embedding, blocks and the final norm; returns hidden states [B, T, hidden] and the cache."""
+
+    def __init__(self, config: MCConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MCBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: MCCache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """``input_ids`` [B, T] (or ``inputs_embeds`` [B, T, hidden]); ``attention_mask`` [B, T_total] with
+        1 = real token and padding on the right only; ``cache`` continues a previous call."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if (
+            input_ids is not None
+            and input_ids.numel()
+            and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size)
+        ):
+            raise ValueError(
+                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got range "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = use_cache or cache is not None
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, -hidden.shape[1] :]
+            if bool(attention_mask.all()):
+                attention_mask = None
+        if use_cache and cache is None:
+            cache = MCCache(len(self.layers))
+        for idx, layer in enumerate(self.layers):
+            layer_cache = cache.layers[idx] if cache is not None else None
+            hidden, layer_cache = layer(
+                hidden, attention_mask=attention_mask, cache=layer_cache, use_cache=use_cache
+            )
+            if cache is not None:
+                cache.layers[idx] = layer_cache
+        if cache is not None:
+            cache.seen_tokens += hidden.shape[1]
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(hidden), cache=cache if use_cache else None
+        )
+
+
+class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
+    """:class:`MCModel` plus a linear LM head (tied to the embedding when ``tie_word_embeddings``).
+
+    ``labels`` follow the Hugging Face convention: the same ids as ``input_ids`` (-100 = ignored),
+    shifted inside so that position ``t`` predicts ``labels[t + 1]``.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MCConfig) -> None:
+        super().__init__(config)
+        self.model = MCModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: MCCache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits [B, T, vocab] (the last ``logits_to_keep`` positions when > 0), loss and cache."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(),
+                labels[:, 1:].flatten().to(logits.device),
+                ignore_index=-100,
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
