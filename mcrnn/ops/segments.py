@@ -112,7 +112,8 @@ def check_qkv(
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """State accumulation dtype: float64 if any input is float64, else float32 (bf16/fp16 upcast)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if wide else torch.float32
 
 
 def segment_contexts(

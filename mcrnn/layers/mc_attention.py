@@ -1,0 +1,182 @@
+"""``MemoryCachingAttention``: the MC token-mixing layer, [B, T, hidden] -> [B, T, hidden].
+
+    q, k, v, u = proj(x);  q, k, v = silu(causal_conv_4(q, k, v));  q, k = q/|q|, k/|k|  (per head)
+    log_decay = logsigmoid(x W_a) / 16                       (use_decay; linear and swla)
+    o = memory_caching(q, k, v, u, ...)                      (mcrnn.ops)
+    y = W_o [RMSNorm(o) * silu(x W_g)]
+
+``segment_size=None`` (and no ``segment_lengths``) turns caching off: the layer is the base RNN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mcrnn.layers.conv import ShortConvolution
+from mcrnn.layers.norm import GatedRMSNorm
+from mcrnn.ops import memory_caching
+from mcrnn.ops.segments import check_choice, check_options, resolve_segment_lengths
+
+#: decays a_t = sigmoid(.)^(1/16) stay close to 1, as GLA's gate normaliser does
+DECAY_NORMALIZER = 16.0
+MEMORIES = ("linear", "swla")
+
+
+@dataclass
+class LayerCache:
+    """Decoding state of one layer: the memory's cache and the short-convolution buffers."""
+
+    memory: Any
+    conv: dict[str, torch.Tensor]
+
+
+class MemoryCachingAttention(nn.Module):
+    """Memory Caching token mixer (DESIGN.md §3-§6) with fla-style projections, conv and gated norm.
+
+    Args:
+        hidden_size: model width; num_heads: heads H (``head_dim = hidden_size // num_heads`` unless
+            given).
+        memory: ``linear`` or ``swla``.
+        aggregation, init, top_k, pooling: see :func:`mcrnn.ops.memory_caching`.
+        segment_size / segment_lengths: constant or explicit segments; both None: MC off.
+        use_decay: data-dependent decay ``a_t`` (else plain linear attention).
+        conv_size: kernel of the short causal convolution on q, k, v (0 disables it).
+        separate_router: a router projection ``u = x W_u`` (else ``u = q``, the paper's alternative).
+        chunk_size: inner chunk of the parallel path.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        memory: str = "linear",
+        aggregation: str = "grm",
+        segment_size: int | None = 256,
+        segment_lengths: Sequence[int] | None = None,
+        init: str = "checkpoint",
+        top_k: int | None = None,
+        pooling: str = "mean",
+        use_decay: bool = True,
+        conv_size: int = 4,
+        head_dim: int | None = None,
+        separate_router: bool = True,
+        chunk_size: int = 64,
+        norm_eps: float = 1e-5,
+        layer_idx: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice("memory", memory, MEMORIES)
+        check_options(aggregation, init, pooling, top_k)
+        if hidden_size < 1 or num_heads < 1:
+            raise ValueError(f"hidden_size and num_heads must be >= 1, got {hidden_size}, {num_heads}")
+        if head_dim is None:
+            if hidden_size % num_heads:
+                raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+            head_dim = hidden_size // num_heads
+        if segment_size is not None:
+            resolve_segment_lengths(segment_size, segment_size, None)  # validates the size
+        if segment_size is not None and segment_lengths is not None:
+            raise ValueError("give segment_size or segment_lengths, not both")
+        self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
+        self.memory, self.aggregation, self.init = memory, aggregation, init
+        self.top_k, self.pooling, self.chunk_size = top_k, pooling, chunk_size
+        self.segment_size = segment_size
+        self.segment_lengths = None if segment_lengths is None else [int(n) for n in segment_lengths]
+        self.layer_idx = layer_idx
+        inner = num_heads * head_dim
+        self.q_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.k_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.v_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.u_proj = nn.Linear(hidden_size, inner, bias=False) if separate_router else None
+        self.convs = nn.ModuleDict(
+            {name: ShortConvolution(inner, conv_size) for name in "qkv"} if conv_size > 0 else {}
+        )
+        self.decay_proj = nn.Linear(hidden_size, num_heads) if use_decay else None
+        self.swla_proj = nn.Linear(hidden_size, 2 * num_heads) if memory == "swla" else None
+        self.gate_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.out_norm = GatedRMSNorm(head_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, LayerCache | None]:
+        """Mix tokens of ``x`` [B, T, hidden].
+
+        Args:
+            attention_mask: [B, T] with 1 for tokens and 0 for right padding; padded tokens write
+                nothing into the memory, and the outputs of real tokens equal those of the unpadded
+                sequence. Left padding is rejected.
+            cache: state after the previous tokens (decoding); use_cache: return the new state.
+
+        Returns: ``(y [B, T, hidden], cache or None)``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        batch, seq_len, _ = x.shape
+        keep = self._check_mask(attention_mask, batch, seq_len)
+        conv_state = {} if cache is None else cache.conv
+        new_conv: dict[str, torch.Tensor] = {}
+        streams = {"q": self.q_proj(x), "k": self.k_proj(x), "v": self.v_proj(x)}
+        for name, conv in self.convs.items():
+            streams[name], new_conv[name] = conv(streams[name], conv_state.get(name))
+        heads = (batch, seq_len, self.num_heads, self.head_dim)
+        q = nn.functional.normalize(streams["q"].view(heads), dim=-1)
+        k = nn.functional.normalize(streams["k"].view(heads), dim=-1)
+        v = streams["v"].view(heads)
+        u = None if self.u_proj is None else self.u_proj(x).view(heads)
+        log_decay = None
+        if self.decay_proj is not None:
+            log_decay = nn.functional.logsigmoid(_at_least_fp32(self.decay_proj(x))) / DECAY_NORMALIZER
+        gates = {}
+        if self.swla_proj is not None:
+            prev_gate, cur_gate = torch.sigmoid(_at_least_fp32(self.swla_proj(x))).chunk(2, dim=-1)
+            gates = {"prev_gate": prev_gate, "cur_gate": cur_gate}
+        if keep is not None:
+            keep = keep.to(k.dtype)
+            k = k * keep[..., None, None]
+            v = v * keep[..., None, None]
+            if log_decay is not None:
+                log_decay = log_decay * keep[..., None]
+        out = memory_caching(
+            q, k, v, u,
+            segment_size=self.segment_size, segment_lengths=self.segment_lengths,
+            aggregation=self.aggregation, init=self.init, top_k=self.top_k, pooling=self.pooling,
+            memory=self.memory, log_decay=log_decay, chunk_size=self.chunk_size,
+            cache=None if cache is None else cache.memory, output_cache=use_cache, **gates,
+        )
+        memory_cache = None
+        if use_cache:
+            out, memory_cache = out
+        gate = self.gate_proj(x).view(heads)
+        y = self.o_proj(self.out_norm(out, gate).reshape(batch, seq_len, -1))
+        return y, (LayerCache(memory_cache, new_conv) if use_cache else None)
+
+    @staticmethod
+    def _check_mask(mask: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
+        """Validate a right-padding mask [B, T]; None when it keeps every token."""
+        if mask is None:
+            return None
+        if tuple(mask.shape) != (batch, seq_len):
+            raise ValueError(f"attention_mask must be [B, T]={batch, seq_len}, got {tuple(mask.shape)}")
+        keep = mask.bool()
+        if bool(keep.all()):
+            return None
+        if bool((keep[:, 1:] & ~keep[:, :-1]).any()):
+            raise ValueError("attention_mask must be right padding (1s then 0s per row); left padding "
+                             "is not supported")
+        return keep
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Gates are computed in float32 from bf16/fp16 activations (float64 stays float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
