@@ -1,0 +1,159 @@
+"""Token-by-token decoding of deep-memory MC with a recurrent cache.
+
+The chunked rule takes every gradient of a chunk at the chunk-start weights ``theta_0``; the decode
+step keeps ``theta_0`` until the chunk fills and folds each new token in at once
+(``S_t = b_t S_{t-1} - eta_t grad l_t(theta_0)``, ``theta_t = a_t theta_{t-1} + S_t``), which is exactly
+what buffering the chunk's tokens and replaying them would give, and reads ``theta_t`` like the
+parallel path, so decoding equals the parallel forward. Segment and chunk boundaries are counted
+from the first token of the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mcrnn.ops.deep import network
+from mcrnn.ops.segments import router_gates
+
+
+@dataclass
+class DeepMemoryCache:
+    """Recurrent state of one deep-memory MC stream (batch-first, per-layer ``[B, H, d_out, d_in]``).
+
+    ``weights``/``momentum`` are the online state after the last token (momentum ``None`` for
+    ``dla``), ``chunk_start`` the weights at the start of the current inner chunk, ``cached`` the
+    weights at the ends of finished segments with their key sums and lengths (``context_sums``
+    ``[B, H, Dk]``, ``context_counts``), ``key_sum``/``key_count`` the keys of the current segment,
+    ``position`` the tokens seen and ``segment_start`` the position where the current segment began.
+    """
+
+    memory: str
+    chunk_size: int
+    weights: list[torch.Tensor]
+    momentum: list[torch.Tensor] | None
+    chunk_start: list[torch.Tensor]
+    key_sum: torch.Tensor
+    key_count: int
+    position: int
+    segment_start: int
+    cached: list[list[torch.Tensor]] = field(default_factory=list)
+    context_sums: list[torch.Tensor] = field(default_factory=list)
+    context_counts: list[int] = field(default_factory=list)
+
+
+def is_segment_start(position: int, segment_size: int | None, segment_lengths: Sequence[int] | None) -> bool:
+    """Whether token ``position`` (0-based, of the whole stream) opens a new segment (never the first).
+
+    ``segment_lengths`` are the lengths of the whole stream; past their sum the last segment goes on.
+    """
+    if position == 0:
+        return False
+    if segment_size is not None:
+        return position % segment_size == 0
+    if segment_lengths is not None:
+        return position in torch.tensor(list(segment_lengths)).cumsum(0).tolist()
+    return False
+
+
+def recurrent_deep_memory_caching(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    cache: DeepMemoryCache,
+    *,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    segment_size: int | None,
+    segment_lengths: Sequence[int] | None,
+    aggregation: str,
+    init: str,
+    top_k: int | None,
+    pooling: str,
+) -> tuple[torch.Tensor, DeepMemoryCache]:
+    """Continue ``cache`` over ``T`` new tokens ``[B, T, H, D]`` one step at a time; returns ``o``, cache."""
+    outputs = []
+    for t in range(q.shape[1]):
+        if is_segment_start(cache.position, segment_size, segment_lengths):
+            _close_segment(cache, params, init)
+        if (cache.position - cache.segment_start) % cache.chunk_size == 0:
+            cache.chunk_start = cache.weights
+        _write(cache, k[:, t], v[:, t], eta[:, t], alpha[:, t], beta[:, t] if beta is not None else None)
+        outputs.append(_read(cache, q[:, t], u[:, t], aggregation, top_k, pooling))
+        cache.position += 1
+    return torch.stack(outputs, dim=1), cache
+
+
+def _close_segment(cache: DeepMemoryCache, params: Sequence[torch.Tensor], init: str) -> None:
+    cache.cached.append(cache.weights)
+    cache.context_sums.append(cache.key_sum)
+    cache.context_counts.append(cache.key_count)
+    cache.key_sum = torch.zeros_like(cache.key_sum)
+    cache.key_count = 0
+    cache.segment_start = cache.position
+    if init == "independent":
+        batch = cache.key_sum.shape[0]
+        cache.weights = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
+        if cache.momentum is not None:
+            cache.momentum = [torch.zeros_like(w) for w in cache.weights]
+
+
+def _write(
+    cache: DeepMemoryCache,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+) -> None:
+    """One token of the chunked rule; ``k, v`` [B, H, D], gates [B, H]."""
+    inputs, deltas = network.key_gradients(cache.memory, cache.chunk_start, k.unsqueeze(-2), v.unsqueeze(-2))
+    grads = [d.transpose(-1, -2) @ a for d, a in zip(deltas, inputs, strict=True)]
+    step, retain = eta[..., None, None], alpha[..., None, None]
+    if cache.momentum is not None:
+        keep = beta[..., None, None]
+        cache.momentum = [keep * m - step * g for m, g in zip(cache.momentum, grads, strict=True)]
+        cache.weights = [retain * w + m for w, m in zip(cache.weights, cache.momentum, strict=True)]
+    else:
+        cache.weights = [retain * w - step * g for w, g in zip(cache.weights, grads, strict=True)]
+    cache.key_sum = cache.key_sum + k
+    cache.key_count += 1
+
+
+def _read(
+    cache: DeepMemoryCache,
+    q: torch.Tensor,
+    u: torch.Tensor,
+    aggregation: str,
+    top_k: int | None,
+    pooling: str,
+) -> torch.Tensor:
+    """Aggregated read of the online and cached memories for one token; ``q, u`` [B, H, Dk]."""
+    n_cached = len(cache.cached)
+    if n_cached:
+        sums = torch.stack(cache.context_sums, dim=1)  # [B, N_c, H, Dk]
+        counts = torch.tensor(cache.context_counts, dtype=sums.dtype, device=sums.device)
+        contexts = sums / counts.view(1, -1, 1, 1) if pooling == "mean" else sums
+    else:
+        contexts = u.new_zeros(u.shape[0], 0, *u.shape[1:])
+    online_context = cache.key_sum / cache.key_count if pooling == "mean" else cache.key_sum
+    seg = torch.tensor([n_cached], device=q.device)
+    gates, online_gate, _ = router_gates(
+        u.unsqueeze(1), contexts, online_context.unsqueeze(1), seg, aggregation, top_k
+    )
+    gates, online_gate = gates[:, 0], online_gate[:, 0, :, None, None]  # [B, H, N_c], [B, H, 1, 1]
+    query = q.unsqueeze(-2)
+    if aggregation == "soup":
+        mixed = [online_gate * w for w in cache.weights]
+        for i, state in enumerate(cache.cached):
+            mixed = [m + gates[:, :, i, None, None] * w for m, w in zip(mixed, state, strict=True)]
+        return network.forward(mixed, query).squeeze(-2)
+    out = online_gate * network.forward(cache.weights, query)
+    for i, state in enumerate(cache.cached):
+        out = out + gates[:, :, i, None, None] * network.forward(state, query)
+    return out.squeeze(-2)
