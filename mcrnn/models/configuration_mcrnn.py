@@ -27,7 +27,7 @@ class MCConfig(PretrainedConfig):
     RMSNorm -> LM head``. The mixer of layer ``l`` is ``layer_mixers[l]`` (all ``mixer`` when None):
 
     - ``"mc"``: :class:`mcrnn.layers.MemoryCachingAttention` with ``memory``, ``aggregation``,
-      ``segment_size`` / ``segment_lengths``, ``init``, ``top_k``, ``pooling``, ``use_decay``,
+      ``segment_size`` / ``segment_lengths``, ``init``, ``ssc_top_k``, ``pooling``, ``use_decay``,
       ``conv_size``, ``chunk_size`` and ``memory_expansion``; ``segment_size=None`` and
       ``segment_lengths=None`` switch caching off (the base RNN).
     - ``"attention"``: causal softmax attention with RoPE (``rope_theta``), the Transformer++ baseline.
@@ -44,7 +44,8 @@ class MCConfig(PretrainedConfig):
         segment_size: constant segment length C (a multiple of ``chunk_size``), or None.
         segment_lengths: explicit segment lengths (an alternative to ``segment_size``), or None.
         init: ``checkpoint`` or ``independent`` (DESIGN.md §4).
-        top_k: cached memories read by ``ssc`` (required for it).
+        ssc_top_k: cached memories read by ``ssc`` (required for it; the layer's ``top_k``, renamed so
+            that it never collides with the sampling option ``top_k`` of ``generate``).
         pooling: router-context pooling, ``mean`` or ``sum``.
         use_decay: data-dependent decay of linear memories.
         conv_size: short causal convolution width (0 disables it).
@@ -73,7 +74,7 @@ class MCConfig(PretrainedConfig):
         segment_size: int | None = 256,
         segment_lengths: Sequence[int] | None = None,
         init: str = "checkpoint",
-        top_k: int | None = None,
+        ssc_top_k: int | None = None,
         pooling: str = "mean",
         use_decay: bool = True,
         conv_size: int = 4,
@@ -128,9 +129,9 @@ class MCConfig(PretrainedConfig):
             for n in segment_lengths:
                 _positive_int("segment_lengths", n)
         if aggregation == "ssc":
-            if top_k is None:
-                raise ValueError("top_k is required when aggregation='ssc'")
-            _positive_int("top_k", top_k)
+            if ssc_top_k is None:
+                raise ValueError("ssc_top_k is required when aggregation='ssc'")
+            _positive_int("ssc_top_k", ssc_top_k)
         if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
             raise ValueError(f"conv_size must be an int >= 0, got {conv_size!r}")
         if not rope_theta > 0:
@@ -149,7 +150,7 @@ class MCConfig(PretrainedConfig):
         self.segment_size = segment_size
         self.segment_lengths = segment_lengths
         self.init = init
-        self.top_k = top_k
+        self.ssc_top_k = ssc_top_k
         self.pooling = pooling
         self.use_decay = use_decay
         self.conv_size = conv_size

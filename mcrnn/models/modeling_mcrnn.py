@@ -38,6 +38,7 @@ def build_mixer(config: MCConfig, layer_idx: int) -> nn.Module:
         )
     from mcrnn.layers import MemoryCachingAttention
 
+    deep = {"memory_expansion": config.memory_expansion} if config.memory in ("dla", "titans") else {}
     mixer = MemoryCachingAttention(
         config.hidden_size,
         config.num_heads,
@@ -46,13 +47,13 @@ def build_mixer(config: MCConfig, layer_idx: int) -> nn.Module:
         segment_size=config.segment_size,
         segment_lengths=config.segment_lengths,
         init=config.init,
-        top_k=config.top_k,
+        top_k=config.ssc_top_k,
         pooling=config.pooling,
         use_decay=config.use_decay,
         conv_size=config.conv_size,
         chunk_size=config.chunk_size,
-        memory_expansion=config.memory_expansion,
         layer_idx=layer_idx,
+        **deep,
     )
     # the MC layer initialises its own parameters (gates, decays, deep-memory weights): keep them
     for module in mixer.modules():
