@@ -55,10 +55,9 @@ def _chunk_decay(g, rows, mask, i_b, i_h, T, H: tl.constexpr, USE_G: tl.constexp
     """Chunk-local cumulative log decay ``G`` [BT] and its total ``G_last`` (zeros without decay)."""
     if USE_G:
         b_g = tl.load(g + (i_b * T + rows) * H + i_h, mask=mask, other=0.0).to(tl.float32)
-        b_gc = tl.cumsum(b_g, 0)
-        return b_gc, tl.sum(b_g, 0)
-    b_gc = tl.zeros([BT], dtype=tl.float32)
-    return b_gc, tl.sum(b_gc, 0)
+    else:
+        b_g = tl.zeros([BT], dtype=tl.float32)
+    return tl.cumsum(b_g, 0), tl.sum(b_g, 0)
 
 
 @triton.jit
@@ -80,8 +79,9 @@ def _fwd_h(
         if RESET:
             b_s = tl.where(first, 0.0, b_s)
         tl.store(h + ((i_b * NC + c) * H + i_h) * K * V + tile, b_s)
-        b_k = tl.load(k + ((i_b * T + rows) * H + i_h)[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0)
-        b_v = tl.load(v + ((i_b * T + rows) * H + i_h)[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0)
+        tok = (i_b * T + rows) * H + i_h
+        b_k = tl.load(k + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0)
+        b_v = tl.load(v + tok[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0)
         b_gc, g_last = _chunk_decay(g, rows, mask, i_b, i_h, T, H, USE_G, BT)
         b_k = (b_k.to(tl.float32) * tl.exp(g_last - b_gc)[:, None]).to(DOT)
         b_s = b_s * tl.exp(g_last) + tl.dot(tl.trans(b_k), b_v.to(DOT), input_precision=PREC)
@@ -140,8 +140,9 @@ def _bwd_dh(
             if last:
                 b_ds += tl.load(dstates + ((i_b * N + seg) * H + i_h) * K * V + tile).to(tl.float32)
         tl.store(dh + ((i_b * NC + c) * H + i_h) * K * V + tile, b_ds)
-        b_q = tl.load(q + ((i_b * T + rows) * H + i_h)[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0)
-        b_do = tl.load(do + ((i_b * T + rows) * H + i_h)[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0)
+        tok = (i_b * T + rows) * H + i_h
+        b_q = tl.load(q + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0)
+        b_do = tl.load(do + tok[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0)
         b_gc, g_last = _chunk_decay(g, rows, mask, i_b, i_h, T, H, USE_G, BT)
         b_q = (b_q.to(tl.float32) * tl.exp(b_gc)[:, None]).to(DOT)
         b_ds = b_ds * tl.exp(g_last) + tl.dot(tl.trans(b_q), b_do.to(DOT), input_precision=PREC)
@@ -299,4 +300,5 @@ def chunk_linear(
         ``states`` [B, N, H, Dk, Dv] (float32), the state at the end of every segment.
     """
     q, k, v, log_decay = contiguous(q, k, v, log_decay)
-    return ChunkLinearFunction.apply(q, k, v, log_decay, tuple(int(n) for n in lengths), init == "independent")
+    lengths = tuple(int(n) for n in lengths)
+    return ChunkLinearFunction.apply(q, k, v, log_decay, lengths, init == "independent")
