@@ -1,0 +1,86 @@
+"""``mcrnn bench``: throughput of the ops and layers, side by side with baselines, in one run.
+
+Writes ``<out>/bench_<suite>.json`` (machine, rows) and ``<out>/bench_<suite>.png`` (tokens/s against
+T, log axes) and prints a table with each case's speed as a ratio to the baselines measured in the
+same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from mcrnn.bench.report import plot_throughput, ratio_table, save_json
+from mcrnn.bench.suites import OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
+from mcrnn.bench.timing import machine_info, run_isolated
+
+SUITES = ("ops", "peer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="ops", help="what to measure")
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=list(OPS_SEQ_LENS),
+                        help="sequence lengths of the ops sweep")
+    parser.add_argument("--segment-size", type=int, default=256, help="MC segment size of the ops sweep")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
+
+
+def measure(cases: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every case in its own process, printing progress; return rows with name and T."""
+    rows = []
+    for index, (name, case) in enumerate(cases, 1):
+        case = {"repeats": args.repeats, **case}
+        if args.threads:
+            case["threads"] = args.threads
+        start = time.perf_counter()
+        result = run_isolated(case)
+        took = time.perf_counter() - start
+        shown = f"{result['tokens_per_s']:.0f} tok/s" if "error" not in result else result["error"]
+        print(f"[{index}/{len(cases)}] {name} T={case['seq_len']}: {shown} ({took:.0f} s)", flush=True)
+        rows.append({"name": name, "seq_len": case["seq_len"], "case": case, **result})
+    return rows
+
+
+def peer_summary(rows: list[dict[str, Any]]) -> str:
+    """``ours / peer`` speed per aggregation (each measured in this run)."""
+    speed = {row["name"]: row.get("tokens_per_s") for row in rows}
+    lines = []
+    for aggregation in ("residual", "grm", "soup", "ssc"):
+        ours, theirs = speed.get(f"mcrnn_{aggregation}"), speed.get(f"peer_{aggregation}")
+        if ours and theirs:
+            line = f"{aggregation}: mcrnn {ours:.0f} tok/s, peer {theirs:.0f} tok/s, {ours / theirs:.1f}x"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    machine = machine_info()
+    print("machine:", ", ".join(f"{k}={v}" for k, v in machine.items()))
+    for suite in suites:
+        if suite == "ops":
+            cases = ops_suite(tuple(args.seq_lens), args.segment_size, device=args.device,
+                              dtype="bfloat16" if args.device.startswith("cuda") else "float32")
+            baselines: tuple[str, ...] = ("base", "sdpa")
+            title = "MC op, forward+backward, B=1 H=4 D=64"
+        else:
+            if not peer_available():
+                print("peer suite: the memory-caching package is not installed (pip install -e '.[bench]'); "
+                      "measuring only our layer")
+            cases = peer_suite()
+            baselines = tuple(f"peer_{a}" for a in ("residual", "grm", "soup", "ssc"))
+            title = "MC layer vs memory-caching 0.1.0, d_model 256, 4 heads, segment 64"
+        rows = measure(cases, args)
+        print(ratio_table(rows, baselines))
+        if suite == "peer":
+            print(peer_summary(rows))
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_json(args.out / f"bench_{suite}.json", {"suite": suite, "machine": machine, "rows": rows})
+        plot_throughput(rows, args.out / f"bench_{suite}.png", title)
+        print(f"wrote {args.out / f'bench_{suite}.json'} and {args.out / f'bench_{suite}.png'}")
+    return 0
