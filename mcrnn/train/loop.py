@@ -1,0 +1,250 @@
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, bf16 autocast, DDP/FSDP2,
+periodic evaluation, JSON-lines metrics, atomic checkpoints and exact resumption.
+
+Loss of one optimizer step over its global batch: ``L = sum_{labelled (b,t)} CE_{b,t} / N_step``, with
+``N_step`` the number of labelled tokens in the whole global batch (all processes, all micro-batches).
+Each micro-batch back-propagates ``world * sum CE / N_step`` (DDP averages gradients over processes),
+so the gradient equals that of one process on the whole batch, whatever the split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from mcrnn.data import IGNORE_INDEX
+from mcrnn.train import distributed as D
+from mcrnn.train.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from mcrnn.train.evaluate import evaluate_lm
+from mcrnn.train.options import TrainOptions
+from mcrnn.train.sampler import rank_micro_batches
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-step training losses (from ``start_step``), evaluations, timing."""
+
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    start_step: int = 0
+    train_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    checkpoint: str | None = None
+
+
+def lr_factor(step: int, options: TrainOptions) -> float:
+    """``step/warmup`` during warmup, then ``r + (1-r)(1+cos(pi p))/2`` with progress ``p`` in [0, 1]."""
+    if step < options.warmup_steps:
+        return (step + 1) / options.warmup_steps
+    span = max(options.steps - options.warmup_steps, 1)
+    progress = min((step - options.warmup_steps) / span, 1.0)
+    r = options.min_lr_ratio
+    return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.AdamW:
+    """AdamW with weight decay on parameters of rank >= 2 (matrices), none on vectors (norms, biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": options.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=options.lr, betas=options.betas, eps=options.eps)
+
+
+def check_vocab(model: nn.Module, dataset: Dataset) -> None:
+    """Fail early, naming ``vocab_size``, when the data holds ids the model cannot embed."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is None:
+        return
+    probe = [dataset[i] for i in range(min(len(dataset), 64))]
+    top = max(int(torch.max(item["input_ids"].max(), item["labels"].max())) for item in probe)
+    if top >= vocab:
+        raise ValueError(f"model vocab_size={vocab} is smaller than the data's largest id {top}")
+
+
+class MetricsWriter:
+    """JSON lines in ``<out_dir>/metrics.jsonl`` (and TensorBoard scalars when it is installed)."""
+
+    def __init__(self, out_dir: str | None, enabled: bool, resume_step: int) -> None:
+        self.path = Path(out_dir) / "metrics.jsonl" if out_dir and enabled else None
+        self.tb = None
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # drop lines past the step we resume from, so the log reads as one run
+            kept = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln and json.loads(ln)["step"] <= resume_step
+            ]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    options: TrainOptions,
+    *,
+    eval_data: Dataset | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``model`` (an :class:`~mcrnn.models.MCForCausalLM` or any module returning ``.logits``).
+
+    With ``resume=True`` the newest complete checkpoint in ``options.out_dir`` is loaded (model,
+    optimizer, scheduler, step, RNG) and the run continues so that its losses equal those of an
+    uninterrupted run. Returns a :class:`TrainResult`; checkpoints and metrics go to ``out_dir``.
+    """
+    ctx = D.setup(options.device)
+    per_rank, rem = divmod(options.batch_size, ctx.world)
+    if rem:
+        raise ValueError(f"batch_size={options.batch_size} must be divisible by the world size {ctx.world}")
+    micro = options.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ValueError(f"batch_size / world = {per_rank} must be a multiple of micro_batch_size={micro}")
+    if (options.save_every or resume) and not options.out_dir:
+        raise ValueError("out_dir is required to save or resume checkpoints")
+    check_vocab(model, train_data)
+    config = getattr(model, "config", None)
+    torch.manual_seed(options.seed)
+    model.to(ctx.device)
+    wrapped = D.wrap(model, ctx, options.parallel)
+    optimizer = build_optimizer(wrapped, options)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, options))
+    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and ctx.device.type == "cuda")
+    amp_dtype = torch.bfloat16 if use_bf16 else None
+
+    start = 0
+    if resume and (path := latest_checkpoint(options.out_dir)) is not None:
+        weights, state = read_checkpoint(path, getattr(config, "tie_word_embeddings", False))
+        D.load_model_state(wrapped, weights)
+        D.load_optimizer_state(wrapped, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if ctx.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], ctx.device)
+        start = int(state["step"])
+    metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
+    result = TrainResult(start_step=start)
+
+    def checkpoint(step: int) -> None:
+        model_state = D.model_state(wrapped)
+        opt_state = D.optimizer_state(wrapped, optimizer)
+        if ctx.is_main:
+            trainer_state = {
+                "step": step,
+                "optimizer": opt_state,
+                "scheduler": scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
+                "world_size": ctx.world,
+            }
+            result.checkpoint = str(
+                save_checkpoint(
+                    options.out_dir, step, model_state, config, trainer_state, options.keep_checkpoints
+                )
+            )
+        D.barrier(ctx)
+
+    def evaluate(step: int) -> None:
+        if eval_data is None:
+            return
+        scores = evaluate_lm(
+            wrapped, eval_data, batch_size=micro, max_batches=options.eval_batches, device=ctx.device,
+            autocast_dtype=amp_dtype,
+        )  # fmt: skip
+        record = {"step": step, **{f"eval_{k}": v for k, v in scores.items()}}
+        result.evals.append(record)
+        metrics.write(record)
+
+    bar = None
+    if options.progress and ctx.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=options.steps, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
+    wrapped.train()
+    tokens_seen, started = 0, time.perf_counter()
+    try:
+        for step in range(start, options.steps):
+            batches = rank_micro_batches(
+                train_data, step, options.batch_size, micro, ctx.rank, ctx.world, options.seed
+            )
+            count = torch.tensor(
+                float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)), device=ctx.device
+            )
+            count = D.all_reduce_sum(count, ctx).clamp_min(1.0)
+            loss_sum = torch.zeros((), device=ctx.device)
+            for i, batch in enumerate(batches):
+                ids, labels = batch["input_ids"].to(ctx.device), batch["labels"].to(ctx.device)
+                sync = i == len(batches) - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
+                with wrapped.no_sync() if not sync else nullcontext():
+                    with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = wrapped(input_ids=ids, use_cache=False).logits
+                    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+                    (ce * ctx.world / count).backward()
+                loss_sum += ce.detach()
+                tokens_seen += ids.numel() * ctx.world
+            loss = (D.all_reduce_sum(loss_sum, ctx) / count).item()
+            if options.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), options.grad_clip))
+            else:
+                grad_norm = float("nan")
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(loss)
+            elapsed = time.perf_counter() - started
+            tok_s = tokens_seen / max(elapsed, 1e-9)
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+            if done % options.log_every == 0 or done == options.steps:
+                metrics.write(
+                    {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                     "tokens_per_second": tok_s}
+                )  # fmt: skip
+            if options.eval_every and done % options.eval_every == 0 and done != options.steps:
+                evaluate(done)
+            if options.out_dir and options.save_every and done % options.save_every == 0:
+                checkpoint(done)
+        result.train_seconds = time.perf_counter() - started
+        result.tokens_per_second = tokens_seen / max(result.train_seconds, 1e-9)
+        evaluate(options.steps)
+        if options.out_dir and not (options.save_every and options.steps % options.save_every == 0):
+            checkpoint(options.steps)
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+    return result

@@ -1,0 +1,99 @@
+"""``TrainOptions``: every knob of the training loop, with defaults and validation naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+PRECISIONS = ("auto", "bf16", "fp32")
+PARALLELS = ("ddp", "fsdp")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainOptions:
+    """Options of :func:`mcrnn.train.train`.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: global sequences per optimizer step (over all processes and micro-batches).
+        micro_batch_size: sequences per forward pass and process; None = ``batch_size / world_size``
+            (no accumulation). ``batch_size`` must be a multiple of ``micro_batch_size * world_size``.
+        lr, min_lr_ratio, warmup_steps: linear warmup to ``lr`` over ``warmup_steps``, then cosine
+            decay to ``lr * min_lr_ratio`` at ``steps``.
+        weight_decay, betas, eps: AdamW (decay on matrices only, not on norms/biases/gates).
+        grad_clip: max global gradient norm (0 disables clipping).
+        eval_every: evaluate every N steps (0: only at the end); eval_batches: batches per evaluation
+            (None: the whole eval set).
+        save_every: checkpoint every N steps (0: only at the end; needs ``out_dir``); keep_checkpoints:
+            how many complete checkpoints to keep.
+        log_every: metrics line every N steps.
+        seed: seeds data order and RNGs.
+        out_dir: folder for ``metrics.jsonl``, ``checkpoints/`` and TensorBoard logs (None: nothing
+            written).
+        precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 on CPU).
+        parallel: ``ddp`` or ``fsdp`` (FSDP2 ``fully_shard``; CUDA only) when run under torchrun.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        progress: show a tqdm bar (rank 0 only).
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    micro_batch_size: int | None = None
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 0
+    eval_batches: int | None = None
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    out_dir: str | None = None
+    precision: str = "auto"
+    parallel: str = "ddp"
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "keep_checkpoints", "log_every"):
+            _int_at_least(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_every", "save_every", "seed"):
+            _int_at_least(name, getattr(self, name), 0)
+        if self.micro_batch_size is not None:
+            _int_at_least("micro_batch_size", self.micro_batch_size, 1)
+        if self.eval_batches is not None:
+            _int_at_least("eval_batches", self.eval_batches, 1)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        for name, allowed in (("precision", PRECISIONS), ("parallel", PARALLELS), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainOptions:
+        """Build from a mapping, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _int_at_least(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")

@@ -1,0 +1,43 @@
+"""Deterministic global batch order, so that a run can stop and resume at any step.
+
+Sample ``p`` of the infinite stream (``p = step * batch_size + j``) is example
+``perm_e[p mod N]`` of epoch ``e = p // N``, where ``perm_e`` is ``randperm(N)`` seeded with
+``seed + e``. Process ``r`` of ``W`` takes slots ``j in [r*B/W, (r+1)*B/W)`` of every global batch,
+so one process with batch ``B`` sees exactly the union of what ``W`` processes see.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+def global_batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> list[int]:
+    """Dataset indices of the global batch consumed at optimizer step ``step`` (0-based)."""
+    out = []
+    start = step * batch_size
+    epoch = -1
+    perm: list[int] = []
+    for position in range(start, start + batch_size):
+        if position // num_examples != epoch:
+            epoch = position // num_examples
+            generator = torch.Generator().manual_seed(seed + epoch)
+            perm = torch.randperm(num_examples, generator=generator).tolist()
+        out.append(perm[position % num_examples])
+    return out
+
+
+def collate(dataset: Dataset, indices: list[int]) -> dict[str, torch.Tensor]:
+    """Stack ``input_ids`` and ``labels`` of the chosen examples into [b, T] tensors."""
+    items = [dataset[i] for i in indices]
+    return {key: torch.stack([item[key] for item in items]) for key in ("input_ids", "labels")}
+
+
+def rank_micro_batches(
+    dataset: Dataset, step: int, batch_size: int, micro_batch_size: int, rank: int, world: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches process ``rank`` runs at ``step``: its ``batch_size / world`` slots, in order."""
+    indices = global_batch_indices(step, batch_size, len(dataset), seed)
+    per_rank = batch_size // world
+    mine = indices[rank * per_rank : (rank + 1) * per_rank]
+    return [collate(dataset, mine[i : i + micro_batch_size]) for i in range(0, per_rank, micro_batch_size)]
