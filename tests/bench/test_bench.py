@@ -1,0 +1,67 @@
+"""The benchmark harness: every case kind builds and steps, workers report, outputs are written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mcrnn.bench.cases import build
+from mcrnn.bench.report import plot_throughput, ratio_table, save_json
+from mcrnn.bench.suites import ops_suite, peer_available, peer_suite
+from mcrnn.bench.timing import run_isolated, summarise, timed_runs
+
+
+@pytest.mark.parametrize("name,case", ops_suite(seq_lens=(40,), segment_size=16, heads=2, head_dim=8))
+def test_ops_cases_step(name, case):
+    step, tokens = build(case)
+    step()
+    assert tokens == 40
+
+
+def test_layer_case_steps():
+    name, case = peer_suite(seq_len=32, segment_size=8)[0]
+    step, tokens = build(case)
+    step()
+    assert name == "mcrnn_residual" and tokens == 32
+
+
+@pytest.mark.skipif(not peer_available(), reason="memory-caching (bench extra) not installed")
+def test_peer_case_steps():
+    case = next(c for n, c in peer_suite(seq_len=8, segment_size=4) if n == "peer_grm")
+    step, _ = build(case)
+    step()
+
+
+def test_unknown_case_kind():
+    with pytest.raises(ValueError, match="unknown case kind"):
+        build({"kind": "rnn", "seq_len": 4})
+
+
+def test_timed_runs_counts_and_summary():
+    calls = []
+    times = timed_runs(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(times) == 3 and len(calls) == 5
+    summary = summarise([1.0, 3.0, 2.0], tokens=100)
+    assert summary["median_s"] == 2.0 and summary["tokens_per_s"] == 50.0
+
+
+def test_worker_reports_time_and_memory():
+    _, case = ops_suite(seq_lens=(64,), segment_size=16, heads=2, head_dim=8)[2]
+    result = run_isolated({**case, "repeats": 2, "threads": 1})
+    assert result["tokens_per_s"] > 0 and len(result["times_s"]) == 2 and result["peak_mib"] >= 0
+    assert "error" in run_isolated({"kind": "nope", "seq_len": 1})
+
+
+def test_report_outputs(tmp_path):
+    rows = [
+        {"name": "base", "seq_len": 64, "tokens_per_s": 100.0, "median_s": 0.64, "peak_mib": 1.0},
+        {"name": "grm", "seq_len": 64, "tokens_per_s": 50.0, "median_s": 1.28, "peak_mib": 2.0},
+        {"name": "grm", "seq_len": 128, "error": "boom"},
+    ]
+    table = ratio_table(rows, ("base",))
+    assert "0.50" in table and "error: boom" in table
+    save_json(tmp_path / "b.json", {"rows": rows})
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][1]["name"] == "grm"
+    plot_throughput(rows, tmp_path / "b.png", "t")
+    assert (tmp_path / "b.png").stat().st_size > 0
