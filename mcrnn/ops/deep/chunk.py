@@ -168,13 +168,20 @@ def chunk_deep_memory_caching(
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
     eta, alpha = eta.transpose(1, 2), alpha.transpose(1, 2)
     beta = beta.transpose(1, 2) if beta is not None else None
+    sizes = [min(chunk_size, n - lo) for n in lengths for lo in range(0, n, chunk_size)]
+    # split once (a slice per chunk would cost a full-size zero tensor per chunk in backward)
+    pieces = [torch.split(x, sizes, dim=2) for x in (qh, kh, vh)]
+    pieces += [torch.split(x, sizes, dim=-1) for x in (eta, alpha)]
+    pieces.append(torch.split(beta, sizes, dim=-1) if beta is not None else [None] * len(sizes))
+    if aggregation == "soup":
+        pieces += [torch.split(gates, sizes, dim=2), torch.split(online_gate, sizes, dim=2)]
+    chunks = iter(zip(*pieces, strict=True))
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     weights, momentum = list(initial), _zero_momentum(initial, memory)
     chunk_start = weights
     cached: list[list[torch.Tensor]] = []
     stacked: list[torch.Tensor] = []
     online_reads = []
-    start = 0
     for s, length in enumerate(lengths):
         if s > 0:
             cached.append(weights)
@@ -185,30 +192,19 @@ def chunk_deep_memory_caching(
                 ]
             if init == "independent":
                 weights, momentum = list(initial), _zero_momentum(initial, memory)
-        for lo in range(start, start + length, chunk_size):
-            span = slice(lo, min(lo + chunk_size, start + length))
+        for _ in range(0, length, chunk_size):
+            qc, kc, vc, eta_c, alpha_c, beta_c, *gate_c = next(chunks)
             chunk_start = weights
-            inputs, deltas = network.key_gradients(memory, weights, kh[:, :, span], vh[:, :, span])
-            coef = chunk_coefficients(
-                eta[..., span], alpha[..., span], beta[..., span] if beta is not None else None
-            )
+            inputs, deltas = network.key_gradients(memory, weights, kc, vc)
+            coef = chunk_coefficients(eta_c, alpha_c, beta_c)
             if aggregation == "soup":
                 read = _soup_read(
-                    qh[:, :, span],
-                    weights,
-                    momentum,
-                    inputs,
-                    deltas,
-                    coef,
-                    stacked,
-                    gates[:, :, span, :s],
-                    online_gate[:, :, span],
+                    qc, weights, momentum, inputs, deltas, coef, stacked, gate_c[0][..., :s], gate_c[1]
                 )
             else:
-                read = _online_read(qh[:, :, span], weights, momentum, inputs, deltas, coef)
+                read = _online_read(qc, weights, momentum, inputs, deltas, coef)
             online_reads.append(read)
             weights, momentum = chunk_update(weights, momentum, inputs, deltas, coef)
-        start += length
     out = torch.cat(online_reads, dim=2)
     if aggregation != "soup":
         out = online_gate.unsqueeze(-1) * out
