@@ -18,13 +18,16 @@ import torch
 from torch import nn
 
 from mcrnn.layers.conv import ShortConvolution
+from mcrnn.layers.deep_memory import DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.ops import memory_caching
+from mcrnn.ops.deep import deep_memory_caching
 from mcrnn.ops.segments import check_choice, check_options, resolve_segment_lengths
 
 #: decays a_t = sigmoid(.)^(1/16) stay close to 1, as GLA's gate normaliser does
 DECAY_NORMALIZER = 16.0
-MEMORIES = ("linear", "swla")
+MEMORIES = ("linear", "swla", "dla", "titans")
+DEEP_MEMORIES = ("dla", "titans")
 
 
 @dataclass
@@ -41,7 +44,9 @@ class MemoryCachingAttention(nn.Module):
     Args:
         hidden_size: model width; num_heads: heads H (``head_dim = hidden_size // num_heads`` unless
             given).
-        memory: ``linear`` or ``swla``.
+        memory: ``linear``, ``swla``, or a deep memory ``dla``/``titans`` (its weights and rates live in
+            :class:`mcrnn.layers.deep_memory.DeepMemory`; ``use_decay`` is then unused).
+        memory_expansion, memory_depth: hidden width ``E * head_dim`` and depth of a deep memory.
         aggregation, init, top_k, pooling: see :func:`mcrnn.ops.memory_caching`.
         segment_size / segment_lengths: constant or explicit segments; both None: MC off.
         use_decay: data-dependent decay ``a_t`` (else plain linear attention).
@@ -69,6 +74,8 @@ class MemoryCachingAttention(nn.Module):
         chunk_size: int = 64,
         norm_eps: float = 1e-5,
         layer_idx: int | None = None,
+        memory_expansion: int = 4,
+        memory_depth: int = 2,
     ) -> None:
         super().__init__()
         check_choice("memory", memory, MEMORIES)
@@ -97,7 +104,14 @@ class MemoryCachingAttention(nn.Module):
         self.convs = nn.ModuleDict(
             {name: ShortConvolution(inner, conv_size) for name in "qkv"} if conv_size > 0 else {}
         )
-        self.decay_proj = nn.Linear(hidden_size, num_heads) if use_decay else None
+        self.deep = None
+        if memory in DEEP_MEMORIES:
+            self.deep = DeepMemory(
+                hidden_size, num_heads, head_dim, memory=memory, expansion=memory_expansion,
+                depth=memory_depth, chunk_size=chunk_size, segment_size=segment_size,
+                segment_lengths=segment_lengths,
+            )
+        self.decay_proj = nn.Linear(hidden_size, num_heads) if use_decay and self.deep is None else None
         self.swla_proj = nn.Linear(hidden_size, 2 * num_heads) if memory == "swla" else None
         self.gate_proj = nn.Linear(hidden_size, inner, bias=False)
         self.out_norm = GatedRMSNorm(head_dim, eps=norm_eps)
@@ -147,11 +161,15 @@ class MemoryCachingAttention(nn.Module):
             v = v * keep[..., None, None]
             if log_decay is not None:
                 log_decay = log_decay * keep[..., None]
-        out = memory_caching(
+        op, gates = memory_caching, {"log_decay": log_decay, **gates}
+        if self.deep is not None:
+            v, gates = self.deep(x, v, keep)
+            op = deep_memory_caching
+        out = op(
             q, k, v, u,
             segment_size=self.segment_size, segment_lengths=self.segment_lengths,
             aggregation=self.aggregation, init=self.init, top_k=self.top_k, pooling=self.pooling,
-            memory=self.memory, log_decay=log_decay, chunk_size=self.chunk_size,
+            memory=self.memory, chunk_size=self.chunk_size,
             cache=None if cache is None else cache.memory, output_cache=use_cache, **gates,
         )
         memory_cache = None
