@@ -8,7 +8,7 @@ mean (default) or a sum (the paper's SSC section).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -175,25 +175,47 @@ def router_gates(
         for ``ssc`` the selected segment indices [B, T, H, min(top_k, N)] (slots pointing at
         ``i >= s(t)`` carry weight 0), else None.
     """
-    batch, _, heads, _ = u.shape
     n_seg = contexts.shape[1]
     visible = torch.arange(n_seg, device=u.device).view(1, -1) < seg.view(-1, 1)  # [T, N]
-    visible = visible.view(1, seg.numel(), 1, n_seg)
+    visible = visible.view(1, seg.numel(), 1, n_seg).expand(u.shape[0], -1, u.shape[2], -1)
+
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.einsum("bthd,bnhd->bthn", u, contexts), (u * online_context).sum(-1)
+
+    return mixing_weights(visible, logits, aggregation, top_k, u.dtype)
+
+
+def mixing_weights(
+    visible: torch.Tensor,
+    logits: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    aggregation: str,
+    top_k: int | None,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Aggregation weights (DESIGN.md §3) from which cached memories each token may read.
+
+    Args:
+        visible: [B, T, H, N] bool, True where token t may read cached memory i.
+        logits: returns the router logits ``(cached [B, T, H, N], online [B, T, H])``; called only
+            by the aggregations that route (``grm``, ``soup``, ``ssc``).
+        dtype: dtype of the fixed weights of ``residual`` and ``average``.
+
+    Returns: ``(cached [B, T, H, N], online [B, T, H], selected [B, T, H, k] or None)`` as
+    :func:`router_gates` describes.
+    """
     if aggregation == "residual":
-        return visible.to(u.dtype).expand(batch, -1, heads, -1), u.new_ones(u.shape[:3]), None
+        return visible.to(dtype), visible.new_ones(visible.shape[:3], dtype=dtype), None
     if aggregation == "average":
-        weight = 1.0 / (seg + 1).to(u.dtype).view(1, -1, 1)
-        cached = visible.to(u.dtype) * weight.unsqueeze(-1)
-        return cached.expand(batch, -1, heads, -1), weight.expand(batch, -1, heads), None
-    cached_logits = torch.einsum("bthd,bnhd->bthn", u, contexts)
-    online_logits = (u * online_context).sum(-1)
+        weight = 1.0 / (1 + visible.sum(-1)).to(dtype)
+        return visible.to(dtype) * weight.unsqueeze(-1), weight, None
+    cached_logits, online_logits = logits()
     mask = visible
     selected = None
     if aggregation == "ssc":
         ranked = cached_logits.masked_fill(~visible, float("-inf")).nan_to_num(nan=float("-inf"))
         # ties among hidden (-inf) slots are harmless: they are masked out below
-        selected = ranked.topk(min(top_k, n_seg), dim=-1).indices
-        mask = visible & torch.zeros_like(visible.expand_as(ranked)).scatter(-1, selected, True)
-    logits = torch.cat([cached_logits.masked_fill(~mask, float("-inf")), online_logits.unsqueeze(-1)], -1)
-    gates = torch.softmax(logits, dim=-1)
+        selected = ranked.topk(min(top_k, visible.shape[-1]), dim=-1).indices
+        mask = visible & torch.zeros_like(visible).scatter(-1, selected, True)
+    full = torch.cat([cached_logits.masked_fill(~mask, float("-inf")), online_logits.unsqueeze(-1)], -1)
+    gates = torch.softmax(full, dim=-1)
     return gates[..., :-1], gates[..., -1], selected
