@@ -97,10 +97,17 @@ def test_non_contiguous_and_bf16():
     online, states = chunk_linear(qt, k, v, g, [8, 9], "independent")
     ref_online, ref_states = reference(q.double(), k.double(), v.double(), g.double(), [8, 9], "independent")
     torch.testing.assert_close(online.double(), ref_online, atol=1e-4, rtol=1e-4)
-    bf = [x.bfloat16() for x in (q, k, v, g)]
+    bf = [x.bfloat16().requires_grad_() for x in (q, k, v, g)]
     online, states = chunk_linear(*bf, [8, 9], "independent")
     assert online.dtype == torch.bfloat16 and states.dtype == torch.float32
     torch.testing.assert_close(online.double(), ref_online, atol=5e-2, rtol=5e-2)
+    refs = [x.double().requires_grad_() for x in (q, k, v, g)]
+    (online.float().square().sum() + states.sum()).backward()
+    ref_online, ref_states = reference(*refs, [8, 9], "independent")
+    (ref_online.square().sum() + ref_states.sum()).backward()
+    for mine, ref in zip(bf, refs, strict=True):
+        assert mine.grad.dtype == torch.bfloat16
+        assert (mine.grad.double() - ref.grad).norm() / ref.grad.norm() < 3e-2
 
 
 def test_mixed_devices_rejected():

@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
 
     INT_ARGS = {"NC", "T"}
     INT_POINTERS = {"table", "seg_ids", "offsets", "idx"}
-    FP32_POINTERS = {"h", "dh", "states", "dstates", "dg"}
+    FP32_POINTERS = {"states", "dstates", "dg"}
 
     def compile_sm90(kernel, **meta):
         signature = {}

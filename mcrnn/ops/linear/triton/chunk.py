@@ -78,7 +78,7 @@ def _fwd_h(
         rows, mask, seg, first, last = _chunk_rows(table, c, BT)
         if RESET:
             b_s = tl.where(first, 0.0, b_s)
-        tl.store(h + ((i_b * NC + c) * H + i_h) * K * V + tile, b_s)
+        tl.store(h + ((i_b * NC + c) * H + i_h) * K * V + tile, b_s.to(h.dtype.element_ty))
         tok = (i_b * T + rows) * H + i_h
         b_k = tl.load(k + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0)
         b_v = tl.load(v + tok[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0)
@@ -139,7 +139,7 @@ def _bwd_dh(
         if HAS_DS:
             if last:
                 b_ds += tl.load(dstates + ((i_b * N + seg) * H + i_h) * K * V + tile).to(tl.float32)
-        tl.store(dh + ((i_b * NC + c) * H + i_h) * K * V + tile, b_ds)
+        tl.store(dh + ((i_b * NC + c) * H + i_h) * K * V + tile, b_ds.to(dh.dtype.element_ty))
         tok = (i_b * T + rows) * H + i_h
         b_q = tl.load(q + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0)
         b_do = tl.load(do + tok[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0)
@@ -200,6 +200,11 @@ _launch_bwd_dh = autotuned(_bwd_dh, _KEY)
 _launch_bwd_dqkv = autotuned(_bwd_dqkv, _KEY)
 
 
+def _matmul_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Storage of the per-chunk states ``H_c`` and their gradients: the 16-bit input dtype, else float32."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
 def _state_block(dim: int) -> int:
     """Dk/Dv block of the sequential scans: small blocks give more programs to the GPU."""
     return min(dim, 32)
@@ -215,7 +220,8 @@ class ChunkLinearFunction(torch.autograd.Function):
         block = time_block(max(key_dim, value_dim))
         table = chunk_table(lengths, block, q.device)
         n_chunks, n_seg = table.shape[0], len(lengths)
-        h = q.new_empty(batch, n_chunks, heads, key_dim, value_dim, dtype=torch.float32)
+        # chunk-start states feed only tl.dot, whose operands are in the input dtype anyway
+        h = q.new_empty(batch, n_chunks, heads, key_dim, value_dim, dtype=_matmul_dtype(q.dtype))
         states = q.new_zeros(batch, n_seg, heads, key_dim, value_dim, dtype=torch.float32)
         online = torch.empty_like(v)
         bk, bv = _state_block(key_dim), _state_block(value_dim)
