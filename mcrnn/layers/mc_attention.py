@@ -22,7 +22,7 @@ from mcrnn.layers.deep_memory import DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import deep_memory_caching
-from mcrnn.ops.segments import check_choice, check_options, resolve_segment_lengths
+from mcrnn.ops.segments import SEGMENTATIONS, check_choice, check_options, resolve_segment_lengths
 
 #: decays a_t = sigmoid(.)^(1/16) stay close to 1, as GLA's gate normaliser does
 DECAY_NORMALIZER = 16.0
@@ -49,6 +49,7 @@ class MemoryCachingAttention(nn.Module):
         memory_expansion, memory_depth: hidden width ``E * head_dim`` and depth of a deep memory.
         aggregation, init, top_k, pooling: see :func:`mcrnn.ops.memory_caching`.
         segment_size / segment_lengths: constant or explicit segments; both None: MC off.
+        segmentation: ``constant`` or ``log`` (per-token Fenwick buckets; needs segment_size=None).
         use_decay: data-dependent decay ``a_t`` (else plain linear attention).
         conv_size: kernel of the short causal convolution on q, k, v (0 disables it).
         separate_router: a router projection ``u = x W_u`` (else ``u = q``, the paper's alternative).
@@ -64,6 +65,7 @@ class MemoryCachingAttention(nn.Module):
         aggregation: str = "grm",
         segment_size: int | None = 256,
         segment_lengths: Sequence[int] | None = None,
+        segmentation: str = "constant",
         init: str = "checkpoint",
         top_k: int | None = None,
         pooling: str = "mean",
@@ -90,10 +92,17 @@ class MemoryCachingAttention(nn.Module):
             resolve_segment_lengths(segment_size, segment_size, None)  # validates the size
         if segment_size is not None and segment_lengths is not None:
             raise ValueError("give segment_size or segment_lengths, not both")
+        check_choice("segmentation", segmentation, SEGMENTATIONS)
+        if segmentation == "log" and (
+            segment_size is not None or segment_lengths is not None or memory != "linear"
+        ):
+            raise ValueError(
+                "segmentation='log' needs segment_size=None, segment_lengths=None, memory='linear'"
+            )
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.memory, self.aggregation, self.init = memory, aggregation, init
         self.top_k, self.pooling, self.chunk_size = top_k, pooling, chunk_size
-        self.segment_size = segment_size
+        self.segment_size, self.segmentation = segment_size, segmentation
         self.segment_lengths = None if segment_lengths is None else [int(n) for n in segment_lengths]
         self.layer_idx = layer_idx
         inner = num_heads * head_dim
@@ -107,8 +116,14 @@ class MemoryCachingAttention(nn.Module):
         self.deep = None
         if memory in DEEP_MEMORIES:
             self.deep = DeepMemory(
-                hidden_size, num_heads, head_dim, memory=memory, expansion=memory_expansion,
-                depth=memory_depth, chunk_size=chunk_size, segment_size=segment_size,
+                hidden_size,
+                num_heads,
+                head_dim,
+                memory=memory,
+                expansion=memory_expansion,
+                depth=memory_depth,
+                chunk_size=chunk_size,
+                segment_size=segment_size,
                 segment_lengths=segment_lengths,
             )
         self.decay_proj = nn.Linear(hidden_size, num_heads) if use_decay and self.deep is None else None
@@ -166,11 +181,22 @@ class MemoryCachingAttention(nn.Module):
             v, gates = self.deep(x, v, keep)
             op = deep_memory_caching
         out = op(
-            q, k, v, u,
-            segment_size=self.segment_size, segment_lengths=self.segment_lengths,
-            aggregation=self.aggregation, init=self.init, top_k=self.top_k, pooling=self.pooling,
-            memory=self.memory, chunk_size=self.chunk_size,
-            cache=None if cache is None else cache.memory, output_cache=use_cache, **gates,
+            q,
+            k,
+            v,
+            u,
+            segment_size=self.segment_size,
+            segment_lengths=self.segment_lengths,
+            segmentation=self.segmentation,
+            aggregation=self.aggregation,
+            init=self.init,
+            top_k=self.top_k,
+            pooling=self.pooling,
+            memory=self.memory,
+            chunk_size=self.chunk_size,
+            cache=None if cache is None else cache.memory,
+            output_cache=use_cache,
+            **gates,
         )
         memory_cache = None
         if use_cache:
@@ -190,8 +216,9 @@ class MemoryCachingAttention(nn.Module):
         if bool(keep.all()):
             return None
         if bool((keep[:, 1:] & ~keep[:, :-1]).any()):
-            raise ValueError("attention_mask must be right padding (1s then 0s per row); left padding "
-                             "is not supported")
+            raise ValueError(
+                "attention_mask must be right padding (1s then 0s per row); left padding is not supported"
+            )
         return keep
 
 

@@ -12,13 +12,18 @@ from collections.abc import Sequence
 
 import torch
 
-from mcrnn.ops.linear.op import (
-    MatrixMemoryCache,
-    naive_memory_caching,
-    parallel_linear_mc,
-    recurrent_linear_mc,
+from mcrnn.ops.linear.log import fenwick_prefill_cache, log_linear_mc
+from mcrnn.ops.linear.naive import naive_log_memory_caching, naive_memory_caching
+from mcrnn.ops.linear.op import parallel_linear_mc, recurrent_linear_mc
+from mcrnn.ops.linear.recurrent import FenwickMemoryCache, MatrixMemoryCache, fenwick_step
+from mcrnn.ops.segments import (
+    SEGMENTATIONS,
+    check_choice,
+    check_options,
+    check_qkv,
+    compute_dtype,
+    resolve_segment_lengths,
 )
-from mcrnn.ops.segments import check_choice, check_options, check_qkv, compute_dtype, resolve_segment_lengths
 
 MATRIX_MEMORIES = ("linear", "swla")
 BACKENDS = ("auto", "naive", "torch", "triton")
@@ -32,6 +37,7 @@ def memory_caching(
     *,
     segment_size: int | None = None,
     segment_lengths: Sequence[int] | None = None,
+    segmentation: str = "constant",
     aggregation: str = "grm",
     init: str = "checkpoint",
     top_k: int | None = None,
@@ -40,11 +46,11 @@ def memory_caching(
     log_decay: torch.Tensor | None = None,
     prev_gate: torch.Tensor | None = None,
     cur_gate: torch.Tensor | None = None,
-    cache: MatrixMemoryCache | None = None,
+    cache: MatrixMemoryCache | FenwickMemoryCache | None = None,
     output_cache: bool = False,
     backend: str = "auto",
     chunk_size: int = 64,
-) -> torch.Tensor | tuple[torch.Tensor, MatrixMemoryCache]:
+) -> torch.Tensor | tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache]:
     """Memory Caching over a matrix memory (DESIGN.md §3-§6).
 
     Per head, token ``t`` in segment ``s`` with online state ``M_t`` and cached states ``M(i)``::
@@ -63,6 +69,9 @@ def memory_caching(
         q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; u: [B, T, H, Dk] router queries (None: ``u = q``).
         segment_size: constant segments (the last may be shorter); ``segment_lengths``: explicit
             lengths summing to T; neither: one segment (the base memory).
+        segmentation: ``constant`` (the segments above) or ``log``: the per-token Fenwick partition
+            of DESIGN.md §5 (token t reads one bucket per binary digit of t + 1; ``linear`` memory
+            only; with ``grm`` it is the paper's Log-Linear++).
         aggregation: ``residual | grm | soup | ssc | average`` (``soup == grm`` for matrix memories).
         init: ``checkpoint`` (a segment continues from the previous state) or ``independent``
             (each segment restarts from zero).
@@ -83,6 +92,7 @@ def memory_caching(
     """
     check_choice("memory", memory, MATRIX_MEMORIES)
     check_choice("backend", backend, BACKENDS)
+    check_choice("segmentation", segmentation, SEGMENTATIONS)
     check_options(aggregation, init, pooling, top_k)
     gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
     check_qkv(q, k, v, u, gates)
@@ -94,10 +104,18 @@ def memory_caching(
         raise ValueError("log_decay must be <= 0 (a decay a_t = exp(log_decay) in (0, 1])")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    if cache is not None and not isinstance(cache, MatrixMemoryCache):
-        raise TypeError(f"cache must be a MatrixMemoryCache, got {type(cache).__name__}")
+    log_segments = segmentation == "log"
+    if log_segments and (segment_size is not None or segment_lengths is not None):
+        raise ValueError("segmentation='log' takes no segment_size or segment_lengths")
+    if log_segments and memory != "linear":
+        raise ValueError(f"segmentation='log' supports memory='linear', got {memory!r}")
+    cache_type = FenwickMemoryCache if log_segments else MatrixMemoryCache
+    if cache is not None and not isinstance(cache, cache_type):
+        raise TypeError(f"cache must be a {cache_type.__name__}, got {type(cache).__name__}")
     seq_len = q.shape[1]
-    lengths = resolve_segment_lengths(seq_len, segment_size, segment_lengths) if cache is None else None
+    lengths = None
+    if cache is None and not log_segments:
+        lengths = resolve_segment_lengths(seq_len, segment_size, segment_lengths)
     out_dtype = q.dtype
     dtype = compute_dtype(q, k, v, u)
     u = q if u is None else u
@@ -107,7 +125,9 @@ def memory_caching(
                    log_decay=log_decay, prev_gate=prev_gate, cur_gate=cur_gate)
     if seq_len == 0:
         raise ValueError("q must hold at least one token (T >= 1)")
-    if cache is not None:
+    if log_segments:
+        out, cache = _log_mc(q, k, v, u, cache, backend, output_cache, chunk_size, options)
+    elif cache is not None:
         boundaries = _boundaries(segment_size, segment_lengths)
         out, cache = recurrent_linear_mc(q, k, v, u, cache, boundaries, **options)
     elif backend == "naive":
@@ -121,6 +141,24 @@ def memory_caching(
                                         chunk_size=chunk_size, **options)
     out = out.to(out_dtype)
     return (out, cache) if output_cache else out
+
+
+def _log_mc(q, k, v, u, cache, backend, output_cache, chunk_size, options):  # noqa: ANN001, ANN202
+    """Fenwick-segmented MC: decode from a cache, or the naive / parallel paths (+ prefill cache)."""
+    options = {name: options[name] for name in ("aggregation", "init", "top_k", "pooling", "log_decay")}
+    log_decay = options["log_decay"]
+    if cache is not None:
+        outputs = []
+        for t in range(q.shape[1]):
+            step = {**options, "log_decay": None if log_decay is None else log_decay[:, t]}
+            y, cache = fenwick_step(q[:, t], k[:, t], v[:, t], u[:, t], cache, **step)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1), cache
+    if backend == "naive":
+        out = naive_log_memory_caching(q, k, v, u, **options)
+    else:
+        out = log_linear_mc(q, k, v, u, chunk_size=chunk_size, **options)
+    return out, fenwick_prefill_cache(k, v, log_decay, options["init"]) if output_cache else None
 
 
 def _boundaries(segment_size: int | None, segment_lengths: Sequence[int] | None) -> set[int] | int | None:

@@ -15,6 +15,7 @@ import torch
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 INITS = ("checkpoint", "independent")
 POOLINGS = ("mean", "sum")
+SEGMENTATIONS = ("constant", "log")
 
 
 def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -61,6 +62,16 @@ def resolve_segment_lengths(
         raise ValueError(f"segment_size must be an int >= 1, got {segment_size!r}")
     full, rest = divmod(seq_len, segment_size)
     return [segment_size] * full + ([rest] if rest else [])
+
+
+def fenwick_buckets(length: int) -> list[tuple[int, int]]:
+    """``[start, end)`` buckets of a prefix of ``length`` tokens, largest first (37 -> 32, 4, 1)."""
+    buckets, start = [], 0
+    for level in reversed(range(length.bit_length())):
+        if length >> level & 1:
+            buckets.append((start, start + (1 << level)))
+            start += 1 << level
+    return buckets
 
 
 def segment_index(lengths: Sequence[int], device: torch.device | None = None) -> torch.Tensor:

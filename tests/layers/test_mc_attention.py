@@ -28,11 +28,14 @@ def hidden(batch=2, seq_len=11, seed=1):
     return torch.randn(batch, seq_len, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla"])
+@pytest.mark.parametrize(
+    "memory,segmentation", [("linear", "constant"), ("swla", "constant"), ("linear", "log")]
+)
 @pytest.mark.parametrize("aggregation", ["residual", "grm", "ssc", "average"])
 @pytest.mark.parametrize("init", ["checkpoint", "independent"])
-def test_decoding_equals_parallel(memory, aggregation, init):
-    layer = make_layer(memory, aggregation, init=init)
+def test_decoding_equals_parallel(memory, segmentation, aggregation, init):
+    options = {"segment_size": None, "segmentation": "log"} if segmentation == "log" else {}
+    layer = make_layer(memory, aggregation, init=init, **options)
     x = hidden()
     expected, _ = layer(x)
     out, cache = layer(x[:, :4], use_cache=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +29,70 @@ def chunk_size_for(lengths: Sequence[int], chunk_size: int) -> int:
     a segment boundary (the last segment is padded at the end of the sequence instead)."""
     common = math.gcd(*lengths[:-1]) if len(lengths) > 1 else max(lengths[-1], 1)
     return max(d for d in range(1, min(chunk_size, common) + 1) if common % d == 0)
+
+
+@dataclass
+class Chunks:
+    """Chunk-local pieces of decayed linear attention, [B, H, n chunks, c tokens, ...].
+
+    ``cum`` is the inclusive cumulative log decay inside each chunk (None without decay),
+    ``scores = q k^T`` per chunk, ``local = sum_j exp(cum_last - cum_j) k_j v_j^T`` the chunk's own
+    writes decayed to its end, and ``chunk_decay = exp(cum_last)`` (None without decay).
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    cum: torch.Tensor | None
+    scores: torch.Tensor
+    local: torch.Tensor
+    chunk_decay: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        return self.q.shape[3]
+
+    @property
+    def count(self) -> int:
+        return self.q.shape[2]
+
+
+def split_chunks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None, chunk: int
+) -> Chunks:
+    """Pad [B, H, T, D] inputs at the end to whole chunks of ``chunk`` tokens and form :class:`Chunks`."""
+    batch, heads, seq_len, _ = q.shape
+    n_chunks = -(-seq_len // chunk)
+    pad = n_chunks * chunk - seq_len
+    if pad:
+        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        if log_decay is not None:
+            log_decay = torch.nn.functional.pad(log_decay, (0, pad))
+    q, k, v = (x.reshape(batch, heads, n_chunks, chunk, x.shape[-1]) for x in (q, k, v))
+    scores = q @ k.transpose(-1, -2)
+    if log_decay is None:
+        return Chunks(q, k, v, None, scores, k.transpose(-1, -2) @ v, None)
+    cum = log_decay.reshape(batch, heads, n_chunks, chunk).cumsum(-1)
+    local = (k * (cum[..., -1:] - cum).exp().unsqueeze(-1)).transpose(-1, -2) @ v
+    return Chunks(q, k, v, cum, scores, local, cum[..., -1].exp())
+
+
+def decayed_scores(chunks: Chunks, last: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``scores[t, j] * exp(cum[last_t] - cum[j])`` where ``first_t <= j <= last_t``, else 0.
+
+    Args:
+        last, first: [c] or [B, H, n, c] chunk-relative positions per query.
+
+    Returns: [B, H, n, c, c], the weights of ``q_t . k_j`` for reading the state at ``last_t`` that
+    starts at ``first_t`` (with ``last_t = t, first_t = 0`` the causal intra-chunk attention).
+    """
+    positions = torch.arange(chunks.size, device=chunks.q.device)
+    inside = (positions >= first.unsqueeze(-1)) & (positions <= last.unsqueeze(-1))
+    if chunks.cum is None:
+        return chunks.scores.masked_fill(~inside, 0.0)
+    end = chunks.cum.gather(-1, last.expand(chunks.cum.shape)) if last.dim() > 1 else chunks.cum[..., last]
+    exponent = (end.unsqueeze(-1) - chunks.cum.unsqueeze(-2)).masked_fill(~inside, float("-inf"))
+    return chunks.scores * exponent.exp()
 
 
 def chunk_linear(
@@ -52,30 +117,11 @@ def chunk_linear(
         ``online`` [B, H, T, Dv] with ``o_t = q_t^T M_t`` and ``states`` [B, H, N, Dk, Dv], the state at
         the end of every segment.
     """
-    batch, heads, seq_len, key_dim = q.shape
-    value_dim = v.shape[-1]
-    chunk = chunk_size_for(lengths, chunk_size)
-    n_chunks = -(-seq_len // chunk)
-    pad = n_chunks * chunk - seq_len
-    if pad:
-        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        if log_decay is not None:
-            log_decay = torch.nn.functional.pad(log_decay, (0, pad))
-    q = q.reshape(batch, heads, n_chunks, chunk, key_dim)
-    k = k.reshape(batch, heads, n_chunks, chunk, key_dim)
-    v = v.reshape(batch, heads, n_chunks, chunk, value_dim)
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-    scores = q @ k.transpose(-1, -2)
-    if log_decay is None:
-        intra = scores.masked_fill(~causal, 0.0)
-        local = k.transpose(-1, -2) @ v  # [B, H, n, Dk, Dv]
-        chunk_decay = None
-    else:
-        cum = log_decay.reshape(batch, heads, n_chunks, chunk).cumsum(-1)
-        pair = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
-        intra = scores * pair.exp()
-        local = (k * (cum[..., -1:] - cum).exp().unsqueeze(-1)).transpose(-1, -2) @ v
-        chunk_decay = cum[..., -1].exp()
+    batch, heads, seq_len, _ = q.shape
+    chunks = split_chunks(q, k, v, log_decay, chunk_size_for(lengths, chunk_size))
+    chunk, n_chunks = chunks.size, chunks.count
+    positions = torch.arange(chunk, device=q.device)
+    intra = decayed_scores(chunks, positions, torch.zeros_like(positions))
     # chunk index where each segment starts / ends (chunks never straddle segments)
     chunk_counts = [n // chunk for n in lengths[:-1]] + [n_chunks - sum(n // chunk for n in lengths[:-1])]
     seg_first = torch.tensor([0, *chunk_counts[:-1]], device=q.device).cumsum(0)
@@ -83,14 +129,25 @@ def chunk_linear(
     carry = None
     if init == "independent":
         carry = torch.ones(n_chunks, dtype=q.dtype, device=q.device).index_fill(0, seg_first, 0.0)
-    ends = _chunk_scan(local, chunk_decay, carry)  # state at the end of every chunk
+    ends, starts = chunk_states(chunks, carry)
+    inter = chunks.q @ starts
+    if chunks.cum is not None:
+        inter = inter * chunks.cum.exp().unsqueeze(-1)
+    online = intra @ chunks.v + inter
+    online = online.reshape(batch, heads, n_chunks * chunk, -1)[:, :, :seq_len]
+    return online, ends[:, :, seg_last]
+
+
+def chunk_states(chunks: Chunks, carry: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at the end of every chunk and entering every chunk, [B, H, n, Dk, Dv] each.
+
+    ``carry`` [n] (0/1 or None) resets the state to zero at the chunks where it is 0.
+    """
+    ends = _chunk_scan(chunks.local, chunks.chunk_decay, carry)
     starts = torch.cat([torch.zeros_like(ends[:, :, :1]), ends[:, :, :-1]], dim=2)
     if carry is not None:
         starts = starts * carry.view(1, 1, -1, 1, 1)
-    inter_q = q if log_decay is None else q * cum.exp().unsqueeze(-1)
-    online = intra @ v + inter_q @ starts
-    online = online.reshape(batch, heads, n_chunks * chunk, value_dim)[:, :, :seq_len]
-    return online, ends[:, :, seg_last]
+    return ends, starts
 
 
 def _chunk_scan(

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mcrnn.ops.segments import fenwick_buckets
+
 
 def naive_memory_caching(
     q: torch.Tensor,
@@ -90,3 +92,49 @@ def _aggregate(
         chosen = sorted(top) + [len(reads) - 1]
     weights = torch.softmax(torch.stack([logits[i] for i in chosen]), dim=0)
     return sum(w * reads[i] for w, i in zip(weights, chosen, strict=True))
+
+
+def naive_log_memory_caching(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    aggregation: str,
+    init: str,
+    top_k: int | None,
+    pooling: str,
+    log_decay: torch.Tensor | None,
+) -> torch.Tensor:
+    """Reference MC with the per-token Fenwick (log) segmentation of DESIGN.md §5 (``linear`` memory).
+
+    The prefix of token ``t`` (length ``L = t + 1``) splits by the binary digits of ``L``, largest
+    first: ``L = 37 -> [0, 32), [32, 36), [36, 37)``. The last bucket holds ``t`` and is the online
+    memory; the others are cached. A bucket's state is the base state at its end (``checkpoint``) or
+    the decayed sum of its own writes (``independent``); its router key pools its keys.
+    """
+    batch, seq_len, heads, _ = q.shape
+    out = q.new_zeros(batch, seq_len, heads, v.shape[-1])
+    for b in range(batch):
+        for h in range(heads):
+            decay = torch.ones(seq_len, dtype=q.dtype) if log_decay is None else log_decay[b, :, h].exp()
+            writes = [torch.outer(k[b, t, h], v[b, t, h]) for t in range(seq_len)]
+            prefix = []
+            state = q.new_zeros(k.shape[-1], v.shape[-1])
+            for t in range(seq_len):
+                state = decay[t] * state + writes[t]
+                prefix.append(state)
+            for t in range(seq_len):
+                reads, logits = [], []
+                for start, end in fenwick_buckets(t + 1):
+                    if init == "checkpoint":
+                        memory = prefix[end - 1]
+                    else:
+                        memory = q.new_zeros(k.shape[-1], v.shape[-1])
+                        for i in range(start, end):
+                            memory = decay[i] * memory + writes[i]
+                    reads.append(q[b, t, h] @ memory)
+                    logits.append(u[b, t, h] @ _pool(list(k[b, start:end, h]), pooling))
+                out[b, t, h] = _aggregate(reads, logits, aggregation, top_k)
+    return out
+

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 
 from mcrnn.ops.linear.chunk import cached_read, chunk_linear, selected_read
-from mcrnn.ops.linear.naive import naive_memory_caching
 from mcrnn.ops.linear.recurrent import MatrixMemoryCache, recurrent_step
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
 
@@ -129,5 +128,3 @@ def recurrent_linear_mc(
         outputs.append(y)
     return torch.stack(outputs, dim=1), cache
 
-
-__all__ = ["MatrixMemoryCache", "naive_memory_caching", "parallel_linear_mc", "recurrent_linear_mc"]

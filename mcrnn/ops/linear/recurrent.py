@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mcrnn.ops.segments import router_gates
+from mcrnn.ops.segments import mixing_weights, router_gates
 
 
 @dataclass
@@ -123,4 +123,118 @@ def recurrent_step(
             gates = gates.gather(-1, index)
             cached = cached.gather(2, index[..., None, None].expand(-1, -1, -1, *cached.shape[-2:]))
         y = y + torch.einsum("bhn,bhk,bhnkv->bhv", gates, q, cached)
+    return y, new_cache
+
+
+@dataclass
+class FenwickMemoryCache:
+    """Decoding state of MC with the Fenwick (log) segmentation: a binary counter of buckets.
+
+    After ``L`` tokens the buckets are the binary digits of ``L`` (largest first); the smallest is the
+    online memory, the others are cached. Adding a token whose count ``L`` has ``j`` trailing zeros
+    merges the buckets smaller than ``2^j`` (the online one included) with the token.
+
+    Attributes:
+        online: [B, H, Dk, Dv]; online_key_sum: [B, H, Dk]; online_size: tokens in the online bucket.
+        cached: [B, H, n, Dk, Dv]; cached_key_sums: [B, n, H, Dk]; cached_sizes: bucket sizes.
+        cached_log_decay: [B, H, n] cumulative log decay at each cached bucket's end.
+        log_decay_total: [B, H] cumulative log decay after the last token; position: tokens seen.
+    """
+
+    online: torch.Tensor
+    online_key_sum: torch.Tensor
+    online_size: int
+    cached: torch.Tensor
+    cached_key_sums: torch.Tensor
+    cached_sizes: list[int]
+    cached_log_decay: torch.Tensor
+    log_decay_total: torch.Tensor
+    position: int
+
+    @property
+    def num_cached(self) -> int:
+        return len(self.cached_sizes)
+
+
+def fenwick_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    cache: FenwickMemoryCache | None,
+    *,
+    aggregation: str,
+    init: str,
+    top_k: int | None,
+    pooling: str,
+    log_decay: torch.Tensor | None,
+) -> tuple[torch.Tensor, FenwickMemoryCache]:
+    """One token of Fenwick-segmented MC over a linear memory (q, k, u: [B, H, Dk]; v: [B, H, Dv];
+    log_decay: [B, H] or None). Returns ``y`` [B, H, Dv] and a new cache."""
+    write = k.unsqueeze(-1) * v.unsqueeze(-2)
+    step_log_decay = torch.zeros_like(k[..., 0]) if log_decay is None else log_decay
+    if cache is None:
+        cache = FenwickMemoryCache(
+            online=torch.zeros_like(write),
+            online_key_sum=torch.zeros_like(k),
+            online_size=0,
+            cached=write.new_zeros(*write.shape[:2], 0, *write.shape[2:]),
+            cached_key_sums=k.new_zeros(k.shape[0], 0, *k.shape[1:]),
+            cached_sizes=[],
+            cached_log_decay=k.new_zeros(*k.shape[:2], 0),
+            log_decay_total=torch.zeros_like(step_log_decay),
+            position=0,
+        )
+    length = cache.position + 1
+    merged_size = length & -length  # the new online bucket's size, 2^j
+    cached, key_sums = cache.cached, cache.cached_key_sums
+    sizes, ends = list(cache.cached_sizes), cache.cached_log_decay
+    online, key_sum = cache.online, cache.online_key_sum
+    if cache.online_size and merged_size == 1:  # the old online bucket becomes cached
+        cached = torch.cat([cached, online.unsqueeze(2)], dim=2)
+        key_sums = torch.cat([key_sums, key_sum.unsqueeze(1)], dim=1)
+        ends = torch.cat([ends, cache.log_decay_total.unsqueeze(-1)], dim=-1)
+        sizes.append(cache.online_size)
+        online = torch.zeros_like(online) if init == "independent" else online
+        key_sum = torch.zeros_like(key_sum)
+    elif merged_size > 1:  # merge the trailing cached buckets smaller than 2^j into the online one
+        keep = sum(size >= merged_size for size in sizes)
+        if init == "independent":
+            decay_to_now = (cache.log_decay_total.unsqueeze(-1) - ends[..., keep:]).exp()
+            online = online + (decay_to_now[..., None, None] * cached[:, :, keep:]).sum(2)
+        key_sum = key_sum + key_sums[:, keep:].sum(1)
+        cached, key_sums, ends, sizes = (
+            cached[:, :, :keep],
+            key_sums[:, :keep],
+            ends[..., :keep],
+            sizes[:keep],
+        )
+    online = step_log_decay.exp()[..., None, None] * online + write
+    new_cache = FenwickMemoryCache(
+        online,
+        key_sum + k,
+        merged_size,
+        cached,
+        key_sums,
+        sizes,
+        ends,
+        cache.log_decay_total + step_log_decay,
+        length,
+    )
+    n_cached = len(sizes)
+    visible = torch.ones(q.shape[0], 1, q.shape[1], n_cached, dtype=torch.bool, device=q.device)
+
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = key_sums
+        online_key = new_cache.online_key_sum
+        if pooling == "mean":
+            pooled = pooled / torch.tensor(sizes, dtype=q.dtype, device=q.device).view(1, -1, 1, 1)
+            online_key = online_key / merged_size
+        cached_logits = torch.einsum("bhd,bnhd->bhn", u, pooled).unsqueeze(1)
+        return cached_logits, (u * online_key).sum(-1).unsqueeze(1)
+
+    cached_w, online_w, _ = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
+    y = online_w[:, 0, :, None] * torch.einsum("bhk,bhkv->bhv", q, online)
+    if n_cached:
+        y = y + torch.einsum("bhn,bhk,bhnkv->bhv", cached_w[:, 0], q, cached)
     return y, new_cache

@@ -1,0 +1,194 @@
+"""Parallel MC with the per-token Fenwick (log) segmentation of DESIGN.md §5, ``linear`` memory.
+
+Token ``t`` (prefix length ``L = t + 1``) reads one bucket per set bit ``l`` of ``L``: the aligned
+dyadic block ``[s, s + 2^l)`` with ``s = (L >> (l+1)) << (l+1)``; the lowest set bit is the online
+bucket (it ends at ``t``), the others are cached. So every read is ``q_t^T S_l(t)`` for a state
+``S_l`` of level ``l``, and the output is
+
+    y_t = sum_{l in bits(L), l != low(L)} g_{t,l} q_t^T S_l(t) + g_{t,low} q_t^T S_low(t).
+
+Levels whose blocks are shorter than the chunk are read in attention form inside the chunk
+(``sum_j w_{t,j} (q_t . k_j) v_j`` with the level's mask and decay); longer levels materialise one
+state per pair of blocks from the chunk scan and read it with a batched matmul. Cost: about
+``log2(T/c)`` reads of ``2 Dk Dv`` plus ``log2(c)`` intra-chunk attentions per token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mcrnn.ops.linear.chunk import chunk_states, decayed_scores, split_chunks
+from mcrnn.ops.linear.recurrent import FenwickMemoryCache
+from mcrnn.ops.segments import fenwick_buckets, mixing_weights
+
+
+def fenwick_levels(seq_len: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per token and level: ``active`` [T, n] (bit set), ``start``/``end`` [T, n] of its bucket, and the
+    online level ``low`` [T] (the lowest set bit of ``L = t + 1``)."""
+    length = torch.arange(1, seq_len + 1, device=device)
+    levels = torch.arange(max(seq_len.bit_length(), 1), device=device)
+    active = (length.unsqueeze(1) >> levels) & 1 == 1
+    start = (length.unsqueeze(1) >> (levels + 1)) << (levels + 1)
+    low = (length & -length).log2().round().long()
+    return active, start, start + (1 << levels), low
+
+
+def log_linear_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    aggregation: str,
+    init: str,
+    top_k: int | None,
+    pooling: str,
+    log_decay: torch.Tensor | None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """MC output [B, T, H, Dv] with Fenwick segmentation for [B, T, H, D] inputs (see module doc)."""
+    batch, seq_len, heads, _ = q.shape
+    active, start, end, low = fenwick_levels(seq_len, q.device)
+    n_levels = active.shape[1]
+    reads = _level_reads(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        None if log_decay is None else log_decay.transpose(1, 2),
+        init,
+        start,
+        end,
+        chunk_size,
+    )  # [B, H, T, n, Dv]
+    reads = reads.transpose(1, 2)  # [B, T, H, n, Dv]
+    visible = active & (torch.arange(n_levels, device=q.device) != low.unsqueeze(1))
+    visible = visible.view(1, seq_len, 1, n_levels).expand(batch, -1, heads, -1)
+
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        # bucket key sums from prefix sums of the keys: K[end] - K[start]
+        prefix = torch.nn.functional.pad(k.cumsum(1), (0, 0, 0, 0, 1, 0))  # [B, T+1, H, Dk]
+        sums = prefix[:, end.clamp(max=seq_len)] - prefix[:, start]  # [B, T, n, H, Dk]
+        if pooling == "mean":
+            sums = sums / (2.0 ** torch.arange(n_levels, device=q.device)).to(sums.dtype).view(1, 1, -1, 1, 1)
+        cached = torch.einsum("bthd,btnhd->bthn", u, sums)
+        return cached, cached.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
+
+    cached_w, online_w, _ = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
+    online = reads.gather(3, low.view(1, -1, 1, 1, 1).expand(batch, -1, heads, 1, reads.shape[-1]))
+    return (cached_w.unsqueeze(-1) * reads).sum(3) + online_w.unsqueeze(-1) * online.squeeze(3)
+
+
+def _level_reads(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor | None,
+    init: str,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """``q_t^T S_l(t)`` for every token and level, heads-first: [B, H, T, n_levels, Dv].
+
+    Entries of levels a token does not read hold finite garbage; the caller's weights zero them.
+    """
+    batch, heads, seq_len, _ = q.shape
+    n_levels = start.shape[1]
+    chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
+    chunks = split_chunks(q, k, v, log_decay, chunk)
+    ends, starts = chunk_states(chunks, None)  # prefix states at / entering every chunk
+    entering = chunks.q @ starts  # [B, H, n, c, Dv], q_t^T P_(chunk start - 1)
+    token = torch.arange(seq_len, device=q.device)
+    reads = []
+    for level in range(n_levels):
+        block = 1 << level
+        if block < chunk:
+            reads.append(
+                _attention_level(chunks, entering, init, start[:, level], end[:, level], token, seq_len)
+            )
+        else:
+            reads.append(_state_level(chunks, ends, init, block, seq_len))
+    return torch.stack(reads, dim=3)
+
+
+def _attention_level(chunks, entering, init, start, end, token, seq_len) -> torch.Tensor:  # noqa: ANN001
+    """Level with blocks shorter than the chunk: every bucket lies in its reader's chunk."""
+    chunk, n_chunks = chunks.size, chunks.count
+    padded = n_chunks * chunk
+    chunk_start = (token // chunk) * chunk
+    last = (end - 1 - chunk_start).clamp(0, chunk - 1)
+    first = (start - chunk_start).clamp(0, chunk - 1) if init == "independent" else torch.zeros_like(last)
+    last, first = (torch.nn.functional.pad(x, (0, padded - seq_len)) for x in (last, first))
+    shape = (1, 1, n_chunks, chunk)
+    out = decayed_scores(chunks, last.view(shape), first.view(shape)) @ chunks.v
+    if init == "checkpoint":  # plus the state entering the chunk, decayed to ``last``
+        if chunks.cum is not None:
+            entering = (
+                entering * chunks.cum.gather(-1, last.view(shape).expand(chunks.cum.shape)).exp()[..., None]
+            )
+        out = out + entering
+    return out.flatten(2, 3)[:, :, :seq_len]
+
+
+def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # noqa: ANN001
+    """Level with blocks of whole chunks: token t reads the state of the even block of its pair."""
+    per_block = block // chunks.size
+    n_chunks = chunks.count
+    if init == "independent":
+        carry = (torch.arange(n_chunks, device=chunks.q.device) % per_block != 0).to(chunks.local.dtype)
+        block_ends, _ = chunk_states(chunks, carry)
+    else:
+        block_ends = prefix_ends
+    n_pairs = -(-seq_len // (2 * block))
+    last_chunk = ((torch.arange(n_pairs, device=chunks.q.device) * 2 + 1) * per_block - 1).clamp(
+        max=n_chunks - 1
+    )
+    states = block_ends[:, :, last_chunk]  # [B, H, pairs, Dk, Dv]
+    q = chunks.q.flatten(2, 3)[:, :, :seq_len]
+    q = torch.nn.functional.pad(q, (0, 0, 0, n_pairs * 2 * block - seq_len))
+    out = q.unflatten(2, (n_pairs, 2 * block)) @ states
+    return out.flatten(2, 3)[:, :, :seq_len]
+
+
+def fenwick_prefill_cache(
+    k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None, init: str
+) -> FenwickMemoryCache:
+    """The decoding cache after the [B, T, H, D] tokens, built from whole-bucket sums.
+
+    Bucket ``[s, e)`` sums its writes decayed to its end, ``W = sum_i exp(G_{e-1} - G_i) k_i v_i^T``
+    (``G`` the cumulative log decay); under ``checkpoint`` the state chains across buckets,
+    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``.
+    """
+    batch, seq_len, heads, _ = k.shape
+    cum = torch.zeros(batch, seq_len, heads, dtype=k.dtype, device=k.device)
+    if log_decay is not None:
+        cum = log_decay.cumsum(1)
+    states, key_sums, end_decays = [], [], []
+    previous = None
+    for start, end in fenwick_buckets(seq_len):
+        weight = (cum[:, end - 1 : end] - cum[:, start:end]).exp()  # [B, n, H]
+        state = torch.einsum("bnhk,bnhv->bhkv", k[:, start:end] * weight.unsqueeze(-1), v[:, start:end])
+        if init == "checkpoint" and previous is not None:
+            state = state + (cum[:, end - 1] - cum[:, start - 1]).exp()[..., None, None] * previous
+        previous = state
+        states.append(state)
+        key_sums.append(k[:, start:end].sum(1))
+        end_decays.append(cum[:, end - 1])
+    sizes = [end - start for start, end in fenwick_buckets(seq_len)]
+    return FenwickMemoryCache(
+        online=states[-1],
+        online_key_sum=key_sums[-1],
+        online_size=sizes[-1],
+        cached=torch.stack(states[:-1], dim=2)
+        if len(states) > 1
+        else states[-1].new_zeros(batch, heads, 0, *states[-1].shape[-2:]),
+        cached_key_sums=torch.stack(key_sums[:-1], dim=1)
+        if len(states) > 1
+        else k.new_zeros(batch, 0, heads, k.shape[-1]),
+        cached_sizes=sizes[:-1],
+        cached_log_decay=torch.stack(end_decays[:-1], dim=-1)
+        if len(states) > 1
+        else cum.new_zeros(batch, heads, 0),
+        log_decay_total=cum[:, -1],
+        position=seq_len,
+    )
