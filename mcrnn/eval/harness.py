@@ -1,0 +1,95 @@
+"""Evaluation harnesses: MQAR recall, S-NIAH per context length, perplexity, length extrapolation.
+
+All scores are teacher-forced (:func:`mcrnn.train.evaluate_lm`): MQAR accuracy is the fraction of
+queried values predicted right; S-NIAH accuracy is the fraction of examples whose whole answer is
+predicted right, i.e. exact-match greedy decoding; perplexity is ``exp`` of the mean token loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset
+from mcrnn.models import MCConfig, MCForCausalLM
+from mcrnn.train import evaluate_lm
+
+
+def eval_mqar(model: nn.Module, config: MQARConfig, *, batch_size: int = 32) -> dict[str, float]:
+    """``{"accuracy", "loss", ...}`` on one MQAR split."""
+    return evaluate_lm(model, MQARDataset(config), batch_size=batch_size)
+
+
+def eval_niah(
+    model: nn.Module,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    *,
+    num_examples: int = 20,
+    seed: int = 0,
+    batch_size: int = 4,
+) -> dict[str, dict[int, float]]:
+    """``{task: {context_length: accuracy}}`` (exact match of the needle's value)."""
+    out: dict[str, dict[int, float]] = {}
+    for task in tasks:
+        out[task] = {}
+        for length in lengths:
+            data = NIAHDataset(
+                NIAHConfig(task=task, context_length=length, num_examples=num_examples, seed=seed)
+            )
+            out[task][int(length)] = evaluate_lm(model, data, batch_size=batch_size)["sequence_accuracy"]
+    return out
+
+
+def eval_perplexity(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 8, max_batches: int | None = None
+):
+    """``{"loss", "perplexity", "tokens", ...}`` over a text dataset."""
+    return evaluate_lm(model, dataset, batch_size=batch_size, max_batches=max_batches)
+
+
+def with_average_caching(model: MCForCausalLM, segment_size: int) -> MCForCausalLM:
+    """Post-training MC (DESIGN.md §3 ``average``): the same weights, read through cached segments.
+
+    A model trained with caching off (``segment_size=None``) gets ``segment_size`` and
+    ``aggregation="average"``: every token reads the mean of its online and cached memories; no
+    weight changes. Returns a new model on the same device.
+    """
+    values = model.config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
+        values.pop(key, None)
+    values.update(segment_size=segment_size, segment_lengths=None, aggregation="average", ssc_top_k=None)
+    values["chunk_size"] = min(values["chunk_size"], segment_size)
+    if segment_size % values["chunk_size"]:
+        values["chunk_size"] = segment_size
+    twin = MCForCausalLM(MCConfig(**values))
+    twin.load_state_dict(model.state_dict(), strict=True)
+    return twin.to(next(model.parameters()).device).eval()
+
+
+def eval_extrapolation(
+    model: MCForCausalLM,
+    make_dataset: Callable[[int], Dataset],
+    train_length: int,
+    *,
+    factors: Sequence[int] = (1, 2, 4),
+    average_segment_size: int | None = None,
+    metric: str = "accuracy",
+    batch_size: int = 8,
+) -> dict[str, dict[int, float]]:
+    """``metric`` at ``factor * train_length`` for each factor: ``{"model": {length: score}}`` and, when
+    ``average_segment_size`` is given, ``{"average": ...}`` for :func:`with_average_caching`."""
+    variants: dict[str, nn.Module] = {"model": model}
+    if average_segment_size is not None:
+        variants["average"] = with_average_caching(model, average_segment_size)
+    out: dict[str, dict[int, float]] = {name: {} for name in variants}
+    for factor in factors:
+        length = int(factor * train_length)
+        data = make_dataset(length)
+        for name, variant in variants.items():
+            with torch.no_grad():
+                out[name][length] = evaluate_lm(variant, data, batch_size=batch_size)[metric]
+    return out

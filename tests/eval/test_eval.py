@@ -1,0 +1,84 @@
+import json
+from argparse import Namespace
+
+import pytest
+import torch
+
+from mcrnn.data import MQARConfig, MQARDataset
+from mcrnn.eval.demo import DEMO_MODELS, DemoSettings, run_demo
+from mcrnn.eval.harness import eval_extrapolation, eval_mqar, eval_niah, with_average_caching
+from mcrnn.eval.report import format_table, write_json
+from mcrnn.models import MCConfig, MCForCausalLM
+
+TINY = {"vocab_size": 257, "hidden_size": 32, "num_hidden_layers": 1, "num_heads": 2, "chunk_size": 8}
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return MCForCausalLM(MCConfig(**{**TINY, **kw})).eval()
+
+
+def test_mqar_and_niah_scores_are_fractions():
+    model = _model(mixer="attention")
+    scores = eval_mqar(model, MQARConfig(vocab_size=257, num_pairs=4, seq_len=32, num_examples=8))
+    assert 0.0 <= scores["accuracy"] <= 1.0 and scores["tokens"] == 32
+    niah = eval_niah(model, ["niah_1", "niah_3"], [300, 360], num_examples=2)
+    assert set(niah) == {"niah_1", "niah_3"} and set(niah["niah_1"]) == {300, 360}
+
+
+def test_average_caching_keeps_weights_and_one_segment_is_the_base():
+    base = _model(segment_size=None)
+    ids = torch.randint(0, 257, (2, 32))
+    whole = with_average_caching(base, 32)  # one segment: average over {online} = the base memory
+    split = with_average_caching(base, 8)
+    assert whole.config.aggregation == "average" and whole.config.segment_size == 32
+    with torch.no_grad():
+        torch.testing.assert_close(whole(ids).logits, base(ids).logits, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(split(ids).logits, base(ids).logits)
+    reference = base.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in split.state_dict().items())
+
+
+def test_extrapolation_lengths():
+    model = _model(segment_size=None)
+
+    def make(length):
+        return MQARDataset(MQARConfig(vocab_size=257, num_pairs=length // 8, seq_len=length, num_examples=4))
+
+    out = eval_extrapolation(model, make, 16, factors=(1, 2), average_segment_size=8)
+    assert set(out) == {"model", "average"} and set(out["model"]) == {16, 32}
+
+
+def test_table_and_json(tmp_path):
+    table = format_table([{"model": "a", "acc": 0.5, "params": 1234}], ["model", "acc", "params"])
+    assert "| a " in table and "1,234" in table and "0.5" in table
+    write_json(tmp_path / "r.json", {"x": 1})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": 1}
+
+
+def test_eval_cli_on_a_saved_model(tmp_path):
+    from mcrnn.eval import cli
+
+    _model(segment_size=None).save_pretrained(tmp_path / "m")
+    args = Namespace(
+        model=str(tmp_path / "m"), task=["mqar", "extrapolation"], out=str(tmp_path / "out"), seq_len=16,
+        num_pairs=2, num_examples=4, niah_tasks="niah_1", lengths=[200], data=None, tokenizer=None,
+        factors=[1, 2], average_segment_size=8, batch_size=4, seed=0,
+    )  # fmt: skip
+    assert cli.run(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {"mqar", "extrapolation"} <= set(results) and (tmp_path / "out" / "extrapolation.png").is_file()
+    with pytest.raises(FileNotFoundError, match="no model"):
+        cli.run(Namespace(**{**vars(args), "model": str(tmp_path / "missing")}))
+
+
+def test_demo_writes_results_for_every_model(tmp_path):
+    settings = DemoSettings(
+        vocab_size=32, num_pairs=4, seq_len=32, hidden_size=16, num_heads=2, num_layers=1, segment_size=8,
+        steps=2, batch_size=4, eval_examples=8,
+    )  # fmt: skip
+    run_demo(settings, tmp_path, progress=False)
+    results = json.loads((tmp_path / "results.json").read_text())
+    for name in DEMO_MODELS:
+        assert {"accuracy", "params", "train_seconds", "train_tokens_per_second"} <= set(results[name])
+    assert (tmp_path / "demo.png").is_file()
