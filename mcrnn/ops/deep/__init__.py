@@ -36,6 +36,7 @@ def deep_memory_caching(
     beta: torch.Tensor | None = None,
     segment_size: int | None = None,
     segment_lengths: Sequence[int] | None = None,
+    segmentation: str = "constant",
     chunk_size: int = 64,
     aggregation: str = "grm",
     init: str = "checkpoint",
@@ -69,6 +70,8 @@ def deep_memory_caching(
         segment_size / segment_lengths: constant segments (a multiple of ``chunk_size``) or explicit
             lengths (each a multiple of ``chunk_size`` except the last; with a cache, or when their
             sum exceeds T, they describe the whole stream from its first token); neither: one segment.
+        segmentation: only ``"constant"`` (the segments above); the per-token ``log`` partition of
+            the matrix memories is not offered for deep memories.
         chunk_size: inner mini-batch ``b >= 1``.
         aggregation, init, top_k, pooling: as in DESIGN.md §3-§4.
         cache: a :class:`DeepMemoryCache` to continue (decoding); output_cache: also return the cache.
@@ -80,6 +83,8 @@ def deep_memory_caching(
     """
     check_choice("memory", memory, MEMORIES)
     check_choice("backend", backend, BACKENDS)
+    if segmentation != "constant":
+        raise ValueError(f"deep memories support segmentation='constant' only, got {segmentation!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if memory == "titans" and beta is None:

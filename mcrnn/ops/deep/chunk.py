@@ -46,13 +46,22 @@ from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
 
 @dataclass
 class ChunkCoefficients:
-    """Per-chunk sums of the unrolled rule (``[B, H, c]`` / ``[B, H, c, c]``)."""
+    """Sums of the unrolled rule for every chunk: ``[B, H, n, c]`` per token, ``[B, H, n, c, c]`` pairs."""
 
     retain: torch.Tensor  # A_t
     carry: torch.Tensor | None  # P_t (titans)
     mix: torch.Tensor  # M_{ti} eta_i
-    momentum_mix: torch.Tensor | None  # (B_c / B_i) eta_i, last row only (titans) [B, H, c]
-    momentum_retain: torch.Tensor | None  # B_c [B, H]
+
+
+@dataclass
+class ChunkEnd:
+    """One chunk's end-state coefficients (row ``t = last token`` of the sums), ``[B, H]``/``[B, H, c]``."""
+
+    retain: torch.Tensor  # A_end
+    carry: torch.Tensor | None  # P_end
+    mix: torch.Tensor  # M_{end,i} eta_i
+    momentum_retain: torch.Tensor | None  # B_end
+    momentum_mix: torch.Tensor | None  # (B_end / B_i) eta_i
 
 
 def decay_matrix(log_cum: torch.Tensor) -> torch.Tensor:
@@ -69,20 +78,46 @@ def safe_log(x: torch.Tensor) -> torch.Tensor:
 
 
 def chunk_coefficients(
-    eta: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None
-) -> ChunkCoefficients:
-    """Coefficients of the unrolled chunk rule for gates ``[B, H, c]`` (see the module docstring)."""
+    eta: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None, last: torch.Tensor
+) -> tuple[ChunkCoefficients, list[ChunkEnd]]:
+    """Coefficients for gates ``[B, H, n, c]`` (see the module docstring) and each chunk's end.
+
+    ``last`` [n] is the index of each chunk's last real token (``c - 1`` but in a padded final chunk).
+    """
     log_a = torch.cumsum(safe_log(alpha), dim=-1)
     decay_a = decay_matrix(log_a)
+    retain = torch.exp(log_a)
+    carry = decay_b = None
     if beta is None:
-        return ChunkCoefficients(torch.exp(log_a), None, decay_a * eta.unsqueeze(-2), None, None)
-    log_b = torch.cumsum(safe_log(beta), dim=-1)
-    decay_b = decay_matrix(log_b)
-    carry = (decay_a @ torch.exp(log_b).unsqueeze(-1)).squeeze(-1)
-    mix = (decay_a @ decay_b) * eta.unsqueeze(-2)
-    return ChunkCoefficients(
-        torch.exp(log_a), carry, mix, decay_b[..., -1, :] * eta, torch.exp(log_b[..., -1])
-    )
+        mix = decay_a * eta.unsqueeze(-2)
+    else:
+        log_b = torch.cumsum(safe_log(beta), dim=-1)
+        decay_b = decay_matrix(log_b)
+        carry = (decay_a @ torch.exp(log_b).unsqueeze(-1)).squeeze(-1)
+        mix = (decay_a @ decay_b) * eta.unsqueeze(-2)
+    rows = last.view(1, 1, -1, 1)
+    pick = rows.expand(*eta.shape[:-1], 1)
+
+    def row(x: torch.Tensor) -> list[torch.Tensor]:  # [B, H, n, c, c] -> n x [B, H, c] at each chunk's end
+        return list(
+            x.gather(-2, pick.unsqueeze(-1).expand(*x.shape[:-2], 1, x.shape[-1])).squeeze(-2).unbind(2)
+        )
+
+    def at(x: torch.Tensor) -> list[torch.Tensor]:  # [B, H, n, c] -> n x [B, H]
+        return list(x.gather(-1, pick).squeeze(-1).unbind(2))
+
+    ends_retain, ends_mix = at(retain), row(mix)
+    if beta is None:
+        ends = [ChunkEnd(r, None, m, None, None) for r, m in zip(ends_retain, ends_mix, strict=True)]
+    else:
+        momentum_mix = row(decay_b * eta.unsqueeze(-2))
+        ends = [
+            ChunkEnd(*fields)
+            for fields in zip(
+                ends_retain, at(carry), ends_mix, at(torch.exp(log_b)), momentum_mix, strict=True
+            )
+        ]
+    return ChunkCoefficients(retain, carry, mix), ends
 
 
 def online_layer(
@@ -94,12 +129,17 @@ def online_layer(
     deltas: Sequence[torch.Tensor],
     coef: ChunkCoefficients,
 ) -> torch.Tensor:
-    """``W_{l,t} x_t`` for every token of the chunk, ``x`` [B, H, c, d_in] -> [B, H, c, d_out]."""
-    out = coef.retain.unsqueeze(-1) * (x @ weights[layer].transpose(-1, -2))
-    if momentum is not None:
-        out = out + coef.carry.unsqueeze(-1) * (x @ momentum[layer].transpose(-1, -2))
+    """``W_{l,t} x_t`` for every token of the chunk, ``x`` [B, H, c, d_in] -> [B, H, c, d_out].
+
+    The three terms are one matmul: ``[A x | P x | -(x a^T) * M] @ [W^T ; S^T ; delta]``.
+    """
     scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
-    return out - scores @ deltas[layer]
+    left = [coef.retain.unsqueeze(-1) * x, -scores]
+    right = [weights[layer].transpose(-1, -2), deltas[layer]]
+    if momentum is not None:
+        left.insert(1, coef.carry.unsqueeze(-1) * x)
+        right.insert(1, momentum[layer].transpose(-1, -2))
+    return torch.cat(left, -1) @ torch.cat(right, -2)
 
 
 def chunk_update(
@@ -107,27 +147,21 @@ def chunk_update(
     momentum: Sequence[torch.Tensor] | None,
     inputs: Sequence[torch.Tensor],
     deltas: Sequence[torch.Tensor],
-    coef: ChunkCoefficients,
+    end: ChunkEnd,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Weights (and momentum) after the chunk: the last row of the unrolled sums."""
-    last = coef.mix[..., -1, :].unsqueeze(-1)
-    retain = coef.retain[..., -1, None, None]
-    new_w = []
+    """Weights (and momentum) after the chunk: the last row of the unrolled sums (one matmul per layer)."""
+    rows = [end.mix] + ([end.momentum_mix] if momentum is not None else [])
+    retain = end.retain[..., None, None]
+    new_w, new_m = [], []
     for l, w in enumerate(weights):
-        step = (deltas[l] * last).transpose(-1, -2) @ inputs[l]
-        w_new = retain * w - step
-        if momentum is not None:
-            w_new = w_new + coef.carry[..., -1, None, None] * momentum[l]
-        new_w.append(w_new)
-    if momentum is None:
-        return new_w, None
-    m_last = coef.momentum_mix.unsqueeze(-1)
-    m_retain = coef.momentum_retain[..., None, None]
-    new_m = [
-        m_retain * m - (d * m_last).transpose(-1, -2) @ a
-        for m, d, a in zip(momentum, deltas, inputs, strict=True)
-    ]
-    return new_w, new_m
+        scaled = torch.cat([deltas[l] * r.unsqueeze(-1) for r in rows], -1)  # [B, H, c, (1|2) d_out]
+        steps = (scaled.transpose(-1, -2) @ inputs[l]).chunk(len(rows), dim=-2)
+        if momentum is None:
+            new_w.append(retain * w - steps[0])
+            continue
+        new_w.append(retain * w + end.carry[..., None, None] * momentum[l] - steps[0])
+        new_m.append(end.momentum_retain[..., None, None] * momentum[l] - steps[1])
+    return new_w, (new_m if momentum is not None else None)
 
 
 @dataclass
@@ -160,52 +194,63 @@ def chunk_deep_memory_caching(
     pooling: str,
 ) -> ChunkResult:
     """Fast MC output for validated inputs (see ``deep_memory_caching``) and the final state."""
-    batch = q.shape[0]
+    batch, seq_len = q.shape[:2]
     seg = segment_index(lengths, q.device)
     contexts, online_context = segment_contexts(k, lengths, pooling)
     gates, online_gate, _ = router_gates(u, contexts, online_context, seg, aggregation, top_k)
-    gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
-    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
-    eta, alpha = eta.transpose(1, 2), alpha.transpose(1, 2)
-    beta = beta.transpose(1, 2) if beta is not None else None
-    sizes = [min(chunk_size, n - lo) for n in lengths for lo in range(0, n, chunk_size)]
-    # split once (a slice per chunk would cost a full-size zero tensor per chunk in backward)
-    pieces = [torch.split(x, sizes, dim=2) for x in (qh, kh, vh)]
-    pieces += [torch.split(x, sizes, dim=-1) for x in (eta, alpha)]
-    pieces.append(torch.split(beta, sizes, dim=-1) if beta is not None else [None] * len(sizes))
+    # heads first, padded to whole chunks, chunk dim split off: [B, H, n, c, ...]. Only the final chunk can
+    # be partial (segments are multiples of chunk_size but the last); its padding has eta = 0 and comes
+    # after every real token, and its end state is read at the last real token, so it changes nothing.
+    n_chunks = -(-seq_len // chunk_size)
+    pad = n_chunks * chunk_size - seq_len
+    chunked = [_chunked(x.transpose(1, 2), pad, chunk_size, 0.0) for x in (q, k, v, eta)]
+    qc, kc, vc, eta_c = chunked
+    alpha_c = _chunked(alpha.transpose(1, 2), pad, chunk_size, 1.0)
+    beta_c = _chunked(beta.transpose(1, 2), pad, chunk_size, 1.0) if beta is not None else None
+    last = torch.full((n_chunks,), chunk_size - 1, device=q.device)
+    last[-1] = (seq_len - 1) % chunk_size
+    coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last)
+    per_segment = [-(-n // chunk_size) for n in lengths]
+    seg_q, seg_coef = torch.split(qc, per_segment, dim=2), _split_coefficients(coef, per_segment)
     if aggregation == "soup":
-        pieces += [torch.split(gates, sizes, dim=2), torch.split(online_gate, sizes, dim=2)]
-    chunks = iter(zip(*pieces, strict=True))
+        soup_gates = [_chunked(x.transpose(1, 2), pad, chunk_size, 0.0) for x in (gates, online_gate)]
+        seg_gates = [torch.split(x, per_segment, dim=2) for x in soup_gates]
+    keys, values = kc.unbind(2), vc.unbind(2)
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     weights, momentum = list(initial), _zero_momentum(initial, memory)
     chunk_start = weights
     cached: list[list[torch.Tensor]] = []
     stacked: list[torch.Tensor] = []
     online_reads = []
-    for s, length in enumerate(lengths):
+    first = 0
+    for s, count in enumerate(per_segment):
         if s > 0:
             cached.append(weights)
             if aggregation == "soup":
                 stacked = [
-                    torch.cat([state[l].transpose(-1, -2) for state in cached], -1)
+                    torch.cat([state[l].transpose(-1, -2) for state in cached], -1).unsqueeze(2)
                     for l in range(len(params))
                 ]
             if init == "independent":
                 weights, momentum = list(initial), _zero_momentum(initial, memory)
-        for _ in range(0, length, chunk_size):
-            qc, kc, vc, eta_c, alpha_c, beta_c, *gate_c = next(chunks)
+        starts: list[tuple] = []
+        for j in range(first, first + count):
             chunk_start = weights
-            inputs, deltas = network.key_gradients(memory, weights, kc, vc)
-            coef = chunk_coefficients(eta_c, alpha_c, beta_c)
-            if aggregation == "soup":
-                read = _soup_read(
-                    qc, weights, momentum, inputs, deltas, coef, stacked, gate_c[0][..., :s], gate_c[1]
-                )
-            else:
-                read = _online_read(qc, weights, momentum, inputs, deltas, coef)
-            online_reads.append(read)
-            weights, momentum = chunk_update(weights, momentum, inputs, deltas, coef)
-    out = torch.cat(online_reads, dim=2)
+            inputs, deltas = network.key_gradients(memory, weights, keys[j], values[j])
+            starts.append((weights, momentum, inputs, deltas))
+            weights, momentum = chunk_update(weights, momentum, inputs, deltas, ends[j])
+        first += count
+        # the reads of a segment's chunks need only their start states: one batched read per segment
+        w0, m0, a0, d0 = (_stack_chunks(field) for field in zip(*starts, strict=True))
+        if aggregation == "soup":
+            g_cached, g_online = seg_gates[0][s][..., :s], seg_gates[1][s]
+            read = _soup_read(seg_q[s], w0, m0, a0, d0, seg_coef[s], stacked, g_cached, g_online)
+        else:
+            read = _online_read(seg_q[s], w0, m0, a0, d0, seg_coef[s])
+        online_reads.append(read)
+    out = torch.cat(online_reads, dim=2).flatten(2, 3)[:, :, :seq_len]
+    gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
+    qh = q.transpose(1, 2)
     if aggregation != "soup":
         out = online_gate.unsqueeze(-1) * out
         ends = torch.tensor(list(lengths)).cumsum(0).tolist()
@@ -216,6 +261,30 @@ def chunk_deep_memory_caching(
                 read = gates[:, :, ends[i] :, i, None] * network.forward(state, qh[:, :, ends[i] :])
                 out = out + torch.nn.functional.pad(read, (0, 0, ends[i], 0))
     return ChunkResult(out.transpose(1, 2), weights, momentum, chunk_start, cached)
+
+
+def _chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:
+    """``[B, H, T, ...]`` -> ``[B, H, n, c, ...]``, padding ``T`` with ``value`` to whole chunks."""
+    if pad:
+        widths = [0, 0] * (x.dim() - 3) + [0, pad]
+        x = torch.nn.functional.pad(x, widths, value=value)
+    return x.unflatten(2, (-1, chunk_size))
+
+
+def _stack_chunks(per_chunk: Sequence[list[torch.Tensor] | None]) -> list[torch.Tensor] | None:
+    """Per-chunk lists of per-layer tensors ``[B, H, ...]`` -> per-layer ``[B, H, n, ...]`` (None stays)."""
+    if per_chunk[0] is None:
+        return None
+    return [torch.stack(layer, 2) for layer in zip(*per_chunk, strict=True)]
+
+
+def _split_coefficients(coef: ChunkCoefficients, counts: Sequence[int]) -> list[ChunkCoefficients]:
+    """Per-segment views (split along the chunk dim) of the batched coefficients."""
+    parts = [
+        torch.split(x, list(counts), dim=2) if x is not None else [None] * len(counts)
+        for x in (coef.retain, coef.carry, coef.mix)
+    ]
+    return [ChunkCoefficients(*fields) for fields in zip(*parts, strict=True)]
 
 
 def _zero_momentum(initial: Sequence[torch.Tensor], memory: str) -> list[torch.Tensor] | None:
@@ -230,7 +299,7 @@ def _online_read(
     deltas: Sequence[torch.Tensor],
     coef: ChunkCoefficients,
 ) -> torch.Tensor:
-    """``f_{theta_t}(q_t)`` for the chunk's tokens, ``[B, H, c, Dv]``."""
+    """``f_{theta_t}(q_t)`` for every token of ``n`` chunks, ``[B, H, n, c, Dk] -> [B, H, n, c, Dv]``."""
     a = query
     for l in range(len(weights)):
         z = online_layer(l, a, weights, momentum, inputs, deltas, coef)
@@ -251,8 +320,8 @@ def _soup_read(
 ) -> torch.Tensor:
     """``f_{theta*_t}(q_t)`` with ``theta*_t = g_{t,s} theta_t + sum_i g_{t,i} theta(i)``, layer by layer.
 
-    ``stacked[l]`` is ``[B, H, d_in, N_c * d_out]`` (the cached ``W_l(i)^T`` side by side) and
-    ``gates`` ``[B, H, c, N_c]``.
+    ``stacked[l]`` is ``[B, H, 1, d_in, N_c * d_out]`` (the cached ``W_l(i)^T`` side by side), ``query``
+    ``[B, H, n, c, Dk]``, ``gates`` ``[B, H, n, c, N_c]`` and ``online_gate`` ``[B, H, n, c]``.
     """
     a = query
     n_cached = gates.shape[-1]

@@ -63,11 +63,28 @@ def gelu(z: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(z)
 
 
-def gelu_grad(z: torch.Tensor) -> torch.Tensor:
-    """``gelu'(z) = Phi(z) + z phi(z)``, written in torch ops so outer gradients flow through it."""
-    cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
-    pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
-    return cdf + z * pdf
+class _GeluAndGrad(torch.autograd.Function):
+    """``(gelu(z), gelu'(z))`` in one node; backward uses ``gelu''(z) = phi(z) (2 - z^2)``."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+        zpdf = z * torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+        ctx.save_for_backward(z, cdf, zpdf)
+        return z * cdf, cdf + zpdf
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: torch.Tensor, grad_g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        z, cdf, zpdf = ctx.saved_tensors
+        # gelu' = cdf + z pdf;  gelu'' = pdf (2 - z^2) = zpdf (2 - z^2) / z, written without the division
+        pdf2 = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi)) * (2.0 - z * z)
+        return grad_h * (cdf + zpdf) + grad_g * pdf2
+
+
+def gelu_and_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gelu(z)`` and ``gelu'(z)`` together (one autograd node, once differentiable)."""
+    return _GeluAndGrad.apply(z)
 
 
 def forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -105,17 +122,18 @@ def key_gradients(
         ``inputs`` (``a_{l-1}``, ``[..., n, d_in]`` per layer) and ``deltas`` (``[..., n, d_out]``).
     """
     inputs: list[torch.Tensor] = []
-    pre: list[torch.Tensor] = []
+    slopes: list[torch.Tensor] = []
     a = k
     for l, w in enumerate(weights):
         inputs.append(a)
-        z = a @ w.transpose(-1, -2)
-        pre.append(z)
-        a = gelu(z) if l < len(weights) - 1 else z
+        a = a @ w.transpose(-1, -2)
+        if l < len(weights) - 1:
+            a, slope = gelu_and_grad(a)
+            slopes.append(slope)
     y = a + k if len(weights) > 1 else a
     delta = loss_grad_output(memory, y, v)
     deltas = [delta]
     for l in range(len(weights) - 1, 0, -1):
-        delta = (delta @ weights[l]) * gelu_grad(pre[l - 1])
+        delta = (delta @ weights[l]) * slopes[l - 1]
         deltas.append(delta)
     return inputs, deltas[::-1]
