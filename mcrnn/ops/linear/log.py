@@ -15,6 +15,8 @@ state per pair of blocks from the chunk scan and read it with a batched matmul. 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from mcrnn.ops.linear.chunk import chunk_states, decayed_scores, split_chunks
@@ -50,6 +52,16 @@ def log_linear_mc(
     batch, seq_len, heads, _ = q.shape
     active, start, end, low = fenwick_levels(seq_len, q.device)
     n_levels = active.shape[1]
+    visible = active & (torch.arange(n_levels, device=q.device) != low.unsqueeze(1))
+    visible = visible.view(1, seq_len, 1, n_levels).expand(batch, -1, heads, -1)
+
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        levels = torch.stack([_level_logits(u, k, 1 << level, pooling) for level in range(n_levels)], -1)
+        return levels, levels.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
+
+    cached_w, online_w, _ = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
+    online_level = torch.nn.functional.one_hot(low, n_levels).to(q.dtype).view(1, seq_len, 1, n_levels)
+    weights = (cached_w + online_w.unsqueeze(-1) * online_level).permute(0, 2, 1, 3)  # [B, H, T, n]
     reads = _level_reads(
         q.transpose(1, 2),
         k.transpose(1, 2),
@@ -59,23 +71,26 @@ def log_linear_mc(
         start,
         end,
         chunk_size,
-    )  # [B, H, T, n, Dv]
-    reads = reads.transpose(1, 2)  # [B, T, H, n, Dv]
-    visible = active & (torch.arange(n_levels, device=q.device) != low.unsqueeze(1))
-    visible = visible.view(1, seq_len, 1, n_levels).expand(batch, -1, heads, -1)
+    )
+    out = sum(weights[..., level, None] * read for level, read in enumerate(reads))
+    return out.transpose(1, 2)
 
-    def logits() -> tuple[torch.Tensor, torch.Tensor]:
-        # bucket key sums from prefix sums of the keys: K[end] - K[start]
-        prefix = torch.nn.functional.pad(k.cumsum(1), (0, 0, 0, 0, 1, 0))  # [B, T+1, H, Dk]
-        sums = prefix[:, end.clamp(max=seq_len)] - prefix[:, start]  # [B, T, n, H, Dk]
-        if pooling == "mean":
-            sums = sums / (2.0 ** torch.arange(n_levels, device=q.device)).to(sums.dtype).view(1, 1, -1, 1, 1)
-        cached = torch.einsum("bthd,btnhd->bthn", u, sums)
-        return cached, cached.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
 
-    cached_w, online_w, _ = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
-    online = reads.gather(3, low.view(1, -1, 1, 1, 1).expand(batch, -1, heads, 1, reads.shape[-1]))
-    return (cached_w.unsqueeze(-1) * reads).sum(3) + online_w.unsqueeze(-1) * online.squeeze(3)
+def _level_logits(u: torch.Tensor, k: torch.Tensor, block: int, pooling: str) -> torch.Tensor:
+    """``<u_t, c>`` with ``c`` the pooled keys of the even block of t's pair of level blocks: [B, T, H].
+
+    At every level a token reads (cached or online) exactly that block, so one key sum per pair
+    serves the pair's ``2 * block`` tokens.
+    """
+    batch, seq_len, heads, key_dim = u.shape
+    n_pairs = -(-seq_len // (2 * block))
+    pad = (0, 0, 0, 0, 0, n_pairs * 2 * block - seq_len)
+    keys = torch.nn.functional.pad(k, pad).view(batch, n_pairs, 2, block, heads, key_dim)
+    context = keys[:, :, 0].sum(2)  # [B, pairs, H, Dk]
+    if pooling == "mean":
+        context = context / block
+    queries = torch.nn.functional.pad(u, pad).view(batch, n_pairs, 2 * block, heads, key_dim)
+    return torch.einsum("bpthd,bphd->bpth", queries, context).flatten(1, 2)[:, :seq_len]
 
 
 def _level_reads(
@@ -87,28 +102,23 @@ def _level_reads(
     start: torch.Tensor,
     end: torch.Tensor,
     chunk_size: int,
-) -> torch.Tensor:
-    """``q_t^T S_l(t)`` for every token and level, heads-first: [B, H, T, n_levels, Dv].
+) -> Iterator[torch.Tensor]:
+    """``q_t^T S_l(t)`` for every token, level by level, heads-first: [B, H, T, Dv] per level.
 
     Entries of levels a token does not read hold finite garbage; the caller's weights zero them.
     """
-    batch, heads, seq_len, _ = q.shape
-    n_levels = start.shape[1]
+    seq_len = q.shape[2]
     chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
     chunks = split_chunks(q, k, v, log_decay, chunk)
     ends, starts = chunk_states(chunks, None)  # prefix states at / entering every chunk
     entering = chunks.q @ starts  # [B, H, n, c, Dv], q_t^T P_(chunk start - 1)
     token = torch.arange(seq_len, device=q.device)
-    reads = []
-    for level in range(n_levels):
+    for level in range(start.shape[1]):
         block = 1 << level
         if block < chunk:
-            reads.append(
-                _attention_level(chunks, entering, init, start[:, level], end[:, level], token, seq_len)
-            )
+            yield _attention_level(chunks, entering, init, start[:, level], end[:, level], token, seq_len)
         else:
-            reads.append(_state_level(chunks, ends, init, block, seq_len))
-    return torch.stack(reads, dim=3)
+            yield _state_level(chunks, ends, init, block, seq_len)
 
 
 def _attention_level(chunks, entering, init, start, end, token, seq_len) -> torch.Tensor:  # noqa: ANN001
