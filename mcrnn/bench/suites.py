@@ -1,7 +1,7 @@
 """The benchmark suites: lists of named cases measured side by side in one run.
 
-- ``ops``: forward+backward of the matrix-memory op (base = one segment, residual, grm, ssc k=2/4)
-  next to causal SDPA with the same B, H, D, across a sweep of T (issue 2's speed targets).
+- ``ops``: forward+backward of the matrix-memory op (base = one segment, residual, grm, ssc k=2/4,
+  and grm over log (Fenwick) segments, the paper's Log-Linear++) next to causal SDPA with the same B, H, D, across a sweep of T (issue 2's speed targets).
 - ``peer``: our layer against the public ``memory-caching`` 0.1.0 layer (a per-token Python loop)
   at d_model 256, 4 heads, segment 64, T=2048, for every aggregation (needs the ``bench`` extra).
 """
@@ -30,6 +30,7 @@ def ops_suite(
         "grm": {"segment_size": segment_size, "aggregation": "grm"},
         "ssc_k2": {"segment_size": segment_size, "aggregation": "ssc", "top_k": 2},
         "ssc_k4": {"segment_size": segment_size, "aggregation": "ssc", "top_k": 4},
+        "log_grm": {"segmentation": "log", "aggregation": "grm"},
     }
     shape = {"batch": batch, "heads": heads, "head_dim": head_dim, "device": device, "dtype": dtype}
     cases = []
