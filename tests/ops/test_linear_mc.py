@@ -296,3 +296,27 @@ def test_output_is_causal():
     after = run(changed, segment_size=3, aggregation="ssc", top_k=1)
     torch.testing.assert_close(after[:, :7], base[:, :7], atol=0, rtol=0)
     assert not torch.allclose(after[:, 7:], base[:, 7:])
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_one_token_segments_give_softmax_attention(backend):
+    """§7.5: segments of one token with a value-less read give gated softmax attention (Eq. 18-20).
+
+    Keys get an extra coordinate 1 and queries read only that coordinate, so every memory reads back
+    its value (``q'^T k'_i v_i^T = v_i``), while the router sees the real keys: ``u'.k'_i = u.k_i``.
+    Then ``y_t = sum_{i<=t} softmax_i(u_t . k_i) v_i``: causal attention with scores ``u.k``.
+    """
+    gen = torch.Generator().manual_seed(3)
+    batch, seq_len, heads, dim = 2, 9, 2, 4
+    u, k, v = (torch.randn(batch, seq_len, heads, dim, generator=gen, dtype=torch.float64) for _ in range(3))
+    ones = torch.ones(batch, seq_len, heads, 1, dtype=torch.float64)
+    k_aug = torch.cat([k, ones], -1)
+    q_aug = torch.cat([torch.zeros_like(k), ones], -1)
+    u_aug = torch.cat([u, torch.zeros_like(ones)], -1)
+    out = memory_caching(
+        q_aug, k_aug, v, u_aug, segment_size=1, aggregation="grm", init="independent", backend=backend
+    )
+    attention = torch.nn.functional.scaled_dot_product_attention(
+        u.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=1.0
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, attention, **TOL)
