@@ -1,8 +1,8 @@
 """``mcrnn bench``: throughput of the ops and layers, side by side with baselines, in one run.
 
-Writes ``<out>/bench_<suite>.json`` (machine, rows) and ``<out>/bench_<suite>.png`` (tokens/s against
-T, log axes) and prints a table with each case's speed as a ratio to the baselines measured in the
-same run.
+Writes ``<out>/bench_<suite>.json`` (machine, rows), ``<out>/bench_<suite>.md`` (the table) and
+``<out>/bench_<suite>.png`` (tokens/s against T, log axes), and prints a table with each case's
+speed as a ratio to the baselines measured in the same run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcrnn.bench.report import plot_throughput, ratio_table, save_json
+from mcrnn.bench.report import plot_throughput, ratio_table, save_json, write_atomic
 from mcrnn.bench.suites import OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
 from mcrnn.bench.timing import machine_info, run_isolated
 
@@ -21,8 +21,13 @@ SUITES = ("ops", "peer")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="ops", help="what to measure")
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=list(OPS_SEQ_LENS),
-                        help="sequence lengths of the ops sweep")
+    parser.add_argument(
+        "--seq-lens",
+        type=int,
+        nargs="+",
+        default=list(OPS_SEQ_LENS),
+        help="sequence lengths of the ops sweep",
+    )
     parser.add_argument("--segment-size", type=int, default=256, help="MC segment size of the ops sweep")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -64,23 +69,34 @@ def run(args: argparse.Namespace) -> int:
     print("machine:", ", ".join(f"{k}={v}" for k, v in machine.items()))
     for suite in suites:
         if suite == "ops":
-            cases = ops_suite(tuple(args.seq_lens), args.segment_size, device=args.device,
-                              dtype="bfloat16" if args.device.startswith("cuda") else "float32")
+            cases = ops_suite(
+                tuple(args.seq_lens),
+                args.segment_size,
+                device=args.device,
+                dtype="bfloat16" if args.device.startswith("cuda") else "float32",
+            )
             baselines: tuple[str, ...] = ("base", "sdpa")
             title = "MC op, forward+backward, B=1 H=4 D=64"
         else:
             if not peer_available():
-                print("peer suite: the memory-caching package is not installed (pip install -e '.[bench]'); "
-                      "measuring only our layer")
+                print(
+                    "peer suite: the memory-caching package is not installed (pip install -e '.[bench]'); "
+                    "measuring only our layer"
+                )
             cases = peer_suite()
             baselines = tuple(f"peer_{a}" for a in ("residual", "grm", "soup", "ssc"))
             title = "MC layer vs memory-caching 0.1.0, d_model 256, 4 heads, segment 64"
         rows = measure(cases, args)
-        print(ratio_table(rows, baselines))
+        table = ratio_table(rows, baselines)
         if suite == "peer":
-            print(peer_summary(rows))
+            table += "\n\n" + peer_summary(rows)
+        print(table)
         args.out.mkdir(parents=True, exist_ok=True)
         save_json(args.out / f"bench_{suite}.json", {"suite": suite, "machine": machine, "rows": rows})
+        machine_line = ", ".join(f"{k}={v}" for k, v in machine.items())
+        write_atomic(
+            args.out / f"bench_{suite}.md", f"{title}\n\n{machine_line}\n\n```\n{table}\n```\n".encode()
+        )
         plot_throughput(rows, args.out / f"bench_{suite}.png", title)
         print(f"wrote {args.out / f'bench_{suite}.json'} and {args.out / f'bench_{suite}.png'}")
     return 0
