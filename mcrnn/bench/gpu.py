@@ -5,8 +5,8 @@ forward+backward of the token mixer only:
 
 - ``base``: the Triton chunked linear attention, one segment (MC off);
 - ``residual``, ``grm`` (segments of C=256), ``ssc_k2``, ``ssc_k4``: the MC op composed from the
-  Triton kernels as the dispatcher composes it (router gates in PyTorch, then ``chunk_linear``
-  and ``cached_read`` / ``ssc_read``);
+  Triton kernels as the dispatcher composes it: ``chunk_linear``, then ``grm_read`` (router
+  softmax fused) for grm, or router gates in PyTorch and ``cached_read`` / ``ssc_read``;
 - ``sdpa``: ``scaled_dot_product_attention(is_causal=True)`` (FlashAttention on an H100);
 - ``fla``: ``fla.ops.linear_attn.chunk_linear_attn`` (no normalisation) when fla is installed.
 
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mcrnn.ops.linear.triton import cached_read, chunk_linear, ssc_read
+from mcrnn.ops.linear.triton import cached_read, chunk_linear, grm_read, ssc_read
 from mcrnn.ops.segments import resolve_segment_lengths, router_gates, segment_contexts, segment_index
 
 SEQ_LENS = (2048, 4096, 8192, 16384, 32768)
@@ -42,6 +42,8 @@ def mc_forward(q, k, v, u, lengths: Sequence[int], aggregation: str, top_k: int 
     if len(lengths) == 1:
         return online
     contexts, online_context = segment_contexts(k, lengths, "mean")
+    if aggregation == "grm":  # router softmax fused into the read
+        return grm_read(q, u, contexts, online, (u * online_context).sum(-1), states, lengths)
     seg = segment_index(lengths, q.device)
     cached, online_gate, selected = router_gates(u, contexts, online_context, seg, aggregation, top_k)
     out = online * online_gate.unsqueeze(-1).to(online.dtype)

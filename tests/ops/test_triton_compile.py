@@ -25,11 +25,11 @@ SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from mcrnn.ops.linear.triton import cached, chunk
+    from mcrnn.ops.linear.triton import cached, chunk, grm
 
     INT_ARGS = {"NC", "T"}
     INT_POINTERS = {"table", "seg_ids", "offsets", "idx"}
-    FP32_POINTERS = {"states", "dstates", "dg"}
+    FP32_POINTERS = {"states", "dstates", "dg", "lse", "delta", "online_logit"}
 
     def compile_sm90(kernel, **meta):
         signature = {}
@@ -54,12 +54,20 @@ SCRIPT = textwrap.dedent(
         compile_sm90(chunk._fwd_o, BV=64, **meta)
         compile_sm90(chunk._bwd_dh, N=8, BK=32, BV=32, RESET=False, HAS_DS=True, **meta)
         compile_sm90(chunk._bwd_dqkv, **meta, **({} if use_g else {"dg": None}))
-    for sparse in (False, True):
-        meta = dict(shape, N=16, TOPK=4 if sparse else 1, KS=4 if sparse else 1, SPARSE=sparse)
-        absent = {"gates": None} if sparse else {"idx": None, "w": None}
-        compile_sm90(cached._read_fwd, BV=64, **meta, **absent)
-        compile_sm90(cached._read_bwd_dq, **meta, **absent, **({"dgates": None} if sparse else {"dw": None}))
-        compile_sm90(cached._read_bwd_dstates, **meta, **absent)
+    pointers = {"gates", "idx", "w", "u", "contexts", "lse", "delta", "dgates", "dw", "du", "dcontexts"}
+    used = {
+        cached.DENSE: {"gates", "dgates"},
+        cached.SPARSE: {"idx", "w", "dw"},
+        cached.SOFTMAX: {"u", "contexts", "lse", "delta", "du", "dcontexts"},
+    }
+    for mode, names in used.items():
+        top_k = 4 if mode == cached.SPARSE else 1
+        meta = dict(shape, N=16, TOPK=top_k, KS=top_k, MODE=mode)
+        for kernel, extra in ((cached._read_fwd, {"BV": 64}), (cached._read_bwd_dq, {}),
+                              (cached._read_bwd_dstates, {})):
+            absent = {p.name: None for p in kernel.params if p.name in pointers - names}
+            compile_sm90(kernel, **meta, **extra, **absent)
+    compile_sm90(grm._grm_lse, H=16, K=64, N=16, BT=64)
     print("compiled")
     """
 )

@@ -7,7 +7,9 @@ here with the same semantics (see docs/triton.md):
   decayed linear attention, online reads [B,T,H,Dv] and segment-end states [B,N,H,Dk,Dv];
 - :func:`cached_read` ``(q, gates, states, lengths) -> y``: ``y_t = sum_{i<s(t)} g_{t,i} q_t^T M(i)``;
 - :func:`ssc_read` ``(q, indices, weights, states, lengths) -> y``: the same read restricted to the
-  top-k selected states of every token.
+  top-k selected states of every token;
+- :func:`grm_read` ``(q, u, contexts, online, online_logit, states, lengths) -> y``: the whole ``grm``
+  output with the router softmax fused into the read (no [B,T,H,N] gates tensor).
 
 The kernel modules are imported on first use, so that the ``TRITON_INTERPRET`` switch in force
 then (not at package import) decides whether they compile for the GPU or run interpreted.
@@ -115,9 +117,27 @@ def ssc_read(
     return impl(q, indices, weights, states, lengths)
 
 
+def grm_read(
+    q: torch.Tensor,
+    u: torch.Tensor,
+    contexts: torch.Tensor,
+    online: torch.Tensor,
+    online_logit: torch.Tensor,
+    states: torch.Tensor,
+    lengths: Sequence[int],
+) -> torch.Tensor:
+    """See :func:`mcrnn.ops.linear.triton.grm.grm_read`."""
+    from mcrnn.ops.linear.triton.grm import grm_read as impl
+    from mcrnn.ops.linear.triton.utils import check_device
+
+    check_device(q=q, u=u, contexts=contexts, online=online, online_logit=online_logit, states=states)
+    return impl(q, u, contexts, online, online_logit, states, lengths)
+
+
 __all__ = [
     "cached_read",
     "chunk_linear",
+    "grm_read",
     "ssc_read",
     "triton_available",
     "unsupported_reason",

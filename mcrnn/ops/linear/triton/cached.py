@@ -35,9 +35,11 @@ from mcrnn.ops.linear.triton.utils import (
     time_block,
 )
 
+DENSE, SPARSE, SOFTMAX = 0, 1, 2
+
 
 @triton.jit
-def _block_tokens(seg_ids, t0, i_b, i_h, T, H: tl.constexpr, BT: tl.constexpr):
+def block_tokens(seg_ids, t0, i_b, i_h, T, H: tl.constexpr, BT: tl.constexpr):
     """Rows ``t0 .. t0+BT``: row mask, segment of each row, flat token index ``(b, t, h)``."""
     rows = t0 + tl.arange(0, BT)
     mask = rows < T
@@ -46,54 +48,80 @@ def _block_tokens(seg_ids, t0, i_b, i_h, T, H: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def _selection(
-    idx, w, tok, mask, seg, TOPK: tl.constexpr, KS: tl.constexpr, BT: tl.constexpr, SPARSE: tl.constexpr
-):
-    """Top-k tiles [BT, KS]: selected states (-1 where invalid or not earlier than ``s(t)``), weights."""
+def _block_gating(
+    idx, w, u, lse, delta, tok, mask, seg,
+    K: tl.constexpr, TOPK: tl.constexpr, KS: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr,
+):  # fmt: skip
+    """Per-block gating inputs, loaded once.
+
+    SPARSE: top-k tiles [BT, KS] (selected states, -1 where invalid or not earlier than ``s(t)``;
+    weights). SOFTMAX: router queries ``u`` [BT, K], ``lse`` [BT] and ``delta = dy . y`` [BT].
+    Unused outputs are zeros.
+    """
     offs_j = tl.arange(0, KS)
     sel_mask = mask[:, None] & (offs_j < TOPK)[None, :]
-    if SPARSE:
+    b_idx = tl.full([BT, KS], -1, dtype=tl.int32)
+    b_w = tl.zeros([BT, KS], dtype=tl.float32)
+    b_u = tl.zeros([BT, K], dtype=tl.float32)
+    b_lse = tl.zeros([BT], dtype=tl.float32)
+    b_delta = tl.zeros([BT], dtype=tl.float32)
+    if MODE == 1:
         b_idx = tl.load(idx + tok[:, None] * TOPK + offs_j[None, :], mask=sel_mask, other=-1)
         b_idx = tl.where(b_idx < seg[:, None], b_idx, -1)
         b_w = tl.load(w + tok[:, None] * TOPK + offs_j[None, :], mask=sel_mask, other=0.0).to(tl.float32)
-    else:
-        b_idx = tl.full([BT, KS], -1, dtype=tl.int32)
-        b_w = tl.zeros([BT, KS], dtype=tl.float32)
-    return b_idx, b_w, sel_mask
+    if MODE == 2:
+        offs_k = tl.arange(0, K)
+        b_u = tl.load(u + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+        b_lse = tl.load(lse + tok, mask=mask, other=0.0)
+        if delta is not None:
+            b_delta = tl.load(delta + tok, mask=mask, other=0.0)
+    return b_idx, b_w, sel_mask, b_u, b_lse, b_delta
 
 
 @triton.jit
-def _gate(gates, b_idx, b_w, tok, mask, seg, i, N: tl.constexpr, SPARSE: tl.constexpr):
-    """Weight of state ``i`` for every row [BT], the [BT, KS] hits, and whether any row reads ``i``."""
+def _gate(
+    gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h,
+    H: tl.constexpr, K: tl.constexpr, N: tl.constexpr, MODE: tl.constexpr,
+):  # fmt: skip
+    """Weight of state ``i`` for every row [BT], the [BT, KS] top-k hits, whether any row reads
+    ``i``, and (SOFTMAX) the router key ``c_i`` [K]: ``g_{t,i} = exp(<u_t, c_i> - lse_t)``."""
     hits = b_idx == i
-    if SPARSE:
+    b_c = tl.zeros([K], dtype=tl.float32)
+    visible = mask & (seg > i)
+    if MODE == 1:
         b_g = tl.sum(tl.where(hits, b_w, 0.0), 1)
         read = tl.max(tl.max(hits.to(tl.int32), 1), 0) > 0
+    elif MODE == 2:
+        b_c = tl.load(contexts + ((i_b * N + i) * H + i_h) * K + tl.arange(0, K)).to(tl.float32)
+        logit = tl.sum(b_u * b_c[None, :], 1)
+        b_g = tl.exp(tl.where(visible, logit - b_lse, float("-inf")))
+        read = tl.max(visible.to(tl.int32), 0) > 0
     else:
-        visible = mask & (seg > i)
         b_g = tl.load(gates + tok * N + i, mask=visible, other=0.0).to(tl.float32)
         read = tl.max(visible.to(tl.int32), 0) > 0
-    return b_g, hits, read
+    return b_g, hits, read, b_c
 
 
 @triton.jit
 def _read_fwd(
-    q, gates, idx, w, states, y, seg_ids, T,
+    q, gates, idx, w, u, contexts, lse, states, y, seg_ids, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, N: tl.constexpr, TOPK: tl.constexpr,
-    KS: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, SPARSE: tl.constexpr, DOT: tl.constexpr,
+    KS: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, MODE: tl.constexpr, DOT: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
     """``y`` for one block of ``BT`` queries and ``BV`` value columns."""
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    mask, seg, tok = _block_tokens(seg_ids, i_t * BT, i_b, i_h, T, H, BT)
-    b_idx, b_w, _ = _selection(idx, w, tok, mask, seg, TOPK, KS, BT, SPARSE)
+    mask, seg, tok = block_tokens(seg_ids, i_t * BT, i_b, i_h, T, H, BT)
+    b_idx, b_w, _, b_u, b_lse, _ = _block_gating(idx, w, u, lse, None, tok, mask, seg, K, TOPK, KS, BT, MODE)
     offs_k = tl.arange(0, K)
     offs_v = i_v * BV + tl.arange(0, BV)
     b_q = tl.load(q + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0).to(DOT)
     b_y = tl.zeros([BT, BV], dtype=tl.float32)
     for i in range(0, tl.max(seg, 0)):
-        b_g, _, read = _gate(gates, b_idx, b_w, tok, mask, seg, i, N, SPARSE)
+        b_g, _, read, _ = _gate(
+            gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h, H, K, N, MODE
+        )
         if read:
             b_s = tl.load(states + ((i_b * N + i) * H + i_h) * K * V + offs_k[:, None] * V + offs_v[None, :])
             b_y += b_g[:, None] * tl.dot(b_q, b_s.to(DOT), input_precision=PREC)
@@ -102,68 +130,142 @@ def _read_fwd(
 
 @triton.jit
 def _read_bwd_dq(
-    q, gates, idx, w, states, dy, dq, dgates, dw, seg_ids, T,
+    q, gates, idx, w, u, contexts, lse, delta, states, dy, dq, dgates, dw, du, seg_ids, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, N: tl.constexpr, TOPK: tl.constexpr,
-    KS: tl.constexpr, BT: tl.constexpr, SPARSE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    KS: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """``dq`` and the gate (dense) or top-k weight (sparse) gradients of one query block."""
+    """``dq`` and the gating gradients of one query block: ``dgates`` (DENSE), ``dw`` (SPARSE), or
+    ``du_t = sum_i g_{t,i} (r_{t,i} - delta_t) c_i`` (SOFTMAX), with ``r_{t,i} = dy_t . q_t^T M(i)``."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    mask, seg, tok = _block_tokens(seg_ids, i_t * BT, i_b, i_h, T, H, BT)
-    b_idx, b_w, sel_mask = _selection(idx, w, tok, mask, seg, TOPK, KS, BT, SPARSE)
+    mask, seg, tok = block_tokens(seg_ids, i_t * BT, i_b, i_h, T, H, BT)
+    b_idx, b_w, sel_mask, b_u, b_lse, b_delta = _block_gating(
+        idx, w, u, lse, delta, tok, mask, seg, K, TOPK, KS, BT, MODE
+    )
     offs_k = tl.arange(0, K)
     offs_v = tl.arange(0, V)
     b_q = tl.load(q + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0).to(DOT)
     b_dy = tl.load(dy + tok[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0).to(DOT)
     b_dq = tl.zeros([BT, K], dtype=tl.float32)
     b_dw = tl.zeros([BT, KS], dtype=tl.float32)
+    b_du = tl.zeros([BT, K], dtype=tl.float32)
     for i in range(0, tl.max(seg, 0)):
-        b_g, hits, read = _gate(gates, b_idx, b_w, tok, mask, seg, i, N, SPARSE)
+        b_g, hits, read, b_c = _gate(
+            gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h, H, K, N, MODE
+        )
         if read:
             b_s = tl.load(states + ((i_b * N + i) * H + i_h) * K * V + offs_k[:, None] * V + offs_v[None, :])
             b_s = b_s.to(DOT)
             b_r = tl.sum(tl.dot(b_q, b_s, input_precision=PREC) * b_dy.to(tl.float32), 1)
-            if SPARSE:
+            if MODE == 1:
                 b_dw += tl.where(hits, b_r[:, None], 0.0)
+            elif MODE == 2:
+                b_du += (b_g * (b_r - b_delta))[:, None] * b_c[None, :]
             else:
                 tl.store(dgates + tok * N + i, b_r.to(dgates.dtype.element_ty), mask=mask & (seg > i))
             b_dq += b_g[:, None] * tl.dot(b_dy, tl.trans(b_s), input_precision=PREC)
     tl.store(dq + tok[:, None] * K + offs_k[None, :], b_dq.to(dq.dtype.element_ty), mask=mask[:, None])
-    if SPARSE:
+    if MODE == 1:
         ptr = dw + tok[:, None] * TOPK + tl.arange(0, KS)[None, :]
         tl.store(ptr, b_dw.to(dw.dtype.element_ty), mask=sel_mask)
+    if MODE == 2:
+        tl.store(du + tok[:, None] * K + offs_k[None, :], b_du.to(du.dtype.element_ty), mask=mask[:, None])
 
 
 @triton.jit
 def _read_bwd_dstates(
-    q, gates, idx, w, dy, dstates, seg_ids, offsets, T,
+    q, gates, idx, w, u, contexts, lse, delta, states, dy, dstates, dcontexts, seg_ids, offsets, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, N: tl.constexpr, TOPK: tl.constexpr,
-    KS: tl.constexpr, BT: tl.constexpr, SPARSE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    KS: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """``dM(i)`` for one cached state: a loop over the query blocks of the later segments."""
+    """``dM(i)`` for one cached state, a loop over the query blocks of the later segments; with
+    SOFTMAX also ``dc_i = sum_t g_{t,i} (r_{t,i} - delta_t) u_t``."""
     i, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     offs_k = tl.arange(0, K)
     offs_v = tl.arange(0, V)
+    state_ptr = ((i_b * N + i) * H + i_h) * K * V + offs_k[:, None] * V + offs_v[None, :]
+    if MODE == 2:
+        b_s = tl.load(states + state_ptr).to(DOT)
     start = tl.load(offsets + i + 1)
     b_ds = tl.zeros([K, V], dtype=tl.float32)
+    b_dc = tl.zeros([K], dtype=tl.float32)
     for j in range(0, tl.cdiv(T - start, BT)):
-        mask, seg, tok = _block_tokens(seg_ids, start + j * BT, i_b, i_h, T, H, BT)
-        b_idx, b_w, _ = _selection(idx, w, tok, mask, seg, TOPK, KS, BT, SPARSE)
-        b_g, _, read = _gate(gates, b_idx, b_w, tok, mask, seg, i, N, SPARSE)
+        mask, seg, tok = block_tokens(seg_ids, start + j * BT, i_b, i_h, T, H, BT)
+        b_idx, b_w, _, b_u, b_lse, b_delta = _block_gating(
+            idx, w, u, lse, delta, tok, mask, seg, K, TOPK, KS, BT, MODE
+        )
+        b_g, _, read, _ = _gate(
+            gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h, H, K, N, MODE
+        )
         if read:
-            b_q = tl.load(q + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0)
-            b_dy = tl.load(dy + tok[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0)
-            b_q = (b_q.to(tl.float32) * b_g[:, None]).to(DOT)
-            b_ds += tl.dot(tl.trans(b_q), b_dy.to(DOT), input_precision=PREC)
-    ptr = dstates + ((i_b * N + i) * H + i_h) * K * V + offs_k[:, None] * V + offs_v[None, :]
-    tl.store(ptr, b_ds.to(dstates.dtype.element_ty))
+            b_q = tl.load(q + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0).to(DOT)
+            b_dy = tl.load(dy + tok[:, None] * V + offs_v[None, :], mask=mask[:, None], other=0.0).to(DOT)
+            b_qg = (b_q.to(tl.float32) * b_g[:, None]).to(DOT)
+            b_ds += tl.dot(tl.trans(b_qg), b_dy, input_precision=PREC)
+            if MODE == 2:
+                b_r = tl.sum(tl.dot(b_q, b_s, input_precision=PREC) * b_dy.to(tl.float32), 1)
+                b_dc += tl.sum((b_g * (b_r - b_delta))[:, None] * b_u, 0)
+    tl.store(dstates + state_ptr, b_ds.to(dstates.dtype.element_ty))
+    if MODE == 2:
+        ptr = dcontexts + ((i_b * N + i) * H + i_h) * K + offs_k
+        tl.store(ptr, b_dc.to(dcontexts.dtype.element_ty))
 
 
-_KEY = ["H", "K", "V", "BT", "SPARSE"]
+_KEY = ["H", "K", "V", "BT", "MODE"]
 _launch_fwd = autotuned(_read_fwd, _KEY)
 _launch_bwd_dq = autotuned(_read_bwd_dq, _KEY)
 _launch_bwd_dstates = autotuned(_read_bwd_dstates, _KEY)
+
+
+def read_meta(q: torch.Tensor, states: torch.Tensor, mode: int, top_k: int = 1) -> dict:
+    """Constexpr arguments shared by the three read kernels."""
+    meta = dict(H=q.shape[2], K=q.shape[3], V=states.shape[-1], N=states.shape[1], MODE=mode)
+    meta.update(TOPK=top_k, KS=triton.next_power_of_2(top_k), BT=time_block(max(meta["K"], meta["V"])))
+    return dict(meta, DOT=dot_dtype(q.dtype), PREC=dot_precision(q.dtype))
+
+
+def dot_operand(states: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The states as the read kernels load them: a 16-bit copy for 16-bit ``q`` (they only feed
+    ``tl.dot``, whose operands are 16-bit then anyway; half the memory traffic), else as they are."""
+    return states.to(q.dtype) if q.element_size() == 2 else states
+
+
+def launch_read(q, states, seg_ids, meta, gates=None, idx=None, w=None, u=None, contexts=None, lse=None):
+    """``y`` [B, T, H, Dv] (dtype of ``q``) of the read in ``meta["MODE"]``."""
+    batch, seq_len, heads, _ = q.shape
+    value_dim = meta["V"]
+    y = q.new_empty(batch, seq_len, heads, value_dim)
+    bv = min(value_dim, 64)
+    grid = (value_dim // bv, triton.cdiv(seq_len, meta["BT"]), batch * heads)
+    _launch_fwd(grid, q, gates, idx, w, u, contexts, lse, states, y, seg_ids, seq_len, BV=bv, **meta)
+    return y
+
+
+def launch_read_bwd(
+    q, states, dy, seg_ids, offsets, meta, dstates_dtype, gates=None, idx=None, w=None, u=None,
+    contexts=None, lse=None, delta=None,
+):  # fmt: skip
+    """``dq, dgates, dw, du, dstates, dcontexts`` of the read (``None`` where the mode has none)."""
+    batch, seq_len, heads, _ = q.shape
+    mode = meta["MODE"]
+    dq = torch.empty_like(q)
+    dgates = torch.zeros_like(gates) if mode == DENSE else None
+    dw = torch.zeros_like(w) if mode == SPARSE else None
+    du = torch.empty_like(u) if mode == SOFTMAX else None
+    grid = (triton.cdiv(seq_len, meta["BT"]), batch * heads)
+    _launch_bwd_dq(
+        grid, q, gates, idx, w, u, contexts, lse, delta, states, dy, dq, dgates, dw, du, seg_ids, seq_len,
+        **meta,
+    )  # fmt: skip
+    dstates = torch.empty_like(states, dtype=dstates_dtype)
+    dcontexts = torch.empty_like(contexts) if mode == SOFTMAX else None
+    grid = (meta["N"], batch * heads)
+    _launch_bwd_dstates(
+        grid, q, gates, idx, w, u, contexts, lse, delta, states, dy, dstates, dcontexts, seg_ids, offsets,
+        seq_len, **meta,
+    )  # fmt: skip
+    return dq, dgates, dw, du, dstates, dcontexts
 
 
 class CachedReadFunction(torch.autograd.Function):
@@ -171,41 +273,27 @@ class CachedReadFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, gates, idx, w, states, lengths: tuple[int, ...]):
-        batch, seq_len, heads, key_dim = q.shape
-        n_seg, value_dim = states.shape[1], states.shape[-1]
-        sparse, states_dtype = gates is None, states.dtype
-        top_k = idx.shape[-1] if sparse else 1
-        block = time_block(max(key_dim, value_dim))
+        mode = SPARSE if gates is None else DENSE
+        meta = read_meta(q, states, mode, idx.shape[-1] if mode == SPARSE else 1)
         seg_ids, offsets = segment_tables(lengths, q.device)
-        meta = dict(H=heads, K=key_dim, V=value_dim, N=n_seg, TOPK=top_k, KS=triton.next_power_of_2(top_k))
-        meta.update(BT=block, SPARSE=sparse, DOT=dot_dtype(q.dtype), PREC=dot_precision(q.dtype))
-        # the states feed only tl.dot: 16-bit inputs read a 16-bit copy (half the memory traffic)
-        states = states.to(q.dtype) if q.element_size() == 2 else states
-        y = q.new_empty(batch, seq_len, heads, value_dim)
-        bv = min(value_dim, 64)
-        grid = (value_dim // bv, triton.cdiv(seq_len, block), batch * heads)
-        _launch_fwd(grid, q, gates, idx, w, states, y, seg_ids, seq_len, BV=bv, **meta)
+        ctx.states_dtype = states.dtype
+        states = dot_operand(states, q)
+        y = launch_read(q, states, seg_ids, meta, gates=gates, idx=idx, w=w)
         ctx.save_for_backward(q, gates, idx, w, states, seg_ids, offsets)
-        ctx.meta, ctx.states_dtype = meta, states_dtype
+        ctx.meta = meta
         return y
 
     @staticmethod
     def backward(ctx, dy):
         q, gates, idx, w, states, seg_ids, offsets = ctx.saved_tensors
-        batch, seq_len, heads, _ = q.shape
-        meta, dy = ctx.meta, dy.contiguous()
-        dq = torch.empty_like(q)
-        dgates = None if gates is None else torch.zeros_like(gates)
-        dw = None if w is None else torch.zeros_like(w)
-        grid = (triton.cdiv(seq_len, meta["BT"]), batch * heads)
-        _launch_bwd_dq(grid, q, gates, idx, w, states, dy, dq, dgates, dw, seg_ids, seq_len, **meta)
-        dstates = torch.empty_like(states, dtype=ctx.states_dtype)
-        grid = (meta["N"], batch * heads)
-        _launch_bwd_dstates(grid, q, gates, idx, w, dy, dstates, seg_ids, offsets, seq_len, **meta)
+        dy = dy.contiguous()
+        dq, dgates, dw, _, dstates, _ = launch_read_bwd(
+            q, states, dy, seg_ids, offsets, ctx.meta, ctx.states_dtype, gates=gates, idx=idx, w=w
+        )
         return dq, dgates, None, dw, dstates, None
 
 
-def _check_states(q: torch.Tensor, states: torch.Tensor, lengths: Sequence[int]) -> tuple[int, ...]:
+def check_states(q: torch.Tensor, states: torch.Tensor, lengths: Sequence[int]) -> tuple[int, ...]:
     batch, seq_len, heads, key_dim = q.shape
     lengths = tuple(int(n) for n in lengths)
     if sum(lengths) != seq_len:
@@ -228,7 +316,7 @@ def cached_read(
     Returns:
         ``y`` [B, T, H, Dv] in the dtype of ``q``; differentiable in ``q``, ``gates``, ``states``.
     """
-    lengths = _check_states(q, states, lengths)
+    lengths = check_states(q, states, lengths)
     expected = (*q.shape[:3], len(lengths))
     if tuple(gates.shape) != expected:
         raise ValueError(f"gates must be [B, T, H, N]={expected}, got {tuple(gates.shape)}")
@@ -255,7 +343,7 @@ def ssc_read(
     Returns:
         ``y`` [B, T, H, Dv] in the dtype of ``q``; differentiable in ``q``, ``weights``, ``states``.
     """
-    lengths = _check_states(q, states, lengths)
+    lengths = check_states(q, states, lengths)
     if tuple(indices.shape[:3]) != tuple(q.shape[:3]) or indices.shape != weights.shape:
         raise ValueError(f"indices and weights must be [B, T, H, k] with B, T, H = {tuple(q.shape[:3])}, "
                          f"got {tuple(indices.shape)} and {tuple(weights.shape)}")  # fmt: skip
