@@ -110,10 +110,14 @@ def test_non_contiguous_and_bf16():
         assert (mine.grad.double() - ref.grad).norm() / ref.grad.norm() < 3e-2
 
 
-def test_mixed_devices_rejected():
+def test_bad_inputs_rejected():
     q, k, v, g = _inputs(1, 4, 1, 16, 16, decay=True)
     with pytest.raises(ValueError, match="one device"):
         chunk_linear(q, k, v.to("meta"), g, [4], "checkpoint")
+    with pytest.raises(ValueError, match="sum to T"):
+        chunk_linear(q, k, v, g, [3], "checkpoint")
+    with pytest.raises(ValueError, match="init"):
+        chunk_linear(q, k, v, g, [4], "fresh")
 
 
 @pytest.mark.gpu

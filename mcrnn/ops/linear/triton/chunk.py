@@ -305,6 +305,10 @@ def chunk_linear(
         ``online`` [B, T, H, Dv] (dtype of ``v``) with ``o_t = q_t^T M_t`` (token t included) and
         ``states`` [B, N, H, Dk, Dv] (float32), the state at the end of every segment.
     """
-    q, k, v, log_decay = contiguous(q, k, v, log_decay)
+    if init not in ("checkpoint", "independent"):
+        raise ValueError(f"init must be 'checkpoint' or 'independent', got {init!r}")
     lengths = tuple(int(n) for n in lengths)
+    if sum(lengths) != q.shape[1] or min(lengths, default=0) < 1:
+        raise ValueError(f"lengths must be positive and sum to T={q.shape[1]}, got {list(lengths)}")
+    q, k, v, log_decay = contiguous(q, k, v, log_decay)
     return ChunkLinearFunction.apply(q, k, v, log_decay, lengths, init == "independent")
