@@ -126,8 +126,9 @@ def gpu_benchmark(
 ) -> list[dict[str, Any]]:
     """Forward+backward throughput of every case at every T (``B = tokens // T``), one row each.
 
-    Rows: ``name, seq_len, batch, heads, head_dim, dtype, device, ms, tokens_per_s, tflops`` (and
-    ``error`` instead of the timings when a case fails, e.g. out of memory or fla refusing a GPU).
+    Rows: ``name, seq_len, batch, heads, head_dim, dtype, device, median_s, tokens_per_s, tflops,
+    peak_mib`` (peak CUDA memory of the case, 0 elsewhere; the keys of :mod:`mcrnn.bench.report`),
+    or ``error`` instead of the timings when a case fails (out of memory, fla refusing a GPU, ...).
     """
     cuda = torch.device(device).type == "cuda"
     fla = _fla_step() if cuda else None
@@ -145,6 +146,8 @@ def gpu_benchmark(
         for name, forward, lengths, top_k in steps:
             row = {"name": name, "seq_len": seq_len, "batch": batch, "heads": heads, "head_dim": head_dim,
                    "dtype": str(dtype).removeprefix("torch."), "device": device}  # fmt: skip
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             try:
                 seconds = _time(partial(_fwd_bwd, forward, *inputs), repeats, warmup, cuda)
             except (RuntimeError, ValueError, AssertionError) as err:  # OOM, fla's Hopper guard, ...
@@ -154,8 +157,9 @@ def gpu_benchmark(
                 continue
             per_token = flops_per_token(name, seq_len, head_dim, lengths, top_k)
             flops = FWD_BWD * batch * seq_len * heads * per_token
-            rows.append({**row, "ms": seconds * 1e3, "tokens_per_s": batch * seq_len / seconds,
-                         "tflops": flops / seconds / 1e12})  # fmt: skip
+            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+            rows.append({**row, "median_s": seconds, "tokens_per_s": batch * seq_len / seconds,
+                         "tflops": flops / seconds / 1e12, "peak_mib": peak})  # fmt: skip
         del inputs
         if cuda:
             torch.cuda.empty_cache()
