@@ -43,6 +43,9 @@ import torch
 from mcrnn.ops.deep import network
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
 
+#: chunks whose online reads are batched into one set of matmuls (bounded for cache locality)
+READ_GROUP = 4
+
 
 @dataclass
 class ChunkCoefficients:
@@ -129,17 +132,23 @@ def online_layer(
     deltas: Sequence[torch.Tensor],
     coef: ChunkCoefficients,
 ) -> torch.Tensor:
-    """``W_{l,t} x_t`` for every token of the chunk, ``x`` [B, H, c, d_in] -> [B, H, c, d_out].
+    """``W_{l,t} x_t`` for every token of the chunk, ``x`` [..., c, d_in] -> [..., c, d_out].
 
-    The three terms are one matmul: ``[A x | P x | -(x a^T) * M] @ [W^T ; S^T ; delta]``.
+    The per-token scalars ``A_t, P_t`` scale whichever side of the matmul is narrower.
     """
-    scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
-    left = [coef.retain.unsqueeze(-1) * x, -scores]
-    right = [weights[layer].transpose(-1, -2), deltas[layer]]
+    weight, d_in = weights[layer], x.shape[-1]
+    scale_input = d_in <= weight.shape[-2]
+    if scale_input:
+        out = (coef.retain.unsqueeze(-1) * x) @ weight.transpose(-1, -2)
+    else:
+        out = coef.retain.unsqueeze(-1) * (x @ weight.transpose(-1, -2))
     if momentum is not None:
-        left.insert(1, coef.carry.unsqueeze(-1) * x)
-        right.insert(1, momentum[layer].transpose(-1, -2))
-    return torch.cat(left, -1) @ torch.cat(right, -2)
+        if scale_input:
+            out = out + (coef.carry.unsqueeze(-1) * x) @ momentum[layer].transpose(-1, -2)
+        else:
+            out = out + coef.carry.unsqueeze(-1) * (x @ momentum[layer].transpose(-1, -2))
+    scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
+    return out - scores @ deltas[layer]
 
 
 def chunk_update(
@@ -210,11 +219,18 @@ def chunk_deep_memory_caching(
     last = torch.full((n_chunks,), chunk_size - 1, device=q.device)
     last[-1] = (seq_len - 1) % chunk_size
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last)
-    per_segment = [-(-n // chunk_size) for n in lengths]
-    seg_q, seg_coef = torch.split(qc, per_segment, dim=2), _split_coefficients(coef, per_segment)
+    # read groups: consecutive chunks of one segment whose reads are batched together (bounded so the
+    # batched tensors stay cache-sized); ``groups[g] = (segment, chunks)``
+    groups = [
+        (s, min(READ_GROUP, n - lo))
+        for s, n in enumerate(-(-n // chunk_size) for n in lengths)
+        for lo in range(0, n, READ_GROUP)
+    ]
+    sizes = [count for _, count in groups]
+    group_q, group_coef = torch.split(qc, sizes, dim=2), _split_coefficients(coef, sizes)
     if aggregation == "soup":
         soup_gates = [_chunked(x.transpose(1, 2), pad, chunk_size, 0.0) for x in (gates, online_gate)]
-        seg_gates = [torch.split(x, per_segment, dim=2) for x in soup_gates]
+        group_gates = [torch.split(x, sizes, dim=2) for x in soup_gates]
     keys, values = kc.unbind(2), vc.unbind(2)
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     weights, momentum = list(initial), _zero_momentum(initial, memory)
@@ -223,8 +239,8 @@ def chunk_deep_memory_caching(
     stacked: list[torch.Tensor] = []
     online_reads = []
     first = 0
-    for s, count in enumerate(per_segment):
-        if s > 0:
+    for g, (s, count) in enumerate(groups):
+        if s > len(cached):  # the group opens segment s
             cached.append(weights)
             if aggregation == "soup":
                 stacked = [
@@ -240,13 +256,13 @@ def chunk_deep_memory_caching(
             starts.append((weights, momentum, inputs, deltas))
             weights, momentum = chunk_update(weights, momentum, inputs, deltas, ends[j])
         first += count
-        # the reads of a segment's chunks need only their start states: one batched read per segment
+        # the reads need only each chunk's start state: one batched read per group
         w0, m0, a0, d0 = (_stack_chunks(field) for field in zip(*starts, strict=True))
         if aggregation == "soup":
-            g_cached, g_online = seg_gates[0][s][..., :s], seg_gates[1][s]
-            read = _soup_read(seg_q[s], w0, m0, a0, d0, seg_coef[s], stacked, g_cached, g_online)
+            g_cached, g_online = group_gates[0][g][..., :s], group_gates[1][g]
+            read = _soup_read(group_q[g], w0, m0, a0, d0, group_coef[g], stacked, g_cached, g_online)
         else:
-            read = _online_read(seg_q[s], w0, m0, a0, d0, seg_coef[s])
+            read = _online_read(group_q[g], w0, m0, a0, d0, group_coef[g])
         online_reads.append(read)
     out = torch.cat(online_reads, dim=2).flatten(2, 3)[:, :, :seq_len]
     gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
