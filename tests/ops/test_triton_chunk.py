@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and isinstance(triton.language.zeros, triton.runtime.JITFunction):
-    pytest.skip("triton was imported before TRITON_INTERPRET=1: see test_triton_rerun.py", allow_module_level=True)
+    pytest.skip("triton imported before TRITON_INTERPRET=1: see test_triton_rerun", allow_module_level=True)
 
 from mcrnn.ops.linear.triton import chunk_linear  # noqa: E402
 
