@@ -204,9 +204,12 @@ def chunk_deep_memory_caching(
 ) -> ChunkResult:
     """Fast MC output for validated inputs (see ``deep_memory_caching``) and the final state."""
     batch, seq_len = q.shape[:2]
-    seg = segment_index(lengths, q.device)
-    contexts, online_context = segment_contexts(k, lengths, pooling)
-    gates, online_gate, _ = router_gates(u, contexts, online_context, seg, aggregation, top_k)
+    if len(lengths) == 1:  # one segment: every aggregation reads the online memory alone, weight 1
+        aggregation, gates, online_gate = "base", None, None
+    else:
+        seg = segment_index(lengths, q.device)
+        contexts, online_context = segment_contexts(k, lengths, pooling)
+        gates, online_gate, _ = router_gates(u, contexts, online_context, seg, aggregation, top_k)
     # heads first, padded to whole chunks, chunk dim split off: [B, H, n, c, ...]. Only the final chunk can
     # be partial (segments are multiples of chunk_size but the last); its padding has eta = 0 and comes
     # after every real token, and its end state is read at the last real token, so it changes nothing.
@@ -265,9 +268,9 @@ def chunk_deep_memory_caching(
             read = _online_read(group_q[g], w0, m0, a0, d0, group_coef[g])
         online_reads.append(read)
     out = torch.cat(online_reads, dim=2).flatten(2, 3)[:, :, :seq_len]
-    gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
-    qh = q.transpose(1, 2)
-    if aggregation != "soup":
+    if aggregation not in ("soup", "base"):
+        gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
+        qh = q.transpose(1, 2)
         out = online_gate.unsqueeze(-1) * out
         ends = torch.tensor(list(lengths)).cumsum(0).tolist()
         for i, state in enumerate(cached):

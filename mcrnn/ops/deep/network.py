@@ -64,22 +64,21 @@ def gelu(z: torch.Tensor) -> torch.Tensor:
 
 
 class _GeluAndGrad(torch.autograd.Function):
-    """``(gelu(z), gelu'(z))`` in one node; backward uses ``gelu''(z) = phi(z) (2 - z^2)``."""
+    """``(gelu(z), gelu'(z))`` in one node of fused kernels; backward: ``gelu''(z) = phi(z) (2 - z^2)``."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
-        zpdf = z * torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
-        ctx.save_for_backward(z, cdf, zpdf)
-        return z * cdf, cdf + zpdf
+        slope = torch.ops.aten.gelu_backward(torch.ones_like(z), z)  # Phi(z) + z phi(z)
+        ctx.save_for_backward(z, slope)
+        return torch.nn.functional.gelu(z), slope
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h: torch.Tensor, grad_g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        z, cdf, zpdf = ctx.saved_tensors
-        # gelu' = cdf + z pdf;  gelu'' = pdf (2 - z^2) = zpdf (2 - z^2) / z, written without the division
-        pdf2 = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi)) * (2.0 - z * z)
-        return grad_h * (cdf + zpdf) + grad_g * pdf2
+        z, slope = ctx.saved_tensors
+        square = z * z
+        curvature = torch.exp(square * -0.5).mul_(2.0 - square).mul_(1.0 / math.sqrt(2.0 * math.pi))
+        return torch.addcmul(grad_h * slope, grad_g, curvature)
 
 
 def gelu_and_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
