@@ -134,21 +134,24 @@ def online_layer(
 ) -> torch.Tensor:
     """``W_{l,t} x_t`` for every token of the chunk, ``x`` [..., c, d_in] -> [..., c, d_out].
 
-    The per-token scalars ``A_t, P_t`` scale whichever side of the matmul is narrower.
+    ``A_t`` scales whichever side of the first matmul is narrower; the other two terms accumulate
+    into it inside the matmul (``baddbmm``).
     """
-    weight, d_in = weights[layer], x.shape[-1]
-    scale_input = d_in <= weight.shape[-2]
-    if scale_input:
+    weight = weights[layer]
+    if x.shape[-1] <= weight.shape[-2]:
         out = (coef.retain.unsqueeze(-1) * x) @ weight.transpose(-1, -2)
     else:
         out = coef.retain.unsqueeze(-1) * (x @ weight.transpose(-1, -2))
     if momentum is not None:
-        if scale_input:
-            out = out + (coef.carry.unsqueeze(-1) * x) @ momentum[layer].transpose(-1, -2)
-        else:
-            out = out + coef.carry.unsqueeze(-1) * (x @ momentum[layer].transpose(-1, -2))
+        out = add_matmul(out, coef.carry.unsqueeze(-1) * x, momentum[layer].transpose(-1, -2))
     scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
-    return out - scores @ deltas[layer]
+    return add_matmul(out, scores, deltas[layer], alpha=-1.0)
+
+
+def add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``acc + alpha * a @ b`` as one ``baddbmm`` over the flattened leading dims (no broadcasting)."""
+    flat = torch.baddbmm(acc.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), alpha=alpha)
+    return flat.view(acc.shape)
 
 
 def chunk_update(
@@ -158,18 +161,19 @@ def chunk_update(
     deltas: Sequence[torch.Tensor],
     end: ChunkEnd,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Weights (and momentum) after the chunk: the last row of the unrolled sums (one matmul per layer)."""
-    rows = [end.mix] + ([end.momentum_mix] if momentum is not None else [])
+    """Weights (and momentum) after the chunk: the last row of the unrolled sums, a matmul per term."""
     retain = end.retain[..., None, None]
     new_w, new_m = [], []
     for l, w in enumerate(weights):
-        scaled = torch.cat([deltas[l] * r.unsqueeze(-1) for r in rows], -1)  # [B, H, c, (1|2) d_out]
-        steps = (scaled.transpose(-1, -2) @ inputs[l]).chunk(len(rows), dim=-2)
-        if momentum is None:
-            new_w.append(retain * w - steps[0])
-            continue
-        new_w.append(retain * w + end.carry[..., None, None] * momentum[l] - steps[0])
-        new_m.append(end.momentum_retain[..., None, None] * momentum[l] - steps[1])
+        start = retain * w
+        if momentum is not None:
+            start = start + end.carry[..., None, None] * momentum[l]
+            scaled = (deltas[l] * end.momentum_mix.unsqueeze(-1)).transpose(-1, -2)
+            new_m.append(
+                add_matmul(end.momentum_retain[..., None, None] * momentum[l], scaled, inputs[l], -1.0)
+            )
+        scaled = (deltas[l] * end.mix.unsqueeze(-1)).transpose(-1, -2)
+        new_w.append(add_matmul(start, scaled, inputs[l], -1.0))
     return new_w, (new_m if momentum is not None else None)
 
 
