@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     INT_POINTERS = {"table", "seg_ids", "offsets", "idx"}
     FP32_POINTERS = {"states", "dstates", "dg", "lse", "delta", "online_logit"}
 
-    def compile_sm90(kernel, **meta):
+    def compile_sm90(kernel, io, **meta):
         signature = {}
         for param in kernel.params:
             name = param.name
@@ -42,37 +42,43 @@ SCRIPT = textwrap.dedent(
             elif name in INT_POINTERS:
                 signature[name] = "*i32"
             else:
-                signature[name] = "*fp32" if name in FP32_POINTERS else "*bf16"
+                signature[name] = "*fp32" if name in FP32_POINTERS else "*" + io
         source = ASTSource(fn=kernel, signature=signature, constexprs=meta)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         assert "cubin" in compiled.asm, kernel.__name__
 
-    shape = dict(H=16, K=64, V=64, BT=64, DOT=tl.bfloat16, PREC="tf32")
-    for use_g in (True, False):
-        meta = dict(shape, USE_G=use_g, **({} if use_g else {"g": None}))
-        compile_sm90(chunk._fwd_h, N=8, BK=32, BV=32, RESET=True, **meta)
-        compile_sm90(chunk._fwd_o, BV=64, **meta)
-        compile_sm90(chunk._bwd_dh, N=8, BK=32, BV=32, RESET=False, HAS_DS=True, **meta)
-        compile_sm90(chunk._bwd_dqkv, **meta, **({} if use_g else {"dg": None}))
-    pointers = {"gates", "idx", "w", "u", "contexts", "lse", "delta", "dgates", "dw", "du", "dcontexts"}
-    used = {
-        cached.DENSE: {"gates", "dgates"},
-        cached.SPARSE: {"idx", "w", "dw"},
-        cached.SOFTMAX: {"u", "contexts", "lse", "delta", "du", "dcontexts"},
-    }
-    for mode, names in used.items():
-        top_k = 4 if mode == cached.SPARSE else 1
-        meta = dict(shape, N=16, TOPK=top_k, KS=top_k, MODE=mode)
-        for kernel, extra in ((cached._read_fwd, {"BV": 64}), (cached._read_bwd_dq, {}),
-                              (cached._read_bwd_dstates, {})):
-            absent = {p.name: None for p in kernel.params if p.name in pointers - names}
-            compile_sm90(kernel, **meta, **extra, **absent)
-    compile_sm90(grm._grm_lse, H=16, K=64, N=16, BT=64)
+    def compile_all(io, dot, prec, variants):
+        shape = dict(H=16, K=64, V=64, BT=64, DOT=dot, PREC=prec)
+        for use_g in variants["decay"]:
+            meta = dict(shape, USE_G=use_g, **({} if use_g else {"g": None}))
+            compile_sm90(chunk._fwd_h, io, N=8, BK=32, BV=32, RESET=True, **meta)
+            compile_sm90(chunk._fwd_o, io, BV=64, **meta)
+            compile_sm90(chunk._bwd_dh, io, N=8, BK=32, BV=32, RESET=False, HAS_DS=True, **meta)
+            compile_sm90(chunk._bwd_dqkv, io, **meta, **({} if use_g else {"dg": None}))
+        pointers = {"gates", "idx", "w", "u", "contexts", "lse", "delta", "dgates", "dw", "du", "dcontexts"}
+        used = {
+            cached.DENSE: {"gates", "dgates"},
+            cached.SPARSE: {"idx", "w", "dw"},
+            cached.SOFTMAX: {"u", "contexts", "lse", "delta", "du", "dcontexts"},
+        }
+        for mode in variants["modes"]:
+            top_k = 4 if mode == cached.SPARSE else 1
+            meta = dict(shape, N=16, TOPK=top_k, KS=top_k, MODE=mode)
+            for kernel, extra in ((cached._read_fwd, {"BV": 64}), (cached._read_bwd_dq, {}),
+                                  (cached._read_bwd_dstates, {})):
+                absent = {p.name: None for p in kernel.params if p.name in pointers - used[mode]}
+                compile_sm90(kernel, io, **meta, **extra, **absent)
+        compile_sm90(grm._grm_lse, io, H=16, K=64, N=16, BT=64)
+
+    # bf16 with decay and every gate mode (~15 compilations; a cold cache takes most of a minute)
+    modes = (cached.DENSE, cached.SPARSE, cached.SOFTMAX)
+    compile_all("bf16", tl.bfloat16, "tf32", {"decay": (True,), "modes": modes})
     print("compiled")
     """
 )
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_sm90():
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
