@@ -8,6 +8,10 @@ For token ``t`` in segment ``s(t)`` and cached states ``M(i)`` [Dk, Dv] (end of 
 
 The sparse form is the dense one with ``g_{t,i} = sum_j w_{t,j} [idx_{t,j} = i]``; a block of
 ``BT`` queries then loads only the states that at least one of its tokens selected (block-sparse).
+A third gate mode, ``g_{t,i} = exp(<u_t, c_i> - lse_t)`` recomputed from router queries, segment
+keys and a log-sum-exp, serves the fused ``grm`` read of :mod:`~mcrnn.ops.linear.triton.grm`. The
+constexpr ``MODE`` selects the gate: 0 = DENSE, 1 = SPARSE, 2 = SOFTMAX (literals in the kernels,
+which may only read constexpr globals).
 
 Kernels, flash-attention style (one program per query block, a loop over the cached states):
 
