@@ -14,7 +14,7 @@ import torch
 
 from mcrnn.ops.linear.log import fenwick_prefill_cache, log_linear_mc
 from mcrnn.ops.linear.naive import naive_log_memory_caching, naive_memory_caching
-from mcrnn.ops.linear.op import parallel_linear_mc, recurrent_linear_mc
+from mcrnn.ops.linear.op import parallel_linear_mc, recurrent_linear_mc, triton_linear_mc
 from mcrnn.ops.linear.recurrent import FenwickMemoryCache, MatrixMemoryCache, fenwick_step
 from mcrnn.ops.segments import (
     SEGMENTATIONS,
@@ -116,15 +116,18 @@ def memory_caching(
     lengths = None
     if cache is None and not log_segments:
         lengths = resolve_segment_lengths(seq_len, segment_size, segment_lengths)
-    out_dtype = q.dtype
-    dtype = compute_dtype(q, k, v, u)
-    u = q if u is None else u
-    q, k, v, u = (x.to(dtype) for x in (q, k, v, u))
-    log_decay, prev_gate, cur_gate = (None if g is None else g.to(dtype) for g in gates.values())
-    options = dict(aggregation=aggregation, init=init, top_k=top_k, pooling=pooling, memory=memory,
-                   log_decay=log_decay, prev_gate=prev_gate, cur_gate=cur_gate)
     if seq_len == 0:
         raise ValueError("q must hold at least one token (T >= 1)")
+    out_dtype = q.dtype
+    u = q if u is None else u
+    options = dict(aggregation=aggregation, init=init, top_k=top_k, pooling=pooling, memory=memory, **gates)
+    if lengths is not None and _wants_triton(backend, q, k, v, u, *gates.values()):
+        out, cache = triton_linear_mc(q, k, v, u, lengths, output_cache=output_cache, **options)
+        out = out.to(out_dtype)
+        return (out, cache) if output_cache else out
+    dtype = compute_dtype(q, k, v, u)
+    q, k, v, u = (x.to(dtype) for x in (q, k, v, u))
+    options.update({name: None if g is None else g.to(dtype) for name, g in gates.items()})
     if log_segments:
         out, cache = _log_mc(q, k, v, u, cache, backend, output_cache, chunk_size, options)
     elif cache is not None:
@@ -135,10 +138,9 @@ def memory_caching(
         if output_cache:
             _, cache = parallel_linear_mc(q, k, v, u, lengths, output_cache=True, **options)
     else:
-        if backend == "triton" or (backend == "auto" and q.is_cuda):
-            _warn_no_triton()
-        out, cache = parallel_linear_mc(q, k, v, u, lengths, output_cache=output_cache,
-                                        chunk_size=chunk_size, **options)
+        out, cache = parallel_linear_mc(
+            q, k, v, u, lengths, output_cache=output_cache, chunk_size=chunk_size, **options
+        )
     out = out.to(out_dtype)
     return (out, cache) if output_cache else out
 
@@ -171,10 +173,21 @@ def _boundaries(segment_size: int | None, segment_lengths: Sequence[int] | None)
     return segment_size
 
 
+def _wants_triton(backend: str, *tensors: torch.Tensor | None) -> bool:
+    """Triton for ``backend="triton"``, or ``"auto"`` on CUDA tensors, when the kernels support the
+    inputs (else the PyTorch path, with a one-time warning naming the reason)."""
+    if backend == "auto" and not tensors[0].is_cuda:
+        return False
+    if backend not in ("auto", "triton"):
+        return False
+    from mcrnn.ops.linear import triton as mc_triton
+
+    head_dims = (tensors[0].shape[-1], tensors[2].shape[-1])
+    reason = mc_triton.unsupported_reason(*tensors, head_dims=head_dims)
+    if reason is not None and reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(f"mcrnn: Triton kernels unavailable ({reason}); using the PyTorch path", stacklevel=3)
+    return reason is None
+
+
 _WARNED: set[str] = set()
-
-
-def _warn_no_triton() -> None:
-    if "triton" not in _WARNED:
-        _WARNED.add("triton")
-        warnings.warn("Triton kernels are not available here; using the PyTorch path", stacklevel=3)

@@ -43,18 +43,14 @@ def parallel_linear_mc(
     seg = segment_index(lengths, q.device)
     contexts, online_context = segment_contexts(k, lengths, pooling)
     cached_gates, online_gate, selected = router_gates(u, contexts, online_context, seg, aggregation, top_k)
-    qh, kh, vh = heads_first(q), heads_first(k), heads_first(v)
+    qh = heads_first(q)
     decay_h = None if log_decay is None else log_decay.transpose(1, 2)
-    if memory == "swla":
-        prev_k, prev_v = _previous_token(kh, lengths, init), _previous_token(vh, lengths, init)
-        online, states = chunk_linear(qh, kh * cur_gate.transpose(1, 2).unsqueeze(-1), vh, decay_h, lengths,
-                                      init, chunk_size)
-        online_prev, states_prev = chunk_linear(
-            qh, prev_k * prev_gate.transpose(1, 2).unsqueeze(-1), prev_v, decay_h, lengths, init, chunk_size
+    online, states = 0, 0
+    for write_k, write_v in _writes(k, v, memory, prev_gate, cur_gate, lengths, init):
+        part_online, part_states = chunk_linear(
+            qh, heads_first(write_k), heads_first(write_v), decay_h, lengths, init, chunk_size
         )
-        online, states = online + online_prev, states + states_prev
-    else:
-        online, states = chunk_linear(qh, kh, vh, decay_h, lengths, init, chunk_size)
+        online, states = online + part_online, states + part_states
     out = online * online_gate.transpose(1, 2).unsqueeze(-1)
     if len(lengths) > 1:
         gates_h = cached_gates.transpose(1, 2)
@@ -63,28 +59,103 @@ def parallel_linear_mc(
         else:
             out = out + selected_read(qh, gates_h, selected.transpose(1, 2).contiguous(), states)
     out = out.transpose(1, 2)
-    if not output_cache:
-        return out, None
-    last_start = sum(lengths[:-1])
-    cache = MatrixMemoryCache(
-        online=states[:, :, -1],
-        cached=states[:, :, :-1],
-        contexts=contexts[:, :-1],
-        key_sum=kh[:, :, last_start:].sum(2),
-        segment_tokens=lengths[-1],
-        position=sum(lengths),
-        prev_key=kh[:, :, -1] if memory == "swla" else None,
-        prev_value=vh[:, :, -1] if memory == "swla" else None,
-    )
+    return out, _prefill_cache(states, contexts, k, v, lengths, memory) if output_cache else None
+
+
+def triton_linear_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    lengths: Sequence[int],
+    *,
+    aggregation: str,
+    init: str,
+    top_k: int | None,
+    pooling: str,
+    memory: str,
+    log_decay: torch.Tensor | None,
+    prev_gate: torch.Tensor | None,
+    cur_gate: torch.Tensor | None,
+    output_cache: bool,
+) -> tuple[torch.Tensor, MatrixMemoryCache | None]:
+    """The same computation as :func:`parallel_linear_mc` on the Triton kernels ([B, T, H, D] layout,
+    inputs in their own dtype; the kernels accumulate in float32). ``grm``/``soup`` use the read with
+    the router softmax fused in; the other aggregations read with precomputed gates."""
+    from mcrnn.ops.linear import triton as mc_triton
+
+    online, states = 0, 0
+    for write_k, write_v in _writes(k, v, memory, prev_gate, cur_gate, lengths, init):
+        part_online, part_states = mc_triton.chunk_linear(q, write_k, write_v, log_decay, lengths, init)
+        online, states = online + part_online, states + part_states
+    contexts, online_context = segment_contexts(k, lengths, pooling)
+    if len(lengths) == 1:
+        out = online
+    elif aggregation in ("grm", "soup"):
+        online_logit = (u * online_context).sum(-1)
+        out = mc_triton.grm_read(q, u, contexts, online, online_logit, states, lengths)
+    else:
+        seg = segment_index(lengths, q.device)
+        cached, online_gate, selected = router_gates(u, contexts, online_context, seg, aggregation, top_k)
+        out = online * online_gate.unsqueeze(-1).to(online.dtype)
+        if selected is None:
+            out = out + mc_triton.cached_read(q, cached.to(q.dtype), states, lengths)
+        else:
+            weights = cached.gather(-1, selected).to(q.dtype)
+            out = out + mc_triton.ssc_read(q, selected, weights, states, lengths)
+    cache = _prefill_cache(states.transpose(1, 2), contexts, k, v, lengths, memory) if output_cache else None
     return out, cache
 
 
+def _writes(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    memory: str,
+    prev_gate: torch.Tensor | None,
+    cur_gate: torch.Tensor | None,
+    lengths: Sequence[int],
+    init: str,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rank-one writes of a step as (key, value) streams [B, T, H, D] with a shared decay.
+
+    ``linear``: ``k_t v_t^T``. ``swla`` is linear in its two writes: ``(l_t k_t, v_t)`` and
+    ``(b_t k_{t-1}, v_{t-1})``, so MC over it is the sum of two runs of the linear kernel.
+    """
+    if memory == "linear":
+        return [(k, v)]
+    prev_k, prev_v = _previous_token(k, lengths, init), _previous_token(v, lengths, init)
+    return [(k * cur_gate.unsqueeze(-1), v), (prev_k * prev_gate.unsqueeze(-1), prev_v)]
+
+
+def _prefill_cache(
+    states: torch.Tensor,
+    contexts: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: Sequence[int],
+    memory: str,
+) -> MatrixMemoryCache:
+    """Decoding cache after a parallel pass: ``states`` [B, H, N, Dk, Dv] at segment ends, ``contexts``
+    [B, N, H, Dk], ``k``/``v`` [B, T, H, D]. The last segment stays online (pushed lazily)."""
+    last_start = sum(lengths[:-1])
+    return MatrixMemoryCache(
+        online=states[:, :, -1],
+        cached=states[:, :, :-1],
+        contexts=contexts[:, :-1],
+        key_sum=k[:, last_start:].sum(1),
+        segment_tokens=lengths[-1],
+        position=sum(lengths),
+        prev_key=k[:, -1] if memory == "swla" else None,
+        prev_value=v[:, -1] if memory == "swla" else None,
+    )
+
+
 def _previous_token(x: torch.Tensor, lengths: Sequence[int], init: str) -> torch.Tensor:
-    """``x_{t-1}`` along time of [B, H, T, D]; zero at t=0 and, for ``independent``, at segment starts."""
-    shifted = torch.nn.functional.pad(x[:, :, :-1], (0, 0, 1, 0))
+    """``x_{t-1}`` along time of [B, T, H, D]; zero at t=0 and, for ``independent``, at segment starts."""
+    shifted = torch.nn.functional.pad(x[:, :-1], (0, 0, 0, 0, 1, 0))
     if init == "independent" and len(lengths) > 1:
         starts = torch.tensor(list(lengths[:-1]), device=x.device).cumsum(0)
-        shifted = shifted.index_fill(2, starts, 0.0)
+        shifted = shifted.index_fill(1, starts, 0.0)
     return shifted
 
 
@@ -118,13 +189,20 @@ def recurrent_linear_mc(
         else:
             starts_segment = boundaries is not None and position in boundaries
         y, cache = recurrent_step(
-            q[:, t], k[:, t], v[:, t], u[:, t], cache,
-            starts_segment=starts_segment, aggregation=aggregation, init=init, top_k=top_k,
-            pooling=pooling, memory=memory,
+            q[:, t],
+            k[:, t],
+            v[:, t],
+            u[:, t],
+            cache,
+            starts_segment=starts_segment,
+            aggregation=aggregation,
+            init=init,
+            top_k=top_k,
+            pooling=pooling,
+            memory=memory,
             decay=None if log_decay is None else log_decay[:, t].exp(),
             prev_gate=None if prev_gate is None else prev_gate[:, t],
             cur_gate=None if cur_gate is None else cur_gate[:, t],
         )
         outputs.append(y)
     return torch.stack(outputs, dim=1), cache
-
