@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mcrnn.bench.report import plot_throughput, ratio_table, save_json, write_atomic
-from mcrnn.bench.suites import OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
+from mcrnn.bench.suites import GPU_SEQ_LENS, OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
 from mcrnn.bench.timing import machine_info, run_isolated
 
 SUITES = ("ops", "peer")
@@ -65,9 +65,22 @@ def peer_summary(rows: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     suites = SUITES if args.suite == "all" else (args.suite,)
+    if args.seq_lens is None:
+        args.seq_lens = list(GPU_SEQ_LENS if args.device.startswith("cuda") else OPS_SEQ_LENS)
     machine = machine_info()
     print("machine:", ", ".join(f"{k}={v}" for k, v in machine.items()))
     for suite in suites:
+        if suite == "ops" and args.device.startswith("cuda"):
+            from mcrnn.bench.gpu import format_table, gpu_benchmark, target_report
+
+            rows = gpu_benchmark(
+                seq_lens=tuple(args.seq_lens), device=args.device, repeats=max(args.repeats, 5)
+            )
+            table = "\n".join([format_table(rows), "", *target_report(rows)])
+            _write(
+                args.out, suite, machine, rows, table, "MC op (Triton), fwd+bwd, B*T=32K, H=16, D=64, bf16"
+            )
+            continue
         if suite == "ops":
             cases = ops_suite(
                 tuple(args.seq_lens),
@@ -90,13 +103,16 @@ def run(args: argparse.Namespace) -> int:
         table = ratio_table(rows, baselines)
         if suite == "peer":
             table += "\n\n" + peer_summary(rows)
-        print(table)
-        args.out.mkdir(parents=True, exist_ok=True)
-        save_json(args.out / f"bench_{suite}.json", {"suite": suite, "machine": machine, "rows": rows})
-        machine_line = ", ".join(f"{k}={v}" for k, v in machine.items())
-        write_atomic(
-            args.out / f"bench_{suite}.md", f"{title}\n\n{machine_line}\n\n```\n{table}\n```\n".encode()
-        )
-        plot_throughput(rows, args.out / f"bench_{suite}.png", title)
-        print(f"wrote {args.out / f'bench_{suite}.json'} and {args.out / f'bench_{suite}.png'}")
+        _write(args.out, suite, machine, rows, table, title)
     return 0
+
+
+def _write(out: Path, suite: str, machine: dict, rows: list[dict[str, Any]], table: str, title: str) -> None:
+    """Print the table; write it as markdown, the rows as JSON and the plot, all atomically."""
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / f"bench_{suite}.json", {"suite": suite, "machine": machine, "rows": rows})
+    machine_line = ", ".join(f"{k}={v}" for k, v in machine.items())
+    write_atomic(out / f"bench_{suite}.md", f"{title}\n\n{machine_line}\n\n```\n{table}\n```\n".encode())
+    plot_throughput(rows, out / f"bench_{suite}.png", title)
+    print(f"wrote {out / f'bench_{suite}.md'}, .json and .png")

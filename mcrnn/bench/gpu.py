@@ -28,28 +28,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mcrnn.ops.linear.triton import cached_read, chunk_linear, grm_read, ssc_read
-from mcrnn.ops.segments import resolve_segment_lengths, router_gates, segment_contexts, segment_index
+from mcrnn.bench.suites import GPU_SEQ_LENS
+from mcrnn.ops import memory_caching
+from mcrnn.ops.segments import resolve_segment_lengths, segment_index
 
-SEQ_LENS = (2048, 4096, 8192, 16384, 32768)
 INNER_CHUNK = 64
 FWD_BWD = 3.0
 
 
 def mc_forward(q, k, v, u, lengths: Sequence[int], aggregation: str, top_k: int | None) -> torch.Tensor:
-    """MC output [B, T, H, Dv] from the Triton kernels (``init="checkpoint"``, mean pooling, no decay)."""
-    online, states = chunk_linear(q, k, v, None, lengths, "checkpoint")
-    if len(lengths) == 1:
-        return online
-    contexts, online_context = segment_contexts(k, lengths, "mean")
-    if aggregation == "grm":  # router softmax fused into the read
-        return grm_read(q, u, contexts, online, (u * online_context).sum(-1), states, lengths)
-    seg = segment_index(lengths, q.device)
-    cached, online_gate, selected = router_gates(u, contexts, online_context, seg, aggregation, top_k)
-    out = online * online_gate.unsqueeze(-1).to(online.dtype)
-    if selected is None:
-        return out + cached_read(q, cached.to(q.dtype), states, lengths)
-    return out + ssc_read(q, selected, cached.gather(-1, selected).to(q.dtype), states, lengths)
+    """MC output [B, T, H, Dv] through the op's Triton backend (``init="checkpoint"``, mean pooling,
+    no decay): ``chunk_linear``, then ``grm_read`` (router softmax fused) for grm, or router gates in
+    PyTorch and ``cached_read`` / ``ssc_read``."""
+    return memory_caching(q, k, v, u, segment_lengths=lengths, aggregation=aggregation, top_k=top_k,
+                          backend="triton")  # fmt: skip
 
 
 def flops_per_token(
@@ -113,7 +105,7 @@ def _time(step: Callable[[], None], repeats: int, warmup: int, cuda: bool) -> fl
 
 
 def gpu_benchmark(
-    seq_lens: Sequence[int] = SEQ_LENS,
+    seq_lens: Sequence[int] = GPU_SEQ_LENS,
     tokens: int = 32768,
     heads: int = 16,
     head_dim: int = 64,

@@ -1,7 +1,8 @@
 """The benchmark suites: lists of named cases measured side by side in one run.
 
 - ``ops``: forward+backward of the matrix-memory op (base = one segment, residual, grm, ssc k=2/4,
-  and grm over log (Fenwick) segments, the paper's Log-Linear++) next to causal SDPA with the same B, H, D, across a sweep of T (issue 2's speed targets).
+  and grm over log (Fenwick) segments, the paper's Log-Linear++) next to causal SDPA with the same
+  B, H, D, across a sweep of T (issue 2's speed targets).
 - ``peer``: our layer against the public ``memory-caching`` 0.1.0 layer (a per-token Python loop)
   at d_model 256, 4 heads, segment 64, T=2048, for every aggregation (needs the ``bench`` extra).
 """
@@ -12,6 +13,7 @@ import importlib.util
 from typing import Any
 
 OPS_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
+GPU_SEQ_LENS = (2048, 4096, 8192, 16384, 32768)
 
 
 def ops_suite(
@@ -57,6 +59,10 @@ def peer_suite(seq_len: int = 2048, segment_size: int = 64) -> list[tuple[str, d
         if peer_available():
             theirs = {"aggregation": aggregation, "segment_size": segment_size, "ssc_top_k": 2}
             # one timed run after none untimed: the peer takes seconds per step, so warm-up matters little
-            cases.append((f"peer_{aggregation}",
-                          {"kind": "peer", "options": theirs, "repeats": 2, "warmup": 0, **shape}))
+            cases.append(
+                (
+                    f"peer_{aggregation}",
+                    {"kind": "peer", "options": theirs, "repeats": 2, "warmup": 0, **shape},
+                )
+            )
     return cases
