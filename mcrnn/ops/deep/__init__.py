@@ -94,6 +94,8 @@ def deep_memory_caching(
     check_qkv(q, k, v, u, {"eta": eta, "alpha": alpha, "beta": beta})
     check_options(aggregation, init, pooling, top_k)
     batch, seq_len, heads, key_dim = q.shape
+    if seq_len == 0:
+        raise ValueError("q must have at least one token (T >= 1)")
     network.check_params(params, heads, key_dim, v.shape[-1])
     if segment_size is not None and not isinstance(segment_size, bool) and isinstance(segment_size, int):
         if segment_size % chunk_size:
@@ -132,8 +134,6 @@ def deep_memory_caching(
     if segment_lengths is not None and sum(segment_lengths) > seq_len:
         segment_lengths = _truncate(segment_lengths, seq_len)
     lengths = resolve_segment_lengths(seq_len, segment_size, segment_lengths)
-    if seq_len == 0:
-        raise ValueError("q must have at least one token (T >= 1)")
     if backend == "naive":
         out = naive_deep_memory_caching(
             q, k, v, u, lengths, memory=memory, params=params, **gates, chunk_size=chunk_size, **options

@@ -20,6 +20,12 @@ i.e. ``M = D_A D_B`` for the lower-triangular decay matrices ``D_A[t, j] = A_t /
 one ``[c, c]`` masked score matrix per layer and no per-token weights. The chunk-end state is row
 ``t = c`` of the same sums, a weighted ``delta^T a`` matmul.
 
+Schedule: the coefficients of every chunk are formed at once; the loop over chunks computes only
+the key gradients and the chunk-end state (the sequential part); the reads need nothing but each
+chunk's start state, so they run batched over groups of ``READ_GROUP`` chunks. The sequence is padded
+to whole chunks (only the final chunk can be partial; its padding has ``eta = 0``, comes after every
+real token, and its end state is taken at the last real token).
+
 Aggregations: the online read runs layer by layer with these sums; cached memories (weights at
 segment ends) are read after the chunk loop, one state at a time over the contiguous tokens after
 its segment (``residual``, ``grm``, ``average``), or only over the tokens that selected it (``ssc``:
