@@ -54,7 +54,7 @@ CASES = list(
 
 @pytest.mark.parametrize("memory,aggregation,init", CASES)
 def test_chunk_equals_naive(memory: str, aggregation: str, init: str) -> None:
-    inputs = make_inputs(memory)  # T=20: the last segment ends in a partial chunk
+    inputs = make_inputs(memory, seq_len=22)  # segments 8, 8, 6: the last one ends in a partial chunk
     options = dict(
         segment_size=8,
         chunk_size=4,
@@ -86,7 +86,7 @@ GRAD_CASES = [
 
 @pytest.mark.parametrize("memory,aggregation,init", GRAD_CASES)
 def test_gradients_equal_naive(memory: str, aggregation: str, init: str) -> None:
-    inputs = make_inputs(memory, seq_len=12)
+    inputs = make_inputs(memory, seq_len=13)
     leaves = {name: x.clone().requires_grad_() for name, x in inputs.items() if isinstance(x, torch.Tensor)}
     params = [w.clone().requires_grad_() for w in inputs["params"]]
     options = dict(
@@ -98,7 +98,7 @@ def test_gradients_equal_naive(memory: str, aggregation: str, init: str) -> None
         init=init,
         top_k=1 if aggregation == "ssc" else None,
     )
-    weight = torch.randn(B, 12, H, D, dtype=torch.float64)
+    weight = torch.randn(B, 13, H, D, dtype=torch.float64)
     grads = []
     for backend in ("naive", "torch"):
         out = deep_memory_caching(**leaves, **options, backend=backend)
@@ -256,3 +256,17 @@ def test_bad_inputs() -> None:
         run({**inputs, "params": [w[:1] for w in inputs["params"]]})
     with pytest.raises(ValueError, match="memory"):
         run({**inputs, "memory": "lstm"})
+
+
+@pytest.mark.parametrize("memory", ["dla", "titans"])
+def test_base_memory_equals_naive_with_gradients(memory: str) -> None:
+    inputs = make_inputs(memory, seq_len=10)  # one segment, chunks of 4: the last one is partial
+    leaves = {name: x.clone().requires_grad_() for name, x in inputs.items() if isinstance(x, torch.Tensor)}
+    leaves.pop("u")  # unused with one segment
+    params = [w.clone().requires_grad_() for w in inputs["params"]]
+    grads = []
+    for backend in ("naive", "torch"):
+        out = deep_memory_caching(**leaves, memory=memory, params=params, chunk_size=4, backend=backend)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), [*leaves.values(), *params]))
+    for fast, ref in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)

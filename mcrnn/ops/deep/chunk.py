@@ -279,17 +279,31 @@ def chunk_deep_memory_caching(
         online_reads.append(read)
     out = torch.cat(online_reads, dim=2).flatten(2, 3)[:, :, :seq_len]
     if aggregation not in ("soup", "base"):
-        gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
-        qh = q.transpose(1, 2)
-        out = online_gate.unsqueeze(-1) * out
-        ends = torch.tensor(list(lengths)).cumsum(0).tolist()
-        for i, state in enumerate(cached):
-            if aggregation == "ssc":
-                out = out + _sparse_cached_read(state, qh, gates[..., i], ends[i])
-            else:
-                read = gates[:, :, ends[i] :, i, None] * network.forward(state, qh[:, :, ends[i] :])
-                out = out + torch.nn.functional.pad(read, (0, 0, ends[i], 0))
+        out = _add_cached_reads(out, q, gates, online_gate, cached, lengths, aggregation)
     return ChunkResult(out.transpose(1, 2), weights, momentum, chunk_start, cached)
+
+
+def _add_cached_reads(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    gates: torch.Tensor,
+    online_gate: torch.Tensor,
+    cached: Sequence[Sequence[torch.Tensor]],
+    lengths: Sequence[int],
+    aggregation: str,
+) -> torch.Tensor:
+    """``g_{t,s} out_t + sum_{i<s} g_{t,i} f_i(q_t)``; ``out`` [B, H, T, Dv], ``gates`` [B, T, H, N]."""
+    gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
+    qh = q.transpose(1, 2)
+    out = online_gate.unsqueeze(-1) * out
+    bounds = torch.tensor(list(lengths)).cumsum(0).tolist()
+    for i, state in enumerate(cached):
+        if aggregation == "ssc":
+            out = out + _sparse_cached_read(state, qh, gates[..., i], bounds[i])
+        else:
+            read = gates[:, :, bounds[i] :, i, None] * network.forward(state, qh[:, :, bounds[i] :])
+            out = out + torch.nn.functional.pad(read, (0, 0, bounds[i], 0))
+    return out
 
 
 def _chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:
