@@ -21,7 +21,6 @@ from mcrnn.layers.conv import ShortConvolution
 from mcrnn.layers.deep_memory import DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.ops import memory_caching
-from mcrnn.ops.deep import deep_memory_caching
 from mcrnn.ops.segments import SEGMENTATIONS, check_choice, check_options, resolve_segment_lengths
 
 #: decays a_t = sigmoid(.)^(1/16) stay close to 1, as GLA's gate normaliser does
@@ -176,11 +175,10 @@ class MemoryCachingAttention(nn.Module):
             v = v * keep[..., None, None]
             if log_decay is not None:
                 log_decay = log_decay * keep[..., None]
-        op, gates = memory_caching, {"log_decay": log_decay, **gates}
+        gates = {"log_decay": log_decay, **gates}
         if self.deep is not None:
             v, gates = self.deep(x, v, keep)
-            op = deep_memory_caching
-        out = op(
+        out = memory_caching(
             q,
             k,
             v,

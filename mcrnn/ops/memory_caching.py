@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mcrnn.ops.deep import MEMORIES as DEEP_MEMORIES
+from mcrnn.ops.deep import DeepMemoryCache, deep_memory_caching
 from mcrnn.ops.linear.log import fenwick_prefill_cache, log_linear_mc
 from mcrnn.ops.linear.naive import naive_log_memory_caching, naive_memory_caching
 from mcrnn.ops.linear.op import parallel_linear_mc, recurrent_linear_mc, triton_linear_mc
@@ -46,11 +48,15 @@ def memory_caching(
     log_decay: torch.Tensor | None = None,
     prev_gate: torch.Tensor | None = None,
     cur_gate: torch.Tensor | None = None,
-    cache: MatrixMemoryCache | FenwickMemoryCache | None = None,
+    params: Sequence[torch.Tensor] | None = None,
+    eta: torch.Tensor | None = None,
+    alpha: torch.Tensor | None = None,
+    beta: torch.Tensor | None = None,
+    cache: MatrixMemoryCache | FenwickMemoryCache | DeepMemoryCache | None = None,
     output_cache: bool = False,
     backend: str = "auto",
     chunk_size: int = 64,
-) -> torch.Tensor | tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache]:
+) -> torch.Tensor | tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache | DeepMemoryCache]:
     """Memory Caching over a matrix memory (DESIGN.md §3-§6).
 
     Per head, token ``t`` in segment ``s`` with online state ``M_t`` and cached states ``M(i)``::
@@ -77,9 +83,12 @@ def memory_caching(
             (each segment restarts from zero).
         top_k: cached segments each token reads under ``ssc``.
         pooling: ``mean | sum`` router-key pooling.
-        memory: ``linear | swla``.
+        memory: ``linear | swla`` (matrix memories) or ``dla | titans`` (deep memories, forwarded to
+            :func:`mcrnn.ops.deep.deep_memory_caching` with ``params, eta, alpha, beta``).
         log_decay: [B, T, H] log of the decay ``a_t`` (<= 0) or None.
         prev_gate, cur_gate: [B, T, H] the ``swla`` gates ``b_t, l_t``.
+        params, eta, alpha, beta: deep memories' initial weights (one [H, d_out, d_in] per layer),
+            step size, retention and (Titans) momentum [B, T, H]; see ``deep_memory_caching``.
         cache: continue decoding from this cache (token by token, the recurrent form).
         output_cache: also return the cache after the last token.
         backend: ``auto`` (Triton on CUDA when available, else PyTorch), ``naive`` (token loop),
@@ -90,7 +99,22 @@ def memory_caching(
         ``o`` [B, T, H, Dv] in the dtype of ``q`` (state accumulates in float32, float64 for float64
         inputs), or ``(o, cache)`` with ``output_cache=True``.
     """
-    check_choice("memory", memory, MATRIX_MEMORIES)
+    check_choice("memory", memory, MATRIX_MEMORIES + DEEP_MEMORIES)
+    if memory in DEEP_MEMORIES:
+        if log_decay is not None or prev_gate is not None or cur_gate is not None:
+            raise ValueError(
+                "log_decay/prev_gate/cur_gate are matrix-memory gates; deep memories take eta, alpha and beta"
+            )
+        if params is None or eta is None or alpha is None:
+            raise ValueError(f"memory={memory!r} needs params (initial weights), eta and alpha")
+        return deep_memory_caching(
+            q, k, v, u, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
+            segment_size=segment_size, segment_lengths=segment_lengths, segmentation=segmentation,
+            chunk_size=chunk_size, aggregation=aggregation, init=init, top_k=top_k, pooling=pooling,
+            cache=cache, output_cache=output_cache, backend=backend,
+        )  # fmt: skip
+    if params is not None or eta is not None or alpha is not None or beta is not None:
+        raise ValueError(f"params/eta/alpha/beta belong to deep memories, not memory={memory!r}")
     check_choice("backend", backend, BACKENDS)
     check_choice("segmentation", segmentation, SEGMENTATIONS)
     check_options(aggregation, init, pooling, top_k)

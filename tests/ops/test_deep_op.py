@@ -270,3 +270,19 @@ def test_base_memory_equals_naive_with_gradients(memory: str) -> None:
         grads.append(torch.autograd.grad(out.pow(2).sum(), [*leaves.values(), *params]))
     for fast, ref in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("memory", ["dla", "titans"])
+def test_public_op_forwards_deep_memories(memory: str) -> None:
+    from mcrnn.ops import memory_caching
+
+    inputs = make_inputs(memory)
+    options = dict(segment_size=8, chunk_size=4, aggregation="ssc", top_k=1)
+    torch.testing.assert_close(memory_caching(**inputs, **options), run(inputs, **options), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="deep memories take"):
+        memory_caching(**inputs, **options, log_decay=torch.zeros(B, 20, H, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs params"):
+        memory_caching(**{**inputs, "params": None}, **options)
+    linear = {n: inputs[n] for n in "qkvu"}
+    with pytest.raises(ValueError, match="belong to deep memories"):
+        memory_caching(**linear, eta=inputs["eta"])
