@@ -5,7 +5,8 @@ A case is a JSON-able dict ``{"kind": ..., "seq_len": ..., ...}``:
 - ``op``: :func:`mcrnn.ops.memory_caching` on random [B, T, H, D] tensors (``options`` passed through);
 - ``sdpa``: causal ``scaled_dot_product_attention`` with the same B, H, D;
 - ``layer``: :class:`mcrnn.layers.MemoryCachingAttention` (``options`` passed through);
-- ``peer``: the public ``memory-caching`` 0.1.0 package's ``MemoryCachingLayer`` (per-token loop).
+- ``peer``: the public ``memory-caching`` 0.1.0 package's ``MemoryCachingLayer`` (per-token loop);
+- ``titans_pytorch``: ``titans-pytorch``'s ``NeuralMemory`` (see :mod:`mcrnn.bench.deep`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import torch.nn.functional as F
 
 def build(case: dict[str, Any]) -> tuple[Callable[[], None], int]:
     """Return ``(step, tokens)`` for one case; ``step()`` runs forward and backward once."""
-    builders = {"op": _op, "sdpa": _sdpa, "layer": _layer, "peer": _peer}
+    from mcrnn.bench.deep import build_titans_pytorch
+
+    builders = {
+        "op": _op,
+        "sdpa": _sdpa,
+        "layer": _layer,
+        "peer": _peer,
+        "titans_pytorch": build_titans_pytorch,
+    }
     if case["kind"] not in builders:
         raise ValueError(f"unknown case kind {case['kind']!r}; expected one of {sorted(builders)}")
     return builders[case["kind"]](case)

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mcrnn.bench.deep import deep_suite
 from mcrnn.bench.report import plot_throughput, ratio_table, save_json, write_atomic
 from mcrnn.bench.suites import GPU_SEQ_LENS, OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
 from mcrnn.bench.timing import machine_info, run_isolated
 
-SUITES = ("ops", "peer")
+SUITES = ("ops", "peer", "deep")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
             )
             baselines: tuple[str, ...] = ("base", "sdpa")
             title = "MC op, forward+backward, B=1 H=4 D=64"
+        elif suite == "deep":
+            cases = deep_suite()
+            baselines = ("titans_base", "titans_pytorch")
+            title = "MC layer over deep memories, hidden 256, 4 heads, chunk 64, segment 256"
         else:
             if not peer_available():
                 print(

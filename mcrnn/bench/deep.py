@@ -3,15 +3,13 @@ next to ``titans-pytorch``'s ``NeuralMemory`` (the optional ``bench`` extra) at 
 and inner chunk, forward+backward on CPU float32 by default.
 
 :func:`deep_suite` gives ``(name, case)`` pairs for the suite runner (cases of kind ``layer`` and
-``titans_pytorch``, the latter built by :func:`build_titans_pytorch`); :func:`deep_rows` measures
-them in this process and returns one row per case (a quick table for the docs).
+``titans_pytorch``, the latter built by :func:`build_titans_pytorch`), measured by ``mcrnn bench
+--suite deep`` like every other suite.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,58 +79,3 @@ def build_titans_pytorch(case: dict[str, Any]) -> tuple[Callable[[], None], int]
         memory(x)[0].sum().backward()
 
     return step, case["batch"] * case["seq_len"]
-
-
-def build_layer(case: dict[str, Any]) -> tuple[Callable[[], None], int]:
-    """``(step, tokens)`` for ``MemoryCachingAttention(hidden, heads, **options)``, forward + backward."""
-    from mcrnn.layers import MemoryCachingAttention
-
-    torch.manual_seed(0)
-    dtype = getattr(torch, case.get("dtype", "float32"))
-    layer = MemoryCachingAttention(case["hidden_size"], case["heads"], **case["options"]).to(dtype)
-    x = torch.randn(case["batch"], case["seq_len"], case["hidden_size"], dtype=dtype, requires_grad=True)
-
-    def step() -> None:
-        layer(x)[0].sum().backward()
-
-    return step, case["batch"] * case["seq_len"]
-
-
-def deep_rows(
-    seq_lens: tuple[int, ...] = DEEP_SEQ_LENS, repeats: int = 5, **suite_options: Any
-) -> list[dict[str, Any]]:
-    """Median forward+backward wall and CPU time (ms) of every case of :func:`deep_suite`, in-process.
-
-    For each T the cases are built and warmed up once, then timed round-robin (one run of each case
-    per round), so a shared machine's load drifts over all of them alike; the process CPU time is
-    reported next to the wall time because it is less sensitive to other jobs on the machine.
-    """
-    rows = []
-    for seq_len in seq_lens:
-        cases = deep_suite((seq_len,), **suite_options)
-        steps = []
-        for name, case in cases:
-            builder = build_titans_pytorch if case["kind"] == "titans_pytorch" else build_layer
-            step, tokens = builder(case)
-            step()
-            steps.append((name, step, tokens))
-        wall: dict[str, list[float]] = {name: [] for name, _, _ in steps}
-        cpu: dict[str, list[float]] = {name: [] for name, _, _ in steps}
-        for _ in range(repeats):
-            for name, step, _ in steps:
-                start_wall, start_cpu = time.perf_counter(), time.process_time()
-                step()
-                wall[name].append(time.perf_counter() - start_wall)
-                cpu[name].append(time.process_time() - start_cpu)
-        for name, _, tokens in steps:
-            median = statistics.median(wall[name])
-            rows.append(
-                {
-                    "name": name,
-                    "seq_len": seq_len,
-                    "ms": 1e3 * median,
-                    "cpu_ms": 1e3 * statistics.median(cpu[name]),
-                    "ktok_per_s": tokens / median / 1e3,
-                }
-            )
-    return rows

@@ -21,9 +21,7 @@ from typing import Any
 import torch
 
 
-def timed_runs(
-    step: Callable[[], None], repeats: int, warmup: int = 1, sync: bool = False
-) -> list[float]:
+def timed_runs(step: Callable[[], None], repeats: int, warmup: int = 1, sync: bool = False) -> list[float]:
     """Run ``step`` ``warmup`` times untimed, then ``repeats`` times; return each timed run (seconds)."""
     for _ in range(warmup):
         step()
@@ -80,7 +78,11 @@ def run_isolated(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any
     try:
         done = subprocess.run(
             [sys.executable, "-m", "mcrnn.bench.worker", json.dumps(spec)],
-            capture_output=True, text=True, timeout=timeout, env=env, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}

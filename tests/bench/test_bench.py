@@ -65,3 +65,17 @@ def test_report_outputs(tmp_path):
     assert json.loads((tmp_path / "b.json").read_text())["rows"][1]["name"] == "grm"
     plot_throughput(rows, tmp_path / "b.png", "t")
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_deep_suite_cases_step():
+    from mcrnn.bench.deep import deep_suite, titans_pytorch_available
+
+    cases = deep_suite(seq_lens=(16,), hidden_size=16, heads=2, chunk_size=4, segment_size=8)
+    names = [name for name, _ in cases]
+    assert "titans_grm" in names and "dla_ssc_k2" in names
+    assert ("titans_pytorch" in names) == titans_pytorch_available()
+    for name, case in cases:
+        if name in ("titans_ssc_k2", "titans_pytorch"):
+            step, tokens = build(case)
+            step()
+            assert tokens == 16
