@@ -34,14 +34,15 @@ class DemoSettings:
     vocab_size: int = 64
     num_pairs: int = 16
     seq_len: int = 64
-    hidden_size: int = 64
+    hidden_size: int = 32
     num_heads: int = 4
     num_layers: int = 2
     segment_size: int = 16
+    init: str = "independent"
     ssc_top_k: int = 2
-    steps: int = 600
+    steps: int = 2000
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-2
     eval_examples: int = 512
     seed: int = 0
 
@@ -56,8 +57,13 @@ def model_config(name: str, s: DemoSettings):
     }  # fmt: skip
     mixers = {
         "base": {"segment_size": None},
-        "grm": {"segment_size": s.segment_size, "aggregation": "grm"},
-        "ssc": {"segment_size": s.segment_size, "aggregation": "ssc", "ssc_top_k": s.ssc_top_k},
+        "grm": {"segment_size": s.segment_size, "aggregation": "grm", "init": s.init},
+        "ssc": {
+            "segment_size": s.segment_size,
+            "aggregation": "ssc",
+            "ssc_top_k": s.ssc_top_k,
+            "init": s.init,
+        },
         "transformer": {"mixer": "attention"},
     }
     return MCConfig(**common, **mixers[name])
@@ -78,9 +84,10 @@ def state_floats(name: str, s: DemoSettings) -> int:
 
 
 def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bool = True) -> dict:
-    """Train and evaluate every model; write ``results.json`` and ``demo.png``; return the results."""
+    """Train and evaluate every model; write ``results.json``, ``demo.png`` (accuracy) and ``loss.png``
+    (training curves); return the results."""
     from mcrnn.data import MQARConfig, MQARDataset
-    from mcrnn.eval.report import format_table, plot_bars, write_json
+    from mcrnn.eval.report import format_table, plot_bars, plot_lines, write_json
     from mcrnn.models import MCForCausalLM
     from mcrnn.train import TrainOptions, evaluate_lm, train
 
@@ -96,6 +103,7 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
         weight_decay=0.1, seed=s.seed, log_every=10**9, progress=progress, device="cpu",
     )  # fmt: skip
     results: dict[str, dict] = {}
+    curves: dict[str, dict[int, float]] = {}
     for name in models:
         torch.manual_seed(s.seed)
         model = MCForCausalLM(model_config(name, s))
@@ -113,6 +121,11 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
             "final_train_loss": sum(trained.losses[-10:]) / len(trained.losses[-10:]),
             "state_floats_per_layer": state_floats(name, s),
         }
+        every = max(s.steps // 100, 1)  # a smoothed curve: the mean loss of each window of `every` steps
+        curves[name] = {
+            i + every: sum(trained.losses[i : i + every]) / len(trained.losses[i : i + every])
+            for i in range(0, len(trained.losses), every)
+        }
         print(f"{name}: accuracy {scores['accuracy']:.3f} in {seconds:.0f}s", flush=True)
     base_ms = results.get("base", {}).get("step_ms")
     for entry in results.values():
@@ -129,6 +142,9 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
         title=f"MQAR recall: {s.num_pairs} pairs, T={s.seq_len}, head dim {s.hidden_size // s.num_heads}",
         ylabel="accuracy",
     )  # fmt: skip
+    plot_lines(
+        out / "loss.png", curves, title="MQAR training loss", xlabel="step", ylabel="loss", log_x=False
+    )
     rows = [
         {"model": name, "accuracy": r["accuracy"], "params": r["params"],
          "state/layer": r["state_floats_per_layer"], "train s": r["train_seconds"],

@@ -59,7 +59,13 @@ def plot_bars(
 
 
 def plot_lines(
-    path: str | Path, series: Mapping[str, Mapping[int, float]], *, title: str, xlabel: str, ylabel: str
+    path: str | Path,
+    series: Mapping[str, Mapping[int, float]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = True,
 ) -> None:
     """One line per series over its x values (e.g. accuracy per context length), saved as PNG."""
     import matplotlib
@@ -70,8 +76,9 @@ def plot_lines(
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, points in series.items():
         xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
-    ax.set_xscale("log", base=2)
+        ax.plot(xs, [points[x] for x in xs], marker="o" if len(xs) < 20 else None, label=name)
+    if log_x:
+        ax.set_xscale("log", base=2)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
