@@ -159,6 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="folder for results.json and demo.png")
     parser.add_argument("--steps", type=int, default=DemoSettings.steps, help="training steps per model")
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
+    parser.add_argument("--lr", type=float, default=DemoSettings.lr, help="peak learning rate (all models)")
     parser.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated subset of models")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(models) - set(DEMO_MODELS))
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; choose from {DEMO_MODELS}")
-    settings = DemoSettings(steps=args.steps, seed=args.seed)
+    settings = DemoSettings(steps=args.steps, seed=args.seed, lr=args.lr)
     run_demo(settings, Path(args.out), models, progress=not args.no_progress)
     print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'demo.png'}")
     return 0

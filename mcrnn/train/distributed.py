@@ -50,12 +50,13 @@ def setup(device: str) -> DistContext:
 
 
 def wrap(model: nn.Module, ctx: DistContext, parallel: str) -> nn.Module:
-    """DDP, or FSDP2 (``fully_shard`` on every block, then the whole model) on CUDA; as is for one process."""
+    """DDP, or FSDP2 (``fully_shard`` on every block, then the whole model); as is for one process.
+
+    FSDP2 also runs on CPU with gloo (tested there); it is meant for GPUs, where sharding saves memory.
+    """
     if not ctx.distributed:
         return model
     if parallel == "fsdp":
-        if ctx.device.type != "cuda":
-            raise ValueError("parallel='fsdp' needs CUDA devices; use parallel='ddp' on CPU")
         from torch.distributed.fsdp import fully_shard
 
         for block in getattr(getattr(model, "model", model), "layers", []):

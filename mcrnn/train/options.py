@@ -31,7 +31,7 @@ class TrainOptions:
         out_dir: folder for ``metrics.jsonl``, ``checkpoints/`` and TensorBoard logs (None: nothing
             written).
         precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 on CPU).
-        parallel: ``ddp`` or ``fsdp`` (FSDP2 ``fully_shard``; CUDA only) when run under torchrun.
+        parallel: ``ddp`` or ``fsdp`` (FSDP2 ``fully_shard``) when run under torchrun.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         progress: show a tqdm bar (rank 0 only).
     """

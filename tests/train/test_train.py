@@ -102,12 +102,12 @@ def test_vocab_smaller_than_data_is_rejected():
         train(model, MQARDataset(MQARConfig(**DATA)), TrainOptions(steps=1, batch_size=2, progress=False))
 
 
-def _cli_losses(tmp, nproc):
+def _cli_losses(tmp, nproc, parallel="ddp"):
     cfg = {
         "model": MODEL,
         "data": {"type": "mqar", **DATA},
         "train": {"steps": 4, "batch_size": 8, "micro_batch_size": 2, "warmup_steps": 1, "log_every": 1,
-                  "progress": False, "out_dir": str(tmp / "run")},
+                  "progress": False, "out_dir": str(tmp / "run"), "parallel": parallel},
     }  # fmt: skip
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,3 +131,16 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     double = _cli_losses(tmp_path / "two", 2)
     assert len(single) == len(double) == 4
     assert double == pytest.approx(single, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_fsdp2_two_gloo_processes_match_one_process_and_checkpoint(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = _cli_losses(tmp_path / "one", 1)
+    sharded = _cli_losses(tmp_path / "two", 2, parallel="fsdp")
+    assert sharded == pytest.approx(single, rel=1e-5, abs=1e-6)
+    one = MCForCausalLM.from_pretrained(latest_checkpoint(tmp_path / "one" / "run"))
+    two = MCForCausalLM.from_pretrained(latest_checkpoint(tmp_path / "two" / "run"))
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
