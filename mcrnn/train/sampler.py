@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from mcrnn.data import IGNORE_INDEX
+
 
 def global_batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> list[int]:
     """Dataset indices of the global batch consumed at optimizer step ``step`` (0-based)."""
@@ -28,9 +30,19 @@ def global_batch_indices(step: int, batch_size: int, num_examples: int, seed: in
 
 
 def collate(dataset: Dataset, indices: list[int]) -> dict[str, torch.Tensor]:
-    """Stack ``input_ids`` and ``labels`` of the chosen examples into [b, T] tensors."""
+    """Stack ``input_ids`` and ``labels`` of the chosen examples into [b, T] tensors.
+
+    Shorter examples are padded on the right (ids with 0, labels with -100): a causal model's outputs at
+    the real positions never see the padding, and no loss is taken on it.
+    """
     items = [dataset[i] for i in indices]
-    return {key: torch.stack([item[key] for item in items]) for key in ("input_ids", "labels")}
+    length = max(len(item["input_ids"]) for item in items)
+    ids = torch.zeros(len(items), length, dtype=torch.long)
+    labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(items):
+        ids[row, : len(item["input_ids"])] = item["input_ids"]
+        labels[row, : len(item["labels"])] = item["labels"]
+    return {"input_ids": ids, "labels": labels}
 
 
 def rank_micro_batches(

@@ -144,3 +144,13 @@ def test_fsdp2_two_gloo_processes_match_one_process_and_checkpoint(tmp_path):
     two = MCForCausalLM.from_pretrained(latest_checkpoint(tmp_path / "two" / "run"))
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_collate_pads_on_the_right():
+    from mcrnn.train.sampler import collate
+
+    data = [{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([6, 7, 8])},
+            {"input_ids": torch.tensor([1]), "labels": torch.tensor([2])}]  # fmt: skip
+    batch = collate(data, [0, 1])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[6, 7, 8], [2, -100, -100]]
