@@ -16,6 +16,10 @@ from mcrnn.layers.attention import Attention
 from mcrnn.models.cache import MCCache
 from mcrnn.models.configuration_mcrnn import MCConfig
 
+#: the cache's name in model outputs and generation kwargs: ``cache`` in transformers 5,
+#: ``past_key_values`` before
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class SwiGLU(nn.Module):
     """``W_down (silu(W_gate x) * W_up x)``, no biases; ``x`` [..., hidden] -> [..., hidden]."""
@@ -140,7 +144,9 @@ class MCModel(MCPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``input_ids`` [B, T] (or ``inputs_embeds`` [B, T, hidden]); ``attention_mask`` [B, T_total] with
-        1 = real token and padding on the right only; ``cache`` continues a previous call."""
+        1 = real token and padding on the right only; ``cache`` continues a previous call and is updated
+        in place (``past_key_values`` is accepted as its transformers-4 name)."""
+        cache = kwargs.pop("past_key_values", None) if cache is None else cache
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if (
@@ -153,7 +159,8 @@ class MCModel(MCPreTrainedModel):
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
             )
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # no cache while training unless asked for
+            use_cache = self.config.use_cache and not self.training
         use_cache = use_cache or cache is not None
         if attention_mask is not None:
             attention_mask = attention_mask[:, -hidden.shape[1] :]
@@ -171,7 +178,7 @@ class MCModel(MCPreTrainedModel):
         if cache is not None:
             cache.seen_tokens += hidden.shape[1]
         return BaseModelOutputWithPast(
-            last_hidden_state=self.norm(hidden), cache=cache if use_cache else None
+            last_hidden_state=self.norm(hidden), **{CACHE_FIELD: cache if use_cache else None}
         )
 
 
@@ -215,6 +222,7 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits [B, T, vocab] (the last ``logits_to_keep`` positions when > 0), loss and cache."""
+        cache = kwargs.pop("past_key_values", None) if cache is None else cache
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -233,4 +241,5 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
                 labels[:, 1:].flatten().to(logits.device),
                 ignore_index=-100,
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        new_cache = getattr(outputs, CACHE_FIELD)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: new_cache})

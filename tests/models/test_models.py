@@ -82,6 +82,7 @@ def test_forward_loss_backward(name):
     ids = torch.randint(0, 37, (2, 16))
     out = model(ids, labels=ids)
     assert out.logits.shape == (2, 16, 37) and torch.isfinite(out.loss)
+    assert out.cache is None  # no cache is built while training unless asked for
     out.loss.backward()
     unused = "u_proj" if model.config.aggregation in ("residual", "average") else None  # no router
     assert all(p.grad is not None for n, p in model.named_parameters() if unused is None or unused not in n)
