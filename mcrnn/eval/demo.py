@@ -23,6 +23,7 @@ task at this width, so it is not the recall ceiling here; longer training is (``
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -142,7 +143,7 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
     record = {
         **results,
         "settings": asdict(s),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
     }  # fmt: skip
     write_json(out / "results.json", record)
@@ -162,6 +163,17 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
     ]  # fmt: skip
     print(format_table(rows, list(rows[0])))
     return record
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
