@@ -102,12 +102,13 @@ def test_vocab_smaller_than_data_is_rejected():
         train(model, MQARDataset(MQARConfig(**DATA)), TrainOptions(steps=1, batch_size=2, progress=False))
 
 
-def _cli_losses(tmp, nproc, parallel="ddp"):
+def _cli_losses(tmp, nproc, parallel="ddp", resume=False, save_every=0):
     cfg = {
         "model": MODEL,
         "data": {"type": "mqar", **DATA},
         "train": {"steps": 4, "batch_size": 8, "micro_batch_size": 2, "warmup_steps": 1, "log_every": 1,
-                  "progress": False, "out_dir": str(tmp / "run"), "parallel": parallel},
+                  "progress": False, "out_dir": str(tmp / "run"), "parallel": parallel,
+                  "save_every": save_every},
     }  # fmt: skip
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -115,6 +116,7 @@ def _cli_losses(tmp, nproc, parallel="ddp"):
         ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     )
     cmd = [sys.executable, *launcher, "-m", "mcrnn", "train", "--config", str(tmp / "cfg.yaml")]
+    cmd += ["--resume"] if resume else []
     proc = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2]
     )
@@ -134,12 +136,15 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp2_two_gloo_processes_match_one_process_and_checkpoint(tmp_path):
+def test_fsdp2_two_gloo_processes_match_one_process_checkpoint_and_resume(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     single = _cli_losses(tmp_path / "one", 1)
-    sharded = _cli_losses(tmp_path / "two", 2, parallel="fsdp")
+    sharded = _cli_losses(tmp_path / "two", 2, parallel="fsdp", save_every=2)
     assert sharded == pytest.approx(single, rel=1e-5, abs=1e-6)
+    (tmp_path / "two" / "run" / "checkpoints" / "latest").write_text("step_00000002\n")
+    resumed = _cli_losses(tmp_path / "two", 2, parallel="fsdp", resume=True, save_every=2)
+    assert resumed == pytest.approx(single, rel=1e-5, abs=1e-6)  # steps 1-2 kept, 3-4 recomputed
     one = MCForCausalLM.from_pretrained(latest_checkpoint(tmp_path / "one" / "run"))
     two = MCForCausalLM.from_pretrained(latest_checkpoint(tmp_path / "two" / "run"))
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
