@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module_name).add_arguments(command_parser)
     args, _ = parser.parse_known_args(argv) if chosen is None else (parser.parse_args(argv), None)
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (FileNotFoundError, ValueError) as err:  # bad input: one line naming it, not a traceback
+        print(f"mcrnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
