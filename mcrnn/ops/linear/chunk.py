@@ -256,24 +256,31 @@ class _SelectedRead(torch.autograd.Function):
     by ``M(i)`` in one ``bmm`` (P_i = the most rows any (b, h) sends to state i). Work is
     ``2 * T * k * Dk * Dv`` per head, as for a gathered read, with a Python loop over states only.
 
+    Every pair's read lands in its own slot of a [P + 1, Dv] buffer (plain writes, no scatter-add) and
+    the ``k`` slots of a token are summed at the end; the backward does the same for ``dq``.
+
     Inputs are flat: ``rows`` [R + 1, Dk] (the query rows plus one zero row that padding points at),
-    ``weights`` [P + 1] (the pair weights plus one zero), ``states`` [B*H, N, Dk, Dv].
+    ``weights`` [P + 1] (the P = R * k pair weights plus one zero), ``states`` [B*H, N, Dk, Dv].
+    Output: [R, Dv].
     """
 
     @staticmethod
     def forward(ctx, rows, weights, states, plan):  # noqa: ANN001 - autograd signature
         ctx.save_for_backward(rows, weights, states)
         ctx.plan = plan
-        out = rows.new_zeros(rows.shape[0], states.shape[-1])
+        n_rows, n_pairs = rows.shape[0] - 1, weights.shape[0] - 1
+        reads = rows.new_zeros(n_pairs + 1, states.shape[-1])
         for state, pair_index, row_index in plan:
             picked = rows[row_index] * weights[pair_index].unsqueeze(-1)  # [BH, P, Dk]
-            out.index_add_(0, row_index.flatten(), (picked @ states[:, state]).flatten(0, 1))
-        return out
+            reads[pair_index] = picked @ states[:, state]
+        return reads[:n_pairs].view(n_rows, n_pairs // n_rows, -1).sum(1)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
         rows, weights, states = ctx.saved_tensors
-        grad_rows = torch.zeros_like(rows)
+        n_rows, n_pairs = rows.shape[0] - 1, weights.shape[0] - 1
+        grad_out = torch.cat([grad_out, grad_out.new_zeros(1, grad_out.shape[-1])])
+        grad_pair_rows = rows.new_zeros(n_pairs + 1, rows.shape[-1])
         grad_weights = torch.zeros_like(weights)
         grad_states = torch.zeros_like(states)
         for state, pair_index, row_index in ctx.plan:
@@ -281,10 +288,17 @@ class _SelectedRead(torch.autograd.Function):
             picked_dy = grad_out[row_index]  # [BH, P, Dv]
             picked_w = weights[pair_index].unsqueeze(-1)
             grad_read = picked_dy @ states[:, state].transpose(-1, -2)  # [BH, P, Dk]
-            grad_rows.index_add_(0, row_index.flatten(), (picked_w * grad_read).flatten(0, 1))
-            grad_weights.index_add_(0, pair_index.flatten(), (grad_read * picked_q).sum(-1).flatten())
+            grad_pair_rows[pair_index] = picked_w * grad_read
+            grad_weights[pair_index] = (grad_read * picked_q).sum(-1)
             grad_states[:, state] += (picked_q * picked_w).transpose(-1, -2) @ picked_dy
-        return grad_rows, grad_weights, grad_states, None
+        grad_weights[-1] = 0.0  # the padding slot
+        grad_rows = grad_pair_rows[:n_pairs].view(n_rows, n_pairs // n_rows, -1).sum(1)
+        return (
+            torch.cat([grad_rows, grad_rows.new_zeros(1, grad_rows.shape[-1])]),
+            grad_weights,
+            grad_states,
+            None,
+        )
 
 
 def _selection_plan(selected: torch.Tensor, weights: torch.Tensor, n_states: int):
@@ -337,4 +351,4 @@ def selected_read(
     rows = torch.cat([q.flatten(0, 2), q.new_zeros(1, q.shape[-1])])
     pair_weights = torch.cat([weights.flatten(), weights.new_zeros(1)])
     out = _SelectedRead.apply(rows, pair_weights, states.flatten(0, 1), plan)
-    return out[:-1].view(*q.shape[:3], -1)
+    return out.view(*q.shape[:3], -1)
