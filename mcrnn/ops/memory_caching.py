@@ -7,7 +7,6 @@ recurrent decoding step when a cache is passed in).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -200,18 +199,9 @@ def _boundaries(segment_size: int | None, segment_lengths: Sequence[int] | None)
 def _wants_triton(backend: str, *tensors: torch.Tensor | None) -> bool:
     """Triton for ``backend="triton"``, or ``"auto"`` on CUDA tensors, when the kernels support the
     inputs (else the PyTorch path, with a one-time warning naming the reason)."""
-    if backend == "auto" and not tensors[0].is_cuda:
-        return False
-    if backend not in ("auto", "triton"):
+    if backend not in ("auto", "triton") or (backend == "auto" and not tensors[0].is_cuda):
         return False
     from mcrnn.ops.linear import triton as mc_triton
 
     head_dims = (tensors[0].shape[-1], tensors[2].shape[-1])
-    reason = mc_triton.unsupported_reason(*tensors, head_dims=head_dims)
-    if reason is not None and reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(f"mcrnn: Triton kernels unavailable ({reason}); using the PyTorch path", stacklevel=3)
-    return reason is None
-
-
-_WARNED: set[str] = set()
+    return mc_triton.use_triton(*tensors, head_dims=head_dims, requested=backend == "triton")

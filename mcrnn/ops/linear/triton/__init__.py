@@ -60,18 +60,19 @@ def unsupported_reason(*tensors: torch.Tensor | None, head_dims: Sequence[int]) 
     return None
 
 
-def use_triton(*tensors: torch.Tensor | None, head_dims: Sequence[int]) -> bool:
-    """Whether to run the Triton kernels on ``tensors``; warns once per reason for GPU inputs.
+def use_triton(*tensors: torch.Tensor | None, head_dims: Sequence[int], requested: bool = False) -> bool:
+    """Whether to run the Triton kernels on ``tensors``; warns once per reason for GPU inputs, or for
+    any inputs when the caller ``requested`` Triton explicitly (``backend="triton"``).
 
-    CPU inputs without the interpreter are the normal PyTorch path and never warn.
+    CPU inputs without the interpreter are the normal PyTorch path and never warn unless requested.
     """
     reason = unsupported_reason(*tensors, head_dims=head_dims)
     if reason is None:
         return True
     on_gpu = any(t is not None and t.device.type == "cuda" for t in tensors)
-    if on_gpu and reason not in _warned:
+    if (on_gpu or requested) and reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"mcrnn: Triton kernels unsupported for {reason}; using PyTorch", stacklevel=2)
+        warnings.warn(f"mcrnn: Triton kernels unsupported for {reason}; using PyTorch", stacklevel=3)
     return False
 
 
