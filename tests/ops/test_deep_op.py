@@ -84,9 +84,15 @@ GRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("memory,aggregation,init", GRAD_CASES)
-def test_gradients_equal_naive(memory: str, aggregation: str, init: str) -> None:
-    inputs = make_inputs(memory, seq_len=13)
+@pytest.mark.parametrize(
+    "memory,aggregation,init,depth",
+    [(*case, 2) for case in GRAD_CASES]
+    + [(memory, "grm", init, depth) for memory in ("dla", "titans") for init, depth in (("independent", 1), ("checkpoint", 3))],
+)
+def test_gradients_equal_naive(memory: str, aggregation: str, init: str, depth: int) -> None:
+    """Every input's gradient (the chunk scan's hand-written backward included) equals autograd's
+    through the naive definition; depths 1 and 3 cover the matrix memory and a middle layer."""
+    inputs = make_inputs(memory, seq_len=13, depth=depth)
     leaves = {name: x.clone().requires_grad_() for name, x in inputs.items() if isinstance(x, torch.Tensor)}
     params = [w.clone().requires_grad_() for w in inputs["params"]]
     options = dict(

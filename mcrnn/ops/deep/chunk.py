@@ -20,11 +20,12 @@ i.e. ``M = D_A D_B`` for the lower-triangular decay matrices ``D_A[t, j] = A_t /
 one ``[c, c]`` masked score matrix per layer and no per-token weights. The chunk-end state is row
 ``t = c`` of the same sums, a weighted ``delta^T a`` matmul.
 
-Schedule: the coefficients of every chunk are formed at once; the loop over chunks computes only
-the key gradients and the chunk-end state (the sequential part); the reads need nothing but each
-chunk's start state, so they run batched over groups of ``READ_GROUP`` chunks. The sequence is padded
-to whole chunks (only the final chunk can be partial; its padding has ``eta = 0``, comes after every
-real token, and its end state is taken at the last real token).
+Schedule: the coefficients of every chunk are formed at once; the sequential part, each chunk's key
+gradients and end state, runs in :func:`mcrnn.ops.deep.scan.chunk_scan` (no autograd graph, a
+hand-written backward); the reads need nothing but each chunk's start state and gradient factors, so
+they run afterwards, batched over groups of ``READ_GROUP`` chunks. The sequence is padded to whole
+chunks (only the final chunk can be partial; its padding has ``eta = 0``, comes after every real
+token, and its end state is taken at the last real token).
 
 Aggregations: the online read runs layer by layer with these sums; cached memories (weights at
 segment ends) are read after the chunk loop, one state at a time over the contiguous tokens after
@@ -47,30 +48,20 @@ from dataclasses import dataclass
 import torch
 
 from mcrnn.ops.deep import network
+from mcrnn.ops.deep.scan import ChunkEnd, add_matmul, chunk_scan
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
 
 #: chunks whose online reads are batched into one set of matmuls (bounded for cache locality)
-READ_GROUP = 4
+READ_GROUP = 32
 
 
 @dataclass
 class ChunkCoefficients:
-    """Sums of the unrolled rule for every chunk: ``[B, H, n, c]`` per token, ``[B, H, n, c, c]`` pairs."""
+    """Sums of the unrolled rule for every chunk: ``[n, B, H, c]`` per token, ``[n, B, H, c, c]`` pairs."""
 
     retain: torch.Tensor  # A_t
     carry: torch.Tensor | None  # P_t (titans)
     mix: torch.Tensor  # M_{ti} eta_i
-
-
-@dataclass
-class ChunkEnd:
-    """One chunk's end-state coefficients (row ``t = last token`` of the sums), ``[B, H]``/``[B, H, c]``."""
-
-    retain: torch.Tensor  # A_end
-    carry: torch.Tensor | None  # P_end
-    mix: torch.Tensor  # M_{end,i} eta_i
-    momentum_retain: torch.Tensor | None  # B_end
-    momentum_mix: torch.Tensor | None  # (B_end / B_i) eta_i
 
 
 def decay_matrix(log_cum: torch.Tensor) -> torch.Tensor:
@@ -88,8 +79,8 @@ def safe_log(x: torch.Tensor) -> torch.Tensor:
 
 def chunk_coefficients(
     eta: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None, last: torch.Tensor
-) -> tuple[ChunkCoefficients, list[ChunkEnd]]:
-    """Coefficients for gates ``[B, H, n, c]`` (see the module docstring) and each chunk's end.
+) -> tuple[ChunkCoefficients, ChunkEnd]:
+    """Coefficients for gates ``[n, B, H, c]`` (see the module docstring) and each chunk's end.
 
     ``last`` [n] is the index of each chunk's last real token (``c - 1`` but in a padded final chunk).
     """
@@ -104,29 +95,18 @@ def chunk_coefficients(
         decay_b = decay_matrix(log_b)
         carry = (decay_a @ torch.exp(log_b).unsqueeze(-1)).squeeze(-1)
         mix = (decay_a @ decay_b) * eta.unsqueeze(-2)
-    rows = last.view(1, 1, -1, 1)
-    pick = rows.expand(*eta.shape[:-1], 1)
+    pick = last.view(-1, 1, 1, 1).expand(*eta.shape[:-1], 1)
 
-    def row(x: torch.Tensor) -> list[torch.Tensor]:  # [B, H, n, c, c] -> n x [B, H, c] at each chunk's end
-        return list(
-            x.gather(-2, pick.unsqueeze(-1).expand(*x.shape[:-2], 1, x.shape[-1])).squeeze(-2).unbind(2)
-        )
+    def at(x: torch.Tensor) -> torch.Tensor:  # [n, B, H, c] -> [n, B, H] at each chunk's end
+        return x.gather(-1, pick).squeeze(-1)
 
-    def at(x: torch.Tensor) -> list[torch.Tensor]:  # [B, H, n, c] -> n x [B, H]
-        return list(x.gather(-1, pick).squeeze(-1).unbind(2))
+    def row(x: torch.Tensor) -> torch.Tensor:  # [n, B, H, c, c] -> [n, B, H, c], row ``last``
+        return x.gather(-2, pick.unsqueeze(-1).expand(*x.shape[:-2], 1, x.shape[-1])).squeeze(-2)
 
-    ends_retain, ends_mix = at(retain), row(mix)
     if beta is None:
-        ends = [ChunkEnd(r, None, m, None, None) for r, m in zip(ends_retain, ends_mix, strict=True)]
-    else:
-        momentum_mix = row(decay_b * eta.unsqueeze(-2))
-        ends = [
-            ChunkEnd(*fields)
-            for fields in zip(
-                ends_retain, at(carry), ends_mix, at(torch.exp(log_b)), momentum_mix, strict=True
-            )
-        ]
-    return ChunkCoefficients(retain, carry, mix), ends
+        return ChunkCoefficients(retain, None, mix), ChunkEnd(at(retain), row(mix))
+    end = ChunkEnd(at(retain), row(mix), at(carry), at(torch.exp(log_b)), row(decay_b * eta.unsqueeze(-2)))
+    return ChunkCoefficients(retain, carry, mix), end
 
 
 def online_layer(
@@ -152,35 +132,6 @@ def online_layer(
         out = add_matmul(out, coef.carry.unsqueeze(-1) * x, momentum[layer].transpose(-1, -2))
     scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
     return add_matmul(out, scores, deltas[layer], alpha=-1.0)
-
-
-def add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``acc + alpha * a @ b`` as one ``baddbmm`` over the flattened leading dims (no broadcasting)."""
-    flat = torch.baddbmm(acc.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), alpha=alpha)
-    return flat.view(acc.shape)
-
-
-def chunk_update(
-    weights: Sequence[torch.Tensor],
-    momentum: Sequence[torch.Tensor] | None,
-    inputs: Sequence[torch.Tensor],
-    deltas: Sequence[torch.Tensor],
-    end: ChunkEnd,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Weights (and momentum) after the chunk: the last row of the unrolled sums, a matmul per term."""
-    retain = end.retain[..., None, None]
-    new_w, new_m = [], []
-    for l, w in enumerate(weights):
-        start = retain * w
-        if momentum is not None:
-            start = start + end.carry[..., None, None] * momentum[l]
-            scaled = (deltas[l] * end.momentum_mix.unsqueeze(-1)).transpose(-1, -2)
-            new_m.append(
-                add_matmul(end.momentum_retain[..., None, None] * momentum[l], scaled, inputs[l], -1.0)
-            )
-        scaled = (deltas[l] * end.mix.unsqueeze(-1)).transpose(-1, -2)
-        new_w.append(add_matmul(start, scaled, inputs[l], -1.0))
-    return new_w, (new_m if momentum is not None else None)
 
 
 @dataclass
@@ -220,67 +171,64 @@ def chunk_deep_memory_caching(
         seg = segment_index(lengths, q.device)
         contexts, online_context = segment_contexts(k, lengths, pooling)
         gates, online_gate, _ = router_gates(u, contexts, online_context, seg, aggregation, top_k)
-    # heads first, padded to whole chunks, chunk dim split off: [B, H, n, c, ...]. Only the final chunk can
+    # chunk-major, padded to whole chunks: [n, B, H, c, ...]. Only the final chunk can
     # be partial (segments are multiples of chunk_size but the last); its padding has eta = 0 and comes
     # after every real token, and its end state is read at the last real token, so it changes nothing.
     n_chunks = -(-seq_len // chunk_size)
     pad = n_chunks * chunk_size - seq_len
-    chunked = [_chunked(x.transpose(1, 2), pad, chunk_size, 0.0) for x in (q, k, v, eta)]
-    qc, kc, vc, eta_c = chunked
-    alpha_c = _chunked(alpha.transpose(1, 2), pad, chunk_size, 1.0)
-    beta_c = _chunked(beta.transpose(1, 2), pad, chunk_size, 1.0) if beta is not None else None
+    qc, kc, vc, eta_c = (_chunked(x, pad, chunk_size, 0.0) for x in (q, k, v, eta))
+    alpha_c = _chunked(alpha, pad, chunk_size, 1.0)
+    beta_c = _chunked(beta, pad, chunk_size, 1.0) if beta is not None else None
     last = torch.full((n_chunks,), chunk_size - 1, device=q.device)
     last[-1] = (seq_len - 1) % chunk_size
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last)
-    # read groups: consecutive chunks of one segment whose reads are batched together (bounded so the
-    # batched tensors stay cache-sized); ``groups[g] = (segment, chunks)``
+    chunk_counts = [-(-n // chunk_size) for n in lengths]
+    first_chunks = torch.tensor([0, *chunk_counts]).cumsum(0).tolist()[:-1]  # first chunk of each segment
+    resets = [j == 0 or (init == "independent" and j in first_chunks) for j in range(n_chunks)]
+    initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
+    scan = chunk_scan(memory, initial, kc, vc, ends, resets)
+    starts_w, starts_m = scan.starts(resets)
+    cached = [[w[first] for w in scan.weights] for first in first_chunks[1:]]
+    # reads: consecutive chunks of one segment batched in groups of READ_GROUP (cache-sized tensors)
     groups = [
-        (s, min(READ_GROUP, n - lo))
-        for s, n in enumerate(-(-n // chunk_size) for n in lengths)
-        for lo in range(0, n, READ_GROUP)
+        (s, min(READ_GROUP, n - lo)) for s, n in enumerate(chunk_counts) for lo in range(0, n, READ_GROUP)
     ]
     sizes = [count for _, count in groups]
-    group_q, group_coef = torch.split(qc, sizes, dim=2), _split_coefficients(coef, sizes)
+
+    def split(tensors: Sequence[torch.Tensor] | None) -> list[list[torch.Tensor] | None]:
+        if tensors is None:
+            return [None] * len(groups)
+        return [list(part) for part in zip(*(torch.split(x, sizes) for x in tensors), strict=True)]
+
+    group_w, group_m = split(starts_w), split(starts_m)
+    group_a, group_d = split(scan.inputs), split(scan.deltas)
+    group_q, group_coef = torch.split(qc, sizes), _split_coefficients(coef, sizes)
     if aggregation == "soup":
-        soup_gates = [_chunked(x.transpose(1, 2), pad, chunk_size, 0.0) for x in (gates, online_gate)]
-        group_gates = [torch.split(x, sizes, dim=2) for x in soup_gates]
-    keys, values = kc.unbind(2), vc.unbind(2)
-    initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
-    weights, momentum = list(initial), _zero_momentum(initial, memory)
-    chunk_start = weights
-    cached: list[list[torch.Tensor]] = []
-    stacked: list[torch.Tensor] = []
+        group_gates = [torch.split(_chunked(x, pad, chunk_size, 0.0), sizes) for x in (gates, online_gate)]
+        # the cached W_l(i)^T side by side, per segment: [1, B, H, d_in, s * d_out]
+        stacked = [
+            [torch.cat([state[l].transpose(-1, -2) for state in cached[:s]], -1).unsqueeze(0) if s else None
+             for l in range(len(params))]
+            for s in range(len(lengths))
+        ]  # fmt: skip
     online_reads = []
-    first = 0
-    for g, (s, count) in enumerate(groups):
-        if s > len(cached):  # the group opens segment s
-            cached.append(weights)
-            if aggregation == "soup":
-                stacked = [
-                    torch.cat([state[l].transpose(-1, -2) for state in cached], -1).unsqueeze(2)
-                    for l in range(len(params))
-                ]
-            if init == "independent":
-                weights, momentum = list(initial), _zero_momentum(initial, memory)
-        starts: list[tuple] = []
-        for j in range(first, first + count):
-            chunk_start = weights
-            inputs, deltas = network.key_gradients(memory, weights, keys[j], values[j])
-            starts.append((weights, momentum, inputs, deltas))
-            weights, momentum = chunk_update(weights, momentum, inputs, deltas, ends[j])
-        first += count
-        # the reads need only each chunk's start state: one batched read per group
-        w0, m0, a0, d0 = (_stack_chunks(field) for field in zip(*starts, strict=True))
+    for g, (s, _) in enumerate(groups):
+        fields = (group_q[g], group_w[g], group_m[g], group_a[g], group_d[g], group_coef[g])
         if aggregation == "soup":
             g_cached, g_online = group_gates[0][g][..., :s], group_gates[1][g]
-            read = _soup_read(group_q[g], w0, m0, a0, d0, group_coef[g], stacked, g_cached, g_online)
+            online_reads.append(_soup_read(*fields, stacked[s], g_cached, g_online))
         else:
-            read = _online_read(group_q[g], w0, m0, a0, d0, group_coef[g])
-        online_reads.append(read)
-    out = torch.cat(online_reads, dim=2).flatten(2, 3)[:, :, :seq_len]
+            online_reads.append(_online_read(*fields))
+    out = torch.cat(online_reads).permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]  # [B, H, T, Dv]
     if aggregation not in ("soup", "base"):
         out = _add_cached_reads(out, q, gates, online_gate, cached, lengths, aggregation)
-    return ChunkResult(out.transpose(1, 2), weights, momentum, chunk_start, cached)
+    return ChunkResult(
+        out.transpose(1, 2),
+        [w[-1] for w in scan.weights],
+        None if scan.momentum is None else [m[-1] for m in scan.momentum],
+        [w[-1] for w in starts_w],
+        cached,
+    )
 
 
 def _add_cached_reads(
@@ -307,31 +255,21 @@ def _add_cached_reads(
 
 
 def _chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:
-    """``[B, H, T, ...]`` -> ``[B, H, n, c, ...]``, padding ``T`` with ``value`` to whole chunks."""
+    """``[B, T, H, ...]`` -> chunk-major ``[n, B, H, c, ...]``, padding ``T`` with ``value`` to whole chunks."""
     if pad:
-        widths = [0, 0] * (x.dim() - 3) + [0, pad]
+        widths = [0, 0] * (x.dim() - 2) + [0, pad]
         x = torch.nn.functional.pad(x, widths, value=value)
-    return x.unflatten(2, (-1, chunk_size))
-
-
-def _stack_chunks(per_chunk: Sequence[list[torch.Tensor] | None]) -> list[torch.Tensor] | None:
-    """Per-chunk lists of per-layer tensors ``[B, H, ...]`` -> per-layer ``[B, H, n, ...]`` (None stays)."""
-    if per_chunk[0] is None:
-        return None
-    return [torch.stack(layer, 2) for layer in zip(*per_chunk, strict=True)]
+    x = x.unflatten(1, (-1, chunk_size))  # [B, n, c, H, ...]
+    return x.permute(1, 0, 3, 2, *range(4, x.dim())).contiguous()
 
 
 def _split_coefficients(coef: ChunkCoefficients, counts: Sequence[int]) -> list[ChunkCoefficients]:
     """Per-segment views (split along the chunk dim) of the batched coefficients."""
     parts = [
-        torch.split(x, list(counts), dim=2) if x is not None else [None] * len(counts)
+        torch.split(x, list(counts)) if x is not None else [None] * len(counts)
         for x in (coef.retain, coef.carry, coef.mix)
     ]
     return [ChunkCoefficients(*fields) for fields in zip(*parts, strict=True)]
-
-
-def _zero_momentum(initial: Sequence[torch.Tensor], memory: str) -> list[torch.Tensor] | None:
-    return [torch.zeros_like(w) for w in initial] if memory == "titans" else None
 
 
 def _online_read(
@@ -342,7 +280,7 @@ def _online_read(
     deltas: Sequence[torch.Tensor],
     coef: ChunkCoefficients,
 ) -> torch.Tensor:
-    """``f_{theta_t}(q_t)`` for every token of ``n`` chunks, ``[B, H, n, c, Dk] -> [B, H, n, c, Dv]``."""
+    """``f_{theta_t}(q_t)`` for every token of ``n`` chunks, ``[n, B, H, c, Dk] -> [n, B, H, c, Dv]``."""
     a = query
     for l in range(len(weights)):
         z = online_layer(l, a, weights, momentum, inputs, deltas, coef)
@@ -363,8 +301,8 @@ def _soup_read(
 ) -> torch.Tensor:
     """``f_{theta*_t}(q_t)`` with ``theta*_t = g_{t,s} theta_t + sum_i g_{t,i} theta(i)``, layer by layer.
 
-    ``stacked[l]`` is ``[B, H, 1, d_in, N_c * d_out]`` (the cached ``W_l(i)^T`` side by side), ``query``
-    ``[B, H, n, c, Dk]``, ``gates`` ``[B, H, n, c, N_c]`` and ``online_gate`` ``[B, H, n, c]``.
+    ``stacked[l]`` is ``[1, B, H, d_in, N_c * d_out]`` (the cached ``W_l(i)^T`` side by side), ``query``
+    ``[n, B, H, c, Dk]``, ``gates`` ``[n, B, H, c, N_c]`` and ``online_gate`` ``[n, B, H, c]``.
     """
     a = query
     n_cached = gates.shape[-1]

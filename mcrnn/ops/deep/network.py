@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -63,27 +64,15 @@ def gelu(z: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(z)
 
 
-class _GeluAndGrad(torch.autograd.Function):
-    """``(gelu(z), gelu'(z))`` in one node of fused kernels; backward: ``gelu''(z) = phi(z) (2 - z^2)``."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        slope = torch.ops.aten.gelu_backward(torch.ones_like(z), z)  # Phi(z) + z phi(z)
-        ctx.save_for_backward(z, slope)
-        return torch.nn.functional.gelu(z), slope
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_h: torch.Tensor, grad_g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        z, slope = ctx.saved_tensors
-        square = z * z
-        curvature = torch.exp(square * -0.5).mul_(2.0 - square).mul_(1.0 / math.sqrt(2.0 * math.pi))
-        return torch.addcmul(grad_h * slope, grad_g, curvature)
+def gelu_slope(z: torch.Tensor) -> torch.Tensor:
+    """``gelu'(z) = Phi(z) + z phi(z)`` (differentiable: autograd knows its derivative)."""
+    return torch.ops.aten.gelu_backward(torch.ones_like(z), z)
 
 
-def gelu_and_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``gelu(z)`` and ``gelu'(z)`` together (one autograd node, once differentiable)."""
-    return _GeluAndGrad.apply(z)
+def gelu_curvature(z: torch.Tensor) -> torch.Tensor:
+    """``gelu''(z) = phi(z) (2 - z^2)``."""
+    square = z * z
+    return torch.exp(square * -0.5).mul_(2.0 - square).mul_(1.0 / math.sqrt(2.0 * math.pi))
 
 
 def forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -95,44 +84,69 @@ def forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return a + x if len(weights) > 1 else a
 
 
-def loss_grad_output(memory: str, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``dl/df`` at ``f = y``: ``-v`` for ``dla``, ``2 (y - v)`` for ``titans``."""
-    return -v if memory == "dla" else 2.0 * (y - v)
-
-
 def inner_loss(memory: str, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Per-token inner loss (summed over the last dim): ``-<y, v>`` or ``||y - v||^2``."""
     return -(y * v).sum(-1) if memory == "dla" else ((y - v) ** 2).sum(-1)
 
 
+@dataclass
+class KeyGradients:
+    """Rank-one factors of the per-token inner gradients and what their backward needs.
+
+    ``inputs[l]`` (``a_{l-1}``, ``[..., n, d_in]``) and ``deltas[l]`` (``[..., n, d_out]``) per layer;
+    ``pre_activations[l] = z_l`` and ``back_products[l] = delta_{l+1} W_{l+1}`` for the hidden layers
+    ``l < L - 1`` (so ``deltas[l] = back_products[l] * gelu'(z_l)``).
+    """
+
+    inputs: list[torch.Tensor]
+    deltas: list[torch.Tensor]
+    pre_activations: list[torch.Tensor]
+    back_products: list[torch.Tensor]
+
+
 def key_gradients(
-    memory: str, weights: Sequence[torch.Tensor], k: torch.Tensor, v: torch.Tensor
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    memory: str,
+    weights: Sequence[torch.Tensor],
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: KeyGradients | None = None,
+) -> KeyGradients:
     """Hand-derived per-token inner gradients at ``weights``, in rank-one factors.
 
     For every token ``j`` the gradient of ``l_j`` with respect to ``W_l`` is ``delta_{l,j} a_{l-1,j}^T``:
     forward ``a_0 = k``, ``z_l = W_l a_{l-1}``; backward ``delta_L = dl/df``,
     ``delta_{l-1} = (W_l^T delta_l) * gelu'(z_{l-1})`` (the residual adds nothing to weight gradients).
+    ``dla``'s ``dl/df = -v`` does not depend on ``f``, so its last layer is never evaluated.
 
     Args:
         weights: ``[..., d_out, d_in]`` per layer; k: ``[..., n, Dk]``; v: ``[..., n, Dv]``.
-
-    Returns:
-        ``inputs`` (``a_{l-1}``, ``[..., n, d_in]`` per layer) and ``deltas`` (``[..., n, d_out]``).
+        out: buffers of the same structure to write into (``inputs[0]`` unused: it is ``k``), for the
+            chunk scan (:mod:`mcrnn.ops.deep.scan`), which has its own backward; ``None`` (allocate)
+            is differentiable by autograd.
     """
-    inputs: list[torch.Tensor] = []
-    slopes: list[torch.Tensor] = []
-    a = k
-    for l, w in enumerate(weights):
-        inputs.append(a)
-        a = a @ w.transpose(-1, -2)
-        if l < len(weights) - 1:
-            a, slope = gelu_and_grad(a)
-            slopes.append(slope)
-    y = a + k if len(weights) > 1 else a
-    delta = loss_grad_output(memory, y, v)
+    hidden = len(weights) - 1
+    buffers = out or KeyGradients([None] * (hidden + 1), [None] * (hidden + 1), [None] * hidden, [None] * hidden)
+    inputs, pre_activations = [k], []
+    for l, w in enumerate(weights[:-1]):
+        pre_activations.append(torch.matmul(inputs[l], w.transpose(-1, -2), out=buffers.pre_activations[l]))
+        if buffers.inputs[l + 1] is None:
+            inputs.append(torch.nn.functional.gelu(pre_activations[l]))
+        else:
+            inputs.append(torch._C._nn.gelu(pre_activations[l], out=buffers.inputs[l + 1]))
+    if memory == "dla":
+        delta = torch.neg(v, out=buffers.deltas[-1])
+    else:
+        y = inputs[-1] @ weights[-1].transpose(-1, -2)
+        target = v - k if hidden else v  # f = y + k for a residual memory
+        delta = torch.sub(y, target, out=buffers.deltas[-1]).mul_(2.0)
     deltas = [delta]
-    for l in range(len(weights) - 1, 0, -1):
-        delta = (delta @ weights[l]) * slopes[l - 1]
-        deltas.append(delta)
-    return inputs, deltas[::-1]
+    back_products: list[torch.Tensor] = []
+    for l in range(hidden - 1, -1, -1):
+        back_products.insert(0, torch.matmul(deltas[0], weights[l + 1], out=buffers.back_products[l]))
+        if buffers.deltas[l] is None:
+            deltas.insert(0, torch.ops.aten.gelu_backward(back_products[0], pre_activations[l]))
+        else:
+            deltas.insert(
+                0, torch.ops.aten.gelu_backward.grad_input(back_products[0], pre_activations[l], grad_input=buffers.deltas[l])
+            )
+    return KeyGradients(inputs, deltas, pre_activations, back_products)

@@ -112,8 +112,8 @@ def _write(
     beta: torch.Tensor | None,
 ) -> None:
     """One token of the chunked rule; ``k, v`` [B, H, D], gates [B, H]."""
-    inputs, deltas = network.key_gradients(cache.memory, cache.chunk_start, k.unsqueeze(-2), v.unsqueeze(-2))
-    grads = [d.transpose(-1, -2) @ a for d, a in zip(deltas, inputs, strict=True)]
+    terms = network.key_gradients(cache.memory, cache.chunk_start, k.unsqueeze(-2), v.unsqueeze(-2))
+    grads = [d.transpose(-1, -2) @ a for d, a in zip(terms.deltas, terms.inputs, strict=True)]
     step, retain = eta[..., None, None], alpha[..., None, None]
     if cache.momentum is not None:
         keep = beta[..., None, None]
