@@ -48,20 +48,8 @@ from dataclasses import dataclass
 import torch
 
 from mcrnn.ops.deep import network
-from mcrnn.ops.deep.scan import ChunkEnd, add_matmul, chunk_scan
+from mcrnn.ops.deep.scan import ChunkCoefficients, ChunkEnd, chunk_scan, online_layer
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
-
-#: chunks whose online reads are batched into one set of matmuls (bounded for cache locality)
-READ_GROUP = 32
-
-
-@dataclass
-class ChunkCoefficients:
-    """Sums of the unrolled rule for every chunk: ``[n, B, H, c]`` per token, ``[n, B, H, c, c]`` pairs."""
-
-    retain: torch.Tensor  # A_t
-    carry: torch.Tensor | None  # P_t (titans)
-    mix: torch.Tensor  # M_{ti} eta_i
 
 
 def decay_matrix(log_cum: torch.Tensor) -> torch.Tensor:
@@ -107,31 +95,6 @@ def chunk_coefficients(
         return ChunkCoefficients(retain, None, mix), ChunkEnd(at(retain), row(mix))
     end = ChunkEnd(at(retain), row(mix), at(carry), at(torch.exp(log_b)), row(decay_b * eta.unsqueeze(-2)))
     return ChunkCoefficients(retain, carry, mix), end
-
-
-def online_layer(
-    layer: int,
-    x: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    momentum: Sequence[torch.Tensor] | None,
-    inputs: Sequence[torch.Tensor],
-    deltas: Sequence[torch.Tensor],
-    coef: ChunkCoefficients,
-) -> torch.Tensor:
-    """``W_{l,t} x_t`` for every token of the chunk, ``x`` [..., c, d_in] -> [..., c, d_out].
-
-    ``A_t`` scales whichever side of the first matmul is narrower; the other two terms accumulate
-    into it inside the matmul (``baddbmm``).
-    """
-    weight = weights[layer]
-    if x.shape[-1] <= weight.shape[-2]:
-        out = (coef.retain.unsqueeze(-1) * x) @ weight.transpose(-1, -2)
-    else:
-        out = coef.retain.unsqueeze(-1) * (x @ weight.transpose(-1, -2))
-    if momentum is not None:
-        out = add_matmul(out, coef.carry.unsqueeze(-1) * x, momentum[layer].transpose(-1, -2))
-    scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
-    return add_matmul(out, scores, deltas[layer], alpha=-1.0)
 
 
 @dataclass
@@ -184,49 +147,37 @@ def chunk_deep_memory_caching(
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last)
     chunk_counts = [-(-n // chunk_size) for n in lengths]
     first_chunks = torch.tensor([0, *chunk_counts]).cumsum(0).tolist()[:-1]  # first chunk of each segment
-    resets = [j == 0 or (init == "independent" and j in first_chunks) for j in range(n_chunks)]
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
-    scan = chunk_scan(memory, initial, kc, vc, ends, resets)
-    starts_w, starts_m = scan.starts(resets)
-    cached = [[w[first] for w in scan.weights] for first in first_chunks[1:]]
-    # reads: consecutive chunks of one segment batched in groups of READ_GROUP (cache-sized tensors)
-    groups = [
-        (s, min(READ_GROUP, n - lo)) for s, n in enumerate(chunk_counts) for lo in range(0, n, READ_GROUP)
-    ]
-    sizes = [count for _, count in groups]
-
-    def split(tensors: Sequence[torch.Tensor] | None) -> list[list[torch.Tensor] | None]:
-        if tensors is None:
-            return [None] * len(groups)
-        return [list(part) for part in zip(*(torch.split(x, sizes) for x in tensors), strict=True)]
-
-    group_w, group_m = split(starts_w), split(starts_m)
-    group_a, group_d = split(scan.inputs), split(scan.deltas)
-    group_q, group_coef = torch.split(qc, sizes), _split_coefficients(coef, sizes)
+    reset = init == "independent"
+    if aggregation != "soup":  # the online read fused into the scan
+        scan = chunk_scan(memory, initial, kc, vc, ends, first_chunks[1:], reset, read=(qc, coef))
+        out = scan.output
+    else:  # soup mixes a different set of cached states into every layer, segment by segment
+        scan = chunk_scan(memory, initial, kc, vc, ends, first_chunks[1:], reset)
+    cached = [list(state) for state in zip(*(c.unbind(0) for c in scan.cached), strict=True)]
     if aggregation == "soup":
-        group_gates = [torch.split(_chunked(x, pad, chunk_size, 0.0), sizes) for x in (gates, online_gate)]
-        # the cached W_l(i)^T side by side, per segment: [1, B, H, d_in, s * d_out]
-        stacked = [
-            [torch.cat([state[l].transpose(-1, -2) for state in cached[:s]], -1).unsqueeze(0) if s else None
-             for l in range(len(params))]
-            for s in range(len(lengths))
-        ]  # fmt: skip
-    online_reads = []
-    for g, (s, _) in enumerate(groups):
-        fields = (group_q[g], group_w[g], group_m[g], group_a[g], group_d[g], group_coef[g])
-        if aggregation == "soup":
-            g_cached, g_online = group_gates[0][g][..., :s], group_gates[1][g]
-            online_reads.append(_soup_read(*fields, stacked[s], g_cached, g_online))
-        else:
-            online_reads.append(_online_read(*fields))
-    out = torch.cat(online_reads).permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]  # [B, H, T, Dv]
+        fields = (scan.weights, scan.momentum, scan.inputs, scan.deltas, coef)
+        per_segment = [_split_fields(field, chunk_counts) for field in fields]
+        chunked_gates = _chunked_gates(gates, online_gate, pad, chunk_size)
+        groups = [torch.split(x, chunk_counts) for x in (qc, *chunked_gates)]
+        reads = []
+        for s, (query, g_cached, g_online) in enumerate(zip(*groups, strict=True)):
+            # the cached W_l(i)^T side by side: [1, B, H, d_in, s * d_out]
+            stacked = [
+                torch.cat([state[l].transpose(-1, -2) for state in cached[:s]], -1).unsqueeze(0) if s else None
+                for l in range(len(params))
+            ]
+            segment_fields = [field[s] for field in per_segment]
+            reads.append(_soup_read(query, *segment_fields, stacked, g_cached[..., :s], g_online))
+        out = torch.cat(reads)
+    out = out.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]  # [B, H, T, Dv]
     if aggregation not in ("soup", "base"):
         out = _add_cached_reads(out, q, gates, online_gate, cached, lengths, aggregation)
     return ChunkResult(
         out.transpose(1, 2),
-        [w[-1] for w in scan.weights],
-        None if scan.momentum is None else [m[-1] for m in scan.momentum],
-        [w[-1] for w in starts_w],
+        scan.final_weights,
+        scan.final_momentum,
+        scan.last_start,
         cached,
     )
 
@@ -263,29 +214,23 @@ def _chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.
     return x.permute(1, 0, 3, 2, *range(4, x.dim())).contiguous()
 
 
-def _split_coefficients(coef: ChunkCoefficients, counts: Sequence[int]) -> list[ChunkCoefficients]:
-    """Per-segment views (split along the chunk dim) of the batched coefficients."""
-    parts = [
-        torch.split(x, list(counts)) if x is not None else [None] * len(counts)
-        for x in (coef.retain, coef.carry, coef.mix)
-    ]
-    return [ChunkCoefficients(*fields) for fields in zip(*parts, strict=True)]
+def _chunked_gates(
+    gates: torch.Tensor, online_gate: torch.Tensor, pad: int, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router gates ``[B, T, H, N]`` and ``[B, T, H]`` in the chunk-major layout (padding gets 0)."""
+    return _chunked(gates, pad, chunk_size, 0.0), _chunked(online_gate, pad, chunk_size, 0.0)
 
 
-def _online_read(
-    query: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    momentum: Sequence[torch.Tensor] | None,
-    inputs: Sequence[torch.Tensor],
-    deltas: Sequence[torch.Tensor],
-    coef: ChunkCoefficients,
-) -> torch.Tensor:
-    """``f_{theta_t}(q_t)`` for every token of ``n`` chunks, ``[n, B, H, c, Dk] -> [n, B, H, c, Dv]``."""
-    a = query
-    for l in range(len(weights)):
-        z = online_layer(l, a, weights, momentum, inputs, deltas, coef)
-        a = network.gelu(z) if l < len(weights) - 1 else z
-    return a + query if len(weights) > 1 else a
+def _split_fields(field: object, counts: Sequence[int]) -> list:
+    """Split a chunk-major field (a tensor, a per-layer list, ``None`` or coefficients) by ``counts`` chunks."""
+    if field is None:
+        return [None] * len(counts)
+    if isinstance(field, ChunkCoefficients):
+        parts = [_split_fields(x, counts) for x in (field.retain, field.carry, field.mix)]
+        return [ChunkCoefficients(*p) for p in zip(*parts, strict=True)]
+    if isinstance(field, torch.Tensor):
+        return list(torch.split(field, list(counts)))
+    return [list(p) for p in zip(*(torch.split(x, list(counts)) for x in field), strict=True)]
 
 
 def _soup_read(

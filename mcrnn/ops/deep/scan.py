@@ -1,20 +1,27 @@
-"""The sequential part of the deep-memory chunk path: the state after every chunk, hand-differentiated.
+"""The sequential part of the deep-memory chunk path, fused with the online read and hand-differentiated.
 
 For chunk ``j`` with start weights ``W_l`` (momentum ``S_l``), keys ``k`` and values ``v`` ``[c, D]``,
 the per-token gradients are rank one, ``delta_{l,i} a_{l-1,i}^T`` (:func:`network.key_gradients`, all at
-the chunk start), and the end state is the last row of the unrolled rule (:mod:`mcrnn.ops.deep.chunk`):
+the chunk start); the end state is the last row of the unrolled rule (:mod:`mcrnn.ops.deep.chunk`):
 
     W_l' = A W_l + P S_l - (delta_l * m)^T a_{l-1},     S_l' = B S_l - (delta_l * m_S)^T a_{l-1},
 
-with per-(batch, head) scalars ``A, P, B`` and per-token weights ``m, m_S`` [c] (``dla``: no ``S``,
-``P = 0``). A chunk flagged in ``resets`` starts from the initial weights and zero momentum instead of
-the previous chunk's end.
+with per-(batch, head) scalars ``A, P, B`` and per-token weights ``m, m_S`` [c] (:class:`ChunkEnd`;
+``dla``: no ``S``, ``P = 0``), and token ``t`` of the chunk reads layer ``l`` of its own weights as
 
-:class:`ChunkScan` runs that loop without recording an autograd graph and differentiates it by hand,
-chunk by chunk in reverse: the update is linear in ``(W, S)`` and bilinear in ``(delta, a)``; the key
-gradients are a forward and a backward pass of the memory MLP, whose adjoint needs ``gelu''``. Per
-chunk this is a few large matmuls instead of the hundreds of small autograd nodes the same loop costs
-when recorded, and the backward keeps only the stacked per-chunk tensors it needs.
+    z_{l,t} = A_t W_l x_t + P_t S_l x_t - sum_{i<=t} M_{ti} (a_{l-1,i} . x_t) delta_{l,i}
+
+(:func:`online_layer`, coefficients :class:`ChunkCoefficients`). A chunk at a cache point can restart
+from the initial weights and zero momentum (``init="independent"``).
+
+:class:`ChunkScan` runs the chunks in order without recording an autograd graph, reading each chunk
+while its state and gradient factors are in cache, and differentiates the whole by hand, chunk by
+chunk in reverse: the update is linear in ``(W, S)`` and bilinear in ``(delta, a)``; the read is
+linear in ``(W, S, delta)`` and bilinear in ``(x, a)``; the key gradients are a forward and a backward
+pass of the memory MLP, whose adjoint needs ``gelu''``. Per chunk this is a few cache-sized matmuls
+instead of hundreds of small autograd nodes and sequence-sized temporaries. ``soup`` reads mix cached
+states into every layer, so for it the scan returns the start states and factors and the read is
+done outside (by autograd).
 """
 
 from __future__ import annotations
@@ -27,10 +34,17 @@ import torch
 from mcrnn.ops.deep import network
 
 
-def add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``acc + alpha * a @ b`` as one ``baddbmm`` over the flattened leading dims (no broadcasting)."""
-    flat = torch.baddbmm(acc.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), alpha=alpha)
-    return flat.view(acc.shape)
+@dataclass
+class ChunkCoefficients:
+    """Per-token read coefficients of every chunk: ``A_t``, ``P_t`` (titans) ``[n, B, H, c]`` and
+    ``M_{ti} eta_i`` ``[n, B, H, c, c]`` (lower triangular)."""
+
+    retain: torch.Tensor
+    carry: torch.Tensor | None
+    mix: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [x for x in (self.retain, self.mix, self.carry) if x is not None]
 
 
 @dataclass
@@ -56,29 +70,79 @@ class ChunkEnd:
         return getattr(self, name)[j, ..., None]
 
 
+def add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``acc + alpha * a @ b`` over ``[..., m, n]`` batches (one ``baddbmm`` on flattened leading dims)."""
+    return torch.baddbmm(_flat(acc), _flat(a), _flat(b), alpha=alpha).view(acc.shape)
+
+
+def online_layer(
+    layer: int,
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    momentum: Sequence[torch.Tensor] | None,
+    inputs: Sequence[torch.Tensor],
+    deltas: Sequence[torch.Tensor],
+    coef: ChunkCoefficients,
+) -> torch.Tensor:
+    """``W_{l,t} x_t`` for every token of the chunk(s), ``x`` [..., c, d_in] -> [..., c, d_out].
+
+    The per-token ``A_t`` and ``P_t`` scale whichever side of their matmul is narrower.
+    """
+    retain = coef.retain.unsqueeze(-1)
+    carry = None if momentum is None else coef.carry.unsqueeze(-1)
+    if x.shape[-1] <= weights[layer].shape[-2]:
+        out = (retain * x) @ weights[layer].transpose(-1, -2)
+        if carry is not None:
+            out = add_matmul(out, carry * x, momentum[layer].transpose(-1, -2))
+    else:
+        out = retain * (x @ weights[layer].transpose(-1, -2))
+        if carry is not None:
+            out = torch.addcmul(out, carry, x @ momentum[layer].transpose(-1, -2))
+    scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
+    return add_matmul(out, scores, deltas[layer], alpha=-1.0)
+
+
+def online_read(
+    query: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    momentum: Sequence[torch.Tensor] | None,
+    inputs: Sequence[torch.Tensor],
+    deltas: Sequence[torch.Tensor],
+    coef: ChunkCoefficients,
+    pre_activations: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``f_{theta_t}(q_t)`` for every token, ``[..., c, Dk] -> [..., c, Dv]``; the hidden layers'
+    pre-activations are also written into ``pre_activations`` when given (for the backward)."""
+    a = query
+    for l in range(len(weights)):
+        z = online_layer(l, a, weights, momentum, inputs, deltas, coef)
+        if l < len(weights) - 1:
+            if pre_activations is not None:
+                pre_activations[l].copy_(z)
+            a = network.gelu(z)
+        else:
+            a = z
+    return a + query if len(weights) > 1 else a
+
+
 @dataclass
 class ScanResult:
-    """Per-layer stacks over chunks (chunk dim first). ``weights``/``momentum`` ``[n + 1, B, H, d_out, d_in]``
-    hold the initial state at 0 and the state after chunk ``j`` at ``j + 1``; ``inputs`` ``[n, B, H, c,
-    d_in]`` (``inputs[0]`` are the keys) and ``deltas`` ``[n, B, H, c, d_out]`` are the rank-one factors
-    of every chunk's key gradients."""
+    """Per layer. ``output``: the online read ``[n, B, H, c, Dv]`` (``None`` unless asked for);
+    ``weights``/``momentum``, ``inputs`` (``inputs[0]`` are the keys) and ``deltas``: start states
+    ``[n, B, H, d_out, d_in]`` and gradient factors ``[n, B, H, c, d]`` of every chunk (``None`` when the
+    read was fused); ``final_*``: the state after the last chunk; ``last_start``: the weights at the
+    start of the last chunk (for a decoding cache); ``cached``: the weights after the chunk before each
+    cache point, ``[R, B, H, d_out, d_in]``."""
 
-    weights: list[torch.Tensor]
+    output: torch.Tensor | None
+    weights: list[torch.Tensor] | None
     momentum: list[torch.Tensor] | None
-    inputs: list[torch.Tensor]
-    deltas: list[torch.Tensor]
-
-    def starts(self, resets: Sequence[bool]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Start state of every chunk ``[n, B, H, ...]`` (views unless a chunk after the first resets)."""
-        n_chunks = len(resets)
-        if any(resets[1:]):
-            index = [0 if reset else j for j, reset in enumerate(resets)]
-            index = torch.tensor(index, device=self.weights[0].device)
-            weights = [w.index_select(0, index) for w in self.weights]
-            momentum = None if self.momentum is None else [m.index_select(0, index) for m in self.momentum]
-            return weights, momentum
-        weights = [w[:n_chunks] for w in self.weights]
-        return weights, (None if self.momentum is None else [m[:n_chunks] for m in self.momentum])
+    inputs: list[torch.Tensor] | None
+    deltas: list[torch.Tensor] | None
+    final_weights: list[torch.Tensor]
+    final_momentum: list[torch.Tensor] | None
+    last_start: list[torch.Tensor]
+    cached: list[torch.Tensor]
 
 
 def chunk_scan(
@@ -87,20 +151,36 @@ def chunk_scan(
     keys: torch.Tensor,
     values: torch.Tensor,
     ends: ChunkEnd,
-    resets: Sequence[bool],
+    cache_points: Sequence[int],
+    reset: bool,
+    read: tuple[torch.Tensor, ChunkCoefficients] | None = None,
 ) -> ScanResult:
     """Run every chunk of ``keys``/``values`` ``[n, B, H, c, D]`` from ``initial`` (``[B, H, d_out, d_in]``
-    per layer); ``resets[j]`` restarts chunk ``j`` from ``initial`` (``resets[0]`` must be true)."""
-    if not resets[0]:
-        raise ValueError("resets[0] must be True: the first chunk starts from the initial weights")
-    depth = len(initial)
-    out = ChunkScan.apply(memory, tuple(resets), depth, *initial, keys, values, *ends.tensors())
-    weights, rest = list(out[:depth]), out[depth:]
-    momentum = None
-    if memory == "titans":
-        momentum, rest = list(rest[:depth]), rest[depth:]
-    inputs = [keys, *rest[: depth - 1]]
-    return ScanResult(weights, momentum, inputs, list(rest[depth - 1 :]))
+    per layer). ``cache_points`` (increasing chunk indices in ``[1, n)``) are the chunks that open a
+    segment: the weights before each are returned in ``cached``, and with ``reset`` each restarts
+    from ``initial`` with zero momentum. ``read = (query [n, B, H, c, Dk], coefficients)`` fuses the
+    online read into the scan (then the per-chunk states and factors are not returned)."""
+    points = tuple(int(p) for p in cache_points)
+    if any(p <= 0 or p >= keys.shape[0] for p in points) or list(points) != sorted(set(points)):
+        raise ValueError(f"cache_points must be increasing chunk indices in [1, n), got {list(points)}")
+    depth, titans = len(initial), memory == "titans"
+    spec = (memory, points, bool(reset), depth, read is not None)
+    extra = [] if read is None else [read[0], *read[1].tensors()]
+    out = list(ChunkScan.apply(spec, *initial, keys, values, *ends.tensors(), *extra))
+    output = out.pop(0) if read is not None else None
+    groups = [out[i : i + depth] for i in range(0, len(out), depth)]
+    if read is None:
+        weights = groups.pop(0)
+        momentum = groups.pop(0) if titans else None
+    final_weights = groups.pop(0)
+    final_momentum = groups.pop(0) if titans else None
+    last_start, cached = groups.pop(0), groups.pop(0)
+    states = (final_weights, final_momentum, last_start, cached)
+    if read is not None:
+        return ScanResult(output, None, None, None, None, *states)
+    factors = [x for group in groups for x in group]
+    inputs, deltas = [keys, *factors[: depth - 1]], factors[depth - 1 :]
+    return ScanResult(None, weights, momentum, inputs, deltas, *states)
 
 
 def _buffers(keys: torch.Tensor, initial: Sequence[torch.Tensor]) -> network.KeyGradients:
@@ -126,192 +206,340 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *x.shape[-2:])
 
 
-def _bmm_into(
-    out: torch.Tensor, acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0
+def _baddbmm(
+    acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``out = acc + alpha * a @ b`` (``baddbmm`` over flattened leading dims, written into ``out``)."""
-    torch.baddbmm(_flat(acc), _flat(a), _flat(b), alpha=alpha, out=_flat(out))
-    return out
+    """``acc + alpha * a @ b`` (``acc=None``: ``alpha * a @ b``), optionally written into ``out``."""
+    if acc is None:
+        product = torch.matmul(a, b, out=out)
+        return product.mul_(alpha) if alpha != 1.0 else product
+    flat = torch.baddbmm(_flat(acc), _flat(a), _flat(b), alpha=alpha, out=None if out is None else _flat(out))
+    return flat.view(acc.shape) if out is None else out
+
+
+def _subtract_outer(state: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, scale: torch.Tensor) -> None:
+    """``state -= (delta * scale)^T a`` in place; the per-token ``scale`` goes on the narrower factor."""
+    if delta.shape[-1] <= a.shape[-1]:
+        left, right = delta * scale, a
+    else:
+        left, right = delta, a * scale
+    _flat(state).baddbmm_(_flat(left).transpose(-1, -2), _flat(right), alpha=-1.0)
+
+
+def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if acc is None else acc + x
 
 
 class ChunkScan(torch.autograd.Function):
-    """States after every chunk (see the module docstring), with a hand-written backward."""
+    """Chunk states (and, fused, the online read), with a hand-written backward.
+
+    Outputs, per layer where a list: [the read ``[n, ...]``], [start weights ``[n, ...]``, start momentum
+    (titans)], final weights, final momentum (titans), the last chunk's start weights, cached weights
+    ``[R, ...]``, [the hidden-layer inputs and the deltas]; the first bracketed group only with the
+    fused read, the others only without it. Every output is consumed whole downstream, so autograd never zero-fills or
+    scatters a slice of them.
+    """
 
     @staticmethod
-    def forward(ctx, memory: str, resets: tuple[bool, ...], depth: int, *tensors: torch.Tensor):  # noqa: ANN001, ANN205
+    def forward(ctx, spec: tuple, *tensors: torch.Tensor):  # noqa: ANN001, ANN205
+        memory, points, reset, depth, fused = spec
         initial = list(tensors[:depth])
         keys, values = tensors[depth : depth + 2]
-        ends = ChunkEnd(*tensors[depth + 2 :])  # in the order of ChunkEnd.tensors()
         titans = memory == "titans"
+        n_end = 5 if titans else 2
+        ends = ChunkEnd(*tensors[depth + 2 : depth + 2 + n_end])
+        query, coef = None, None
+        if fused:
+            query, *coef_tensors = tensors[depth + 2 + n_end :]
+            coef = ChunkCoefficients(coef_tensors[0], coef_tensors[2] if titans else None, coef_tensors[1])
         n_chunks = keys.shape[0]
-        states_w = [keys.new_empty(n_chunks + 1, *w.shape) for w in initial]
-        states_s = [keys.new_zeros(n_chunks + 1, *w.shape) for w in initial] if titans else []
-        for state, w in zip(states_w, initial, strict=True):
-            state[0] = w
+        starts_w = [keys.new_empty(n_chunks, *w.shape) for w in initial]
+        starts_s = [keys.new_empty(n_chunks, *w.shape) for w in initial] if titans else []
+        final_w = [torch.empty_like(x[0]) for x in starts_w]
+        final_s = [torch.empty_like(x[0]) for x in starts_s]
+        cached = [keys.new_empty(len(points), *w.shape) for w in initial]
         terms = _buffers(keys, initial)
+        output = torch.empty_like(query) if fused else None
+        read_pre = [torch.empty_like(x) for x in terms.pre_activations] if fused else []
         for j in range(n_chunks):
-            weights = initial if resets[j] else [w[j] for w in states_w]
-            momentum = [s[0] if resets[j] else s[j] for s in states_s]
+            if j == 0 or (reset and j in points):
+                for start, w in zip(starts_w, initial, strict=True):
+                    start[j] = w
+                for start in starts_s:
+                    start[j] = 0.0
+            weights = [w[j] for w in starts_w]
+            momentum = [s[j] for s in starts_s]
             at = network.key_gradients(memory, weights, keys[j], values[j], out=_chunk(terms, j))
+            if fused:
+                coef_j = _chunk_coefficients(coef, j)
+                pre_j = [x[j] for x in read_pre]
+                output[j] = online_read(query[j], weights, momentum or None, at.inputs, at.deltas, coef_j, pre_j)
+            after = j + 1
+            if after == n_chunks:
+                end_w, end_s = final_w, final_s
+            elif reset and after in points:
+                end_w, end_s = [c[points.index(after)] for c in cached], [None] * len(starts_s)
+            else:
+                end_w, end_s = [w[after] for w in starts_w], [s[after] for s in starts_s]
             for l, w in enumerate(weights):
-                # W' = A W + P S - (delta * m)^T a ;  S' = B S - (delta * m_S)^T a
-                start = w * ends.state("retain", j)
+                # W' = A W + P S - (delta * m)^T a ;  S' = B S - (delta * m_S)^T a (accumulated in place)
+                torch.mul(w, ends.state("retain", j), out=end_w[l])
                 if titans:
-                    start.addcmul_(momentum[l], ends.state("carry", j))
-                scaled = at.deltas[l] * ends.token("mix", j)
-                _bmm_into(states_w[l][j + 1], start, scaled.transpose(-1, -2), at.inputs[l], -1.0)
-                if titans:
-                    start = momentum[l] * ends.state("momentum_retain", j)
-                    scaled = at.deltas[l] * ends.token("momentum_mix", j)
-                    _bmm_into(states_s[l][j + 1], start, scaled.transpose(-1, -2), at.inputs[l], -1.0)
-        ctx.memory, ctx.resets, ctx.depth = memory, resets, depth
+                    end_w[l].addcmul_(momentum[l], ends.state("carry", j))
+                _subtract_outer(end_w[l], at.deltas[l], at.inputs[l], ends.token("mix", j))
+                if titans and end_s[l] is not None:
+                    torch.mul(momentum[l], ends.state("momentum_retain", j), out=end_s[l])
+                    _subtract_outer(end_s[l], at.deltas[l], at.inputs[l], ends.token("momentum_mix", j))
+            if not reset and after in points:
+                for c, w in zip(cached, end_w, strict=True):
+                    c[points.index(after)] = w
+        ctx.spec = spec
+        ctx.set_materialize_grads(False)
         hidden = terms.inputs[1:]
         ctx.save_for_backward(
-            *initial, keys, values, *ends.tensors(), *states_w, *states_s, *hidden, *terms.deltas,
+            *initial, keys, values, *ends.tensors(), *starts_w, *starts_s, *hidden, *terms.deltas,
             *terms.pre_activations, *terms.back_products,
+            *([query, *coef.tensors(), *read_pre] if fused else []),
         )  # fmt: skip
-        return (*states_w, *states_s, *hidden, *terms.deltas)
+        last_start = [w[-1].clone() for w in starts_w]
+        if fused:
+            return (output, *final_w, *final_s, *last_start, *cached)
+        return (*starts_w, *starts_s, *final_w, *final_s, *last_start, *cached, *hidden, *terms.deltas)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads: torch.Tensor):  # noqa: ANN001, ANN205
-        """Reverse loop over chunks carrying ``dL/d(start state)``; every part without a sequential
-        dependence (GELU slopes and curvatures, scaled deltas, the coefficient gradients, which are inner
-        products) is batched over all chunks outside the loop."""
-        memory, resets, depth = ctx.memory, ctx.resets, ctx.depth
+    def backward(ctx, *grads: torch.Tensor | None):  # noqa: ANN001, ANN205
+        """Reverse loop over chunks carrying ``dL/d(end state)``; per chunk, the adjoints of the read,
+        the update and the key gradients, on tensors of one chunk (cache-sized)."""
+        memory, points, reset, depth, fused = ctx.spec
         titans, hidden = memory == "titans", depth - 1
         saved = list(ctx.saved_tensors)
-        initial, (keys, values), saved = saved[:depth], saved[depth : depth + 2], saved[depth + 2 :]
-        n_coef = 5 if titans else 2
-        ends, saved = ChunkEnd(*saved[:n_coef]), saved[n_coef:]
-        states_w, saved = saved[:depth], saved[depth:]
-        states_s, saved = (saved[:depth], saved[depth:]) if titans else ([], saved)
-        terms = network.KeyGradients(
-            [keys, *saved[:hidden]],
-            saved[hidden : hidden + depth],
-            saved[hidden + depth : 2 * hidden + depth],
-            saved[2 * hidden + depth :],
-        )
-        g_states_w, grads = grads[:depth], grads[depth:]
-        g_states_s, grads = (grads[:depth], grads[depth:]) if titans else ((), grads)
-        g_inputs, g_deltas = grads[:hidden], grads[hidden:]
-        n_chunks = keys.shape[0]
+        take = _Taker(saved)
+        initial, (keys, values) = take(depth), take(2)
+        ends = ChunkEnd(*take(5 if titans else 2))
+        starts_w, starts_s = take(depth), take(depth if titans else 0)
+        terms = network.KeyGradients([keys, *take(hidden)], take(depth), take(hidden), take(hidden))
+        query = coef = None
+        read_pre: list[torch.Tensor] = []
+        if fused:
+            query, *coef_tensors = take(3 + titans)
+            coef = ChunkCoefficients(coef_tensors[0], coef_tensors[2] if titans else None, coef_tensors[1])
+            read_pre = take(hidden)
+        take_grad = _Taker(list(grads))
+        g_output = take_grad(1)[0] if fused else None
+        g_starts_w = take_grad(0 if fused else depth)
+        g_starts_s = take_grad(0 if fused or not titans else depth)
+        g_final_w, g_final_s = take_grad(depth), take_grad(depth if titans else 0)
+        g_last_start, g_cached = take_grad(depth), take_grad(depth)
+        g_inputs, g_deltas = take_grad(0 if fused else hidden), take_grad(0 if fused else depth)
 
-        slopes = [network.gelu_slope(z) for z in terms.pre_activations]
-        curvatures = [h * network.gelu_curvature(z) for h, z in zip(terms.back_products, terms.pre_activations, strict=True)]
-        mix = ends.mix.unsqueeze(-1)
-        scaled = [d * mix for d in terms.deltas]  # delta_l * m, [n, B, H, c, d_out]
-        m_mix = ends.momentum_mix.unsqueeze(-1) if titans else None
-        m_scaled = [d * m_mix for d in terms.deltas] if titans else []
-        # per chunk: dL/d(end state) and a_l (dL/dX')^T, kept for the batched coefficient gradients
-        g_end_w = [torch.empty_like(g[1:]) for g in states_w]
-        g_end_s = [torch.empty_like(g[1:]) for g in states_s]
-        back_w = [torch.empty_like(d) for d in terms.deltas]
-        back_s = [torch.empty_like(d) for d in terms.deltas] if titans else []
+        n_chunks = keys.shape[0]
         g_initial = [torch.zeros_like(w) for w in initial]
         g_keys, g_values = torch.empty_like(keys), torch.empty_like(values)
-        carry_w = [g[n_chunks] for g in g_states_w]  # dL/d(state after chunk j): outputs + chunk j + 1
-        carry_s = [g[n_chunks] for g in g_states_s]
+        g_ends = ChunkEnd(*[torch.empty_like(x) for x in ends.tensors()])
+        g_query = torch.empty_like(query) if fused else None
+        g_coef = ChunkCoefficients(*[None if x is None else torch.empty_like(x) for x in (coef.retain, coef.carry, coef.mix)]) if fused else None
+        g_w, g_s = list(g_final_w), list(g_final_s)  # dL/d(state after chunk j); None: no gradient
         for j in range(n_chunks - 1, -1, -1):
-            g_w = [g_end[j].copy_(c) for g_end, c in zip(g_end_w, carry_w, strict=True)]
-            g_s = [g_end[j].copy_(c) for g_end, c in zip(g_end_s, carry_s, strict=True)]
-            weights = initial if resets[j] else [w[j] for w in states_w]
+            weights = [w[j] for w in starts_w]
+            momentum = [s[j] for s in starts_s]
             at = _chunk(terms, j)
             at.inputs[0] = keys[j]
-            # the update's adjoint: dL/da_l = -(delta_l m) g_l^T..., dL/ddelta_l = -m a_l g_l^T
-            g_a: list[torch.Tensor] = []
-            g_d: list[torch.Tensor] = []
-            for l in range(depth):
-                back = torch.matmul(at.inputs[l], g_w[l].transpose(-1, -2), out=back_w[l][j])
-                g_d.append(torch.addcmul(g_deltas[l][j], ends.token("mix", j), back, value=-1.0))
-                g_a.append(torch.matmul(scaled[l][j], g_w[l]).neg_() if l == 0 else
-                           _bmm_into(torch.empty_like(at.inputs[l]), g_inputs[l - 1][j], scaled[l][j], g_w[l], -1.0))  # fmt: skip
-                if titans:
-                    back = torch.matmul(at.inputs[l], g_s[l].transpose(-1, -2), out=back_s[l][j])
-                    g_d[l].addcmul_(ends.token("momentum_mix", j), back, value=-1.0)
-                    g_a[l] = torch.baddbmm(_flat(g_a[l]), _flat(m_scaled[l][j]), _flat(g_s[l]), alpha=-1.0).view_as(g_a[l])
-            g_start_w = [g * ends.state("retain", j) for g in g_w]
+            g_a: list[torch.Tensor | None] = [None] + [_pick(g, j) for g in g_inputs] if not fused else [None] * depth
+            g_d: list[torch.Tensor | None] = [_pick(g, j) for g in g_deltas] if not fused else [None] * depth
+            g_start_w = [_pick(g, j) for g in g_starts_w] if not fused else [None] * depth
+            g_start_s = [_pick(g, j) for g in g_starts_s] if not fused else [None] * len(starts_s)
+            if j == n_chunks - 1:
+                g_start_w = [g_start if g is None else _add(g_start, g) for g_start, g in zip(g_start_w, g_last_start, strict=True)]
+            if fused and g_output is not None:
+                g_query[j] = _read_backward(
+                    g_output[j], query[j], weights, momentum, at, _chunk_coefficients(coef, j),
+                    [x[j] for x in read_pre], _chunk_coefficients(g_coef, j), g_start_w, g_start_s, g_a, g_d,
+                )  # fmt: skip
+            elif fused:
+                g_query[j] = 0.0
+                for x in (g_coef.retain, g_coef.carry, g_coef.mix):
+                    if x is not None:
+                        x[j] = 0.0
+            # the update's adjoint (g_w[l] is None when nothing depends on the end state)
+            g_ends.retain[j] = _inner(g_w, weights)
+            g_ends.mix[j] = _update_adjoint(g_w, ends.token("mix", j), at, g_a, g_d)
+            for l, g in enumerate(g_w):
+                if g is not None:
+                    g_start_w[l] = _add(g_start_w[l], g * ends.state("retain", j))
             if titans:
-                g_start_s = [
-                    torch.addcmul(gs * ends.state("momentum_retain", j), gw, ends.state("carry", j))
-                    for gw, gs in zip(g_w, g_s, strict=True)
-                ]
-            g_keys[j], g_values[j] = _key_gradients_backward(
-                memory, weights, at, [x[j] for x in slopes], [x[j] for x in curvatures], g_a, g_d, g_start_w
-            )
-            # dL/d(state after chunk j - 1): its output gradient, plus chunk j's start unless it reset
-            carry_w = [g[j] for g in g_states_w]
-            carry_s = [g[j] for g in g_states_s]
-            if resets[j]:
+                g_ends.carry[j] = _inner(g_w, momentum)
+                g_ends.momentum_retain[j] = _inner(g_s, momentum)
+                g_ends.momentum_mix[j] = _update_adjoint(g_s, ends.token("momentum_mix", j), at, g_a, g_d)
+                for l, (gw, gs) in enumerate(zip(g_w, g_s, strict=True)):
+                    if gs is not None:
+                        g_start_s[l] = _add(g_start_s[l], gs * ends.state("momentum_retain", j))
+                    if gw is not None:
+                        g_start_s[l] = _add(g_start_s[l], gw * ends.state("carry", j))
+            g_keys[j], g_values[j] = _key_gradients_backward(memory, weights, at, g_a, g_d, g_start_w)
+            # dL/d(start of chunk j) goes to initial (chunk 0 and resets) or the state after chunk j - 1
+            if j == 0 or (reset and j in points):
                 for g_init, g in zip(g_initial, g_start_w, strict=True):
-                    g_init += g
+                    if g is not None:
+                        g_init += g
+                g_w, g_s = [None] * depth, [None] * len(g_s)
             else:
-                carry_w = [c + g for c, g in zip(carry_w, g_start_w, strict=True)]
-                if titans:
-                    carry_s = [c + g for c, g in zip(carry_s, g_start_s, strict=True)]
-        for g_init, g in zip(g_initial, carry_w, strict=True):
-            g_init += g  # state 0 is the initial weights
-        # coefficient gradients: inner products with the start state (reset chunks start from initial)
-        starts = ScanResult(states_w, states_s or None, [], []).starts(resets)
-        g_ends = ChunkEnd(
-            _inner(g_end_w, starts[0]),
-            -sum(torch.linalg.vecdot(d, b) for d, b in zip(terms.deltas, back_w, strict=True)),
-        )
-        if titans:
-            start_s = starts[1]
-            g_ends.carry = _inner(g_end_w, start_s)
-            g_ends.momentum_retain = _inner(g_end_s, start_s)
-            g_ends.momentum_mix = -sum(torch.linalg.vecdot(d, b) for d, b in zip(terms.deltas, back_s, strict=True))
-        return (None, None, None, *g_initial, g_keys, g_values, *g_ends.tensors())
+                g_w, g_s = g_start_w, g_start_s
+            if j in points:
+                r = points.index(j)
+                g_w = [gw if g is None else _add(gw, g[r]) for gw, g in zip(g_w, g_cached, strict=True)]
+        result = [None, *g_initial, g_keys, g_values, *g_ends.tensors()]
+        if fused:
+            result += [g_query, *g_coef.tensors()]
+        return tuple(result)
 
 
-def _inner(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``sum_l <x_l, y_l>`` over the last two dims: per-layer ``[..., d, d]`` -> ``[...]``."""
-    return sum(torch.linalg.vecdot(x.flatten(-2), y.flatten(-2)) for x, y in zip(xs, ys, strict=True))
+class _Taker:
+    """Consume a flat list front to back, ``count`` items at a time."""
+
+    def __init__(self, items: list) -> None:
+        self.items, self.at = items, 0
+
+    def __call__(self, count: int) -> list:
+        part = self.items[self.at : self.at + count]
+        self.at += count
+        return part if count else []
+
+
+def _pick(x: torch.Tensor | None, j: int) -> torch.Tensor | None:
+    return None if x is None else x[j]
+
+
+def _chunk_coefficients(coef: ChunkCoefficients, j: int) -> ChunkCoefficients:
+    return ChunkCoefficients(coef.retain[j], _pick(coef.carry, j), coef.mix[j])
+
+
+def _inner(xs: Sequence[torch.Tensor | None], ys: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_l <x_l, y_l>`` over the last two dims: per-layer ``[B, H, d, d]`` -> ``[B, H]`` (None: 0)."""
+    total = torch.zeros(ys[0].shape[:-2], dtype=ys[0].dtype, device=ys[0].device)
+    for x, y in zip(xs, ys, strict=True):
+        if x is not None:
+            total += torch.linalg.vecdot(x.flatten(-2), y.flatten(-2))
+    return total
+
+
+def _update_adjoint(
+    g_state: Sequence[torch.Tensor | None],
+    scale: torch.Tensor,
+    at: network.KeyGradients,
+    g_a: list[torch.Tensor | None],
+    g_d: list[torch.Tensor | None],
+) -> torch.Tensor:
+    """Adjoint of ``X_l' = ... - (delta_l * scale)^T a_l`` given ``g_state = dL/dX_l'`` (None: 0).
+
+    Accumulates ``dL/da_l = -(delta_l * scale) g_l`` into ``g_a`` and ``dL/ddelta_l = -scale * (a_l g_l^T)``
+    into ``g_d``; returns ``dL/dscale = -sum_o delta_l (a_l g_l^T)`` ``[B, H, c]``.
+    """
+    g_scale = torch.zeros_like(scale[..., 0])
+    for l, g in enumerate(g_state):
+        if g is None:
+            continue
+        back = at.inputs[l] @ g.transpose(-1, -2)  # a_l g_l^T, [B, H, c, d_out]
+        g_d[l] = torch.mul(back, scale).neg_() if g_d[l] is None else torch.addcmul(g_d[l], scale, back, value=-1.0)
+        g_scale -= torch.linalg.vecdot(at.deltas[l], back)
+        g_a[l] = _baddbmm(g_a[l], at.deltas[l] * scale, g, -1.0)
+    return g_scale
+
+
+def _read_backward(
+    g_out: torch.Tensor,
+    query: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    momentum: Sequence[torch.Tensor],
+    at: network.KeyGradients,
+    coef: ChunkCoefficients,
+    pre_activations: Sequence[torch.Tensor],
+    g_coef: ChunkCoefficients,
+    g_weights: list[torch.Tensor | None],
+    g_momentum: list[torch.Tensor | None],
+    g_a: list[torch.Tensor | None],
+    g_d: list[torch.Tensor | None],
+) -> torch.Tensor:
+    """Adjoint of :func:`online_read` for one chunk: accumulates into the gradient lists, writes the
+    coefficient gradients of the chunk into ``g_coef``, returns ``dL/dq``.
+
+    Per layer, with ``u = x W^T``, ``r = x a^T`` and ``g`` the gradient of ``z``:
+    ``dA = rowsum(g W * x)``, ``dP = rowsum(g S * x)``, ``dW = (A g)^T x``, ``dS = g^T (P x)``,
+    ``ddelta = -(r * M)^T g``, ``dM = -(g delta^T) * r``, ``da = (dr)^T x`` with ``dr = -(g delta^T) * M``,
+    ``dx = A (g W) + P (g S) + dr a``; then through GELU to the layer below.
+    """
+    depth = len(weights)
+    retain, carry = coef.retain.unsqueeze(-1), None if coef.carry is None else coef.carry.unsqueeze(-1)
+    g_z = g_out
+    g_query = g_out if depth > 1 else None  # the residual f = z_L + q
+    g_retain = torch.zeros_like(coef.retain)
+    g_carry = torch.zeros_like(coef.retain) if carry is not None else None
+    g_mix = torch.zeros_like(coef.mix)
+    for l in range(depth - 1, -1, -1):
+        x = query if l == 0 else network.gelu(pre_activations[l - 1])
+        through_w = g_z @ weights[l]  # [c, d_in]
+        g_retain += torch.linalg.vecdot(through_w, x)
+        g_x = through_w.mul_(retain)
+        g_weights[l] = _baddbmm(g_weights[l], (g_z * retain).transpose(-1, -2), x)
+        if carry is not None:
+            through_s = g_z @ momentum[l]
+            g_carry += torch.linalg.vecdot(through_s, x)
+            g_x.addcmul_(through_s, carry)
+            g_momentum[l] = _baddbmm(g_momentum[l], g_z.transpose(-1, -2), x * carry)
+        raw = x @ at.inputs[l].transpose(-1, -2)  # [c, c]
+        g_d[l] = _baddbmm(g_d[l], (raw * coef.mix).transpose(-1, -2), g_z, -1.0)
+        g_scores = (g_z @ at.deltas[l].transpose(-1, -2)).neg_()
+        g_mix.addcmul_(g_scores, raw)
+        g_raw = g_scores.mul_(coef.mix)
+        g_x = _baddbmm(g_x, g_raw, at.inputs[l])
+        g_a[l] = _baddbmm(g_a[l], g_raw.transpose(-1, -2), x)
+        if l > 0:
+            g_z = torch.ops.aten.gelu_backward(g_x, pre_activations[l - 1])
+        else:
+            g_query = _add(g_query, g_x)
+    g_coef.retain.copy_(g_retain)
+    g_coef.mix.copy_(g_mix)
+    if g_carry is not None:
+        g_coef.carry.copy_(g_carry)
+    return g_query
 
 
 def _key_gradients_backward(
     memory: str,
     weights: Sequence[torch.Tensor],
     at: network.KeyGradients,
-    slopes: Sequence[torch.Tensor],
-    curvatures: Sequence[torch.Tensor],
-    g_inputs: list[torch.Tensor],
-    g_deltas: list[torch.Tensor],
-    g_weights: list[torch.Tensor],
+    g_inputs: list[torch.Tensor | None],
+    g_deltas: list[torch.Tensor | None],
+    g_weights: list[torch.Tensor | None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adjoint of :func:`network.key_gradients`: adds into ``g_weights``; returns ``(g_k, g_v)``.
 
     Reverse of the delta recursion ``delta_l = back_l * gelu'(z_l)``, ``back_l = delta_{l+1} W_{l+1}``
-    (lowest layer first, so each ``g_deltas[l]`` is complete when used; ``curvatures[l] = back_l
-    gelu''(z_l)``), then of ``dl/df`` (``2 (f - v)`` or ``-v``), then of the forward
-    ``z_l = a_{l-1} W_l^T``, ``a_l = gelu(z_l)``, ``f = z_L (+ k)``.
+    (lowest layer first, so each ``g_deltas[l]`` is complete when used), then of ``dl/df``
+    (``2 (f - v)`` or ``-v``), then of the forward ``z_l = a_{l-1} W_l^T``, ``a_l = gelu(z_l)``,
+    ``f = z_L (+ k)``. ``None`` stands for a zero gradient.
     """
     depth = len(weights)
-    g_pre = []  # gradient reaching z_l through the slope in the delta recursion
+    g_deltas = [torch.zeros_like(d) if g is None else g for g, d in zip(g_deltas, at.deltas, strict=True)]
+    g_pre = []  # gradient reaching z_l through gelu'(z_l) in the delta recursion
     for l in range(depth - 1):
-        g_back = g_deltas[l] * slopes[l]
-        g_pre.append(g_deltas[l] * curvatures[l])
-        g_deltas[l + 1] = torch.baddbmm(
-            _flat(g_deltas[l + 1]), _flat(g_back), _flat(weights[l + 1]).transpose(-1, -2)
-        ).view_as(g_deltas[l + 1])
-        g_weights[l + 1] = torch.baddbmm(
-            _flat(g_weights[l + 1]), _flat(at.deltas[l + 1]).transpose(-1, -2), _flat(g_back)
-        ).view_as(g_weights[l + 1])
+        z = at.pre_activations[l]
+        g_back = torch.ops.aten.gelu_backward(g_deltas[l], z)  # g_delta_l * gelu'(z_l)
+        g_pre.append(g_deltas[l] * at.back_products[l] * network.gelu_curvature(z))
+        g_deltas[l + 1] = _baddbmm(g_deltas[l + 1], g_back, weights[l + 1].transpose(-1, -2))
+        g_weights[l + 1] = _baddbmm(g_weights[l + 1], at.deltas[l + 1].transpose(-1, -2), g_back)
     # dL/df = 2 g_delta_L for titans (the 2 goes into alpha); dla's dl/df = -v leaves the last layer unused
     g_z, scale = (None, 1.0) if memory == "dla" else (g_deltas[-1], 2.0)
     for l in range(depth - 1, -1, -1):
         if g_z is not None:
-            g_weights[l] = torch.baddbmm(
-                _flat(g_weights[l]), _flat(g_z).transpose(-1, -2), _flat(at.inputs[l]), alpha=scale
-            ).view_as(g_weights[l])
-            g_inputs[l] = torch.baddbmm(
-                _flat(g_inputs[l]), _flat(g_z), _flat(weights[l]), alpha=scale
-            ).view_as(g_inputs[l])
-        if l > 0:
-            g_z, scale = torch.addcmul(g_pre[l - 1], g_inputs[l], slopes[l - 1]), 1.0
+            g_weights[l] = _baddbmm(g_weights[l], g_z.transpose(-1, -2), at.inputs[l], scale)
+            g_inputs[l] = _baddbmm(g_inputs[l], g_z, weights[l], scale)
+        if l > 0:  # a_l = gelu(z_{l-1})
+            g_z, scale = g_pre[l - 1], 1.0
+            if g_inputs[l] is not None:
+                g_z = torch.ops.aten.gelu_backward(g_inputs[l], at.pre_activations[l - 1]).add_(g_pre[l - 1])
+    g_first = torch.zeros_like(at.inputs[0]) if g_inputs[0] is None else g_inputs[0]
     if memory == "dla":
-        return g_inputs[0], -g_deltas[-1]
-    g_v = g_deltas[-1] * -2.0
-    g_key = g_inputs[0] if depth == 1 else torch.add(g_inputs[0], g_deltas[-1], alpha=2.0)  # f = z_L + k
-    return g_key, g_v
+        return g_first, -g_deltas[-1]
+    g_key = g_first if depth == 1 else torch.add(g_first, g_deltas[-1], alpha=2.0)  # f = z_L + k
+    return g_key, g_deltas[-1] * -2.0
