@@ -87,7 +87,11 @@ GRAD_CASES = [
 @pytest.mark.parametrize(
     "memory,aggregation,init,depth",
     [(*case, 2) for case in GRAD_CASES]
-    + [(memory, "grm", init, depth) for memory in ("dla", "titans") for init, depth in (("independent", 1), ("checkpoint", 3))],
+    + [
+        (memory, "grm", init, depth)
+        for memory in ("dla", "titans")
+        for init, depth in (("independent", 1), ("checkpoint", 3))
+    ],
 )
 def test_gradients_equal_naive(memory: str, aggregation: str, init: str, depth: int) -> None:
     """Every input's gradient (the chunk scan's hand-written backward included) equals autograd's

@@ -1,6 +1,6 @@
 """Chunk-parallel deep-memory MC: batched hand-derived inner gradients, a loop over chunks only.
 
-Same model as :mod:`mcrnn.ops.deep.naive`; layout ``[B, H, T, D]`` inside. For one chunk of ``c``
+Same model as :mod:`mcrnn.ops.deep.naive`. For one chunk of ``c``
 tokens with start weights ``W_l`` (momentum ``S_l``), per-token gradients are rank one,
 ``grad_{W_l} l_j = delta_{l,j} a_{l-1,j}^T`` (:func:`network.key_gradients`, all at the chunk start).
 With ``A_t = prod_{m<=t} a_m`` and ``B_t = prod_{m<=t} b_m`` over the chunk, unrolling
@@ -20,14 +20,14 @@ i.e. ``M = D_A D_B`` for the lower-triangular decay matrices ``D_A[t, j] = A_t /
 one ``[c, c]`` masked score matrix per layer and no per-token weights. The chunk-end state is row
 ``t = c`` of the same sums, a weighted ``delta^T a`` matmul.
 
-Schedule: the coefficients of every chunk are formed at once; the sequential part, each chunk's key
-gradients and end state, runs in :func:`mcrnn.ops.deep.scan.chunk_scan` (no autograd graph, a
-hand-written backward); the reads need nothing but each chunk's start state and gradient factors, so
-they run afterwards, batched over groups of ``READ_GROUP`` chunks. The sequence is padded to whole
-chunks (only the final chunk can be partial; its padding has ``eta = 0``, comes after every real
-token, and its end state is taken at the last real token).
+Schedule: the coefficients of every chunk are formed at once (autograd); then one pass over the
+chunks, :func:`mcrnn.ops.deep.scan.chunk_scan`, takes each chunk's key gradients, reads it and
+forms its end state while they are in cache, without recording a graph (its backward is written by
+hand). Tensors are chunk-major, ``[n, B, H, c, ...]``, so every chunk is a contiguous slice. The
+sequence is padded to whole chunks (only the final chunk can be partial; its padding has
+``eta = 0``, comes after every real token, and its end state is taken at the last real token).
 
-Aggregations: the online read runs layer by layer with these sums; cached memories (weights at
+Aggregations: the online read is the scan's (but for ``soup``); cached memories (weights at
 segment ends) are read after the chunk loop, one state at a time over the contiguous tokens after
 its segment (``residual``, ``grm``, ``average``), or only over the tokens that selected it (``ssc``:
 gathered per state, so each token pays for ``top_k`` reads, not ``N``). ``soup`` mixes parameters
@@ -37,7 +37,9 @@ per token without forming them: every layer of the mixed network is linear in it
 
 evaluated for all cached states at once as one matmul against the concatenated ``W_l(i)^T`` on the
 mixed activation ``x_t = a*_{l-1,t}``; the GELU between layers is applied to the mixed ``z*``, so the
-next layer again receives one vector per token. Cost: ``N`` reads per token, like ``grm``.
+next layer again receives one vector per token. Cost: ``N`` reads per token, like ``grm``. For
+``soup`` the scan returns every chunk's start state and gradient factors and this read runs after it,
+segment by segment, differentiated by autograd.
 """
 
 from __future__ import annotations
@@ -164,7 +166,9 @@ def chunk_deep_memory_caching(
         for s, (query, g_cached, g_online) in enumerate(zip(*groups, strict=True)):
             # the cached W_l(i)^T side by side: [1, B, H, d_in, s * d_out]
             stacked = [
-                torch.cat([state[l].transpose(-1, -2) for state in cached[:s]], -1).unsqueeze(0) if s else None
+                torch.cat([state[l].transpose(-1, -2) for state in cached[:s]], -1).unsqueeze(0)
+                if s
+                else None
                 for l in range(len(params))
             ]
             segment_fields = [field[s] for field in per_segment]
@@ -206,7 +210,7 @@ def _add_cached_reads(
 
 
 def _chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:
-    """``[B, T, H, ...]`` -> chunk-major ``[n, B, H, c, ...]``, padding ``T`` with ``value`` to whole chunks."""
+    """``[B, T, H, ...]`` -> chunk-major ``[n, B, H, c, ...]`` (``T`` padded with ``value``)."""
     if pad:
         widths = [0, 0] * (x.dim() - 2) + [0, pad]
         x = torch.nn.functional.pad(x, widths, value=value)
@@ -222,7 +226,7 @@ def _chunked_gates(
 
 
 def _split_fields(field: object, counts: Sequence[int]) -> list:
-    """Split a chunk-major field (a tensor, a per-layer list, ``None`` or coefficients) by ``counts`` chunks."""
+    """Split a chunk-major field (tensor, per-layer list, ``None`` or coefficients) into ``counts`` chunks."""
     if field is None:
         return [None] * len(counts)
     if isinstance(field, ChunkCoefficients):

@@ -125,7 +125,9 @@ def key_gradients(
             is differentiable by autograd.
     """
     hidden = len(weights) - 1
-    buffers = out or KeyGradients([None] * (hidden + 1), [None] * (hidden + 1), [None] * hidden, [None] * hidden)
+    buffers = out or KeyGradients(
+        [None] * (hidden + 1), [None] * (hidden + 1), [None] * hidden, [None] * hidden
+    )
     inputs, pre_activations = [k], []
     for l, w in enumerate(weights[:-1]):
         pre_activations.append(torch.matmul(inputs[l], w.transpose(-1, -2), out=buffers.pre_activations[l]))
@@ -147,6 +149,9 @@ def key_gradients(
             deltas.insert(0, torch.ops.aten.gelu_backward(back_products[0], pre_activations[l]))
         else:
             deltas.insert(
-                0, torch.ops.aten.gelu_backward.grad_input(back_products[0], pre_activations[l], grad_input=buffers.deltas[l])
+                0,
+                torch.ops.aten.gelu_backward.grad_input(
+                    back_products[0], pre_activations[l], grad_input=buffers.deltas[l]
+                ),
             )
     return KeyGradients(inputs, deltas, pre_activations, back_products)

@@ -44,6 +44,7 @@ class ChunkCoefficients:
     mix: torch.Tensor
 
     def tensors(self) -> list[torch.Tensor]:
+        """``retain, mix[, carry]``: the order :class:`ChunkScan` takes them in."""
         return [x for x in (self.retain, self.mix, self.carry) if x is not None]
 
 
@@ -58,6 +59,7 @@ class ChunkEnd:
     momentum_mix: torch.Tensor | None = None  # m_S,i = (B_end / B_i) eta_i
 
     def tensors(self) -> list[torch.Tensor]:
+        """The non-``None`` fields in declaration order (the order :class:`ChunkScan` takes them in)."""
         fields = (self.retain, self.mix, self.carry, self.momentum_retain, self.momentum_mix)
         return [x for x in fields if x is not None]
 
@@ -198,7 +200,9 @@ def _buffers(keys: torch.Tensor, initial: Sequence[torch.Tensor]) -> network.Key
 def _chunk(terms: network.KeyGradients, j: int) -> network.KeyGradients:
     """Chunk ``j`` of stacked factors (views)."""
     pick = [[None if x is None else x[j] for x in xs] for xs in (terms.inputs, terms.deltas)]
-    return network.KeyGradients(*pick, [x[j] for x in terms.pre_activations], [x[j] for x in terms.back_products])
+    return network.KeyGradients(
+        *pick, [x[j] for x in terms.pre_activations], [x[j] for x in terms.back_products]
+    )
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +211,11 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def _baddbmm(
-    acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, out: torch.Tensor | None = None
+    acc: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    alpha: float = 1.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``acc + alpha * a @ b`` (``acc=None``: ``alpha * a @ b``), optionally written into ``out``."""
     if acc is None:
@@ -236,8 +244,8 @@ class ChunkScan(torch.autograd.Function):
     Outputs, per layer where a list: [the read ``[n, ...]``], [start weights ``[n, ...]``, start momentum
     (titans)], final weights, final momentum (titans), the last chunk's start weights, cached weights
     ``[R, ...]``, [the hidden-layer inputs and the deltas]; the first bracketed group only with the
-    fused read, the others only without it. Every output is consumed whole downstream, so autograd never zero-fills or
-    scatters a slice of them.
+    fused read, the others only without it. Every output is consumed whole downstream, so autograd
+    never zero-fills or scatters a slice of them.
     """
 
     @staticmethod
@@ -273,7 +281,9 @@ class ChunkScan(torch.autograd.Function):
             if fused:
                 coef_j = _chunk_coefficients(coef, j)
                 pre_j = [x[j] for x in read_pre]
-                output[j] = online_read(query[j], weights, momentum or None, at.inputs, at.deltas, coef_j, pre_j)
+                output[j] = online_read(
+                    query[j], weights, momentum or None, at.inputs, at.deltas, coef_j, pre_j
+                )
             after = j + 1
             if after == n_chunks:
                 end_w, end_s = final_w, final_s
@@ -338,19 +348,30 @@ class ChunkScan(torch.autograd.Function):
         g_keys, g_values = torch.empty_like(keys), torch.empty_like(values)
         g_ends = ChunkEnd(*[torch.empty_like(x) for x in ends.tensors()])
         g_query = torch.empty_like(query) if fused else None
-        g_coef = ChunkCoefficients(*[None if x is None else torch.empty_like(x) for x in (coef.retain, coef.carry, coef.mix)]) if fused else None
+        g_coef = (
+            ChunkCoefficients(
+                *[None if x is None else torch.empty_like(x) for x in (coef.retain, coef.carry, coef.mix)]
+            )
+            if fused
+            else None
+        )
         g_w, g_s = list(g_final_w), list(g_final_s)  # dL/d(state after chunk j); None: no gradient
         for j in range(n_chunks - 1, -1, -1):
             weights = [w[j] for w in starts_w]
             momentum = [s[j] for s in starts_s]
             at = _chunk(terms, j)
             at.inputs[0] = keys[j]
-            g_a: list[torch.Tensor | None] = [None] + [_pick(g, j) for g in g_inputs] if not fused else [None] * depth
+            g_a: list[torch.Tensor | None] = (
+                [None] + [_pick(g, j) for g in g_inputs] if not fused else [None] * depth
+            )
             g_d: list[torch.Tensor | None] = [_pick(g, j) for g in g_deltas] if not fused else [None] * depth
             g_start_w = [_pick(g, j) for g in g_starts_w] if not fused else [None] * depth
             g_start_s = [_pick(g, j) for g in g_starts_s] if not fused else [None] * len(starts_s)
             if j == n_chunks - 1:
-                g_start_w = [g_start if g is None else _add(g_start, g) for g_start, g in zip(g_start_w, g_last_start, strict=True)]
+                g_start_w = [
+                    g_start if g is None else _add(g_start, g)
+                    for g_start, g in zip(g_start_w, g_last_start, strict=True)
+                ]
             if fused and g_output is not None:
                 g_query[j] = _read_backward(
                     g_output[j], query[j], weights, momentum, at, _chunk_coefficients(coef, j),
@@ -440,7 +461,11 @@ def _update_adjoint(
         if g is None:
             continue
         back = at.inputs[l] @ g.transpose(-1, -2)  # a_l g_l^T, [B, H, c, d_out]
-        g_d[l] = torch.mul(back, scale).neg_() if g_d[l] is None else torch.addcmul(g_d[l], scale, back, value=-1.0)
+        g_d[l] = (
+            torch.mul(back, scale).neg_()
+            if g_d[l] is None
+            else torch.addcmul(g_d[l], scale, back, value=-1.0)
+        )
         g_scale -= torch.linalg.vecdot(at.deltas[l], back)
         g_a[l] = _baddbmm(g_a[l], at.deltas[l] * scale, g, -1.0)
     return g_scale
