@@ -63,18 +63,24 @@ class ChunkEnd:
         fields = (self.retain, self.mix, self.carry, self.momentum_retain, self.momentum_mix)
         return [x for x in fields if x is not None]
 
-    def state(self, name: str, j: int) -> torch.Tensor:
-        """Chunk ``j``'s scalar ``name`` as ``[B, H, 1, 1]`` (to scale ``[B, H, d_out, d_in]`` states)."""
-        return getattr(self, name)[j, :, :, None, None]
+    def per_chunk(self) -> list[dict[str, torch.Tensor]]:
+        """Views per chunk, shaped to broadcast: scalars ``[..., 1, 1]`` (against ``[..., d_out, d_in]``
+        states), token weights ``[..., c, 1]`` (against ``[..., c, d]`` rows)."""
+        views = {
+            name: (x[..., None, None] if name in _SCALARS else x[..., None]).unbind(0)
+            for name, x in vars(self).items()
+            if x is not None
+        }
+        return [dict(zip(views, chunk, strict=True)) for chunk in zip(*views.values(), strict=True)]
 
-    def token(self, name: str, j: int) -> torch.Tensor:
-        """Chunk ``j``'s token weights ``name`` as ``[B, H, c, 1]`` (to scale ``[B, H, c, d]`` rows)."""
-        return getattr(self, name)[j, ..., None]
+
+_SCALARS = ("retain", "carry", "momentum_retain")
 
 
 def add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """``acc + alpha * a @ b`` over ``[..., m, n]`` batches (one ``baddbmm`` on flattened leading dims)."""
-    return torch.baddbmm(_flat(acc), _flat(a), _flat(b), alpha=alpha).view(acc.shape)
+    flat = [x.reshape(-1, *x.shape[-2:]) for x in (acc, a, b)]
+    return torch.baddbmm(*flat, alpha=alpha).view(acc.shape)
 
 
 def online_layer(
@@ -168,7 +174,11 @@ def chunk_scan(
     depth, titans = len(initial), memory == "titans"
     spec = (memory, points, bool(reset), depth, read is not None)
     extra = [] if read is None else [read[0], *read[1].tensors()]
-    out = list(ChunkScan.apply(spec, *initial, keys, values, *ends.tensors(), *extra))
+    # batch and heads merged, [n, B*H, ...]: every chunk's operands are plain 3-D batches
+    batch, heads = keys.shape[1:3]
+    merged = [w.reshape(batch * heads, *w.shape[-2:]) for w in initial]
+    merged += [x.flatten(1, 2) for x in (keys, values, *ends.tensors(), *extra)]
+    out = [_split_heads(x, batch, heads) for x in ChunkScan.apply(spec, *merged)]
     output = out.pop(0) if read is not None else None
     groups = [out[i : i + depth] for i in range(0, len(out), depth)]
     if read is None:
@@ -197,17 +207,24 @@ def _buffers(keys: torch.Tensor, initial: Sequence[torch.Tensor]) -> network.Key
     )
 
 
-def _chunk(terms: network.KeyGradients, j: int) -> network.KeyGradients:
-    """Chunk ``j`` of stacked factors (views)."""
-    pick = [[None if x is None else x[j] for x in xs] for xs in (terms.inputs, terms.deltas)]
-    return network.KeyGradients(
-        *pick, [x[j] for x in terms.pre_activations], [x[j] for x in terms.back_products]
-    )
+def _split_heads(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """Undo the ``B*H`` merge: states ``[BH, d, d]`` -> ``[B, H, d, d]``, else ``[n, BH, ...]`` ->
+    ``[n, B, H, ...]``."""
+    return x.unflatten(0 if x.dim() == 3 else 1, (batch, heads))
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    """``[..., m, n]`` -> ``[prod(...), m, n]`` (a view for the contiguous chunk slices used here)."""
-    return x.reshape(-1, *x.shape[-2:])
+def _unbind(x: torch.Tensor | None, n_chunks: int) -> list[torch.Tensor | None]:
+    """Per-chunk views of a chunk-major tensor (``None``: ``n`` Nones)."""
+    return [None] * n_chunks if x is None else list(x.unbind(0))
+
+
+def _per_chunk_factors(terms: network.KeyGradients, n_chunks: int) -> list[network.KeyGradients]:
+    """Per-chunk views of stacked key-gradient factors (``inputs[0]`` as stored: keys or None)."""
+    fields = [
+        [_unbind(x, n_chunks) for x in xs]
+        for xs in (terms.inputs, terms.deltas, terms.pre_activations, terms.back_products)
+    ]
+    return [network.KeyGradients(*[[x[j] for x in f] for f in fields]) for j in range(n_chunks)]
 
 
 def _baddbmm(
@@ -217,12 +234,11 @@ def _baddbmm(
     alpha: float = 1.0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``acc + alpha * a @ b`` (``acc=None``: ``alpha * a @ b``), optionally written into ``out``."""
+    """``acc + alpha * a @ b`` for ``[BH, m, n]`` batches (``acc=None``: ``alpha * a @ b``)."""
     if acc is None:
-        product = torch.matmul(a, b, out=out)
+        product = torch.bmm(a, b, out=out)
         return product.mul_(alpha) if alpha != 1.0 else product
-    flat = torch.baddbmm(_flat(acc), _flat(a), _flat(b), alpha=alpha, out=None if out is None else _flat(out))
-    return flat.view(acc.shape) if out is None else out
+    return torch.baddbmm(acc, a, b, alpha=alpha, out=out)
 
 
 def _subtract_outer(state: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, scale: torch.Tensor) -> None:
@@ -231,7 +247,7 @@ def _subtract_outer(state: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, s
         left, right = delta * scale, a
     else:
         left, right = delta, a * scale
-    _flat(state).baddbmm_(_flat(left).transpose(-1, -2), _flat(right), alpha=-1.0)
+    state.baddbmm_(left.transpose(-1, -2), right, alpha=-1.0)
 
 
 def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -251,14 +267,12 @@ class ChunkScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: tuple, *tensors: torch.Tensor):  # noqa: ANN001, ANN205
         memory, points, reset, depth, fused = spec
-        initial = list(tensors[:depth])
-        keys, values = tensors[depth : depth + 2]
+        take = _Taker(list(tensors))
         titans = memory == "titans"
-        n_end = 5 if titans else 2
-        ends = ChunkEnd(*tensors[depth + 2 : depth + 2 + n_end])
+        initial, (keys, values), ends = take(depth), take(2), ChunkEnd(*take(5 if titans else 2))
         query, coef = None, None
         if fused:
-            query, *coef_tensors = tensors[depth + 2 + n_end :]
+            query, *coef_tensors = take(3 + titans)
             coef = ChunkCoefficients(coef_tensors[0], coef_tensors[2] if titans else None, coef_tensors[1])
         n_chunks = keys.shape[0]
         starts_w = [keys.new_empty(n_chunks, *w.shape) for w in initial]
@@ -269,37 +283,45 @@ class ChunkScan(torch.autograd.Function):
         terms = _buffers(keys, initial)
         output = torch.empty_like(query) if fused else None
         read_pre = [torch.empty_like(x) for x in terms.pre_activations] if fused else []
-        for j in range(n_chunks):
+        # per-chunk views, formed once
+        chunk_w = [list(x.unbind(0)) for x in starts_w]
+        chunk_s = [list(x.unbind(0)) for x in starts_s]
+        factors = _per_chunk_factors(terms, n_chunks)
+        ends_at = ends.per_chunk()
+        if fused:
+            queries, outputs = query.unbind(0), output.unbind(0)
+            coefs = _per_chunk_coefficients(coef, n_chunks)
+            pres = list(zip(*(x.unbind(0) for x in read_pre), strict=True)) if read_pre else [()] * n_chunks
+        for j, (k, v, end) in enumerate(zip(keys.unbind(0), values.unbind(0), ends_at, strict=True)):
             if j == 0 or (reset and j in points):
-                for start, w in zip(starts_w, initial, strict=True):
-                    start[j] = w
-                for start in starts_s:
-                    start[j] = 0.0
-            weights = [w[j] for w in starts_w]
-            momentum = [s[j] for s in starts_s]
-            at = network.key_gradients(memory, weights, keys[j], values[j], out=_chunk(terms, j))
+                for start, w in zip(chunk_w, initial, strict=True):
+                    start[j].copy_(w)
+                for start in chunk_s:
+                    start[j].zero_()
+            weights = [w[j] for w in chunk_w]
+            momentum = [s[j] for s in chunk_s]
+            at = network.key_gradients(memory, weights, k, v, out=factors[j])
             if fused:
-                coef_j = _chunk_coefficients(coef, j)
-                pre_j = [x[j] for x in read_pre]
-                output[j] = online_read(
-                    query[j], weights, momentum or None, at.inputs, at.deltas, coef_j, pre_j
+                read = online_read(
+                    queries[j], weights, momentum or None, at.inputs, at.deltas, coefs[j], pres[j]
                 )
+                outputs[j].copy_(read)
             after = j + 1
             if after == n_chunks:
                 end_w, end_s = final_w, final_s
             elif reset and after in points:
                 end_w, end_s = [c[points.index(after)] for c in cached], [None] * len(starts_s)
             else:
-                end_w, end_s = [w[after] for w in starts_w], [s[after] for s in starts_s]
+                end_w, end_s = [w[after] for w in chunk_w], [s[after] for s in chunk_s]
             for l, w in enumerate(weights):
                 # W' = A W + P S - (delta * m)^T a ;  S' = B S - (delta * m_S)^T a (accumulated in place)
-                torch.mul(w, ends.state("retain", j), out=end_w[l])
+                torch.mul(w, end["retain"], out=end_w[l])
                 if titans:
-                    end_w[l].addcmul_(momentum[l], ends.state("carry", j))
-                _subtract_outer(end_w[l], at.deltas[l], at.inputs[l], ends.token("mix", j))
+                    end_w[l].addcmul_(momentum[l], end["carry"])
+                _subtract_outer(end_w[l], at.deltas[l], at.inputs[l], end["mix"])
                 if titans and end_s[l] is not None:
-                    torch.mul(momentum[l], ends.state("momentum_retain", j), out=end_s[l])
-                    _subtract_outer(end_s[l], at.deltas[l], at.inputs[l], ends.token("momentum_mix", j))
+                    torch.mul(momentum[l], end["momentum_retain"], out=end_s[l])
+                    _subtract_outer(end_s[l], at.deltas[l], at.inputs[l], end["momentum_mix"])
             if not reset and after in points:
                 for c, w in zip(cached, end_w, strict=True):
                     c[points.index(after)] = w
@@ -323,8 +345,7 @@ class ChunkScan(torch.autograd.Function):
         the update and the key gradients, on tensors of one chunk (cache-sized)."""
         memory, points, reset, depth, fused = ctx.spec
         titans, hidden = memory == "titans", depth - 1
-        saved = list(ctx.saved_tensors)
-        take = _Taker(saved)
+        take = _Taker(list(ctx.saved_tensors))
         initial, (keys, values) = take(depth), take(2)
         ends = ChunkEnd(*take(5 if titans else 2))
         starts_w, starts_s = take(depth), take(depth if titans else 0)
@@ -347,57 +368,69 @@ class ChunkScan(torch.autograd.Function):
         g_initial = [torch.zeros_like(w) for w in initial]
         g_keys, g_values = torch.empty_like(keys), torch.empty_like(values)
         g_ends = ChunkEnd(*[torch.empty_like(x) for x in ends.tensors()])
-        g_query = torch.empty_like(query) if fused else None
-        g_coef = (
-            ChunkCoefficients(
+        # per-chunk views, formed once
+        chunk_w = list(zip(*(x.unbind(0) for x in starts_w), strict=True))
+        chunk_s = list(zip(*(x.unbind(0) for x in starts_s), strict=True)) if titans else [()] * n_chunks
+        factors = _per_chunk_factors(terms, n_chunks)
+        ends_at = ends.per_chunk()
+        g_rows = zip(*(x.unbind(0) for x in g_ends.tensors()), strict=True)
+        g_ends_at = [vars(ChunkEnd(*row)) for row in g_rows]
+        keys_at, g_keys_at, g_values_at = keys.unbind(0), g_keys.unbind(0), g_values.unbind(0)
+        given = {
+            name: [_unbind(g, n_chunks) for g in group]
+            for name, group in (("a", g_inputs), ("d", g_deltas), ("w", g_starts_w), ("s", g_starts_s))
+        }
+        if fused:
+            g_query = torch.empty_like(query)
+            g_coef = ChunkCoefficients(
                 *[None if x is None else torch.empty_like(x) for x in (coef.retain, coef.carry, coef.mix)]
             )
-            if fused
-            else None
-        )
+            coefs, g_coefs = (
+                _per_chunk_coefficients(coef, n_chunks),
+                _per_chunk_coefficients(g_coef, n_chunks),
+            )
+            queries, g_queries = query.unbind(0), g_query.unbind(0)
+            g_outputs = _unbind(g_output, n_chunks)
+            pres = list(zip(*(x.unbind(0) for x in read_pre), strict=True)) if read_pre else [()] * n_chunks
         g_w, g_s = list(g_final_w), list(g_final_s)  # dL/d(state after chunk j); None: no gradient
         for j in range(n_chunks - 1, -1, -1):
-            weights = [w[j] for w in starts_w]
-            momentum = [s[j] for s in starts_s]
-            at = _chunk(terms, j)
-            at.inputs[0] = keys[j]
-            g_a: list[torch.Tensor | None] = (
-                [None] + [_pick(g, j) for g in g_inputs] if not fused else [None] * depth
-            )
-            g_d: list[torch.Tensor | None] = [_pick(g, j) for g in g_deltas] if not fused else [None] * depth
-            g_start_w = [_pick(g, j) for g in g_starts_w] if not fused else [None] * depth
-            g_start_s = [_pick(g, j) for g in g_starts_s] if not fused else [None] * len(starts_s)
+            weights, momentum, at, end, g_end = chunk_w[j], chunk_s[j], factors[j], ends_at[j], g_ends_at[j]
+            at.inputs[0] = keys_at[j]
+            g_a = [None] + [g[j] for g in given["a"]] if given["a"] else [None] * depth
+            g_d = [g[j] for g in given["d"]] or [None] * depth
+            g_start_w = [g[j] for g in given["w"]] or [None] * depth
+            g_start_s = [g[j] for g in given["s"]] or [None] * len(momentum)
             if j == n_chunks - 1:
                 g_start_w = [
-                    g_start if g is None else _add(g_start, g)
-                    for g_start, g in zip(g_start_w, g_last_start, strict=True)
+                    g0 if g is None else _add(g0, g) for g0, g in zip(g_start_w, g_last_start, strict=True)
                 ]
-            if fused and g_output is not None:
-                g_query[j] = _read_backward(
-                    g_output[j], query[j], weights, momentum, at, _chunk_coefficients(coef, j),
-                    [x[j] for x in read_pre], _chunk_coefficients(g_coef, j), g_start_w, g_start_s, g_a, g_d,
-                )  # fmt: skip
+            if fused and g_outputs[j] is not None:
+                g_queries[j].copy_(_read_backward(
+                    g_outputs[j], queries[j], weights, momentum, at, coefs[j], pres[j], g_coefs[j],
+                    g_start_w, g_start_s, g_a, g_d,
+                ))  # fmt: skip
             elif fused:
-                g_query[j] = 0.0
-                for x in (g_coef.retain, g_coef.carry, g_coef.mix):
-                    if x is not None:
-                        x[j] = 0.0
+                g_queries[j].zero_()
+                for x in g_coefs[j].tensors():
+                    x.zero_()
             # the update's adjoint (g_w[l] is None when nothing depends on the end state)
-            g_ends.retain[j] = _inner(g_w, weights)
-            g_ends.mix[j] = _update_adjoint(g_w, ends.token("mix", j), at, g_a, g_d)
+            g_end["retain"].copy_(_inner(g_w, weights))
+            g_end["mix"].copy_(_update_adjoint(g_w, end["mix"], at, g_a, g_d))
             for l, g in enumerate(g_w):
                 if g is not None:
-                    g_start_w[l] = _add(g_start_w[l], g * ends.state("retain", j))
+                    g_start_w[l] = _add(g_start_w[l], g * end["retain"])
             if titans:
-                g_ends.carry[j] = _inner(g_w, momentum)
-                g_ends.momentum_retain[j] = _inner(g_s, momentum)
-                g_ends.momentum_mix[j] = _update_adjoint(g_s, ends.token("momentum_mix", j), at, g_a, g_d)
+                g_end["carry"].copy_(_inner(g_w, momentum))
+                g_end["momentum_retain"].copy_(_inner(g_s, momentum))
+                g_end["momentum_mix"].copy_(_update_adjoint(g_s, end["momentum_mix"], at, g_a, g_d))
                 for l, (gw, gs) in enumerate(zip(g_w, g_s, strict=True)):
                     if gs is not None:
-                        g_start_s[l] = _add(g_start_s[l], gs * ends.state("momentum_retain", j))
+                        g_start_s[l] = _add(g_start_s[l], gs * end["momentum_retain"])
                     if gw is not None:
-                        g_start_s[l] = _add(g_start_s[l], gw * ends.state("carry", j))
-            g_keys[j], g_values[j] = _key_gradients_backward(memory, weights, at, g_a, g_d, g_start_w)
+                        g_start_s[l] = _add(g_start_s[l], gw * end["carry"])
+            g_key, g_value = _key_gradients_backward(memory, weights, at, g_a, g_d, g_start_w)
+            g_keys_at[j].copy_(g_key)
+            g_values_at[j].copy_(g_value)
             # dL/d(start of chunk j) goes to initial (chunk 0 and resets) or the state after chunk j - 1
             if j == 0 or (reset and j in points):
                 for g_init, g in zip(g_initial, g_start_w, strict=True):
@@ -427,12 +460,10 @@ class _Taker:
         return part if count else []
 
 
-def _pick(x: torch.Tensor | None, j: int) -> torch.Tensor | None:
-    return None if x is None else x[j]
-
-
-def _chunk_coefficients(coef: ChunkCoefficients, j: int) -> ChunkCoefficients:
-    return ChunkCoefficients(coef.retain[j], _pick(coef.carry, j), coef.mix[j])
+def _per_chunk_coefficients(coef: ChunkCoefficients, n_chunks: int) -> list[ChunkCoefficients]:
+    """Per-chunk views of the read coefficients."""
+    fields = [_unbind(x, n_chunks) for x in (coef.retain, coef.carry, coef.mix)]
+    return [ChunkCoefficients(*row) for row in zip(*fields, strict=True)]
 
 
 def _inner(xs: Sequence[torch.Tensor | None], ys: Sequence[torch.Tensor]) -> torch.Tensor:
