@@ -32,12 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-size", type=int, default=256, help="MC segment size of the ops sweep")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="CASE",
+        help="measure only these case names (e.g. titans_base)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
 
 
 def measure(cases: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every case in its own process, printing progress; return rows with name and T."""
+    if args.only:
+        unknown = sorted(set(args.only) - {name for name, _ in cases})
+        if unknown:
+            raise SystemExit(
+                f"--only: no case named {unknown}; this suite has {sorted({n for n, _ in cases})}"
+            )
+        cases = [(name, case) for name, case in cases if name in args.only]
     rows = []
     for index, (name, case) in enumerate(cases, 1):
         case = {"repeats": args.repeats, **case}

@@ -79,3 +79,24 @@ def test_deep_suite_cases_step():
             step, tokens = build(case)
             step()
             assert tokens == 16
+
+
+def test_only_selects_cases_and_rejects_unknown_names(monkeypatch):
+    import argparse
+
+    from mcrnn.bench import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    seen = []
+
+    def fake_run(case):
+        seen.append(case["seq_len"])
+        return {"tokens_per_s": 1.0, "median_s": 1.0}
+
+    monkeypatch.setattr(cli, "run_isolated", fake_run)
+    cases = [("a", {"seq_len": 1}), ("b", {"seq_len": 2}), ("c", {"seq_len": 3})]
+    rows = cli.measure(cases, parser.parse_args(["--only", "c", "a"]))
+    assert [row["name"] for row in rows] == ["a", "c"] and seen == [1, 3]
+    with pytest.raises(SystemExit, match="no case named"):
+        cli.measure(cases, parser.parse_args(["--only", "zz"]))
