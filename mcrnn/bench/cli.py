@@ -15,7 +15,7 @@ from typing import Any
 from mcrnn.bench.deep import deep_suite
 from mcrnn.bench.report import plot_throughput, ratio_table, save_json, write_atomic
 from mcrnn.bench.suites import GPU_SEQ_LENS, OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
-from mcrnn.bench.timing import machine_info, run_isolated
+from mcrnn.bench.timing import machine_info, merge_rounds, run_isolated
 
 SUITES = ("ops", "peer", "deep")
 
@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--segment-size", type=int, default=256, help="MC segment size of the ops sweep")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the cases this many times round-robin (a fresh process each) and pool the runs, "
+        "so that load drifting on a shared machine hits every case alike",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--only",
@@ -52,18 +59,26 @@ def measure(cases: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -
                 f"--only: no case named {unknown}; this suite has {sorted({n for n, _ in cases})}"
             )
         cases = [(name, case) for name, case in cases if name in args.only]
-    rows = []
-    for index, (name, case) in enumerate(cases, 1):
-        case = {"repeats": args.repeats, **case}
-        if args.threads:
-            case["threads"] = args.threads
-        start = time.perf_counter()
-        result = run_isolated(case)
-        took = time.perf_counter() - start
-        shown = f"{result['tokens_per_s']:.0f} tok/s" if "error" not in result else result["error"]
-        print(f"[{index}/{len(cases)}] {name} T={case['seq_len']}: {shown} ({took:.0f} s)", flush=True)
-        rows.append({"name": name, "seq_len": case["seq_len"], "case": case, **result})
-    return rows
+    cases = [(name, {"repeats": args.repeats, **case}) for name, case in cases]
+    if args.threads:
+        cases = [(name, {**case, "threads": args.threads}) for name, case in cases]
+    results: list[list[dict[str, Any]]] = [[] for _ in cases]
+    for round_index in range(args.rounds):
+        for index, (name, case) in enumerate(cases):
+            start = time.perf_counter()
+            result = run_isolated(case)
+            took = time.perf_counter() - start
+            shown = f"{result['tokens_per_s']:.0f} tok/s" if "error" not in result else result["error"]
+            where = f"round {round_index + 1}/{args.rounds} " if args.rounds > 1 else ""
+            print(
+                f"[{where}{index + 1}/{len(cases)}] {name} T={case['seq_len']}: {shown} ({took:.0f} s)",
+                flush=True,
+            )
+            results[index].append(result)
+    return [
+        {"name": name, "seq_len": case["seq_len"], "case": case, **merge_rounds(found)}
+        for (name, case), found in zip(cases, results, strict=True)
+    ]
 
 
 def peer_summary(rows: list[dict[str, Any]]) -> str:

@@ -98,3 +98,16 @@ def summarise(times: list[float], tokens: int) -> dict[str, float]:
     """Median / min / max seconds and tokens per second at the median."""
     median = statistics.median(times)
     return {"median_s": median, "min_s": min(times), "max_s": max(times), "tokens_per_s": tokens / median}
+
+
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case measured in several rounds (worker results): the pooled timed runs' summary and the
+    largest peak memory; the first error if any round failed."""
+    errors = [r for r in results if "error" in r]
+    if errors:
+        return errors[0]
+    times = [t for r in results for t in r["times_s"]]
+    merged = summarise(times, results[0]["tokens"])
+    merged["peak_mib"] = max(r["peak_mib"] for r in results)
+    merged["times_s"] = times
+    return merged

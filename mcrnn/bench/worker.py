@@ -35,6 +35,7 @@ def main(argv: list[str]) -> None:
     result = summarise(times, tokens)
     result["peak_mib"] = max(peak - before, 0) / 2**20
     result["times_s"] = times
+    result["tokens"] = tokens
     print(json.dumps(result))
 
 

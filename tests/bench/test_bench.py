@@ -81,7 +81,7 @@ def test_deep_suite_cases_step():
             assert tokens == 16
 
 
-def test_only_selects_cases_and_rejects_unknown_names(monkeypatch):
+def test_only_selects_cases_and_rounds_pool_the_runs(monkeypatch):
     import argparse
 
     from mcrnn.bench import cli
@@ -92,11 +92,16 @@ def test_only_selects_cases_and_rejects_unknown_names(monkeypatch):
 
     def fake_run(case):
         seen.append(case["seq_len"])
-        return {"tokens_per_s": 1.0, "median_s": 1.0}
+        times = [0.1 * len(seen), 0.2 * len(seen)]
+        return {"times_s": times, "tokens": 10, "peak_mib": float(len(seen)), "tokens_per_s": 1.0}
 
     monkeypatch.setattr(cli, "run_isolated", fake_run)
     cases = [("a", {"seq_len": 1}), ("b", {"seq_len": 2}), ("c", {"seq_len": 3})]
-    rows = cli.measure(cases, parser.parse_args(["--only", "c", "a"]))
-    assert [row["name"] for row in rows] == ["a", "c"] and seen == [1, 3]
+    rows = cli.measure(cases, parser.parse_args(["--only", "c", "a", "--rounds", "2"]))
+    assert [row["name"] for row in rows] == ["a", "c"] and seen == [1, 3, 1, 3]  # round-robin
+    first = rows[0]  # runs 1 and 3 of the fake: times 0.1, 0.2, 0.3, 0.6
+    assert first["times_s"] == pytest.approx([0.1, 0.2, 0.3, 0.6])
+    assert first["median_s"] == pytest.approx(0.25) and first["tokens_per_s"] == pytest.approx(40.0)
+    assert first["peak_mib"] == 3.0
     with pytest.raises(SystemExit, match="no case named"):
         cli.measure(cases, parser.parse_args(["--only", "zz"]))
