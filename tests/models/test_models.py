@@ -30,6 +30,14 @@ MIXERS = {
         "init": "independent",
     },
     "hybrid": {"segment_size": 4, "layer_mixers": ["mc", "attention"]},
+    "titans_grm": {"memory": "titans", "segment_size": 8, "aggregation": "grm", "memory_expansion": 2},
+    "dla_soup_independent": {
+        "memory": "dla",
+        "segment_size": 8,
+        "aggregation": "soup",
+        "init": "independent",
+        "memory_expansion": 2,
+    },
 }
 
 
