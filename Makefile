@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/mcrnn demo
+	$(VENV)/bin/mcrnn demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check mcrnn tests
