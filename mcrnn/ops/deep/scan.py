@@ -491,7 +491,7 @@ def _update_adjoint(
     for l, g in enumerate(g_state):
         if g is None:
             continue
-        back = at.inputs[l] @ g.transpose(-1, -2)  # a_l g_l^T, [B, H, c, d_out]
+        back = torch.bmm(at.inputs[l], g.transpose(-1, -2))  # a_l g_l^T, [BH, c, d_out]
         g_d[l] = (
             torch.mul(back, scale).neg_()
             if g_d[l] is None
@@ -533,18 +533,18 @@ def _read_backward(
     g_mix = torch.zeros_like(coef.mix)
     for l in range(depth - 1, -1, -1):
         x = query if l == 0 else network.gelu(pre_activations[l - 1])
-        through_w = g_z @ weights[l]  # [c, d_in]
+        through_w = torch.bmm(g_z, weights[l])  # [c, d_in]
         g_retain += torch.linalg.vecdot(through_w, x)
         g_x = through_w.mul_(retain)
         g_weights[l] = _baddbmm(g_weights[l], (g_z * retain).transpose(-1, -2), x)
         if carry is not None:
-            through_s = g_z @ momentum[l]
+            through_s = torch.bmm(g_z, momentum[l])
             g_carry += torch.linalg.vecdot(through_s, x)
             g_x.addcmul_(through_s, carry)
             g_momentum[l] = _baddbmm(g_momentum[l], g_z.transpose(-1, -2), x * carry)
-        raw = x @ at.inputs[l].transpose(-1, -2)  # [c, c]
+        raw = torch.bmm(x, at.inputs[l].transpose(-1, -2))  # [c, c]
         g_d[l] = _baddbmm(g_d[l], (raw * coef.mix).transpose(-1, -2), g_z, -1.0)
-        g_scores = (g_z @ at.deltas[l].transpose(-1, -2)).neg_()
+        g_scores = torch.bmm(g_z, at.deltas[l].transpose(-1, -2)).neg_()
         g_mix.addcmul_(g_scores, raw)
         g_raw = g_scores.mul_(coef.mix)
         g_x = _baddbmm(g_x, g_raw, at.inputs[l])
