@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from mcrnn.ops.deep import network
-from mcrnn.ops.deep.scan import ChunkCoefficients, ChunkEnd, chunk_scan, online_layer
+from mcrnn.ops.deep.scan import ChunkCoefficients, ChunkEnd, ScanResult, chunk_scan, online_layer
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
 
 
@@ -151,29 +151,16 @@ def chunk_deep_memory_caching(
     first_chunks = torch.tensor([0, *chunk_counts]).cumsum(0).tolist()[:-1]  # first chunk of each segment
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     reset = init == "independent"
-    if aggregation != "soup":  # the online read fused into the scan
-        scan = chunk_scan(memory, initial, kc, vc, ends, first_chunks[1:], reset, read=(qc, coef))
-        out = scan.output
-    else:  # soup mixes a different set of cached states into every layer, segment by segment
-        scan = chunk_scan(memory, initial, kc, vc, ends, first_chunks[1:], reset)
+    # the online read is fused into the scan, but for soup, which mixes cached states into every layer
+    fused = aggregation != "soup"
+    read = (qc, coef) if fused else None
+    scan = chunk_scan(memory, initial, kc, vc, ends, first_chunks[1:], reset, read=read)
     cached = [list(state) for state in zip(*(c.unbind(0) for c in scan.cached), strict=True)]
-    if aggregation == "soup":
-        fields = (scan.weights, scan.momentum, scan.inputs, scan.deltas, coef)
-        per_segment = [_split_fields(field, chunk_counts) for field in fields]
+    if fused:
+        out = scan.output
+    else:
         chunked_gates = _chunked_gates(gates, online_gate, pad, chunk_size)
-        groups = [torch.split(x, chunk_counts) for x in (qc, *chunked_gates)]
-        reads = []
-        for s, (query, g_cached, g_online) in enumerate(zip(*groups, strict=True)):
-            # the cached W_l(i)^T side by side: [1, B, H, d_in, s * d_out]
-            stacked = [
-                torch.cat([state[l].transpose(-1, -2) for state in cached[:s]], -1).unsqueeze(0)
-                if s
-                else None
-                for l in range(len(params))
-            ]
-            segment_fields = [field[s] for field in per_segment]
-            reads.append(_soup_read(query, *segment_fields, stacked, g_cached[..., :s], g_online))
-        out = torch.cat(reads)
+        out = _soup_reads(scan, qc, coef, chunked_gates, cached, chunk_counts)
     out = out.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]  # [B, H, T, Dv]
     if aggregation not in ("soup", "base"):
         out = _add_cached_reads(out, q, gates, online_gate, cached, lengths, aggregation)
@@ -235,6 +222,31 @@ def _split_fields(field: object, counts: Sequence[int]) -> list:
     if isinstance(field, torch.Tensor):
         return list(torch.split(field, list(counts)))
     return [list(p) for p in zip(*(torch.split(x, list(counts)) for x in field), strict=True)]
+
+
+def _soup_reads(
+    scan: ScanResult,
+    query: torch.Tensor,
+    coef: ChunkCoefficients,
+    gates: tuple[torch.Tensor, torch.Tensor],
+    cached: Sequence[Sequence[torch.Tensor]],
+    chunk_counts: Sequence[int],
+) -> torch.Tensor:
+    """The soup read of every chunk ``[n, B, H, c, Dv]``, segment by segment (segment ``s`` mixes the
+    ``s`` states cached before it); ``gates`` are the chunk-major cached and online router gates."""
+    fields = (scan.weights, scan.momentum, scan.inputs, scan.deltas, coef)
+    per_segment = [_split_fields(field, chunk_counts) for field in fields]
+    groups = [torch.split(x, list(chunk_counts)) for x in (query, *gates)]
+    reads = []
+    for s, (segment_query, g_cached, g_online) in enumerate(zip(*groups, strict=True)):
+        # the cached W_l(i)^T side by side: [1, B, H, d_in, s * d_out]
+        stacked = [
+            torch.cat([state[l].transpose(-1, -2) for state in cached[:s]], -1).unsqueeze(0) if s else None
+            for l in range(len(scan.weights))
+        ]
+        segment_fields = [field[s] for field in per_segment]
+        reads.append(_soup_read(segment_query, *segment_fields, stacked, g_cached[..., :s], g_online))
+    return torch.cat(reads)
 
 
 def _soup_read(
