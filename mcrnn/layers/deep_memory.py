@@ -25,8 +25,9 @@ from torch import nn
 
 from mcrnn.ops.deep import MEMORIES, layer_shapes
 
-#: retention a_t = sigmoid(.)^(1/16), the normaliser of the layer's linear-memory decay
-RETENTION_NORMALIZER = 16.0
+#: gates sigmoid(.)^(1/16) stay close to 1 (GLA's gate normaliser): the deep memories' retention
+#: alpha and the matrix memories' decay in the layer
+GATE_NORMALIZER = 16.0
 
 
 class DeepMemory(nn.Module):
@@ -97,7 +98,7 @@ class DeepMemory(nn.Module):
         eta = self.lr_max * torch.sigmoid(rates[0])
         if keep is not None:
             eta = eta * keep.to(eta.dtype).unsqueeze(-1)
-        alpha = torch.exp(nn.functional.logsigmoid(rates[1]) / RETENTION_NORMALIZER)
+        alpha = torch.exp(nn.functional.logsigmoid(rates[1]) / GATE_NORMALIZER)
         beta = torch.sigmoid(rates[2]) if self.memory == "titans" else None
         options = {"params": list(self.weights), "eta": eta, "alpha": alpha, "beta": beta}
         return nn.functional.normalize(v, dim=-1), options

@@ -18,13 +18,11 @@ import torch
 from torch import nn
 
 from mcrnn.layers.conv import ShortConvolution
-from mcrnn.layers.deep_memory import DeepMemory
+from mcrnn.layers.deep_memory import GATE_NORMALIZER, DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.ops import memory_caching
 from mcrnn.ops.segments import SEGMENTATIONS, check_choice, check_options, resolve_segment_lengths
 
-#: decays a_t = sigmoid(.)^(1/16) stay close to 1, as GLA's gate normaliser does
-DECAY_NORMALIZER = 16.0
 MEMORIES = ("linear", "swla", "dla", "titans")
 DEEP_MEMORIES = ("dla", "titans")
 
@@ -164,7 +162,7 @@ class MemoryCachingAttention(nn.Module):
         u = None if self.u_proj is None else self.u_proj(x).view(heads)
         log_decay = None
         if self.decay_proj is not None:
-            log_decay = nn.functional.logsigmoid(_at_least_fp32(self.decay_proj(x))) / DECAY_NORMALIZER
+            log_decay = nn.functional.logsigmoid(_at_least_fp32(self.decay_proj(x))) / GATE_NORMALIZER
         gates = {}
         if self.swla_proj is not None:
             prev_gate, cur_gate = torch.sigmoid(_at_least_fp32(self.swla_proj(x))).chunk(2, dim=-1)
