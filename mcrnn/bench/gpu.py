@@ -20,7 +20,6 @@ interpreter, ``TRITON_INTERPRET=1``) as a smoke test.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mcrnn.bench.suites import GPU_SEQ_LENS
+from mcrnn.bench.timing import timed_runs
 from mcrnn.ops import memory_caching
 from mcrnn.ops.segments import resolve_segment_lengths, segment_index
 
@@ -84,26 +84,6 @@ def _cases(seq_len: int, segment: int, top_ks: Sequence[int]) -> list[tuple[str,
     return cases
 
 
-def _time(step: Callable[[], None], repeats: int, warmup: int, cuda: bool) -> float:
-    """Median seconds of ``step`` (CUDA events on a GPU, wall clock elsewhere)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def gpu_benchmark(
     seq_lens: Sequence[int] = GPU_SEQ_LENS,
     tokens: int = 32768,
@@ -141,7 +121,8 @@ def gpu_benchmark(
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             try:
-                seconds = _time(partial(_fwd_bwd, forward, *inputs), repeats, warmup, cuda)
+                step = partial(_fwd_bwd, forward, *inputs)
+                seconds = statistics.median(timed_runs(step, repeats, warmup, sync=cuda))
             except (RuntimeError, ValueError, AssertionError) as err:  # OOM, fla's Hopper guard, ...
                 rows.append({**row, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
                 if cuda:
