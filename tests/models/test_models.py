@@ -139,13 +139,14 @@ def test_save_load_safetensors_roundtrip(name, tmp_path):
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
 
 
-def test_right_padding_does_not_change_real_positions():
-    model = _model("attention")
-    ids = torch.randint(0, 37, (1, 8))
+@pytest.mark.parametrize("name", [_params(n) for n in ("attention", "grm", "titans_grm")])
+def test_right_padding_does_not_change_real_positions(name):
+    model = _model(name)
+    ids = torch.randint(0, 37, (1, 10))  # 10 real tokens end mid-chunk and mid-segment
     padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
-    mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 3)], dim=1).long()
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 3)], dim=1).long()
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, :8], model(ids).logits)
+        torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, :10], model(ids).logits)
 
 
 def test_out_of_vocab_ids_rejected():
