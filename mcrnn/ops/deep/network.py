@@ -64,11 +64,6 @@ def gelu(z: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(z)
 
 
-def gelu_slope(z: torch.Tensor) -> torch.Tensor:
-    """``gelu'(z) = Phi(z) + z phi(z)`` (differentiable: autograd knows its derivative)."""
-    return torch.ops.aten.gelu_backward(torch.ones_like(z), z)
-
-
 def gelu_curvature(z: torch.Tensor) -> torch.Tensor:
     """``gelu''(z) = phi(z) (2 - z^2)``."""
     square = z * z

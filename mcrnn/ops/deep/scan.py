@@ -227,18 +227,12 @@ def _per_chunk_factors(terms: network.KeyGradients, n_chunks: int) -> list[netwo
     return [network.KeyGradients(*[[x[j] for x in f] for f in fields]) for j in range(n_chunks)]
 
 
-def _baddbmm(
-    acc: torch.Tensor | None,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    alpha: float = 1.0,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+def _baddbmm(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """``acc + alpha * a @ b`` for ``[BH, m, n]`` batches (``acc=None``: ``alpha * a @ b``)."""
     if acc is None:
-        product = torch.bmm(a, b, out=out)
+        product = torch.bmm(a, b)
         return product.mul_(alpha) if alpha != 1.0 else product
-    return torch.baddbmm(acc, a, b, alpha=alpha, out=out)
+    return torch.baddbmm(acc, a, b, alpha=alpha)
 
 
 def _subtract_outer(state: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, scale: torch.Tensor) -> None:
