@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from mcrnn.ops.deep import layer_shapes
-from mcrnn.ops.deep.scan import ChunkCoefficients, ChunkEnd, chunk_scan
+from mcrnn.ops.deep.read import ChunkCoefficients
+from mcrnn.ops.deep.scan import ChunkEnd, chunk_scan
 
 N_CHUNKS, B, H, C, D = 3, 1, 2, 2, 3
 

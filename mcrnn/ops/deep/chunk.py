@@ -50,7 +50,8 @@ from dataclasses import dataclass
 import torch
 
 from mcrnn.ops.deep import network
-from mcrnn.ops.deep.scan import ChunkCoefficients, ChunkEnd, ScanResult, chunk_scan, online_layer
+from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
+from mcrnn.ops.deep.scan import ChunkEnd, ScanResult, chunk_scan
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
 
 

@@ -11,7 +11,7 @@ with per-(batch, head) scalars ``A, P, B`` and per-token weights ``m, m_S`` [c] 
 
     z_{l,t} = A_t W_l x_t + P_t S_l x_t - sum_{i<=t} M_{ti} (a_{l-1,i} . x_t) delta_{l,i}
 
-(:func:`online_layer`, coefficients :class:`ChunkCoefficients`). A chunk at a cache point can restart
+(:mod:`mcrnn.ops.deep.read`, which also holds its adjoint). A chunk at a cache point can restart
 from the initial weights and zero momentum (``init="independent"``).
 
 :class:`ChunkScan` runs the chunks in order without recording an autograd graph, reading each chunk
@@ -32,20 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from mcrnn.ops.deep import network
-
-
-@dataclass
-class ChunkCoefficients:
-    """Per-token read coefficients of every chunk: ``A_t``, ``P_t`` (titans) ``[n, B, H, c]`` and
-    ``M_{ti} eta_i`` ``[n, B, H, c, c]`` (lower triangular)."""
-
-    retain: torch.Tensor
-    carry: torch.Tensor | None
-    mix: torch.Tensor
-
-    def tensors(self) -> list[torch.Tensor]:
-        """``retain, mix[, carry]``: the order :class:`ChunkScan` takes them in."""
-        return [x for x in (self.retain, self.mix, self.carry) if x is not None]
+from mcrnn.ops.deep.batched import accumulate, accumulate_matmul, unbind_chunks
+from mcrnn.ops.deep.read import ChunkCoefficients, online_read, read_backward
 
 
 @dataclass
@@ -75,62 +63,6 @@ class ChunkEnd:
 
 
 _SCALARS = ("retain", "carry", "momentum_retain")
-
-
-def add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``acc + alpha * a @ b`` over ``[..., m, n]`` batches (one ``baddbmm`` on flattened leading dims)."""
-    flat = [x.reshape(-1, *x.shape[-2:]) for x in (acc, a, b)]
-    return torch.baddbmm(*flat, alpha=alpha).view(acc.shape)
-
-
-def online_layer(
-    layer: int,
-    x: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    momentum: Sequence[torch.Tensor] | None,
-    inputs: Sequence[torch.Tensor],
-    deltas: Sequence[torch.Tensor],
-    coef: ChunkCoefficients,
-) -> torch.Tensor:
-    """``W_{l,t} x_t`` for every token of the chunk(s), ``x`` [..., c, d_in] -> [..., c, d_out].
-
-    The per-token ``A_t`` and ``P_t`` scale whichever side of their matmul is narrower.
-    """
-    retain = coef.retain.unsqueeze(-1)
-    carry = None if momentum is None else coef.carry.unsqueeze(-1)
-    if x.shape[-1] <= weights[layer].shape[-2]:
-        out = (retain * x) @ weights[layer].transpose(-1, -2)
-        if carry is not None:
-            out = add_matmul(out, carry * x, momentum[layer].transpose(-1, -2))
-    else:
-        out = retain * (x @ weights[layer].transpose(-1, -2))
-        if carry is not None:
-            out = torch.addcmul(out, carry, x @ momentum[layer].transpose(-1, -2))
-    scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
-    return add_matmul(out, scores, deltas[layer], alpha=-1.0)
-
-
-def online_read(
-    query: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    momentum: Sequence[torch.Tensor] | None,
-    inputs: Sequence[torch.Tensor],
-    deltas: Sequence[torch.Tensor],
-    coef: ChunkCoefficients,
-    pre_activations: Sequence[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``f_{theta_t}(q_t)`` for every token, ``[..., c, Dk] -> [..., c, Dv]``; the hidden layers'
-    pre-activations are also written into ``pre_activations`` when given (for the backward)."""
-    a = query
-    for l in range(len(weights)):
-        z = online_layer(l, a, weights, momentum, inputs, deltas, coef)
-        if l < len(weights) - 1:
-            if pre_activations is not None:
-                pre_activations[l].copy_(z)
-            a = network.gelu(z)
-        else:
-            a = z
-    return a + query if len(weights) > 1 else a
 
 
 @dataclass
@@ -213,26 +145,13 @@ def _split_heads(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
     return x.unflatten(0 if x.dim() == 3 else 1, (batch, heads))
 
 
-def _unbind(x: torch.Tensor | None, n_chunks: int) -> list[torch.Tensor | None]:
-    """Per-chunk views of a chunk-major tensor (``None``: ``n`` Nones)."""
-    return [None] * n_chunks if x is None else list(x.unbind(0))
-
-
 def _per_chunk_factors(terms: network.KeyGradients, n_chunks: int) -> list[network.KeyGradients]:
     """Per-chunk views of stacked key-gradient factors (``inputs[0]`` as stored: keys or None)."""
     fields = [
-        [_unbind(x, n_chunks) for x in xs]
+        [unbind_chunks(x, n_chunks) for x in xs]
         for xs in (terms.inputs, terms.deltas, terms.pre_activations, terms.back_products)
     ]
     return [network.KeyGradients(*[[x[j] for x in f] for f in fields]) for j in range(n_chunks)]
-
-
-def _baddbmm(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``acc + alpha * a @ b`` for ``[BH, m, n]`` batches (``acc=None``: ``alpha * a @ b``)."""
-    if acc is None:
-        product = torch.bmm(a, b)
-        return product.mul_(alpha) if alpha != 1.0 else product
-    return torch.baddbmm(acc, a, b, alpha=alpha)
 
 
 def _subtract_outer(state: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, scale: torch.Tensor) -> None:
@@ -242,10 +161,6 @@ def _subtract_outer(state: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, s
     else:
         left, right = delta, a * scale
     state.baddbmm_(left.transpose(-1, -2), right, alpha=-1.0)
-
-
-def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    return x if acc is None else acc + x
 
 
 class ChunkScan(torch.autograd.Function):
@@ -284,7 +199,7 @@ class ChunkScan(torch.autograd.Function):
         ends_at = ends.per_chunk()
         if fused:
             queries, outputs = query.unbind(0), output.unbind(0)
-            coefs = _per_chunk_coefficients(coef, n_chunks)
+            coefs = coef.per_chunk()
             pres = list(zip(*(x.unbind(0) for x in read_pre), strict=True)) if read_pre else [()] * n_chunks
         for j, (k, v, end) in enumerate(zip(keys.unbind(0), values.unbind(0), ends_at, strict=True)):
             if j == 0 or (reset and j in points):
@@ -371,7 +286,7 @@ class ChunkScan(torch.autograd.Function):
         g_ends_at = [vars(ChunkEnd(*row)) for row in g_rows]
         keys_at, g_keys_at, g_values_at = keys.unbind(0), g_keys.unbind(0), g_values.unbind(0)
         given = {
-            name: [_unbind(g, n_chunks) for g in group]
+            name: [unbind_chunks(g, n_chunks) for g in group]
             for name, group in (("a", g_inputs), ("d", g_deltas), ("w", g_starts_w), ("s", g_starts_s))
         }
         if fused:
@@ -379,12 +294,9 @@ class ChunkScan(torch.autograd.Function):
             g_coef = ChunkCoefficients(
                 *[None if x is None else torch.empty_like(x) for x in (coef.retain, coef.carry, coef.mix)]
             )
-            coefs, g_coefs = (
-                _per_chunk_coefficients(coef, n_chunks),
-                _per_chunk_coefficients(g_coef, n_chunks),
-            )
+            coefs, g_coefs = coef.per_chunk(), g_coef.per_chunk()
             queries, g_queries = query.unbind(0), g_query.unbind(0)
-            g_outputs = _unbind(g_output, n_chunks)
+            g_outputs = unbind_chunks(g_output, n_chunks)
             pres = list(zip(*(x.unbind(0) for x in read_pre), strict=True)) if read_pre else [()] * n_chunks
         g_w, g_s = list(g_final_w), list(g_final_s)  # dL/d(state after chunk j); None: no gradient
         for j in range(n_chunks - 1, -1, -1):
@@ -396,10 +308,11 @@ class ChunkScan(torch.autograd.Function):
             g_start_s = [g[j] for g in given["s"]] or [None] * len(momentum)
             if j == n_chunks - 1:
                 g_start_w = [
-                    g0 if g is None else _add(g0, g) for g0, g in zip(g_start_w, g_last_start, strict=True)
+                    g0 if g is None else accumulate(g0, g)
+                    for g0, g in zip(g_start_w, g_last_start, strict=True)
                 ]
             if fused and g_outputs[j] is not None:
-                g_queries[j].copy_(_read_backward(
+                g_queries[j].copy_(read_backward(
                     g_outputs[j], queries[j], weights, momentum, at, coefs[j], pres[j], g_coefs[j],
                     g_start_w, g_start_s, g_a, g_d,
                 ))  # fmt: skip
@@ -412,16 +325,16 @@ class ChunkScan(torch.autograd.Function):
             g_end["mix"].copy_(_update_adjoint(g_w, end["mix"], at, g_a, g_d))
             for l, g in enumerate(g_w):
                 if g is not None:
-                    g_start_w[l] = _add(g_start_w[l], g * end["retain"])
+                    g_start_w[l] = accumulate(g_start_w[l], g * end["retain"])
             if titans:
                 g_end["carry"].copy_(_inner(g_w, momentum))
                 g_end["momentum_retain"].copy_(_inner(g_s, momentum))
                 g_end["momentum_mix"].copy_(_update_adjoint(g_s, end["momentum_mix"], at, g_a, g_d))
                 for l, (gw, gs) in enumerate(zip(g_w, g_s, strict=True)):
                     if gs is not None:
-                        g_start_s[l] = _add(g_start_s[l], gs * end["momentum_retain"])
+                        g_start_s[l] = accumulate(g_start_s[l], gs * end["momentum_retain"])
                     if gw is not None:
-                        g_start_s[l] = _add(g_start_s[l], gw * end["carry"])
+                        g_start_s[l] = accumulate(g_start_s[l], gw * end["carry"])
             g_key, g_value = _key_gradients_backward(memory, weights, at, g_a, g_d, g_start_w)
             g_keys_at[j].copy_(g_key)
             g_values_at[j].copy_(g_value)
@@ -435,7 +348,7 @@ class ChunkScan(torch.autograd.Function):
                 g_w, g_s = g_start_w, g_start_s
             if j in points:
                 r = points.index(j)
-                g_w = [gw if g is None else _add(gw, g[r]) for gw, g in zip(g_w, g_cached, strict=True)]
+                g_w = [gw if g is None else accumulate(gw, g[r]) for gw, g in zip(g_w, g_cached, strict=True)]
         result = [None, *g_initial, g_keys, g_values, *g_ends.tensors()]
         if fused:
             result += [g_query, *g_coef.tensors()]
@@ -452,12 +365,6 @@ class _Taker:
         part = self.items[self.at : self.at + count]
         self.at += count
         return part if count else []
-
-
-def _per_chunk_coefficients(coef: ChunkCoefficients, n_chunks: int) -> list[ChunkCoefficients]:
-    """Per-chunk views of the read coefficients."""
-    fields = [_unbind(x, n_chunks) for x in (coef.retain, coef.carry, coef.mix)]
-    return [ChunkCoefficients(*row) for row in zip(*fields, strict=True)]
 
 
 def _inner(xs: Sequence[torch.Tensor | None], ys: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -492,66 +399,8 @@ def _update_adjoint(
             else torch.addcmul(g_d[l], scale, back, value=-1.0)
         )
         g_scale -= torch.linalg.vecdot(at.deltas[l], back)
-        g_a[l] = _baddbmm(g_a[l], at.deltas[l] * scale, g, -1.0)
+        g_a[l] = accumulate_matmul(g_a[l], at.deltas[l] * scale, g, -1.0)
     return g_scale
-
-
-def _read_backward(
-    g_out: torch.Tensor,
-    query: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    momentum: Sequence[torch.Tensor],
-    at: network.KeyGradients,
-    coef: ChunkCoefficients,
-    pre_activations: Sequence[torch.Tensor],
-    g_coef: ChunkCoefficients,
-    g_weights: list[torch.Tensor | None],
-    g_momentum: list[torch.Tensor | None],
-    g_a: list[torch.Tensor | None],
-    g_d: list[torch.Tensor | None],
-) -> torch.Tensor:
-    """Adjoint of :func:`online_read` for one chunk: accumulates into the gradient lists, writes the
-    coefficient gradients of the chunk into ``g_coef``, returns ``dL/dq``.
-
-    Per layer, with ``u = x W^T``, ``r = x a^T`` and ``g`` the gradient of ``z``:
-    ``dA = rowsum(g W * x)``, ``dP = rowsum(g S * x)``, ``dW = (A g)^T x``, ``dS = g^T (P x)``,
-    ``ddelta = -(r * M)^T g``, ``dM = -(g delta^T) * r``, ``da = (dr)^T x`` with ``dr = -(g delta^T) * M``,
-    ``dx = A (g W) + P (g S) + dr a``; then through GELU to the layer below.
-    """
-    depth = len(weights)
-    retain, carry = coef.retain.unsqueeze(-1), None if coef.carry is None else coef.carry.unsqueeze(-1)
-    g_z = g_out
-    g_query = g_out if depth > 1 else None  # the residual f = z_L + q
-    g_retain = torch.zeros_like(coef.retain)
-    g_carry = torch.zeros_like(coef.retain) if carry is not None else None
-    g_mix = torch.zeros_like(coef.mix)
-    for l in range(depth - 1, -1, -1):
-        x = query if l == 0 else network.gelu(pre_activations[l - 1])
-        through_w = torch.bmm(g_z, weights[l])  # [c, d_in]
-        g_retain += torch.linalg.vecdot(through_w, x)
-        g_x = through_w.mul_(retain)
-        g_weights[l] = _baddbmm(g_weights[l], (g_z * retain).transpose(-1, -2), x)
-        if carry is not None:
-            through_s = torch.bmm(g_z, momentum[l])
-            g_carry += torch.linalg.vecdot(through_s, x)
-            g_x.addcmul_(through_s, carry)
-            g_momentum[l] = _baddbmm(g_momentum[l], g_z.transpose(-1, -2), x * carry)
-        raw = torch.bmm(x, at.inputs[l].transpose(-1, -2))  # [c, c]
-        g_d[l] = _baddbmm(g_d[l], (raw * coef.mix).transpose(-1, -2), g_z, -1.0)
-        g_scores = torch.bmm(g_z, at.deltas[l].transpose(-1, -2)).neg_()
-        g_mix.addcmul_(g_scores, raw)
-        g_raw = g_scores.mul_(coef.mix)
-        g_x = _baddbmm(g_x, g_raw, at.inputs[l])
-        g_a[l] = _baddbmm(g_a[l], g_raw.transpose(-1, -2), x)
-        if l > 0:
-            g_z = torch.ops.aten.gelu_backward(g_x, pre_activations[l - 1])
-        else:
-            g_query = _add(g_query, g_x)
-    g_coef.retain.copy_(g_retain)
-    g_coef.mix.copy_(g_mix)
-    if g_carry is not None:
-        g_coef.carry.copy_(g_carry)
-    return g_query
 
 
 def _key_gradients_backward(
@@ -576,14 +425,14 @@ def _key_gradients_backward(
         z = at.pre_activations[l]
         g_back = torch.ops.aten.gelu_backward(g_deltas[l], z)  # g_delta_l * gelu'(z_l)
         g_pre.append(g_deltas[l] * at.back_products[l] * network.gelu_curvature(z))
-        g_deltas[l + 1] = _baddbmm(g_deltas[l + 1], g_back, weights[l + 1].transpose(-1, -2))
-        g_weights[l + 1] = _baddbmm(g_weights[l + 1], at.deltas[l + 1].transpose(-1, -2), g_back)
+        g_deltas[l + 1] = accumulate_matmul(g_deltas[l + 1], g_back, weights[l + 1].transpose(-1, -2))
+        g_weights[l + 1] = accumulate_matmul(g_weights[l + 1], at.deltas[l + 1].transpose(-1, -2), g_back)
     # dL/df = 2 g_delta_L for titans (the 2 goes into alpha); dla's dl/df = -v leaves the last layer unused
     g_z, scale = (None, 1.0) if memory == "dla" else (g_deltas[-1], 2.0)
     for l in range(depth - 1, -1, -1):
         if g_z is not None:
-            g_weights[l] = _baddbmm(g_weights[l], g_z.transpose(-1, -2), at.inputs[l], scale)
-            g_inputs[l] = _baddbmm(g_inputs[l], g_z, weights[l], scale)
+            g_weights[l] = accumulate_matmul(g_weights[l], g_z.transpose(-1, -2), at.inputs[l], scale)
+            g_inputs[l] = accumulate_matmul(g_inputs[l], g_z, weights[l], scale)
         if l > 0:  # a_l = gelu(z_{l-1})
             g_z, scale = g_pre[l - 1], 1.0
             if g_inputs[l] is not None:
