@@ -41,9 +41,9 @@ def _inputs(memory: str, depth: int, seed: int) -> tuple[list[torch.Tensor], dic
         rand(N_CHUNKS, B, H, C, scale=0.3) if titans else None,
     )
     coef = ChunkCoefficients(
-        unit(N_CHUNKS, B, H, C),
-        unit(N_CHUNKS, B, H, C) if titans else None,
-        rand(N_CHUNKS, B, H, C, C, scale=0.3),
+        retain=unit(N_CHUNKS, B, H, C),
+        carry=unit(N_CHUNKS, B, H, C) if titans else None,
+        mix=rand(N_CHUNKS, B, H, C, C, scale=0.3),
     )
     leaves = [*initial, keys, values, *ends.tensors(), query, *coef.tensors()]
     return leaves, {
@@ -91,14 +91,13 @@ def _rebuild(parts: dict, tensors: tuple[torch.Tensor, ...]) -> dict:
     end_tensors = [next(it) for _ in ends.tensors()]
     query = next(it)
     coef_tensors = [next(it) for _ in coef.tensors()]
-    titans = ends.carry is not None
     return {
         "initial": initial,
         "keys": keys,
         "values": values,
         "ends": ChunkEnd(*end_tensors),
         "query": query,
-        "coef": ChunkCoefficients(coef_tensors[0], coef_tensors[2] if titans else None, coef_tensors[1]),
+        "coef": ChunkCoefficients(*coef_tensors),
     }
 
 

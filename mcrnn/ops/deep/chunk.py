@@ -95,9 +95,9 @@ def chunk_coefficients(
         return x.gather(-2, pick.unsqueeze(-1).expand(*x.shape[:-2], 1, x.shape[-1])).squeeze(-2)
 
     if beta is None:
-        return ChunkCoefficients(retain, None, mix), ChunkEnd(at(retain), row(mix))
+        return ChunkCoefficients(retain, mix), ChunkEnd(at(retain), row(mix))
     end = ChunkEnd(at(retain), row(mix), at(carry), at(torch.exp(log_b)), row(decay_b * eta.unsqueeze(-2)))
-    return ChunkCoefficients(retain, carry, mix), end
+    return ChunkCoefficients(retain, mix, carry), end
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _split_fields(field: object, counts: Sequence[int]) -> list:
     if field is None:
         return [None] * len(counts)
     if isinstance(field, ChunkCoefficients):
-        parts = [_split_fields(x, counts) for x in (field.retain, field.carry, field.mix)]
+        parts = [_split_fields(x, counts) for x in (field.retain, field.mix, field.carry)]
         return [ChunkCoefficients(*p) for p in zip(*parts, strict=True)]
     if isinstance(field, torch.Tensor):
         return list(torch.split(field, list(counts)))

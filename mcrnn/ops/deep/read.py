@@ -28,17 +28,17 @@ class ChunkCoefficients:
     ``M_{ti} eta_i`` ``[n, B, H, c, c]`` (lower triangular)."""
 
     retain: torch.Tensor
-    carry: torch.Tensor | None
     mix: torch.Tensor
+    carry: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
-        """``retain, mix[, carry]``: the order the chunk scan takes them in."""
+        """The non-``None`` fields in declaration order (``ChunkCoefficients(*tensors())`` rebuilds it)."""
         return [x for x in (self.retain, self.mix, self.carry) if x is not None]
 
     def per_chunk(self) -> list[ChunkCoefficients]:
         """Views per chunk (chunk-major tensors)."""
         n_chunks = self.retain.shape[0]
-        fields = [unbind_chunks(x, n_chunks) for x in (self.retain, self.carry, self.mix)]
+        fields = [unbind_chunks(x, n_chunks) for x in (self.retain, self.mix, self.carry)]
         return [ChunkCoefficients(*row) for row in zip(*fields, strict=True)]
 
 

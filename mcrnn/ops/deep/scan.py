@@ -145,6 +145,11 @@ def _split_heads(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
     return x.unflatten(0 if x.dim() == 3 else 1, (batch, heads))
 
 
+def _per_chunk(tensors: Sequence[torch.Tensor], n_chunks: int) -> list[tuple[torch.Tensor, ...]]:
+    """Per-chunk tuples of views of per-layer chunk-major tensors (``()`` per chunk when there are none)."""
+    return list(zip(*(x.unbind(0) for x in tensors), strict=True)) if tensors else [()] * n_chunks
+
+
 def _per_chunk_factors(terms: network.KeyGradients, n_chunks: int) -> list[network.KeyGradients]:
     """Per-chunk views of stacked key-gradient factors (``inputs[0]`` as stored: keys or None)."""
     fields = [
@@ -181,8 +186,7 @@ class ChunkScan(torch.autograd.Function):
         initial, (keys, values), ends = take(depth), take(2), ChunkEnd(*take(5 if titans else 2))
         query, coef = None, None
         if fused:
-            query, *coef_tensors = take(3 + titans)
-            coef = ChunkCoefficients(coef_tensors[0], coef_tensors[2] if titans else None, coef_tensors[1])
+            query, coef = take(1)[0], ChunkCoefficients(*take(3 if titans else 2))
         n_chunks = keys.shape[0]
         starts_w = [keys.new_empty(n_chunks, *w.shape) for w in initial]
         starts_s = [keys.new_empty(n_chunks, *w.shape) for w in initial] if titans else []
@@ -193,22 +197,20 @@ class ChunkScan(torch.autograd.Function):
         output = torch.empty_like(query) if fused else None
         read_pre = [torch.empty_like(x) for x in terms.pre_activations] if fused else []
         # per-chunk views, formed once
-        chunk_w = [list(x.unbind(0)) for x in starts_w]
-        chunk_s = [list(x.unbind(0)) for x in starts_s]
+        chunk_w, chunk_s = _per_chunk(starts_w, n_chunks), _per_chunk(starts_s, n_chunks)
         factors = _per_chunk_factors(terms, n_chunks)
         ends_at = ends.per_chunk()
         if fused:
             queries, outputs = query.unbind(0), output.unbind(0)
             coefs = coef.per_chunk()
-            pres = list(zip(*(x.unbind(0) for x in read_pre), strict=True)) if read_pre else [()] * n_chunks
+            pres = _per_chunk(read_pre, n_chunks)
         for j, (k, v, end) in enumerate(zip(keys.unbind(0), values.unbind(0), ends_at, strict=True)):
             if j == 0 or (reset and j in points):
-                for start, w in zip(chunk_w, initial, strict=True):
-                    start[j].copy_(w)
-                for start in chunk_s:
-                    start[j].zero_()
-            weights = [w[j] for w in chunk_w]
-            momentum = [s[j] for s in chunk_s]
+                for start, w in zip(chunk_w[j], initial, strict=True):
+                    start.copy_(w)
+                for start in chunk_s[j]:
+                    start.zero_()
+            weights, momentum = chunk_w[j], chunk_s[j]
             at = network.key_gradients(memory, weights, k, v, out=factors[j])
             if fused:
                 read = online_read(
@@ -221,7 +223,7 @@ class ChunkScan(torch.autograd.Function):
             elif reset and after in points:
                 end_w, end_s = [c[points.index(after)] for c in cached], [None] * len(starts_s)
             else:
-                end_w, end_s = [w[after] for w in chunk_w], [s[after] for s in chunk_s]
+                end_w, end_s = chunk_w[after], chunk_s[after]
             for l, w in enumerate(weights):
                 # W' = A W + P S - (delta * m)^T a ;  S' = B S - (delta * m_S)^T a (accumulated in place)
                 torch.mul(w, end["retain"], out=end_w[l])
@@ -262,8 +264,7 @@ class ChunkScan(torch.autograd.Function):
         query = coef = None
         read_pre: list[torch.Tensor] = []
         if fused:
-            query, *coef_tensors = take(3 + titans)
-            coef = ChunkCoefficients(coef_tensors[0], coef_tensors[2] if titans else None, coef_tensors[1])
+            query, coef = take(1)[0], ChunkCoefficients(*take(3 if titans else 2))
             read_pre = take(hidden)
         take_grad = _Taker(list(grads))
         g_output = take_grad(1)[0] if fused else None
@@ -278,8 +279,7 @@ class ChunkScan(torch.autograd.Function):
         g_keys, g_values = torch.empty_like(keys), torch.empty_like(values)
         g_ends = ChunkEnd(*[torch.empty_like(x) for x in ends.tensors()])
         # per-chunk views, formed once
-        chunk_w = list(zip(*(x.unbind(0) for x in starts_w), strict=True))
-        chunk_s = list(zip(*(x.unbind(0) for x in starts_s), strict=True)) if titans else [()] * n_chunks
+        chunk_w, chunk_s = _per_chunk(starts_w, n_chunks), _per_chunk(starts_s, n_chunks)
         factors = _per_chunk_factors(terms, n_chunks)
         ends_at = ends.per_chunk()
         g_rows = zip(*(x.unbind(0) for x in g_ends.tensors()), strict=True)
@@ -291,13 +291,11 @@ class ChunkScan(torch.autograd.Function):
         }
         if fused:
             g_query = torch.empty_like(query)
-            g_coef = ChunkCoefficients(
-                *[None if x is None else torch.empty_like(x) for x in (coef.retain, coef.carry, coef.mix)]
-            )
+            g_coef = ChunkCoefficients(*[torch.empty_like(x) for x in coef.tensors()])
             coefs, g_coefs = coef.per_chunk(), g_coef.per_chunk()
             queries, g_queries = query.unbind(0), g_query.unbind(0)
             g_outputs = unbind_chunks(g_output, n_chunks)
-            pres = list(zip(*(x.unbind(0) for x in read_pre), strict=True)) if read_pre else [()] * n_chunks
+            pres = _per_chunk(read_pre, n_chunks)
         g_w, g_s = list(g_final_w), list(g_final_s)  # dL/d(state after chunk j); None: no gradient
         for j in range(n_chunks - 1, -1, -1):
             weights, momentum, at, end, g_end = chunk_w[j], chunk_s[j], factors[j], ends_at[j], g_ends_at[j]
@@ -364,7 +362,7 @@ class _Taker:
     def __call__(self, count: int) -> list:
         part = self.items[self.at : self.at + count]
         self.at += count
-        return part if count else []
+        return part
 
 
 def _inner(xs: Sequence[torch.Tensor | None], ys: Sequence[torch.Tensor]) -> torch.Tensor:
