@@ -61,10 +61,15 @@ def with_average_caching(model: MCForCausalLM, segment_size: int) -> MCForCausal
     values = model.config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
         values.pop(key, None)
-    values.update(segment_size=segment_size, segment_lengths=None, aggregation="average", ssc_top_k=None)
-    values["chunk_size"] = min(values["chunk_size"], segment_size)
-    if segment_size % values["chunk_size"]:
-        values["chunk_size"] = segment_size
+    values.update(
+        segment_size=segment_size,
+        segment_lengths=None,
+        segmentation="constant",
+        aggregation="average",
+        ssc_top_k=None,
+    )
+    if values["chunk_size"] is not None and segment_size % values["chunk_size"]:
+        values["chunk_size"] = None  # a deep memory's inner chunk must divide the segments
     twin = MCForCausalLM(MCConfig(**values))
     twin.load_state_dict(model.state_dict(), strict=True)
     return twin.to(next(model.parameters()).device).eval()

@@ -40,6 +40,16 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def check_attention_options(hidden_size: int, num_heads: int, rope_theta: float) -> None:
+    """Raise ``ValueError`` unless ``hidden_size / num_heads`` is an even head dim and ``rope_theta > 0``."""
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+    if (hidden_size // num_heads) % 2 != 0:
+        raise ValueError(f"head dim hidden_size/num_heads={hidden_size // num_heads} must be even for RoPE")
+    if not rope_theta > 0:
+        raise ValueError(f"rope_theta must be > 0, got {rope_theta}")
+
+
 class Attention(nn.Module):
     """Multi-head causal attention with RoPE and SDPA.
 
@@ -54,11 +64,8 @@ class Attention(nn.Module):
         self, hidden_size: int, num_heads: int, *, rope_theta: float = 10000.0, layer_idx: int | None = None
     ) -> None:
         super().__init__()
-        if hidden_size % num_heads != 0:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        check_attention_options(hidden_size, num_heads, rope_theta)
         self.head_dim = hidden_size // num_heads
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"head dim hidden_size/num_heads={self.head_dim} must be even for RoPE")
         self.num_heads = num_heads
         self.rope_theta = rope_theta
         self.layer_idx = layer_idx

@@ -18,12 +18,12 @@ gradients pass through the hidden layer (an all-zero MLP memory would never depe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from mcrnn.ops.deep import MEMORIES, layer_shapes
+from mcrnn.ops.deep import layer_shapes
+from mcrnn.ops.spec import DEEP_MEMORIES, check_choice
 
 #: gates sigmoid(.)^(1/16) stay close to 1 (GLA's gate normaliser): the deep memories' retention
 #: alpha and the matrix memories' decay in the layer
@@ -38,8 +38,6 @@ class DeepMemory(nn.Module):
         memory: ``dla`` or ``titans`` (``titans`` also projects the momentum ``beta``).
         expansion: hidden width ``E * D`` (>= 1); depth: number of weight matrices (>= 1).
         lr_max: upper bound of the inner step size ``eta``.
-        chunk_size, segment_size, segment_lengths: checked here so a mismatch fails at construction
-            (segments must be multiples of the inner chunk, all but the last).
     """
 
     def __init__(
@@ -52,19 +50,9 @@ class DeepMemory(nn.Module):
         expansion: int = 4,
         depth: int = 2,
         lr_max: float = 0.01,
-        chunk_size: int = 64,
-        segment_size: int | None = None,
-        segment_lengths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if memory not in MEMORIES:
-            raise ValueError(f"memory must be one of {MEMORIES}, got {memory!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-        if segment_size is not None and segment_size % chunk_size:
-            raise ValueError(f"segment_size={segment_size} must be a multiple of chunk_size={chunk_size}")
-        if segment_lengths is not None and any(int(n) % chunk_size for n in list(segment_lengths)[:-1]):
-            raise ValueError(f"segment_lengths must be multiples of chunk_size={chunk_size}")
+        check_choice("memory", memory, DEEP_MEMORIES)
         if not lr_max > 0:
             raise ValueError(f"lr_max must be > 0, got {lr_max!r}")
         shapes = layer_shapes(head_dim, head_dim, depth, expansion)

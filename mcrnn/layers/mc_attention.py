@@ -5,7 +5,7 @@
     o = memory_caching(q, k, v, u, ...)                      (mcrnn.ops)
     y = W_o [RMSNorm(o) * silu(x W_g)]
 
-``segment_size=None`` (and no ``segment_lengths``) turns caching off: the layer is the base RNN.
+Without a segmentation (the default) caching is off: the layer is the base RNN.
 """
 
 from __future__ import annotations
@@ -20,19 +20,48 @@ from torch import nn
 from mcrnn.layers.conv import ShortConvolution
 from mcrnn.layers.deep_memory import GATE_NORMALIZER, DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
-from mcrnn.ops import memory_caching
-from mcrnn.ops.segments import SEGMENTATIONS, check_choice, check_options, resolve_segment_lengths
-
-MEMORIES = ("linear", "swla", "dla", "titans")
-DEEP_MEMORIES = ("dla", "titans")
+from mcrnn.ops import MCSpec, MemoryCache, memory_caching
+from mcrnn.ops.spec import DEEP_MEMORIES, check_memory, check_positive_int
 
 
 @dataclass
 class LayerCache:
-    """Decoding state of one layer: the memory's cache and the short-convolution buffers."""
+    """Decoding state of one layer: the memory's cache and the short-convolution buffers [B, K-1, C]."""
 
-    memory: Any
+    memory: MemoryCache
     conv: dict[str, torch.Tensor]
+
+    def reorder(self, indices: torch.Tensor) -> LayerCache:
+        """The cache of batch rows ``indices`` (beam search, batch selection)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        conv = {name: state.index_select(0, indices.to(state.device)) for name, state in self.conv.items()}
+        return LayerCache(self.memory.reorder(indices), conv)
+
+
+def check_layer_options(
+    hidden_size: object,
+    num_heads: object,
+    head_dim: object,
+    conv_size: object,
+    memory_depth: object,
+    memory_expansion: object,
+) -> int:
+    """Check the layer's sizes (the one place the layer and :class:`mcrnn.models.MCConfig` use);
+    return the head dim (``hidden_size // num_heads`` when ``head_dim`` is None)."""
+    check_positive_int("hidden_size", hidden_size)
+    check_positive_int("num_heads", num_heads)
+    check_positive_int("memory_depth", memory_depth)
+    check_positive_int("memory_expansion", memory_expansion)
+    if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
+        raise ValueError(f"conv_size must be an int >= 0 (0 disables the convolution), got {conv_size!r}")
+    if head_dim is not None:
+        check_positive_int("head_dim", head_dim)
+        return head_dim
+    if hidden_size % num_heads:
+        raise ValueError(
+            f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} (or give head_dim)"
+        )
+    return hidden_size // num_heads
 
 
 class MemoryCachingAttention(nn.Module):
@@ -41,16 +70,18 @@ class MemoryCachingAttention(nn.Module):
     Args:
         hidden_size: model width; num_heads: heads H (``head_dim = hidden_size // num_heads`` unless
             given).
+        spec: the MC options as an :class:`~mcrnn.ops.MCSpec`, or its fields as keywords
+            (``aggregation``, ``segment_size``, ``segment_lengths``, ``segmentation``, ``init``,
+            ``top_k``, ``pooling``; see :func:`mcrnn.ops.memory_caching`), not both. No segmentation
+            (the default): MC off, the layer is the base RNN.
         memory: ``linear``, ``swla``, or a deep memory ``dla``/``titans`` (its weights and rates live in
             :class:`mcrnn.layers.deep_memory.DeepMemory`; ``use_decay`` is then unused).
         memory_expansion, memory_depth: hidden width ``E * head_dim`` and depth of a deep memory.
-        aggregation, init, top_k, pooling: see :func:`mcrnn.ops.memory_caching`.
-        segment_size / segment_lengths: constant or explicit segments; both None: MC off.
-        segmentation: ``constant`` or ``log`` (per-token Fenwick buckets; needs segment_size=None).
         use_decay: data-dependent decay ``a_t`` (else plain linear attention).
         conv_size: kernel of the short causal convolution on q, k, v (0 disables it).
         separate_router: a router projection ``u = x W_u`` (else ``u = q``, the paper's alternative).
-        chunk_size: inner chunk of the parallel path.
+        chunk_size: inner chunk (see :func:`mcrnn.ops.memory_caching`; None: the default).
+        norm_eps: epsilon of the gated output RMSNorm.
     """
 
     def __init__(
@@ -58,50 +89,40 @@ class MemoryCachingAttention(nn.Module):
         hidden_size: int,
         num_heads: int,
         *,
+        spec: MCSpec | None = None,
         memory: str = "linear",
-        aggregation: str = "grm",
-        segment_size: int | None = 256,
+        aggregation: str | None = None,
+        segment_size: int | None = None,
         segment_lengths: Sequence[int] | None = None,
-        segmentation: str = "constant",
-        init: str = "checkpoint",
+        segmentation: str | None = None,
+        init: str | None = None,
         top_k: int | None = None,
-        pooling: str = "mean",
+        pooling: str | None = None,
         use_decay: bool = True,
         conv_size: int = 4,
         head_dim: int | None = None,
         separate_router: bool = True,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         norm_eps: float = 1e-5,
         layer_idx: int | None = None,
         memory_expansion: int = 4,
         memory_depth: int = 2,
     ) -> None:
         super().__init__()
-        check_choice("memory", memory, MEMORIES)
-        check_options(aggregation, init, pooling, top_k)
-        if hidden_size < 1 or num_heads < 1:
-            raise ValueError(f"hidden_size and num_heads must be >= 1, got {hidden_size}, {num_heads}")
-        if head_dim is None:
-            if hidden_size % num_heads:
-                raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
-            head_dim = hidden_size // num_heads
-        if segment_size is not None:
-            resolve_segment_lengths(segment_size, segment_size, None)  # validates the size
-        if segment_size is not None and segment_lengths is not None:
-            raise ValueError("give segment_size or segment_lengths, not both")
-        check_choice("segmentation", segmentation, SEGMENTATIONS)
-        if segmentation == "log" and (
-            segment_size is not None or segment_lengths is not None or memory != "linear"
-        ):
-            raise ValueError(
-                "segmentation='log' needs segment_size=None, segment_lengths=None, memory='linear'"
-            )
+        options = {
+            "aggregation": aggregation, "segment_size": segment_size, "segment_lengths": segment_lengths,
+            "segmentation": segmentation, "init": init, "top_k": top_k, "pooling": pooling,
+        }  # fmt: skip
+        given = sorted(name for name, value in options.items() if value is not None)
+        if spec is not None and given:
+            raise ValueError(f"pass spec or the MC keywords {given}, not both")
+        self.spec = spec if spec is not None else MCSpec.from_options(**options)
+        head_dim = check_layer_options(
+            hidden_size, num_heads, head_dim, conv_size, memory_depth, memory_expansion
+        )
+        self.chunk_size = check_memory(self.spec, memory, chunk_size)
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
-        self.memory, self.aggregation, self.init = memory, aggregation, init
-        self.top_k, self.pooling, self.chunk_size = top_k, pooling, chunk_size
-        self.segment_size, self.segmentation = segment_size, segmentation
-        self.segment_lengths = None if segment_lengths is None else [int(n) for n in segment_lengths]
-        self.layer_idx = layer_idx
+        self.memory, self.layer_idx = memory, layer_idx
         inner = num_heads * head_dim
         self.q_proj = nn.Linear(hidden_size, inner, bias=False)
         self.k_proj = nn.Linear(hidden_size, inner, bias=False)
@@ -119,15 +140,36 @@ class MemoryCachingAttention(nn.Module):
                 memory=memory,
                 expansion=memory_expansion,
                 depth=memory_depth,
-                chunk_size=chunk_size,
-                segment_size=segment_size,
-                segment_lengths=segment_lengths,
             )
         self.decay_proj = nn.Linear(hidden_size, num_heads) if use_decay and self.deep is None else None
         self.swla_proj = nn.Linear(hidden_size, 2 * num_heads) if memory == "swla" else None
         self.gate_proj = nn.Linear(hidden_size, inner, bias=False)
         self.out_norm = GatedRMSNorm(head_dim, eps=norm_eps)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+
+    @classmethod
+    def from_config(cls, config: Any, layer_idx: int | None = None) -> MemoryCachingAttention:
+        """The layer an :class:`mcrnn.models.MCConfig` describes (any object with its fields)."""
+        return cls(
+            config.hidden_size,
+            config.num_heads,
+            spec=config.mc_spec,
+            memory=config.memory,
+            use_decay=config.use_decay,
+            conv_size=config.conv_size,
+            head_dim=config.head_dim,
+            separate_router=config.separate_router,
+            chunk_size=config.chunk_size,
+            layer_idx=layer_idx,
+            memory_expansion=config.memory_expansion,
+            memory_depth=config.memory_depth,
+        )
+
+    def reset_parameters(self) -> None:
+        """The layer's own init: PyTorch's defaults for projections and the convolution, ones for the
+        norm, and :meth:`DeepMemory.reset_parameters` for a deep memory."""
+        for child in self.children():
+            _reset(child)
 
     def forward(
         self,
@@ -181,17 +223,12 @@ class MemoryCachingAttention(nn.Module):
             k,
             v,
             u,
-            segment_size=self.segment_size,
-            segment_lengths=self.segment_lengths,
-            segmentation=self.segmentation,
-            aggregation=self.aggregation,
-            init=self.init,
-            top_k=self.top_k,
-            pooling=self.pooling,
+            spec=self.spec,
             memory=self.memory,
             chunk_size=self.chunk_size,
             cache=None if cache is None else cache.memory,
             output_cache=use_cache,
+            check_inputs=False,
             **gates,
         )
         memory_cache = None
@@ -216,6 +253,15 @@ class MemoryCachingAttention(nn.Module):
                 "attention_mask must be right padding (1s then 0s per row); left padding is not supported"
             )
         return keep
+
+
+def _reset(module: nn.Module) -> None:
+    """``module.reset_parameters()`` where it has one, else the same for its children."""
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+        return
+    for child in module.children():
+        _reset(child)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ Importing this package registers ``MCConfig`` / ``MCModel`` / ``MCForCausalLM`` 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from mcrnn.models.cache import MCCache
-from mcrnn.models.configuration_mcrnn import MEMORIES, MIXERS, MCConfig
+from mcrnn.models.configuration_mcrnn import MIXERS, MCConfig
 from mcrnn.models.modeling_mcrnn import MCBlock, MCForCausalLM, MCModel, MCPreTrainedModel
 
 AutoConfig.register(MCConfig.model_type, MCConfig, exist_ok=True)
@@ -15,7 +15,6 @@ AutoModel.register(MCConfig, MCModel, exist_ok=True)
 AutoModelForCausalLM.register(MCConfig, MCForCausalLM, exist_ok=True)
 
 __all__ = [
-    "MEMORIES",
     "MIXERS",
     "MCBlock",
     "MCCache",

@@ -9,15 +9,12 @@ from collections.abc import Sequence
 
 from transformers import PretrainedConfig
 
-from mcrnn.ops.segments import AGGREGATIONS, INITS, POOLINGS
+from mcrnn.layers.attention import check_attention_options
+from mcrnn.layers.mc_attention import check_layer_options
+from mcrnn.ops import MCSpec
+from mcrnn.ops.spec import check_choice, check_memory, check_positive_int
 
-MEMORIES = ("linear", "swla", "dla", "titans")
 MIXERS = ("mc", "attention")
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 class MCConfig(PretrainedConfig):
@@ -26,34 +23,42 @@ class MCConfig(PretrainedConfig):
     Architecture: ``embedding -> num_hidden_layers x [RMSNorm -> mixer -> RMSNorm -> SwiGLU MLP] ->
     RMSNorm -> LM head``. The mixer of layer ``l`` is ``layer_mixers[l]`` (all ``mixer`` when None):
 
-    - ``"mc"``: :class:`mcrnn.layers.MemoryCachingAttention` with ``memory``, ``aggregation``,
-      ``segment_size`` / ``segment_lengths``, ``init``, ``ssc_top_k``, ``pooling``, ``use_decay``,
-      ``conv_size``, ``chunk_size`` and ``memory_expansion``; ``segment_size=None`` and
-      ``segment_lengths=None`` switch caching off (the base RNN).
+    - ``"mc"``: :class:`mcrnn.layers.MemoryCachingAttention` (built by its ``from_config``) with every
+      option below; without ``segment_size``, ``segment_lengths`` or ``segmentation="log"`` caching is
+      off (the base RNN).
     - ``"attention"``: causal softmax attention with RoPE (``rope_theta``), the Transformer++ baseline.
+
+    The MC options are checked by the same code as the layer's and the op's (:class:`MCSpec`,
+    :func:`mcrnn.ops.spec.check_memory`, :func:`mcrnn.layers.mc_attention.check_layer_options`), so
+    the three accept and reject the same option sets with the same messages.
 
     Args:
         vocab_size: number of token ids (the byte tokenizer needs 257).
-        hidden_size: model width; divisible by ``num_heads``.
+        hidden_size: model width.
         num_hidden_layers: number of blocks.
         num_heads: heads of every mixer.
+        head_dim: head dim of the MC layers (None: ``hidden_size // num_heads``).
         intermediate_size: SwiGLU width; None -> ``8/3 * hidden_size`` rounded up to a multiple of 32.
         mixer / layer_mixers: see above; ``layer_mixers`` has one entry per layer (a hybrid).
         memory: ``linear``, ``swla``, ``dla`` or ``titans``.
         aggregation: ``residual``, ``grm``, ``soup``, ``ssc`` or ``average``.
-        segment_size: constant segment length C (a multiple of ``chunk_size``), or None.
+        segment_size: constant segment length C, or None.
         segment_lengths: explicit segment lengths (an alternative to ``segment_size``), or None.
+        segmentation: ``constant`` (the segments above) or ``log`` (Fenwick buckets; with ``grm`` the
+            paper's Log-Linear++).
         init: ``checkpoint`` or ``independent`` (DESIGN.md §4).
         ssc_top_k: cached memories read by ``ssc`` (required for it; the layer's ``top_k``, renamed so
             that it never collides with the sampling option ``top_k`` of ``generate``).
         pooling: router-context pooling, ``mean`` or ``sum``.
         use_decay: data-dependent decay of linear memories.
         conv_size: short causal convolution width (0 disables it).
-        chunk_size: inner chunk of the parallel memory update.
-        memory_expansion: MLP expansion of deep memories.
+        separate_router: a router projection ``u = x W_u`` (else ``u = q``).
+        chunk_size: inner chunk (None: the library's choice; for deep memories the inner mini-batch,
+            which segments must be multiples of).
+        memory_expansion, memory_depth: MLP expansion and depth of deep memories.
         rope_theta: RoPE base of attention layers.
-        norm_eps: RMSNorm epsilon.
-        initializer_range: std of the normal init of embeddings and linear layers.
+        norm_eps: RMSNorm epsilon of the blocks.
+        initializer_range: std of the normal init of embeddings and linear layers outside MC layers.
         tie_word_embeddings: share the embedding and LM-head weights.
     """
 
@@ -66,20 +71,24 @@ class MCConfig(PretrainedConfig):
         hidden_size: int = 256,
         num_hidden_layers: int = 4,
         num_heads: int = 4,
+        head_dim: int | None = None,
         intermediate_size: int | None = None,
         mixer: str = "mc",
         layer_mixers: Sequence[str] | None = None,
         memory: str = "linear",
         aggregation: str = "grm",
-        segment_size: int | None = 256,
+        segment_size: int | None = None,
         segment_lengths: Sequence[int] | None = None,
+        segmentation: str = "constant",
         init: str = "checkpoint",
         ssc_top_k: int | None = None,
         pooling: str = "mean",
         use_decay: bool = True,
         conv_size: int = 4,
-        chunk_size: int = 64,
+        separate_router: bool = True,
+        chunk_size: int | None = None,
         memory_expansion: int = 4,
+        memory_depth: int = 2,
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
@@ -90,21 +99,13 @@ class MCConfig(PretrainedConfig):
         eos_token_id: int | None = None,
         **kwargs,
     ) -> None:
-        for name, value in (
-            ("vocab_size", vocab_size),
-            ("hidden_size", hidden_size),
-            ("num_hidden_layers", num_hidden_layers),
-            ("num_heads", num_heads),
-            ("chunk_size", chunk_size),
-            ("memory_expansion", memory_expansion),
-        ):
-            _positive_int(name, value)
-        if hidden_size % num_heads != 0:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("num_hidden_layers", num_hidden_layers)
+        check_layer_options(hidden_size, num_heads, head_dim, conv_size, memory_depth, memory_expansion)
         if intermediate_size is None:
             intermediate_size = -(-int(hidden_size * 8 / 3) // 32) * 32
-        _positive_int("intermediate_size", intermediate_size)
-        _choice("mixer", mixer, MIXERS)
+        check_positive_int("intermediate_size", intermediate_size)
+        check_choice("mixer", mixer, MIXERS)
         if layer_mixers is not None:
             layer_mixers = list(layer_mixers)
             if len(layer_mixers) != num_hidden_layers:
@@ -113,49 +114,43 @@ class MCConfig(PretrainedConfig):
                     f"got {len(layer_mixers)}"
                 )
             for entry in layer_mixers:
-                _choice("layer_mixers", entry, MIXERS)
-        _choice("memory", memory, MEMORIES)
-        _choice("aggregation", aggregation, AGGREGATIONS)
-        _choice("init", init, INITS)
-        _choice("pooling", pooling, POOLINGS)
-        if segment_size is not None and segment_lengths is not None:
-            raise ValueError("give segment_size or segment_lengths, not both")
-        if segment_size is not None:
-            _positive_int("segment_size", segment_size)
-            if segment_size % chunk_size != 0:
-                raise ValueError(f"segment_size={segment_size} must be a multiple of chunk_size={chunk_size}")
-        if segment_lengths is not None:
-            segment_lengths = [int(n) for n in segment_lengths]
-            for n in segment_lengths:
-                _positive_int("segment_lengths", n)
-        if aggregation == "ssc":
-            if ssc_top_k is None:
-                raise ValueError("ssc_top_k is required when aggregation='ssc'")
-            _positive_int("ssc_top_k", ssc_top_k)
-        if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
-            raise ValueError(f"conv_size must be an int >= 0, got {conv_size!r}")
-        if not rope_theta > 0:
-            raise ValueError(f"rope_theta must be > 0, got {rope_theta}")
+                check_choice("layer_mixers", entry, MIXERS)
+        spec = MCSpec(
+            aggregation=aggregation,
+            segment_size=segment_size,
+            segment_lengths=segment_lengths,
+            segmentation=segmentation,
+            top_k=ssc_top_k,
+            init=init,
+            pooling=pooling,
+        )
+        check_memory(spec, memory, chunk_size)
+        if mixer == "attention" or (layer_mixers is not None and "attention" in layer_mixers):
+            check_attention_options(hidden_size, num_heads, rope_theta)
         if not norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {norm_eps}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_heads = num_heads
+        self.head_dim = head_dim
         self.intermediate_size = intermediate_size
         self.mixer = mixer
         self.layer_mixers = layer_mixers
         self.memory = memory
         self.aggregation = aggregation
         self.segment_size = segment_size
-        self.segment_lengths = segment_lengths
+        self.segment_lengths = None if segment_lengths is None else list(spec.segment_lengths)
+        self.segmentation = segmentation
         self.init = init
         self.ssc_top_k = ssc_top_k
         self.pooling = pooling
         self.use_decay = use_decay
         self.conv_size = conv_size
+        self.separate_router = separate_router
         self.chunk_size = chunk_size
         self.memory_expansion = memory_expansion
+        self.memory_depth = memory_depth
         self.rope_theta = rope_theta
         self.norm_eps = norm_eps
         self.initializer_range = initializer_range
@@ -168,11 +163,19 @@ class MCConfig(PretrainedConfig):
             **kwargs,
         )
 
+    @property
+    def mc_spec(self) -> MCSpec:
+        """The MC options of the ``"mc"`` layers as one :class:`MCSpec`."""
+        return MCSpec(
+            aggregation=self.aggregation,
+            segment_size=self.segment_size,
+            segment_lengths=self.segment_lengths,
+            segmentation=self.segmentation,
+            top_k=self.ssc_top_k,
+            init=self.init,
+            pooling=self.pooling,
+        )
+
     def mixer_of(self, layer_idx: int) -> str:
         """The mixer type of layer ``layer_idx``."""
         return self.layer_mixers[layer_idx] if self.layer_mixers is not None else self.mixer
-
-
-def _choice(name: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from mcrnn.layers.attention import Attention
+from mcrnn.layers.mc_attention import MemoryCachingAttention
 from mcrnn.models.cache import MCCache
 from mcrnn.models.configuration_mcrnn import MCConfig
 
@@ -40,33 +42,12 @@ def build_mixer(config: MCConfig, layer_idx: int) -> nn.Module:
         return Attention(
             config.hidden_size, config.num_heads, rope_theta=config.rope_theta, layer_idx=layer_idx
         )
-    from mcrnn.layers import MemoryCachingAttention
-
-    deep = {"memory_expansion": config.memory_expansion} if config.memory in ("dla", "titans") else {}
-    mixer = MemoryCachingAttention(
-        config.hidden_size,
-        config.num_heads,
-        memory=config.memory,
-        aggregation=config.aggregation,
-        segment_size=config.segment_size,
-        segment_lengths=config.segment_lengths,
-        init=config.init,
-        top_k=config.ssc_top_k,
-        pooling=config.pooling,
-        use_decay=config.use_decay,
-        conv_size=config.conv_size,
-        chunk_size=config.chunk_size,
-        layer_idx=layer_idx,
-        **deep,
-    )
-    # the MC layer initialises its own parameters (gates, decays, deep-memory weights): keep them
-    for module in mixer.modules():
-        module._is_hf_initialized = True
-    return mixer
+    return MemoryCachingAttention.from_config(config, layer_idx)
 
 
-class MCBlock(nn.Module):
-    """``h + mixer(norm(h))`` then ``h + mlp(norm(h))``."""
+class MCBlock(GradientCheckpointingLayer):
+    """``h + mixer(norm(h))`` then ``h + mlp(norm(h))``; recomputed in the backward pass after
+    ``model.gradient_checkpointing_enable()`` (training only, without a cache)."""
 
     def __init__(self, config: MCConfig, layer_idx: int) -> None:
         super().__init__()
@@ -96,7 +77,7 @@ class MCPreTrainedModel(PreTrainedModel):
     config_class = MCConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["MCBlock"]
 
     @classmethod
@@ -105,9 +86,14 @@ class MCPreTrainedModel(PreTrainedModel):
         return False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Normal(0, ``initializer_range``) for linear and embedding weights, ones for RMSNorm."""
+        """Normal(0, ``initializer_range``) for linear and embedding weights, ones for RMSNorm; an MC layer
+        keeps its own init (:meth:`MemoryCachingAttention.reset_parameters`: gates, decays and deep-memory
+        weights have their own ranges). Modules are visited children first, so the MC layer's reset comes
+        after, and overrides, the generic init of its children."""
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        if isinstance(module, MemoryCachingAttention):
+            module.reset_parameters()
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -140,13 +126,17 @@ class MCModel(MCPreTrainedModel):
         cache: MCCache | None = None,
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``input_ids`` [B, T] (or ``inputs_embeds`` [B, T, hidden]); ``attention_mask`` [B, T_total] with
         1 = real token and padding on the right only; ``cache`` continues a previous call and is updated
-        in place (``past_key_values`` is accepted as its transformers-4 name)."""
-        cache = kwargs.pop("past_key_values", None) if cache is None else cache
+        in place (``past_key_values`` is accepted as its transformers-4 name). ``output_hidden_states``:
+        also return the embeddings, each block's output and the final normed state (``L + 1`` tensors,
+        the last one normed, as Hugging Face models do). Other keywords are rejected, but for the
+        position arguments ``generate`` passes (positions are implicit in the recurrent state)."""
+        cache = _pop_generation_kwargs(kwargs, cache, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if (
@@ -168,7 +158,9 @@ class MCModel(MCPreTrainedModel):
                 attention_mask = None
         if use_cache and cache is None:
             cache = MCCache(len(self.layers))
+        all_hidden = []
         for idx, layer in enumerate(self.layers):
+            all_hidden.append(hidden)
             layer_cache = cache.layers[idx] if cache is not None else None
             hidden, layer_cache = layer(
                 hidden, attention_mask=attention_mask, cache=layer_cache, use_cache=use_cache
@@ -177,8 +169,11 @@ class MCModel(MCPreTrainedModel):
                 cache.layers[idx] = layer_cache
         if cache is not None:
             cache.seen_tokens += hidden.shape[1]
+        hidden = self.norm(hidden)
         return BaseModelOutputWithPast(
-            last_hidden_state=self.norm(hidden), **{CACHE_FIELD: cache if use_cache else None}
+            last_hidden_state=hidden,
+            hidden_states=(*all_hidden, hidden) if output_hidden_states else None,
+            **{CACHE_FIELD: cache if use_cache else None},
         )
 
 
@@ -218,17 +213,20 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits [B, T, vocab] (the last ``logits_to_keep`` positions when > 0), loss and cache."""
-        cache = kwargs.pop("past_key_values", None) if cache is None else cache
+        """Logits [B, T, vocab] (the last ``logits_to_keep`` positions when > 0), loss, cache and (with
+        ``output_hidden_states``) the hidden states; other keywords as :meth:`MCModel.forward`."""
+        cache = _pop_generation_kwargs(kwargs, cache, type(self).__name__)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             cache=cache,
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
@@ -242,4 +240,24 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
                 ignore_index=-100,
             )
         new_cache = getattr(outputs, CACHE_FIELD)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: new_cache})
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: new_cache}
+        )
+
+
+#: keywords ``generate`` may pass that a recurrent model does not need (positions are implicit)
+IGNORED_GENERATION_KWARGS = ("cache_position", "position_ids")
+
+
+def _pop_generation_kwargs(kwargs: dict, cache: MCCache | None, owner: str) -> MCCache | None:
+    """The cache (``past_key_values`` is its transformers-4 name); raise ``TypeError`` on any keyword
+    that is neither a generation position argument nor ``output_attentions=False``."""
+    past = kwargs.pop("past_key_values", None)
+    cache = past if cache is None else cache
+    for name in IGNORED_GENERATION_KWARGS:
+        kwargs.pop(name, None)
+    if kwargs.pop("output_attentions", None):
+        raise ValueError(f"{owner} has no attention weights to output (output_attentions=True)")
+    if kwargs:
+        raise TypeError(f"{owner}.forward() got unexpected keyword arguments {sorted(kwargs)}")
+    return cache

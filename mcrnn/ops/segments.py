@@ -1,4 +1,4 @@
-"""Segmentation, argument checks and router helpers shared by every memory family.
+"""Segment indices, router contexts and aggregation weights shared by every memory family.
 
 Notation (DESIGN.md §2-§5): a sequence of ``T`` tokens is split into segments ``S(1..N)``; token ``t``
 lies in segment ``s(t)``. The router key of a finished segment is ``c_i = pool_{j in S(i)} k_j``; the
@@ -12,119 +12,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
-INITS = ("checkpoint", "independent")
-POOLINGS = ("mean", "sum")
-SEGMENTATIONS = ("constant", "log")
-
-
-def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming ``name`` when ``value`` is not one of ``allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
-
-
-def check_options(aggregation: str, init: str, pooling: str, top_k: int | None) -> None:
-    """Validate the MC options every family shares (aggregation, init, pooling, top_k)."""
-    check_choice("aggregation", aggregation, AGGREGATIONS)
-    check_choice("init", init, INITS)
-    check_choice("pooling", pooling, POOLINGS)
-    if aggregation == "ssc":
-        if top_k is None:
-            raise ValueError("aggregation='ssc' needs top_k (an int >= 1), got None")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-
-
-def resolve_segment_lengths(
-    seq_len: int,
-    segment_size: int | None,
-    segment_lengths: Sequence[int] | None,
-) -> list[int]:
-    """Return the list of segment lengths covering ``seq_len`` tokens.
-
-    Exactly one of ``segment_size`` (constant segments of that many tokens, the last one may be
-    shorter; a size >= T gives one segment) and ``segment_lengths`` (explicit lengths summing to T)
-    may be given; with neither, the whole sequence is one segment (the base memory).
-    """
-    if segment_size is not None and segment_lengths is not None:
-        raise ValueError("give segment_size or segment_lengths, not both")
-    if segment_lengths is not None:
-        lengths = [int(n) for n in segment_lengths]
-        if any(isinstance(n, bool) or int(n) != n or n < 1 for n in segment_lengths):
-            raise ValueError(f"segment_lengths must be positive ints, got {list(segment_lengths)}")
-        if sum(lengths) != seq_len:
-            raise ValueError(f"segment_lengths must sum to T={seq_len}, got sum {sum(lengths)}")
-        return lengths
-    if segment_size is None:
-        return [seq_len] if seq_len > 0 else []
-    if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
-        raise ValueError(f"segment_size must be an int >= 1, got {segment_size!r}")
-    full, rest = divmod(seq_len, segment_size)
-    return [segment_size] * full + ([rest] if rest else [])
-
-
-def fenwick_buckets(length: int) -> list[tuple[int, int]]:
-    """``[start, end)`` buckets of a prefix of ``length`` tokens, largest first (37 -> 32, 4, 1)."""
-    buckets, start = [], 0
-    for level in reversed(range(length.bit_length())):
-        if length >> level & 1:
-            buckets.append((start, start + (1 << level)))
-            start += 1 << level
-    return buckets
-
 
 def segment_index(lengths: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
     """``s(t)`` for every token: LongTensor [T] with the 0-based segment of each token."""
     counts = torch.tensor(list(lengths), dtype=torch.long, device=device)
     return torch.repeat_interleave(torch.arange(len(lengths), device=device), counts)
-
-
-def check_qkv(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor | None,
-    gates: dict[str, torch.Tensor | None],
-) -> None:
-    """Check ranks, shapes and dtypes of ``q, k, u`` [B,T,H,Dk], ``v`` [B,T,H,Dv], gates [B,T,H].
-
-    Raises ``TypeError`` for non-tensors and non-floating dtypes and ``ValueError`` for wrong
-    ranks or mismatched B/T/H/Dk, naming the offending argument.
-    """
-    named = {"q": q, "k": k, "v": v, "u": u, **gates}
-    for name, tensor in named.items():
-        if tensor is None:
-            continue
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{name} must have a floating dtype, got {tensor.dtype}")
-    for name in ("q", "k", "v", "u"):
-        tensor = named[name]
-        if tensor is not None and tensor.dim() != 4:
-            raise ValueError(f"{name} must be [B, T, H, D] (4-D), got shape {tuple(tensor.shape)}")
-    batch, seq_len, heads, key_dim = q.shape
-    for name in ("k", "u"):
-        tensor = named[name]
-        if tensor is not None and tuple(tensor.shape) != (batch, seq_len, heads, key_dim):
-            raise ValueError(
-                f"{name} must have the shape of q [B,T,H,Dk]={tuple(q.shape)}, got {tuple(tensor.shape)}"
-            )
-    if tuple(v.shape[:3]) != (batch, seq_len, heads):
-        raise ValueError(f"v must be [B,T,H,Dv] with B,T,H={batch, seq_len, heads}, got {tuple(v.shape)}")
-    for name, tensor in gates.items():
-        if tensor is not None and tuple(tensor.shape) != (batch, seq_len, heads):
-            raise ValueError(f"{name} must be [B,T,H]={batch, seq_len, heads}, got {tuple(tensor.shape)}")
-    devices = {t.device for t in named.values() if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
-
-
-def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """State accumulation dtype: float64 if any input is float64, else float32 (bf16/fp16 upcast)."""
-    wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
-    return torch.float64 if wide else torch.float32
 
 
 def segment_contexts(

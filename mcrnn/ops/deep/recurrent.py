@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import network
 from mcrnn.ops.segments import router_gates
 
 
 @dataclass
-class DeepMemoryCache:
+class DeepMemoryCache(MemoryCache):
     """Recurrent state of one deep-memory MC stream (batch-first, per-layer ``[B, H, d_out, d_in]``).
+
+    Besides ``spec`` and ``position`` (see :mod:`mcrnn.ops.cache`):
 
     ``weights``/``momentum`` are the online state after the last token (momentum ``None`` for
     ``dla``), ``chunk_start`` the weights at the start of the current inner chunk, ``cached`` the
@@ -37,25 +40,14 @@ class DeepMemoryCache:
     chunk_start: list[torch.Tensor]
     key_sum: torch.Tensor
     key_count: int
-    position: int
     segment_start: int
     cached: list[list[torch.Tensor]] = field(default_factory=list)
     context_sums: list[torch.Tensor] = field(default_factory=list)
     context_counts: list[int] = field(default_factory=list)
 
-
-def is_segment_start(position: int, segment_size: int | None, segment_lengths: Sequence[int] | None) -> bool:
-    """Whether token ``position`` (0-based, of the whole stream) opens a new segment (never the first).
-
-    ``segment_lengths`` are the lengths of the whole stream; past their sum the last segment goes on.
-    """
-    if position == 0:
-        return False
-    if segment_size is not None:
-        return position % segment_size == 0
-    if segment_lengths is not None:
-        return position in torch.tensor(list(segment_lengths)).cumsum(0).tolist()
-    return False
+    def shape_signature(self) -> tuple[int, int, int, int]:
+        first, last = self.weights[0], self.weights[-1]
+        return (first.shape[0], first.shape[1], first.shape[-1], last.shape[-2])
 
 
 def recurrent_deep_memory_caching(
@@ -69,17 +61,16 @@ def recurrent_deep_memory_caching(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor | None,
-    segment_size: int | None,
-    segment_lengths: Sequence[int] | None,
     aggregation: str,
     init: str,
     top_k: int | None,
     pooling: str,
 ) -> tuple[torch.Tensor, DeepMemoryCache]:
-    """Continue ``cache`` over ``T`` new tokens ``[B, T, H, D]`` one step at a time; returns ``o``, cache."""
+    """Continue ``cache`` over ``T`` new tokens ``[B, T, H, D]`` one step at a time, segments opening where
+    ``cache.spec.starts_segment(position)``; returns ``o`` and ``cache`` (modified in place)."""
     outputs = []
     for t in range(q.shape[1]):
-        if is_segment_start(cache.position, segment_size, segment_lengths):
+        if cache.spec.starts_segment(cache.position):
             _close_segment(cache, params, init)
         if (cache.position - cache.segment_start) % cache.chunk_size == 0:
             cache.chunk_start = cache.weights

@@ -20,10 +20,38 @@ from collections.abc import Sequence
 
 import torch
 
-from mcrnn.ops.segments import fenwick_buckets
+from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.spec import MCSpec
 
 
-def naive_memory_caching(
+def naive_linear_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str = "linear",
+    log_decay: torch.Tensor | None = None,
+    prev_gate: torch.Tensor | None = None,
+    cur_gate: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, None]:
+    """The definition: MC output ``o`` [B, T, H, Dv] (in ``q``'s dtype) and no cache, for inputs as in
+    :func:`mcrnn.ops.memory_caching` (not re-checked) and the segments of ``spec`` (not ``log``)."""
+    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    u = q if u is None else u.to(dtype)
+    log_decay, prev_gate, cur_gate = (
+        None if g is None else g.to(dtype) for g in (log_decay, prev_gate, cur_gate)
+    )
+    out = _token_loop(
+        q, k, v, u, spec.lengths(q.shape[1]), aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
+        pooling=spec.pooling, memory=memory, log_decay=log_decay, prev_gate=prev_gate, cur_gate=cur_gate,
+    )  # fmt: skip
+    return out.to(in_dtype), None
+
+
+def _token_loop(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -39,7 +67,7 @@ def naive_memory_caching(
     prev_gate: torch.Tensor | None,
     cur_gate: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Reference MC output ``o`` [B, T, H, Dv] for validated inputs (see ``memory_caching``)."""
+    """Reference MC output ``o`` [B, T, H, Dv] for inputs in the accumulation dtype."""
     batch, seq_len, heads, key_dim = q.shape
     value_dim = v.shape[-1]
     starts = set(torch.tensor([0, *lengths[:-1]]).cumsum(0).tolist())
@@ -53,7 +81,7 @@ def naive_memory_caching(
             for t in range(seq_len):
                 if t in starts and t > 0:
                     cached.append(state)
-                    contexts.append(_pool(segment_keys, pooling))
+                    contexts.append(pool(segment_keys, pooling))
                     segment_keys = []
                     if init == "independent":
                         state = q.new_zeros(key_dim, value_dim)
@@ -66,17 +94,17 @@ def naive_memory_caching(
                         write = write + prev_gate[b, t, h] * torch.outer(k[b, t - 1, h], v[b, t - 1, h])
                 state = decay * state + write
                 reads = [q[b, t, h] @ m for m in cached] + [q[b, t, h] @ state]
-                logits = [u[b, t, h] @ c for c in contexts] + [u[b, t, h] @ _pool(segment_keys, pooling)]
-                out[b, t, h] = _aggregate(reads, logits, aggregation, top_k)
+                logits = [u[b, t, h] @ c for c in contexts] + [u[b, t, h] @ pool(segment_keys, pooling)]
+                out[b, t, h] = aggregate(reads, logits, aggregation, top_k)
     return out
 
 
-def _pool(keys: list[torch.Tensor], pooling: str) -> torch.Tensor:
+def pool(keys: list[torch.Tensor], pooling: str) -> torch.Tensor:
     total = torch.stack(keys).sum(0)
     return total / len(keys) if pooling == "mean" else total
 
 
-def _aggregate(
+def aggregate(
     reads: list[torch.Tensor], logits: list[torch.Tensor], aggregation: str, top_k: int | None
 ) -> torch.Tensor:
     """Combine reads (cached first, online last) with the weights of DESIGN.md §3."""
@@ -92,49 +120,3 @@ def _aggregate(
         chosen = sorted(top) + [len(reads) - 1]
     weights = torch.softmax(torch.stack([logits[i] for i in chosen]), dim=0)
     return sum(w * reads[i] for w, i in zip(weights, chosen, strict=True))
-
-
-def naive_log_memory_caching(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor,
-    *,
-    aggregation: str,
-    init: str,
-    top_k: int | None,
-    pooling: str,
-    log_decay: torch.Tensor | None,
-) -> torch.Tensor:
-    """Reference MC with the per-token Fenwick (log) segmentation of DESIGN.md §5 (``linear`` memory).
-
-    The prefix of token ``t`` (length ``L = t + 1``) splits by the binary digits of ``L``, largest
-    first: ``L = 37 -> [0, 32), [32, 36), [36, 37)``. The last bucket holds ``t`` and is the online
-    memory; the others are cached. A bucket's state is the base state at its end (``checkpoint``) or
-    the decayed sum of its own writes (``independent``); its router key pools its keys.
-    """
-    batch, seq_len, heads, _ = q.shape
-    out = q.new_zeros(batch, seq_len, heads, v.shape[-1])
-    for b in range(batch):
-        for h in range(heads):
-            decay = torch.ones(seq_len, dtype=q.dtype) if log_decay is None else log_decay[b, :, h].exp()
-            writes = [torch.outer(k[b, t, h], v[b, t, h]) for t in range(seq_len)]
-            prefix = []
-            state = q.new_zeros(k.shape[-1], v.shape[-1])
-            for t in range(seq_len):
-                state = decay[t] * state + writes[t]
-                prefix.append(state)
-            for t in range(seq_len):
-                reads, logits = [], []
-                for start, end in fenwick_buckets(t + 1):
-                    if init == "checkpoint":
-                        memory = prefix[end - 1]
-                    else:
-                        memory = q.new_zeros(k.shape[-1], v.shape[-1])
-                        for i in range(start, end):
-                            memory = decay[i] * memory + writes[i]
-                    reads.append(q[b, t, h] @ memory)
-                    logits.append(u[b, t, h] @ _pool(list(k[b, start:end, h]), pooling))
-                out[b, t, h] = _aggregate(reads, logits, aggregation, top_k)
-    return out
-

@@ -19,9 +19,11 @@ from collections.abc import Iterator
 
 import torch
 
+from mcrnn.ops.inputs import compute_dtype
 from mcrnn.ops.linear.chunk import chunk_states, decayed_scores, split_chunks
-from mcrnn.ops.linear.recurrent import FenwickMemoryCache
-from mcrnn.ops.segments import fenwick_buckets, mixing_weights
+from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
+from mcrnn.ops.segments import mixing_weights
+from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
 
 
 def fenwick_levels(seq_len: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -160,45 +162,27 @@ def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # 
     return out.flatten(2, 3)[:, :, :seq_len]
 
 
-def fenwick_prefill_cache(
-    k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None, init: str
-) -> FenwickMemoryCache:
-    """The decoding cache after the [B, T, H, D] tokens, built from whole-bucket sums.
-
-    Bucket ``[s, e)`` sums its writes decayed to its end, ``W = sum_i exp(G_{e-1} - G_i) k_i v_i^T``
-    (``G`` the cumulative log decay); under ``checkpoint`` the state chains across buckets,
-    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``.
-    """
-    batch, seq_len, heads, _ = k.shape
-    cum = torch.zeros(batch, seq_len, heads, dtype=k.dtype, device=k.device)
-    if log_decay is not None:
-        cum = log_decay.cumsum(1)
-    states, key_sums, end_decays = [], [], []
-    previous = None
-    for start, end in fenwick_buckets(seq_len):
-        weight = (cum[:, end - 1 : end] - cum[:, start:end]).exp()  # [B, n, H]
-        state = torch.einsum("bnhk,bnhv->bhkv", k[:, start:end] * weight.unsqueeze(-1), v[:, start:end])
-        if init == "checkpoint" and previous is not None:
-            state = state + (cum[:, end - 1] - cum[:, start - 1]).exp()[..., None, None] * previous
-        previous = state
-        states.append(state)
-        key_sums.append(k[:, start:end].sum(1))
-        end_decays.append(cum[:, end - 1])
-    sizes = [end - start for start, end in fenwick_buckets(seq_len)]
-    return FenwickMemoryCache(
-        online=states[-1],
-        online_key_sum=key_sums[-1],
-        online_size=sizes[-1],
-        cached=torch.stack(states[:-1], dim=2)
-        if len(states) > 1
-        else states[-1].new_zeros(batch, heads, 0, *states[-1].shape[-2:]),
-        cached_key_sums=torch.stack(key_sums[:-1], dim=1)
-        if len(states) > 1
-        else k.new_zeros(batch, 0, heads, k.shape[-1]),
-        cached_sizes=sizes[:-1],
-        cached_log_decay=torch.stack(end_decays[:-1], dim=-1)
-        if len(states) > 1
-        else cum.new_zeros(batch, heads, 0),
-        log_decay_total=cum[:, -1],
-        position=seq_len,
-    )
+def chunk_log_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    log_decay: torch.Tensor | None = None,
+    output_cache: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, FenwickMemoryCache | None]:
+    """Parallel MC with the log segmentation (``linear`` memory; inputs as in
+    :func:`mcrnn.ops.memory_caching`, not re-checked): ``o`` [B, T, H, Dv] in ``q``'s dtype and, with
+    ``output_cache``, the decoding cache."""
+    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    u = q if u is None else u.to(dtype)
+    log_decay = None if log_decay is None else log_decay.to(dtype)
+    out = log_linear_mc(
+        q, k, v, u, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k, pooling=spec.pooling,
+        log_decay=log_decay, chunk_size=chunk_size,
+    )  # fmt: skip
+    cache = fenwick_prefill_cache(spec, k, v, log_decay) if output_cache else None
+    return out.to(in_dtype), cache

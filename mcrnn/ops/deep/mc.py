@@ -1,0 +1,141 @@
+"""The three entry points of MC over deep memories (``dla``, ``titans``), one signature shape.
+
+Each takes [B, T, H, D] inputs (as :func:`mcrnn.ops.memory_caching`, not re-checked), an
+:class:`~mcrnn.ops.spec.MCSpec`, the memory's initial weights ``params`` (one ``[H, d_out, d_in]``
+per layer), the per-token rates ``eta, alpha, beta`` [B, T, H] and the inner chunk ``chunk_size``
+(part of the model: every gradient of a chunk is taken at the chunk-start weights, DESIGN.md §6), and
+returns ``(o [B, T, H, Dv] in q's dtype, cache or None)``:
+
+- :func:`naive_deep_mc`: the definition, a loop over chunks and tokens (no cache);
+- :func:`chunk_deep_mc`: the chunk-parallel path, optionally with the decoding cache;
+- :func:`recurrent_deep_mc`: token-by-token decoding from a :class:`DeepMemoryCache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from mcrnn.ops.deep.chunk import chunk_deep_memory_caching
+from mcrnn.ops.deep.naive import naive_deep_memory_caching
+from mcrnn.ops.deep.recurrent import DeepMemoryCache, recurrent_deep_memory_caching
+from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.spec import MCSpec
+
+Rates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def _cast(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None,
+    params: Sequence[torch.Tensor],
+    rates: Rates,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], Rates]:
+    """Inputs in the accumulation dtype (``u = q`` when None)."""
+    dtype = compute_dtype(q, k, v, u, *rates, *params)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    u = q if u is None else u.to(dtype)
+    eta, alpha, beta = (None if r is None else r.to(dtype) for r in rates)
+    return [q, k, v, u], [w.to(dtype) for w in params], (eta, alpha, beta)
+
+
+def naive_deep_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None = None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, None]:
+    """The definition (:mod:`mcrnn.ops.deep.naive`): ``o`` and no cache."""
+    inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
+    out = naive_deep_memory_caching(
+        *inputs, spec.lengths(q.shape[1]), memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
+        chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
+        pooling=spec.pooling,
+    )  # fmt: skip
+    return out.to(q.dtype), None
+
+
+def chunk_deep_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None = None,
+    chunk_size: int,
+    output_cache: bool = False,
+) -> tuple[torch.Tensor, DeepMemoryCache | None]:
+    """The chunk-parallel path (:mod:`mcrnn.ops.deep.chunk`): ``o`` and, with ``output_cache``, the cache."""
+    inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
+    lengths = spec.lengths(q.shape[1])
+    result = chunk_deep_memory_caching(
+        *inputs, lengths, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
+        chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
+        pooling=spec.pooling,
+    )  # fmt: skip
+    out = result.output.to(q.dtype)
+    if not output_cache:
+        return out, None
+    keys = inputs[1]
+    ends = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    sums = [keys[:, a:b].sum(1) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    cache = DeepMemoryCache(
+        spec=spec,
+        position=q.shape[1],
+        memory=memory,
+        chunk_size=chunk_size,
+        weights=result.weights,
+        momentum=result.momentum,
+        chunk_start=result.chunk_start,
+        key_sum=sums[-1],
+        key_count=lengths[-1],
+        segment_start=ends[-2],
+        cached=result.cached,
+        context_sums=sums[:-1],
+        context_counts=lengths[:-1],
+    )
+    return out, cache
+
+
+def recurrent_deep_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    cache: DeepMemoryCache,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, DeepMemoryCache]:
+    """Continue ``cache`` token by token (:mod:`mcrnn.ops.deep.recurrent`); the spec, memory and inner
+    chunk are the cache's. Returns ``o`` and a new cache (``cache`` itself is not modified)."""
+    inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
+    spec = cache.spec
+    cache = replace(
+        cache, cached=list(cache.cached), context_sums=list(cache.context_sums),
+        context_counts=list(cache.context_counts),
+    )  # fmt: skip
+    out, cache = recurrent_deep_memory_caching(
+        *inputs, cache, params=params, eta=eta, alpha=alpha, beta=beta, aggregation=spec.aggregation,
+        init=spec.init, top_k=spec.top_k, pooling=spec.pooling,
+    )  # fmt: skip
+    return out.to(q.dtype), cache

@@ -1,0 +1,108 @@
+"""Checks of the tensors a Memory Caching op is called with, run once per call at the public entry.
+
+Shapes, dtypes and devices are checked on the host; value ranges (gates, finiteness) need one
+device-to-host sync for all gates together. Callers whose inputs are valid by construction (the layer)
+skip both with ``check_inputs=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+#: closed ranges of the per-token gates, by keyword: (low, high); every gate value must also be finite
+GATE_RANGES: dict[str, tuple[float, float]] = {
+    "log_decay": (-float("inf"), 0.0),
+    "prev_gate": (0.0, 1.0),
+    "cur_gate": (0.0, 1.0),
+    "eta": (0.0, float("inf")),
+    "alpha": (0.0, 1.0),
+    "beta": (0.0, 1.0),
+}
+
+
+def check_tensors(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None,
+    gates: Mapping[str, torch.Tensor | None],
+) -> None:
+    """Check ``q, k, u`` [B, T, H, Dk], ``v`` [B, T, H, Dv] and the gates [B, T, H].
+
+    Raises ``TypeError`` for non-tensors and non-floating dtypes and ``ValueError`` for wrong ranks,
+    empty dimensions, mismatched B/T/H/Dk, mixed dtypes of ``q, k, v, u`` or devices, and gates
+    outside :data:`GATE_RANGES` or not finite, naming the offending argument.
+    """
+    named = {"q": q, "k": k, "v": v, "u": u, **gates}
+    for name, tensor in named.items():
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {tensor.dtype}")
+    for name in ("q", "k", "v", "u"):
+        tensor = named[name]
+        if tensor is not None and tensor.dim() != 4:
+            raise ValueError(f"{name} must be [B, T, H, D] (4-D), got shape {tuple(tensor.shape)}")
+    if 0 in q.shape or v.shape[-1] == 0:
+        raise ValueError(f"q and v need B, T, H, D >= 1, got q {tuple(q.shape)} and v {tuple(v.shape)}")
+    batch, seq_len, heads, key_dim = q.shape
+    for name in ("k", "u"):
+        tensor = named[name]
+        if tensor is not None and tuple(tensor.shape) != (batch, seq_len, heads, key_dim):
+            raise ValueError(
+                f"{name} must have the shape of q [B,T,H,Dk]={tuple(q.shape)}, got {tuple(tensor.shape)}"
+            )
+    if tuple(v.shape[:3]) != (batch, seq_len, heads):
+        raise ValueError(f"v must be [B,T,H,Dv] with B,T,H={batch, seq_len, heads}, got {tuple(v.shape)}")
+    dtypes = {name: named[name].dtype for name in ("q", "k", "v", "u") if named[name] is not None}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"q, k, v and u must share one dtype, got {dtypes}")
+    for name, tensor in gates.items():
+        if tensor is not None and tuple(tensor.shape) != (batch, seq_len, heads):
+            raise ValueError(f"{name} must be [B,T,H]={batch, seq_len, heads}, got {tuple(tensor.shape)}")
+    devices = {t.device for t in named.values() if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+    _check_gate_ranges({name: g for name, g in gates.items() if g is not None})
+
+
+def _check_gate_ranges(gates: Mapping[str, torch.Tensor]) -> None:
+    """One host sync for all gates: every value finite (log_decay) and inside its range."""
+    if not gates:
+        return
+    bad = torch.stack([_outside(name, g) for name, g in gates.items()]).tolist()
+    for (name, gate), is_bad in zip(gates.items(), bad, strict=True):
+        if is_bad:
+            low, high = GATE_RANGES[name]
+            wanted = (
+                f">= {low:g}"
+                if high == float("inf")
+                else f"<= {high:g}"
+                if low == -float("inf")
+                else (f"in [{low:g}, {high:g}]")
+            )
+            finite = gate[gate.isfinite()]
+            seen = (
+                f"[{finite.min().item():.3g}, {finite.max().item():.3g}]"
+                if finite.numel()
+                else "no finite value"
+            )
+            nonfinite = gate.numel() - finite.numel()
+            raise ValueError(
+                f"{name} must be finite and {wanted}; got {nonfinite} non-finite values, finite range {seen}"
+            )
+
+
+def _outside(name: str, gate: torch.Tensor) -> torch.Tensor:
+    low, high = GATE_RANGES[name]
+    return ~(gate.isfinite() & (gate >= low) & (gate <= high)).all()
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """State accumulation dtype: float64 if any input is float64, else float32 (bf16/fp16 upcast)."""
+    wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if wide else torch.float32

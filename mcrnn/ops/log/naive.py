@@ -1,0 +1,74 @@
+"""The definition of MC with the per-token Fenwick (log) segmentation: a plain loop over tokens.
+
+Slow on purpose; the parallel path (:mod:`.chunk`) and decoding (:mod:`.recurrent`) are tested
+against it in float64. The aggregation helpers are those of the constant-segment definition.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.linear.naive import aggregate, pool
+from mcrnn.ops.log.buckets import fenwick_buckets
+from mcrnn.ops.spec import MCSpec
+
+
+def naive_log_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    log_decay: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, None]:
+    """The definition of MC with the log segmentation: ``o`` [B, T, H, Dv] (``q``'s dtype), no cache."""
+    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    u = q if u is None else u.to(dtype)
+    log_decay = None if log_decay is None else log_decay.to(dtype)
+    out = _token_loop(q, k, v, u, spec=spec, log_decay=log_decay)
+    return out.to(in_dtype), None
+
+
+def _token_loop(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    spec: MCSpec,
+    log_decay: torch.Tensor | None,
+) -> torch.Tensor:
+    """Reference MC with the per-token Fenwick (log) segmentation of DESIGN.md §5 (``linear`` memory).
+
+    The prefix of token ``t`` (length ``L = t + 1``) splits by the binary digits of ``L``, largest
+    first: ``L = 37 -> [0, 32), [32, 36), [36, 37)``. The last bucket holds ``t`` and is the online
+    memory; the others are cached. A bucket's state is the base state at its end (``checkpoint``) or
+    the decayed sum of its own writes (``independent``); its router key pools its keys.
+    """
+    batch, seq_len, heads, _ = q.shape
+    out = q.new_zeros(batch, seq_len, heads, v.shape[-1])
+    for b in range(batch):
+        for h in range(heads):
+            decay = torch.ones(seq_len, dtype=q.dtype) if log_decay is None else log_decay[b, :, h].exp()
+            writes = [torch.outer(k[b, t, h], v[b, t, h]) for t in range(seq_len)]
+            prefix = []
+            state = q.new_zeros(k.shape[-1], v.shape[-1])
+            for t in range(seq_len):
+                state = decay[t] * state + writes[t]
+                prefix.append(state)
+            for t in range(seq_len):
+                reads, logits = [], []
+                for start, end in fenwick_buckets(t + 1):
+                    if spec.init == "checkpoint":
+                        memory = prefix[end - 1]
+                    else:
+                        memory = q.new_zeros(k.shape[-1], v.shape[-1])
+                        for i in range(start, end):
+                            memory = decay[i] * memory + writes[i]
+                    reads.append(q[b, t, h] @ memory)
+                    logits.append(u[b, t, h] @ pool(list(k[b, start:end, h]), spec.pooling))
+                out[b, t, h] = aggregate(reads, logits, spec.aggregation, spec.top_k)
+    return out
