@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from mcrnn.bench.suites import GPU_SEQ_LENS
 from mcrnn.bench.timing import timed_runs
-from mcrnn.ops import memory_caching
-from mcrnn.ops.segments import resolve_segment_lengths, segment_index
+from mcrnn.ops import MCSpec, memory_caching
+from mcrnn.ops.segments import segment_index
 
 INNER_CHUNK = 64
 FWD_BWD = 3.0
@@ -77,7 +77,7 @@ def _fla_step() -> Callable | None:
 
 def _cases(seq_len: int, segment: int, top_ks: Sequence[int]) -> list[tuple[str, list[int], str, int | None]]:
     """(name, segment lengths, aggregation, top_k) of the MC variants at ``seq_len``."""
-    segmented = resolve_segment_lengths(seq_len, segment, None)
+    segmented = MCSpec(segment_size=segment).lengths(seq_len)
     cases = [("base", [seq_len], "grm", None), ("residual", segmented, "residual", None)]
     cases.append(("grm", segmented, "grm", None))
     cases += [(f"ssc_k{k}", segmented, "ssc", k) for k in top_ks]

@@ -52,7 +52,7 @@ class MCSpec:
             ``segmentation="constant"``: one segment, the base memory.
         segmentation: ``constant`` (the segments above) or ``log`` (the per-token Fenwick partition of
             DESIGN.md §5; takes no size or lengths; with ``grm`` the paper's Log-Linear++).
-        top_k: cached segments each token reads under ``ssc`` (required there, rejected elsewhere).
+        top_k: cached segments each token reads under ``ssc`` (required there, unused elsewhere).
         init: ``checkpoint`` (a segment continues from the previous state) or ``independent``.
         pooling: router-key pooling ``mean | sum``.
     """
@@ -70,13 +70,10 @@ class MCSpec:
         check_choice("init", self.init, INITS)
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("segmentation", self.segmentation, SEGMENTATIONS)
-        if self.aggregation == "ssc":
-            if self.top_k is None:
-                raise ValueError("aggregation='ssc' needs top_k (an int >= 1), got None")
+        if self.aggregation == "ssc" and self.top_k is None:
+            raise ValueError("aggregation='ssc' needs top_k (an int >= 1), got None")
+        if self.top_k is not None:
             check_positive_int("top_k", self.top_k)
-        elif self.top_k is not None:
-            raise ValueError(f"top_k is used by aggregation='ssc' only, got top_k={self.top_k!r} with "
-                             f"aggregation={self.aggregation!r}")  # fmt: skip
         if self.segment_size is not None and self.segment_lengths is not None:
             raise ValueError("give segment_size or segment_lengths, not both")
         if self.segment_size is not None:

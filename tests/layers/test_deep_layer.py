@@ -7,7 +7,7 @@ import torch
 
 from mcrnn.layers import MemoryCachingAttention
 from mcrnn.layers.deep_memory import DeepMemory
-from mcrnn.ops.deep import deep_memory_caching
+from mcrnn.ops import memory_caching
 
 
 def make_layer(memory: str, aggregation: str = "grm", **kwargs) -> MemoryCachingAttention:
@@ -55,7 +55,7 @@ def test_training_makes_the_memory_read_depend_on_the_query(memory: str) -> None
     for _ in range(2):
         q = q.clone()
         q[:, -1] = torch.nn.functional.normalize(torch.randn(1, 2, 8), dim=-1)
-        out = deep_memory_caching(q, k, v, memory=memory, chunk_size=4, **options)
+        out = memory_caching(q, k, v, memory=memory, chunk_size=4, **options)
         reads.append(out[:, -1] - q[:, -1])
     assert (reads[0] - reads[1]).norm() > 1e-2 * reads[0].norm()
 

@@ -200,12 +200,17 @@ def test_decoding_equals_parallel(aggregation, init, memory, prefill):
 
 
 def test_decoding_with_explicit_lengths():
-    inputs = make_inputs(seq_len=10)
+    """The lengths describe the stream: a prefill of 4 tokens sees segments [2, 2 of 5], and decoding
+    continues from the cache's spec without passing it again; a conflicting spec is an error."""
+    inputs = make_inputs(seq_len=12)
     options = dict(segment_lengths=[2, 5, 3], aggregation="grm")
-    expected = run(inputs, **options)
-    out, cache = run({n: x[:, :4] for n, x in inputs.items()}, output_cache=True, segment_lengths=[2, 2])
-    rest, _ = run({n: x[:, 4:] for n, x in inputs.items()}, cache=cache, output_cache=True, **options)
+    expected = run(inputs, **options)  # tokens 10, 11 continue the last segment
+    out, cache = run({n: x[:, :4] for n, x in inputs.items()}, output_cache=True, **options)
+    assert cache.spec.segment_lengths == (2, 5, 3) and cache.position == 4
+    rest, _ = run({n: x[:, 4:] for n, x in inputs.items()}, cache=cache, output_cache=True)
     torch.testing.assert_close(torch.cat([out, rest], 1), expected, **TOL)
+    with pytest.raises(ValueError, match=r"segment_lengths=\[2, 2\] \(cache: \[2, 5, 3\]\)"):
+        run({n: x[:, 4:] for n, x in inputs.items()}, cache=cache, segment_lengths=[2, 2])
 
 
 @settings(max_examples=25, deadline=None)

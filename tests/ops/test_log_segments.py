@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
-from mcrnn.ops.segments import fenwick_buckets
+from mcrnn.ops.log import fenwick_buckets
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 
