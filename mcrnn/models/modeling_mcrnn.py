@@ -85,11 +85,21 @@ class MCPreTrainedModel(PreTrainedModel):
         """Generation must not build a KV ``DynamicCache``: the model returns its own :class:`MCCache`."""
         return False
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """As Hugging Face's, but an MC layer, which holds no parameter of its own, is initialised too (a
+        custom-code model's parameterless modules are otherwise skipped)."""
+        if isinstance(module, MemoryCachingAttention) and not getattr(module, "_is_hf_initialized", False):
+            self._init_weights(module)
+            module._is_hf_initialized = True
+            return
+        super()._initialize_weights(module, is_custom_code)
+
     def _init_weights(self, module: nn.Module) -> None:
         """Normal(0, ``initializer_range``) for linear and embedding weights, ones for RMSNorm; an MC layer
         keeps its own init (:meth:`MemoryCachingAttention.reset_parameters`: gates, decays and deep-memory
         weights have their own ranges). Modules are visited children first, so the MC layer's reset comes
-        after, and overrides, the generic init of its children."""
+        after, and overrides, the generic init of its children. Parameters loaded by ``from_pretrained``
+        are never re-initialised (Hugging Face guards the ``torch.nn.init`` functions)."""
         std = self.config.initializer_range
         if isinstance(module, MemoryCachingAttention):
             module.reset_parameters()
