@@ -80,7 +80,8 @@ def check_device(device: str) -> None:
             raise ValueError(f"--device {device}: CUDA is not available on this machine")
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            count = torch.cuda.device_count()
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s)")
 
 
 def measure(cases: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", choices=SPLITS, default="val",
         help="part of --data to score: val = its last 10%%, train = the first 90%%, all",
     )  # fmt: skip
-    parser.add_argument("--tokenizer", default=None, help="a Hugging Face tokenizer name (default: the byte tokenizer)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="a Hugging Face tokenizer name (default: the byte tokenizer)"
+    )
     parser.add_argument(
         "--factors", action=ExtendList, type=list_of(positive_int), default=[1, 2, 4],
         help="extrapolation lengths, as multiples of --seq-len",

@@ -24,9 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", required=True, help="YAML file with model / data / eval_data / train sections"
     )
     start = parser.add_mutually_exclusive_group()
-    start.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in out_dir"
-    )
+    start.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     start.add_argument(
         "--overwrite", action="store_true",
         help="delete the run already in out_dir (metrics, checkpoints, logs) and start afresh",
@@ -48,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted: the last complete checkpoint is intact; continue with --resume", file=sys.stderr)
         return 130
     if result.losses:
-        last = result.losses[-1]
-        print(f"done: {len(result.losses)} steps, final loss {last:.4f}, {result.tokens_per_second:,.0f} tok/s")
+        last, speed = result.losses[-1], result.tokens_per_second
+        print(f"done: {len(result.losses)} steps, final loss {last:.4f}, {speed:,.0f} tok/s")
     if result.evals:
         print("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in result.evals[-1].items() if k != "step"))
     if result.checkpoint:
