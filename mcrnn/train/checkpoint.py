@@ -35,6 +35,7 @@ LATEST = "latest"
 #: keys every trainer_state.pt holds (``rng_cuda`` and ``world_size`` are optional)
 STATE_KEYS = ("step", "optimizer", "scheduler", "rng_cpu")
 _STEP_NAME = re.compile(r"step_\d{8}")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 _TEMPORARY = (".tmp-step_*", ".stale-step_*", f".{LATEST}.tmp-*")
 
 
@@ -179,9 +180,10 @@ def read_trainer_state(file: Path) -> dict:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for truncated/corrupt files
+        found = _UNSAFE_GLOBAL.search(str(err))
+        what = f"it holds {found.group(1)}, which is never unpickled" if found else type(err).__name__
         raise ValueError(
-            f"corrupt trainer state in {file}: not a torch checkpoint of tensors and plain values "
-            f"({type(err).__name__})"
+            f"corrupt trainer state in {file}: not a torch checkpoint of tensors and plain values ({what})"
         ) from err
     if not isinstance(state, dict):
         raise ValueError(f"corrupt trainer state in {file}: expected a dict, got {type(state).__name__}")
