@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset, TextDataset
 from mcrnn.models import MCConfig, MCForCausalLM
-from mcrnn.train.loop import TrainResult, train
+from mcrnn.train.loop import TrainResult, check_out_dir, train
 from mcrnn.train.options import TrainOptions
 
 SECTIONS = ("model", "data", "eval_data", "train")
@@ -139,6 +139,7 @@ def run_config(
     """Build the model, data and options of a parsed config and train (see :func:`train`)."""
     train_values = {**(raw.get("train") or {}), **(overrides or {})}
     options = TrainOptions.from_dict(_yaml_numbers(train_values, TrainOptions().to_dict()))
+    check_out_dir(options.out_dir, resume, overwrite)  # before the data is read, which may take long
     model_config = build_model_config(raw["model"])
     train_data = build_dataset(raw["data"], "train")
     eval_spec = raw.get("eval_data")
