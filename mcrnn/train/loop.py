@@ -263,8 +263,8 @@ def train(
         try:
             D.load_model_state(wrapped, weights)
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[-1].strip()
-            raise ValueError(f"the weights in {path} do not fit the model: {first}") from err
+            detail = str(err).strip().splitlines()[-1].strip()  # one mismatch of torch's list
+            raise ValueError(f"the weights in {path} do not fit the model: {detail}") from err
         D.load_optimizer_state(wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
