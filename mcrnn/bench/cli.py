@@ -87,11 +87,10 @@ def check_device(device: str) -> None:
 def measure(cases: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every case in its own process, printing progress; return rows with name and T."""
     if args.only:
-        unknown = sorted(set(args.only) - {name for name, _ in cases})
+        names = {name for name, _ in cases}
+        unknown = sorted(set(args.only) - names)
         if unknown:
-            raise SystemExit(
-                f"--only: no case named {unknown}; this suite has {sorted({n for n, _ in cases})}"
-            )
+            raise ValueError(f"--only: no case named {unknown}; this suite has {sorted(names)}")
         cases = [(name, case) for name, case in cases if name in args.only]
     cases = [(name, {"repeats": args.repeats, **case}) for name, case in cases]
     if args.threads:
