@@ -18,6 +18,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+DESCRIPTION = """Memory Caching for recurrent sequence models: train, evaluate, benchmark, demo.
+
+A bad argument or input file is one line on stderr (exit status 2); --debug shows the traceback.
+List options take their items space- or comma-separated and may be repeated:
+--lengths 512 1024, --lengths 512,1024 and --lengths 512 --lengths 1024 are the same.
+"""
+
+EXAMPLES = """examples:
+  mcrnn demo
+  mcrnn train --config cfg.yaml
+  mcrnn eval --model runs/x/checkpoints/step_00002000 --task mqar niah
+  mcrnn bench --suite ops
+  mcrnn eval --help                 # every sub-command's options, defaults and examples
+"""
+
 #: sub-command -> (module, help text)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mcrnn.bench.cli", "throughput benchmarks of the ops and layers"),
@@ -106,7 +121,9 @@ def _one_line(err: BaseException) -> str:
 
 def build_parser(chosen: str | None) -> ArgumentParser:
     """The ``mcrnn`` parser; only the ``chosen`` sub-command's module is imported to add its options."""
-    parser = ArgumentParser(prog="mcrnn", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(
+        prog="mcrnn", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=HelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -133,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"mcrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as err:  # bad input: one line naming it, not a traceback (unless --debug)
         if args.debug:
             raise

@@ -146,6 +146,15 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capsys):
     assert _metric_steps(tmp_path) == [1, 2, 2, 3, 3]  # train and eval lines of steps 1..3
 
 
+def test_bad_metrics_line_before_the_last_is_an_error_naming_it(tmp_path):
+    from mcrnn.train.loop import read_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=f"invalid JSON at {metrics}:2"):
+        read_metrics(metrics)
+
+
 def test_loss_plot_next_to_metrics(tmp_path, monkeypatch, capsys):
     _train(tmp_path, 2)
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
