@@ -1,14 +1,37 @@
 """One entry point: ``mcrnn train|eval|bench|demo``.
 
-Each sub-command lives in its own package and exposes ``add_arguments(parser)`` and ``run(args)``;
-this module only wires them to argparse, importing a sub-command's package when it is chosen.
+Each sub-command lives in its own package and exposes ``add_arguments(parser)``, ``run(args)`` and
+``EXAMPLES`` (shown under ``--help``); this module wires them to argparse, importing a sub-command's
+package only when it is chosen. A bad argument or input file ends the command with one line on stderr,
+``mcrnn <command>: error: <what was wrong>``, and exit status 2; ``--debug`` shows the traceback instead.
+
+Every list option takes its items space- or comma-separated, and may be repeated:
+``--lengths 512 1024``, ``--lengths 512,1024`` and ``--lengths 512 --lengths 1024`` are the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+DESCRIPTION = """Memory Caching for recurrent sequence models: train, evaluate, benchmark, demo.
+
+A bad argument or input file is one line on stderr (exit status 2); --debug shows the traceback.
+List options take their items space- or comma-separated and may be repeated:
+--lengths 512 1024, --lengths 512,1024 and --lengths 512 --lengths 1024 are the same.
+"""
+
+EXAMPLES = """examples:
+  mcrnn demo
+  mcrnn train --config cfg.yaml
+  mcrnn eval --model runs/x/checkpoints/step_00002000 --task mqar niah
+  mcrnn bench --suite ops
+  mcrnn eval --help                 # every sub-command's options, defaults and examples
+"""
 
 #: sub-command -> (module, help text)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,21 +42,121 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) that points to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's and examples' line breaks and shows every option's default that is
+    not None or False (a list as its items)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in help_text:
+            return help_text
+        return help_text + " (default: %(default)s)"
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        if isinstance(action.default, (list, tuple)):
+            action = copy.copy(action)
+            action.default = " ".join(map(str, action.default))
+        return super()._expand_help(action)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
+def list_of(item: Callable[[str], Any], choices: Sequence[str] | None = None) -> Callable[[str], list]:
+    """argparse type of a list option (use with :class:`ExtendList`): comma-separated items, each
+    converted by ``item`` and, when ``choices`` is given, one of them."""
+
+    def parse(text: str) -> list:
+        values = [item(part) for part in text.split(",") if part]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one item, got {text!r}")
+        if choices is not None:
+            for value in values:
+                if value not in choices:
+                    raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(choices)}")
+        return values
+
+    return parse
+
+
+class ExtendList(argparse.Action):
+    """``nargs="+"`` list option whose items may also be comma-separated; repeating it extends the list,
+    and the first use replaces the default."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is None or current is self.default else list(current)
+        for value in values:
+            items.extend(value)
+        setattr(namespace, self.dest, items)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's first line; the type is named unless it is a plain bad-input error."""
+    lines = str(err).strip().splitlines()
+    message = lines[0] if lines else ""
+    if isinstance(err, (ValueError, OSError)):
+        return message or type(err).__name__
+    return f"{type(err).__name__}: {message} (run with --debug for the traceback)"
+
+
+def build_parser(chosen: str | None) -> ArgumentParser:
+    """The ``mcrnn`` parser; only the ``chosen`` sub-command's module is imported to add its options."""
+    parser = ArgumentParser(
+        prog="mcrnn", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if name != chosen:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(
+            name, help=help_text, parents=[common], formatter_class=HelpFormatter,
+            description=module.__doc__, epilog="examples:\n" + module.EXAMPLES.strip("\n"),
+        )  # fmt: skip
+        module.add_arguments(command_parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcrnn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if a in COMMANDS), None)
-    for name, (module_name, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text)
-        if name == chosen:
-            importlib.import_module(module_name).add_arguments(command_parser)
-    args, _ = parser.parse_known_args(argv) if chosen is None else (parser.parse_args(argv), None)
+    args = build_parser(chosen).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (FileNotFoundError, ValueError) as err:  # bad input: one line naming it, not a traceback
-        print(f"mcrnn {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"mcrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # bad input: one line naming it, not a traceback (unless --debug)
+        if args.debug:
+            raise
+        print(f"mcrnn {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

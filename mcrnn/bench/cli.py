@@ -1,13 +1,15 @@
-"""``mcrnn bench``: throughput of the ops and layers, side by side with baselines, in one run.
+"""Throughput of the ops and layers, side by side with baselines, in one run.
 
 Writes ``<out>/bench_<suite>.json`` (machine, rows), ``<out>/bench_<suite>.md`` (the table) and
 ``<out>/bench_<suite>.png`` (tokens/s against T, log axes), and prints a table with each case's
-speed as a ratio to the baselines measured in the same run.
+speed as a ratio to the baselines measured in the same run. On CUDA the ops suite times the Triton
+op (bf16) up to T = 32K; on the CPU every case runs in its own process.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,48 +18,79 @@ from mcrnn.bench.deep import deep_suite
 from mcrnn.bench.report import plot_throughput, ratio_table, save_json, write_atomic
 from mcrnn.bench.suites import GPU_SEQ_LENS, OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
 from mcrnn.bench.timing import machine_info, merge_rounds, run_isolated
+from mcrnn.cli import ExtendList, list_of, positive_int
 
 SUITES = ("ops", "peer", "deep")
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+EXAMPLES = """
+  mcrnn bench                                   # ops suite on the CPU
+  mcrnn bench --suite deep --rounds 2 --repeats 5
+  mcrnn bench --device cuda --seq-lens 8192 32768
+  mcrnn bench --suite ops --only base grm sdpa --seq-lens 1024,2048
+"""
+
+
+def device_arg(text: str) -> str:
+    """argparse type: ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="ops", help="what to measure")
     parser.add_argument(
-        "--seq-lens",
-        type=int,
-        nargs="+",
-        default=list(OPS_SEQ_LENS),
-        help="sequence lengths of the ops sweep",
+        "--seq-lens", action=ExtendList, type=list_of(positive_int), default=None,
+        help="sequence lengths of the ops sweep (default: "
+        f"{' '.join(map(str, OPS_SEQ_LENS))} on cpu, {' '.join(map(str, GPU_SEQ_LENS))} on cuda)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--segment-size", type=positive_int, default=256, help="MC segment size of the ops sweep"
     )
-    parser.add_argument("--segment-size", type=int, default=256, help="MC segment size of the ops sweep")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed runs per case (the median is reported)"
+    )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=1,
         help="measure the cases this many times round-robin (a fresh process each) and pool the runs, "
         "so that load drifting on a shared machine hits every case alike",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--only",
-        nargs="+",
-        default=None,
-        metavar="CASE",
-        help="measure only these case names (e.g. titans_base)",
+        "--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--only", action=ExtendList, type=list_of(str), default=None, metavar="CASE",
+        help="measure only these case names (e.g. titans_base)",
+    )  # fmt: skip
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
+
+
+def check_device(device: str) -> None:
+    """Reject a device this machine cannot run, before any worker starts."""
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s)")
 
 
 def measure(cases: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every case in its own process, printing progress; return rows with name and T."""
     if args.only:
-        unknown = sorted(set(args.only) - {name for name, _ in cases})
+        names = {name for name, _ in cases}
+        unknown = sorted(set(args.only) - names)
         if unknown:
-            raise SystemExit(
-                f"--only: no case named {unknown}; this suite has {sorted({n for n, _ in cases})}"
-            )
+            raise ValueError(f"--only: no case named {unknown}; this suite has {sorted(names)}")
         cases = [(name, case) for name, case in cases if name in args.only]
     cases = [(name, {"repeats": args.repeats, **case}) for name, case in cases]
     if args.threads:
@@ -94,6 +127,7 @@ def peer_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     suites = SUITES if args.suite == "all" else (args.suite,)
     if args.seq_lens is None:
         args.seq_lens = list(GPU_SEQ_LENS if args.device.startswith("cuda") else OPS_SEQ_LENS)

@@ -189,24 +189,39 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+EXAMPLES = """
+  mcrnn demo
+  mcrnn demo --steps 200 --models base grm --out runs/demo_quick
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mcrnn.cli import ExtendList, list_of, positive_int
+
     parser.add_argument("--out", default="runs/demo", help="folder for results.json and demo.png")
-    parser.add_argument("--steps", type=int, default=DemoSettings.steps, help="training steps per model")
-    parser.add_argument("--seed", type=int, default=DemoSettings.seed)
+    parser.add_argument(
+        "--steps", type=positive_int, default=DemoSettings.steps, help="training steps per model"
+    )
+    parser.add_argument("--seed", type=int, default=DemoSettings.seed, help="seed of data and weights")
     parser.add_argument(
         "--lr", type=float, default=DemoSettings.lr, help="peak learning rate of the recurrent models"
     )
-    parser.add_argument("--transformer-lr", type=float, default=DemoSettings.transformer_lr)
-    parser.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated subset of models")
+    parser.add_argument(
+        "--transformer-lr", type=float, default=DemoSettings.transformer_lr,
+        help="peak learning rate of the Transformer",
+    )  # fmt: skip
+    parser.add_argument(
+        "--models", action=ExtendList, type=list_of(str, DEMO_MODELS), default=list(DEMO_MODELS),
+        help="subset of the models to train",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    models = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(models) - set(DEMO_MODELS))
+    unknown = sorted(set(args.models) - set(DEMO_MODELS))
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; choose from {DEMO_MODELS}")
     settings = DemoSettings(steps=args.steps, seed=args.seed, lr=args.lr, transformer_lr=args.transformer_lr)
-    run_demo(settings, Path(args.out), models, progress=not args.no_progress)
+    run_demo(settings, Path(args.out), args.models, progress=not args.no_progress)
     print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'demo.png'}")
     return 0

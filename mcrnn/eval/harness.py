@@ -7,7 +7,9 @@ predicted right, i.e. exact-match greedy decoding; perplexity is ``exp`` of the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +18,50 @@ from torch.utils.data import Dataset
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset
 from mcrnn.models import MCConfig, MCForCausalLM
 from mcrnn.train import evaluate_lm
+from mcrnn.train.checkpoint import CONFIG_FILE, MODEL_FILE, read_weights
+
+
+def load_model(path: str | Path) -> MCForCausalLM:
+    """The model saved in folder ``path`` (a checkpoint or ``save_pretrained`` output), in eval mode.
+
+    Every way the folder can be wrong is a one-line ``FileNotFoundError`` / ``ValueError`` naming the
+    file: no folder, no or invalid ``config.json``, no or truncated ``model.safetensors``, weights whose
+    names or shapes do not match the config.
+    """
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_FILE, path / MODEL_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no model at {path} (expected {CONFIG_FILE} and {MODEL_FILE})")
+    try:
+        values = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"invalid JSON in {config_file}: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{config_file} must hold a JSON object, got {type(values).__name__}")
+    if values.get("model_type", MCConfig.model_type) != MCConfig.model_type:
+        raise ValueError(f"{config_file} has model_type {values['model_type']!r}, expected 'mcrnn'")
+    try:
+        config = MCConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid {config_file}: {err}") from err
+    weights = read_weights(weights_file, config.tie_word_embeddings)
+    model = MCForCausalLM(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_file} does not match {config_file}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f" ({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"{weights_file} does not match {config_file}: {name} has shape {tuple(tensor.shape)} "
+                f"in the weights, {tuple(expected[name].shape)} from the config"
+            )
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
 
 
 def eval_mqar(model: nn.Module, config: MQARConfig, *, batch_size: int = 32) -> dict[str, float]:
@@ -58,6 +104,8 @@ def with_average_caching(model: MCForCausalLM, segment_size: int) -> MCForCausal
     ``aggregation="average"``: every token reads the mean of its online and cached memories; no
     weight changes. Returns a new model on the same device.
     """
+    if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
+        raise ValueError(f"average segment_size must be an int >= 1, got {segment_size!r}")
     values = model.config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
         values.pop(key, None)
@@ -87,6 +135,9 @@ def eval_extrapolation(
 ) -> dict[str, dict[int, float]]:
     """``metric`` at ``factor * train_length`` for each factor: ``{"model": {length: score}}`` and, when
     ``average_segment_size`` is given, ``{"average": ...}`` for :func:`with_average_caching`."""
+    for factor in factors:
+        if not factor > 0:
+            raise ValueError(f"factors must be > 0, got {list(factors)}")
     variants: dict[str, nn.Module] = {"model": model}
     if average_segment_size is not None:
         variants["average"] = with_average_caching(model, average_segment_size)

@@ -1,15 +1,25 @@
-"""Atomic training checkpoints.
+"""Atomic, durable training checkpoints that are only ever rotated within their own run.
 
 Layout: ``<out_dir>/checkpoints/step_<N>/`` holds ``model.safetensors`` + ``config.json`` (loadable with
-``MCForCausalLM.from_pretrained``) and ``trainer_state.pt`` (optimizer, scheduler, step = data position,
-RNG states; read back with ``torch.load(weights_only=True)``). A checkpoint is written into a temporary
-folder and renamed into place, then ``checkpoints/latest`` (a one-line file) is replaced atomically, so
-an interrupted save (Ctrl-C, crash) leaves the previous complete checkpoint as ``latest``.
+``MCForCausalLM.from_pretrained``), ``trainer_state.pt`` (optimizer, scheduler, step = data position,
+RNG states; read back with ``torch.load(weights_only=True)``) and ``run.json`` (the step, the kind of
+training data, and the run's ``lineage``: the names of its checkpoints still kept, oldest first).
+
+A checkpoint is written into a temporary folder, every file and the folder are fsynced, the folder is
+renamed into place and the parent fsynced; then ``checkpoints/latest`` (a one-line file) is replaced the
+same way. An interrupted save (Ctrl-C, crash, power loss) thus leaves the previous complete checkpoint
+as ``latest``; temporary folders a killed save left behind are removed by the next save.
+
+Rotation deletes only checkpoints of the lineage being written (the run and the runs it resumed
+from), the oldest first, never the checkpoint just written, so a resumed or restarted run cannot
+delete checkpoints it did not write nor the one ``latest`` names.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,13 +29,63 @@ from safetensors.torch import load_file, save_file
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
 LATEST = "latest"
+#: keys every trainer_state.pt holds (``rng_cuda`` and ``world_size`` are optional)
+STATE_KEYS = ("step", "optimizer", "scheduler", "rng_cpu")
+_STEP_NAME = re.compile(r"step_\d{8}")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_TEMPORARY = (".tmp-step_*", ".stale-step_*", f".{LATEST}.tmp-*")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` durably: temporary file, fsync, rename, fsync of the folder."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete temporary folders and files that an interrupted save left in ``root``; returns them."""
+    found = [p for pattern in _TEMPORARY for p in root.glob(pattern)]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+def read_run_info(path: Path) -> dict:
+    """``run.json`` of checkpoint ``path``; a checkpoint written before it existed is its own lineage."""
+    file = path / RUN_FILE
+    if not file.is_file():
+        return {"lineage": [path.name]}
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"corrupt {file}: {err}") from err
+    if not isinstance(info, dict) or not isinstance(info.get("lineage"), list):
+        raise ValueError(f"corrupt {file}: expected an object with a 'lineage' list")
+    return info
 
 
 def save_checkpoint(
@@ -35,28 +95,48 @@ def save_checkpoint(
     config,
     trainer_state: dict,
     keep: int = 2,
+    *,
+    lineage: list[str] | None = None,
+    data: str | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and keep the newest ``keep``; returns its folder."""
+    """Write checkpoint ``step`` atomically and durably; returns its folder.
+
+    ``lineage`` names the earlier kept checkpoints of this run (oldest first; from the ``run.json`` of
+    the checkpoint it resumed from); after the save, all but the newest ``keep`` of ``lineage + [this]``
+    are deleted. No other folder is touched. ``data`` names the kind of training data (``text``,
+    ``mqar``, ...), recorded for evaluation.
+    """
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temporaries(root)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
     tmp.mkdir()
     tensors = dict(model_state)
     if getattr(config, "tie_word_embeddings", False):
         tensors.pop("lm_head.weight", None)  # tied to the embedding; re-tied on load
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / MODEL_FILE, metadata={"format": "pt"})
-    config.to_json_file(tmp / "config.json")
+    config.to_json_file(tmp / CONFIG_FILE)
     torch.save(trainer_state, tmp / STATE_FILE)
+    kept = [name for name in (lineage or []) if name != final.name] + [final.name]
+    deleted, kept = kept[:-keep], kept[-keep:]
+    info = {"step": step, "data": data, "lineage": kept}
+    (tmp / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    for file in tmp.iterdir():
+        fsync_path(file)
+    fsync_path(tmp)
     if final.exists():  # re-saving a step (after a resume): move the old copy aside first
-        stale = root / f".stale-step_{step:08d}-{os.getpid()}"
+        stale = root / f".stale-{final.name}-{os.getpid()}"
         os.replace(final, stale)
+        os.replace(tmp, final)
         shutil.rmtree(stale, ignore_errors=True)
-    os.replace(tmp, final)
-    _atomic_write_text(root / LATEST, final.name + "\n")
-    for old in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_path(root)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    for name in deleted:
+        if _STEP_NAME.fullmatch(name):
+            shutil.rmtree(root / name, ignore_errors=True)
     return final
 
 
@@ -65,10 +145,52 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     pointer = Path(out_dir) / "checkpoints" / LATEST
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    name = pointer.read_text(encoding="utf-8").strip()
+    if not _STEP_NAME.fullmatch(name):
+        shown = repr(name) if name else "empty"
+        raise ValueError(
+            f"{pointer} is {shown}; expected the name of a checkpoint folder such as step_00000100"
+        )
+    path = pointer.parent / name
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint named by {pointer} is missing: {path}")
     return path
+
+
+def read_weights(file: Path, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
+    """The tensors of a ``model.safetensors`` file, the LM head re-tied to the embedding if it is tied.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming it for a corrupt one.
+    """
+    if not file.is_file():
+        raise FileNotFoundError(f"model weights not found: {file}")
+    try:
+        weights = load_file(file)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"corrupt model weights in {file}: {err}") from err
+    if tie_word_embeddings and "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    return weights
+
+
+def read_trainer_state(file: Path) -> dict:
+    """``trainer_state.pt`` read with ``weights_only=True``, checked to hold :data:`STATE_KEYS`."""
+    if not file.is_file():
+        raise FileNotFoundError(f"trainer state not found: {file}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for truncated/corrupt files
+        found = _UNSAFE_GLOBAL.search(str(err))
+        what = f"it holds {found.group(1)}, which is never unpickled" if found else type(err).__name__
+        raise ValueError(
+            f"corrupt trainer state in {file}: not a torch checkpoint of tensors and plain values ({what})"
+        ) from err
+    if not isinstance(state, dict):
+        raise ValueError(f"corrupt trainer state in {file}: expected a dict, got {type(state).__name__}")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"trainer state {file} lacks {missing}; a checkpoint holds {list(STATE_KEYS)}")
+    return state
 
 
 def read_checkpoint(path: str | Path, tie_word_embeddings: bool) -> tuple[dict[str, torch.Tensor], dict]:
@@ -80,14 +202,4 @@ def read_checkpoint(path: str | Path, tie_word_embeddings: bool) -> tuple[dict[s
     for name in (MODEL_FILE, STATE_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {name}")
-    try:
-        weights = load_file(path / MODEL_FILE)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"corrupt model weights in {path / MODEL_FILE}: {err}") from err
-    try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for truncated/corrupt files
-        raise ValueError(f"corrupt trainer state in {path / STATE_FILE}: {err}") from err
-    if tie_word_embeddings and "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-    return weights, state
+    return read_weights(path / MODEL_FILE, tie_word_embeddings), read_trainer_state(path / STATE_FILE)

@@ -22,6 +22,9 @@ train:        # any TrainOptions field
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,10 +33,12 @@ from torch.utils.data import Dataset
 
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset, TextDataset
 from mcrnn.models import MCConfig, MCForCausalLM
-from mcrnn.train.loop import TrainResult, train
+from mcrnn.train.loop import TrainResult, check_out_dir, train
 from mcrnn.train.options import TrainOptions
 
 SECTIONS = ("model", "data", "eval_data", "train")
+#: data.type -> the constructor its parameters go to (NIAH also takes ``tokenizer``)
+DATA_TYPES: dict[str, Callable] = {"mqar": MQARConfig, "niah": NIAHConfig, "text": TextDataset.__init__}
 
 
 def load_config(path: str | Path) -> dict:
@@ -44,7 +49,7 @@ def load_config(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"invalid YAML in {path}: {err}") from err
+        raise ValueError(f"invalid YAML in {path}: {' '.join(str(err).split())}") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{path} must hold a mapping with sections {SECTIONS}")
     unknown = sorted(set(raw) - set(SECTIONS))
@@ -53,34 +58,94 @@ def load_config(path: str | Path) -> dict:
     for section in ("model", "data"):
         if not isinstance(raw.get(section), dict):
             raise ValueError(f"{path}: section {section!r} is required and must be a mapping")
+    for section in ("eval_data", "train"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ValueError(f"{path}: section {section!r} must be a mapping")
     return raw
 
 
-def build_dataset(spec: dict, split: str = "train") -> Dataset:
-    """A dataset from ``{"type": "mqar"|"niah"|"text", ...parameters}``."""
+def _parameters(constructor: Callable) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of ``constructor`` (no ``self``, ``*args`` or ``**kwargs``)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(constructor).parameters
+    return {name: p for name, p in params.items() if name != "self" and p.kind in kinds}
+
+
+def _check_keys(section: str, values: dict, known: set[str], required: set[str] = frozenset()) -> None:
+    """One-line error for a key of ``section`` that is not ``known`` (with the closest known key) or a
+    ``required`` key that is absent."""
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(known)}"
+            raise ValueError(f"{section}: unknown key {key!r}{hint}")
+    missing = sorted(required - set(values))
+    if missing:
+        raise ValueError(f"{section}: missing required key(s) {missing}")
+
+
+def _yaml_numbers(values: dict, defaults: dict[str, object]) -> dict:
+    """PyYAML reads ``1e-3`` (no dot) as a string: turn such strings into floats where the default is
+    a float, so ``lr: 1e-3`` means what it says. Other values are left for validation."""
+    out = dict(values)
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(value, str) and isinstance(default, float):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{key} must be a number, got {value!r}") from None
+    return out
+
+
+def model_keys() -> set[str]:
+    """The keys a ``model:`` section may hold: ``MCConfig``'s parameters and its serialised fields."""
+    return set(_parameters(MCConfig.__init__)) | set(MCConfig().to_dict())
+
+
+def build_model_config(values: dict, section: str = "model") -> MCConfig:
+    """``MCConfig`` from a ``model:`` section; an unknown key is an error naming the closest valid one."""
+    _check_keys(section, values, model_keys())
+    defaults = {name: p.default for name, p in _parameters(MCConfig.__init__).items()}
+    return MCConfig(**_yaml_numbers(values, defaults))
+
+
+def build_dataset(spec: dict, split: str = "train", section: str = "data") -> Dataset:
+    """A dataset from ``{"type": "mqar"|"niah"|"text", ...parameters}``; ``section`` names the YAML
+    section in errors (an unknown or missing key, a bad type)."""
     spec = dict(spec)
     kind = spec.pop("type", None)
+    if kind not in DATA_TYPES:
+        raise ValueError(f"{section}.type must be one of {tuple(DATA_TYPES)}, got {kind!r}")
+    params = _parameters(DATA_TYPES[kind])
+    known = set(params) | ({"tokenizer"} if kind == "niah" else set())
+    required = {name for name, p in params.items() if p.default is inspect.Parameter.empty}
+    _check_keys(f"{section} (type {kind!r})", spec, known, required)
+    spec = _yaml_numbers(spec, {name: p.default for name, p in params.items()})
     if kind == "mqar":
         return MQARDataset(MQARConfig(**spec))
     if kind == "niah":
         tokenizer = spec.pop("tokenizer", None)
         return NIAHDataset(NIAHConfig(**spec), tokenizer)
-    if kind == "text":
-        paths = spec.pop("paths", None)
-        if not paths:
-            raise ValueError("data.paths must list at least one .txt/.jsonl file for type 'text'")
-        return TextDataset(paths, split=spec.pop("split", split), **spec)
-    raise ValueError(f"data.type must be one of ('mqar', 'niah', 'text'), got {kind!r}")
+    paths = spec.pop("paths")
+    if not paths:
+        raise ValueError(f"{section}.paths must list at least one .txt/.jsonl file for type 'text'")
+    return TextDataset(paths, split=spec.pop("split", split), **spec)
 
 
-def run_config(raw: dict, *, resume: bool = False, overrides: dict | None = None) -> TrainResult:
-    """Build the model, data and options of a parsed config and train."""
-    options = TrainOptions.from_dict({**(raw.get("train") or {}), **(overrides or {})})
+def run_config(
+    raw: dict, *, resume: bool = False, overwrite: bool = False, overrides: dict | None = None
+) -> TrainResult:
+    """Build the model, data and options of a parsed config and train (see :func:`train`)."""
+    train_values = {**(raw.get("train") or {}), **(overrides or {})}
+    options = TrainOptions.from_dict(_yaml_numbers(train_values, TrainOptions().to_dict()))
+    check_out_dir(options.out_dir, resume, overwrite)  # before the data is read, which may take long
+    model_config = build_model_config(raw["model"])
     train_data = build_dataset(raw["data"], "train")
     eval_spec = raw.get("eval_data")
     if eval_spec is None and raw["data"].get("type") == "text":
         eval_spec = {**raw["data"], "split": "val"}
-    eval_data = build_dataset(eval_spec, "val") if eval_spec is not None else None
+    eval_data = build_dataset(eval_spec, "val", section="eval_data") if eval_spec is not None else None
     torch.manual_seed(options.seed)  # the same initial weights in every process and every run
-    model = MCForCausalLM(MCConfig(**raw["model"]))
-    return train(model, train_data, options, eval_data=eval_data, resume=resume)
+    model = MCForCausalLM(model_config)
+    return train(model, train_data, options, eval_data=eval_data, resume=resume, overwrite=overwrite)

@@ -30,6 +30,10 @@ def evaluate_lm(
     autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """``{"loss", "perplexity", "accuracy", "sequence_accuracy", "tokens"}`` over the dataset, in order."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be an int >= 1 or None, got {max_batches!r}")
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device

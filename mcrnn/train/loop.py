@@ -9,8 +9,10 @@ so the gradient equals that of one process on the whole batch, whatever the spli
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -24,7 +26,13 @@ from torch.utils.data import Dataset
 
 from mcrnn.data import IGNORE_INDEX
 from mcrnn.train import distributed as D
-from mcrnn.train.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from mcrnn.train.checkpoint import (
+    CONFIG_FILE,
+    latest_checkpoint,
+    read_checkpoint,
+    read_run_info,
+    save_checkpoint,
+)
 from mcrnn.train.evaluate import evaluate_lm
 from mcrnn.train.options import TrainOptions
 from mcrnn.train.sampler import rank_micro_batches
@@ -73,6 +81,63 @@ def check_vocab(model: nn.Module, dataset: Dataset) -> None:
         raise ValueError(f"model vocab_size={vocab} is smaller than the data's largest id {top}")
 
 
+#: what a run writes into ``out_dir``; a folder holding any of them holds a run
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "loss.png")
+#: config entries that describe the file, not the model (ignored when a resume compares configs)
+_CONFIG_METADATA = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
+
+
+def check_out_dir(out_dir: str | None, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run where one already wrote its outputs, unless told to continue it
+    (``resume``) or to replace it (``overwrite``)."""
+    if resume and overwrite:
+        raise ValueError("give resume (--resume) or overwrite (--overwrite), not both")
+    if not out_dir or resume or overwrite:
+        return
+    found = [name for name in RUN_OUTPUTS if (Path(out_dir) / name).exists()]
+    if found:
+        raise ValueError(
+            f"out_dir {out_dir} already holds a run ({', '.join(found)}); continue it with --resume or "
+            "replace it with --overwrite"
+        )
+
+
+def remove_run_outputs(out_dir: str) -> None:
+    """Delete what an earlier run wrote into ``out_dir`` (:data:`RUN_OUTPUTS`), nothing else."""
+    for name in RUN_OUTPUTS:
+        path = Path(out_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def config_differences(config, checkpoint: Path) -> list[str]:
+    """``key (checkpoint value -> config value)`` for every model-config entry that differs from the
+    ``config.json`` of ``checkpoint``."""
+    saved = type(config).from_json_file(checkpoint / CONFIG_FILE).to_dict()
+    current = config.to_dict()
+    keys = sorted((set(saved) | set(current)) - set(_CONFIG_METADATA))
+    return [f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a torn last line (a write cut by a kill) is dropped with a
+    warning naming the file, a bad line elsewhere is an error naming the file and line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"invalid JSON at {path}:{number} ({err})") from err
+            print(f"warning: dropped the torn last line {number} of {path}: {line[:60]!r}", file=sys.stderr)
+    return records
+
+
 class MetricsWriter:
     """JSON lines in ``<out_dir>/metrics.jsonl`` (and TensorBoard scalars when it is installed)."""
 
@@ -83,12 +148,8 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # drop lines past the step we resume from, so the log reads as one run
-            kept = [
-                ln
-                for ln in self.path.read_text().splitlines()
-                if ln and json.loads(ln)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [record for record in read_metrics(self.path) if record["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -111,6 +172,33 @@ class MetricsWriter:
             self.tb.close()
 
 
+def write_loss_plot(metrics_path: Path) -> Path | None:
+    """``loss.png`` next to ``metrics.jsonl``: training (and evaluation) loss against the step.
+
+    Skipped, with a note, when matplotlib is not installed; returns the plot's path or None.
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"note: matplotlib is not installed; no loss plot next to {metrics_path}", file=sys.stderr)
+        return None
+    from mcrnn.eval.report import plot_lines
+
+    series: dict[str, dict[int, float]] = {"train loss": {}, "eval loss": {}}
+    for record in read_metrics(metrics_path):
+        for key, name in (("loss", "train loss"), ("eval_loss", "eval loss")):
+            if isinstance(record.get(key), (int, float)):
+                series[name][record["step"]] = record[key]
+    path = metrics_path.with_name("loss.png")
+    series = {name: points for name, points in series.items() if points}
+    plot_lines(path, series, title="loss", xlabel="step", ylabel="loss", log_x=False)
+    return path
+
+
+def data_kind(dataset: Dataset) -> str:
+    """Short name of the training data's kind, recorded in checkpoints: ``TextDataset`` -> ``text``."""
+    name = type(dataset).__name__
+    return name.removesuffix("Dataset").lower() or name
+
+
 def train(
     model: nn.Module,
     train_data: Dataset,
@@ -118,13 +206,17 @@ def train(
     *,
     eval_data: Dataset | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``model`` (an :class:`~mcrnn.models.MCForCausalLM` or any module returning ``.logits``).
 
     With ``resume=True`` the newest complete checkpoint in ``options.out_dir`` is loaded (model,
     optimizer, scheduler, step, RNG) and the run continues so that its losses equal those of an
-    uninterrupted run. Returns a :class:`TrainResult`; checkpoints and metrics go to ``out_dir``.
+    uninterrupted run; a run already at ``options.steps`` or beyond does nothing. A fresh run into an
+    ``out_dir`` that holds a run is refused unless ``overwrite=True``, which first deletes that run's
+    outputs. Returns a :class:`TrainResult`; checkpoints, metrics and ``loss.png`` go to ``out_dir``.
     """
+    check_out_dir(options.out_dir, resume, overwrite)
     ctx = D.setup(options.device)
     per_rank, rem = divmod(options.batch_size, ctx.world)
     if rem:
@@ -144,16 +236,41 @@ def train(
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and ctx.device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_bf16 else None
 
-    start = 0
-    if resume and (path := latest_checkpoint(options.out_dir)) is not None:
+    if overwrite and options.out_dir and ctx.is_main:
+        remove_run_outputs(options.out_dir)
+    D.barrier(ctx)
+
+    def say(line: str) -> None:
+        if ctx.is_main:
+            print(line, flush=True)
+
+    start, lineage = 0, []
+    path = latest_checkpoint(options.out_dir) if resume else None
+    if resume and path is None:
+        say(f"no checkpoint in {options.out_dir}; starting from step 0")
+    if path is not None:
+        if config is not None and (changed := config_differences(config, path)):
+            raise ValueError(
+                f"the model config differs from the checkpoint's ({path / CONFIG_FILE}) in "
+                f"{', '.join(changed)}; restore the model section or train into a new out_dir"
+            )
         weights, state = read_checkpoint(path, getattr(config, "tie_word_embeddings", False))
-        D.load_model_state(wrapped, weights)
+        start = int(state["step"])
+        if start >= options.steps:
+            say(f"finished at step {start}, nothing to do ({path}; steps={options.steps})")
+            return TrainResult(start_step=start, checkpoint=str(path))
+        say(f"resuming from step {start} ({path})")
+        try:
+            D.load_model_state(wrapped, weights)
+        except RuntimeError as err:
+            detail = str(err).strip().splitlines()[-1].strip()  # one mismatch of torch's list
+            raise ValueError(f"the weights in {path} do not fit the model: {detail}") from err
         D.load_optimizer_state(wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if ctx.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], ctx.device)
-        start = int(state["step"])
+        lineage = read_run_info(path)["lineage"]
     metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
     result = TrainResult(start_step=start)
 
@@ -169,11 +286,12 @@ def train(
                 "rng_cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
                 "world_size": ctx.world,
             }
-            result.checkpoint = str(
-                save_checkpoint(
-                    options.out_dir, step, model_state, config, trainer_state, options.keep_checkpoints
-                )
-            )
+            saved = save_checkpoint(
+                options.out_dir, step, model_state, config, trainer_state, options.keep_checkpoints,
+                lineage=lineage, data=data_kind(train_data),
+            )  # fmt: skip
+            lineage[:] = read_run_info(saved)["lineage"]
+            result.checkpoint = str(saved)
         D.barrier(ctx)
 
     def evaluate(step: int) -> None:
@@ -243,6 +361,8 @@ def train(
         evaluate(options.steps)
         if options.out_dir and not (options.save_every and options.steps % options.save_every == 0):
             checkpoint(options.steps)
+        if metrics.path is not None:
+            write_loss_plot(metrics.path)
     finally:
         if bar is not None:
             bar.close()

@@ -103,5 +103,5 @@ def test_only_selects_cases_and_rounds_pool_the_runs(monkeypatch):
     assert first["times_s"] == pytest.approx([0.1, 0.2, 0.3, 0.6])
     assert first["median_s"] == pytest.approx(0.25) and first["tokens_per_s"] == pytest.approx(40.0)
     assert first["peak_mib"] == 3.0
-    with pytest.raises(SystemExit, match="no case named"):
+    with pytest.raises(ValueError, match="no case named"):
         cli.measure(cases, parser.parse_args(["--only", "zz"]))

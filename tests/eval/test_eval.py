@@ -62,8 +62,8 @@ def test_eval_cli_on_a_saved_model(tmp_path):
     _model(segment_size=None).save_pretrained(tmp_path / "m")
     args = Namespace(
         model=str(tmp_path / "m"), task=["mqar", "extrapolation"], out=str(tmp_path / "out"), seq_len=16,
-        num_pairs=2, num_examples=4, niah_tasks="niah_1", lengths=[200], data=None, tokenizer=None,
-        factors=[1, 2], average_segment_size=8, batch_size=4, seed=0,
+        num_pairs=2, num_examples=4, niah_tasks=["niah_1"], lengths=[200], split="val", data=None,
+        tokenizer=None, factors=[1, 2], average_segment_size=8, batch_size=4, seed=0,
     )  # fmt: skip
     assert cli.run(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -89,6 +89,8 @@ def test_checkpoint_loads_with_from_pretrained(tmp_path):
         ({"lr": 0}, "lr"),
         ({"precision": "fp8"}, "precision"),
         ({"betas": (1.5, 0.9)}, "betas"),
+        ({"eps": 0.0}, "eps"),
+        ({"lr": "fast"}, "lr must be a number"),
     ],
 )
 def test_bad_options(kwargs, field):
