@@ -188,9 +188,13 @@ class MemoryCachingAttention(nn.Module):
 
         Returns: ``(y [B, T, hidden], cache or None)``.
         """
-        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size or 0 in x.shape:
+            raise ValueError(f"x must be [B, T, {self.hidden_size}] with B, T >= 1, got {tuple(x.shape)}")
+        if cache is not None and not isinstance(cache, LayerCache):
+            raise TypeError(f"cache must be the LayerCache this layer returned, got {type(cache).__name__}")
         batch, seq_len, _ = x.shape
+        if cache is not None:
+            cache.memory.check_compatible(batch, self.num_heads, self.head_dim, self.head_dim)
         keep = self._check_mask(attention_mask, batch, seq_len)
         conv_state = {} if cache is None else cache.conv
         new_conv: dict[str, torch.Tensor] = {}

@@ -149,6 +149,8 @@ class MCModel(MCPreTrainedModel):
         cache = _pop_generation_kwargs(kwargs, cache, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None and (input_ids.dim() != 2 or 0 in input_ids.shape):
+            raise ValueError(f"input_ids must be [B, T] with B, T >= 1, got shape {tuple(input_ids.shape)}")
         if (
             input_ids is not None
             and input_ids.numel()
