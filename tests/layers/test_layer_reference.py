@@ -56,21 +56,20 @@ def test_layer_equals_reference(memory: str, options: dict) -> None:
     torch.testing.assert_close(layer(x)[0], reference_layer(layer, x), **TOL)
 
 
-def _row_tensors(cache: object, row: slice) -> dict[str, torch.Tensor]:
-    """Every per-row tensor of a memory cache (nested lists flattened), sliced to ``row``; the integer
-    counters (tokens seen, segment fill) are batch-wide, so a padded row cannot match them."""
-    tensors = {}
-    for field in dataclasses.fields(cache):
-        value = getattr(cache, field.name)
-        flat = [(field.name, value)]
-        while any(isinstance(v, list) for _, v in flat):
-            flat = [
-                (f"{n}[{i}]" if isinstance(v, list) else n, x)
-                for n, v in flat
-                for i, x in (enumerate(v) if isinstance(v, list) else [(0, v)])
-            ]
-        tensors.update({name: v[row] for name, v in flat if isinstance(v, torch.Tensor)})
-    return tensors
+def _flatten(name: str, value: object):  # noqa: ANN202
+    """``(name, tensor)`` pairs of a field: tensors, and lists of them (nested) as ``name[i]``."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _flatten(f"{name}[{i}]", item)
+    elif isinstance(value, torch.Tensor):
+        yield name, value
+
+
+def _row_tensors(cache: object, row: slice, fields: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every per-row tensor of a memory cache's ``fields`` (all when None), sliced to ``row``; the
+    integer counters (tokens seen, segment fill) are batch-wide, so a padded row cannot match them."""
+    chosen = [f.name for f in dataclasses.fields(cache) if fields is None or f.name in fields]
+    return {n: v[row] for name in chosen for n, v in _flatten(name, getattr(cache, name))}
 
 
 def _padded_and_alone(memory: str, real: int = 9, total: int = 11):
@@ -87,27 +86,45 @@ def _padded_and_alone(memory: str, real: int = 9, total: int = 11):
     return padded, alone
 
 
+#: cache fields that pads still move (the strict xfails below); every other field is checked now
+PAD_DRIFT = {"linear": set(), "swla": {"online", "prev_key", "prev_value"}, "dla": {"weights"}}
+PAD_DRIFT["titans"] = {"weights", "momentum"}
 SWLA_PADS_XFAIL = pytest.mark.xfail(
     strict=True,
     reason="swla: the first pad writes prev_gate * k v^T of the last real token, and the cache's "
     "prev_key/prev_value become the pad's zeros",
 )
-MEMORIES_PADS_XFAIL = [
-    "linear",
-    pytest.param("swla", marks=SWLA_PADS_XFAIL),
-    pytest.param("dla", marks=DEEP_PADS_XFAIL),
-    pytest.param("titans", marks=DEEP_PADS_XFAIL),
-]
 
 
-@pytest.mark.parametrize("memory", MEMORIES_PADS_XFAIL)
-def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
-    """States, cached states, contexts, key sums (weights, momentum, chunk start for deep memories)."""
-    padded, alone = _padded_and_alone(memory)
-    got, expected = _row_tensors(padded.memory, slice(1, 2)), _row_tensors(alone.memory, slice(0, 1))
-    assert got.keys() == expected.keys() and len(got) >= 4
+def _assert_rows_equal(padded: object, alone: object, fields: set[str] | None) -> None:
+    got, expected = _row_tensors(padded, slice(1, 2), fields), _row_tensors(alone, slice(0, 1), fields)
+    assert got.keys() == expected.keys() and got
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("memory", ["linear", "swla", "dla", "titans"])
+def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
+    """States, cached states, contexts, key sums (chunk-start and cached weights for deep memories):
+    every per-row tensor of the memory cache but those in ``PAD_DRIFT``."""
+    padded, alone = _padded_and_alone(memory)
+    fields = {f.name for f in dataclasses.fields(padded.memory)} - PAD_DRIFT[memory]
+    _assert_rows_equal(padded.memory, alone.memory, fields)
+
+
+@pytest.mark.parametrize(
+    "memory",
+    [
+        pytest.param("swla", marks=SWLA_PADS_XFAIL),
+        pytest.param("dla", marks=DEEP_PADS_XFAIL),
+        pytest.param("titans", marks=DEEP_PADS_XFAIL),
+    ],
+)
+def test_padded_prefill_moves_no_state(memory: str) -> None:
+    """The fields pads still move today: swla's online state and previous token, deep weights and
+    Titans' momentum."""
+    padded, alone = _padded_and_alone(memory)
+    _assert_rows_equal(padded.memory, alone.memory, PAD_DRIFT[memory])
 
 
 @pytest.mark.parametrize("memory", ["linear", "titans"])
