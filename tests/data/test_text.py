@@ -6,7 +6,13 @@ import torch
 
 from mcrnn.data import ByteTokenizer, TextDataset
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the shared data folder sits next to the checkout (``../shared/data``); a checkout that carries it
+#: inside (``shared/data``, as on the device machines) works too
+SHAKESPEARE_CANDIDATES = [
+    root / "shared" / "data" / "tinyshakespeare.txt" for root in (REPO_ROOT.parent, REPO_ROOT)
+]
+SHAKESPEARE = next((p for p in SHAKESPEARE_CANDIDATES if p.is_file()), SHAKESPEARE_CANDIDATES[0])
 
 
 def test_txt_and_jsonl_windows(tmp_path):
@@ -23,10 +29,22 @@ def test_txt_and_jsonl_windows(tmp_path):
 
 
 def test_train_val_split_disjoint(tmp_path):
-    (tmp_path / "a.txt").write_text("abcdefghij" * 50, encoding="utf-8")
+    """train is the first 80 % of the stream, val the rest: together exactly the stream, no token in
+    both, and every window of each lies inside its own part."""
+    (tmp_path / "a.txt").write_text("".join(f"{i:04d}|" for i in range(100)), encoding="utf-8")
+    whole = TextDataset(tmp_path / "a.txt", seq_len=8, split="all").stream  # 500 bytes + eos
     train = TextDataset(tmp_path / "a.txt", seq_len=8, split="train", val_fraction=0.2)
     val = TextDataset(tmp_path / "a.txt", seq_len=8, split="val", val_fraction=0.2)
-    assert len(train.stream) + len(val.stream) == 501
+    cut = int(501 * 0.8)
+    assert torch.equal(train.stream, whole[:cut]) and torch.equal(val.stream, whole[cut:])
+    last = train[len(train) - 1]
+    assert torch.equal(last["labels"], whole[(len(train) - 1) * 8 + 1 : len(train) * 8 + 1])
+    assert len(train) * 8 + 1 <= cut  # the last train window's labels end before the cut
+    assert torch.equal(val[0]["input_ids"], whole[cut : cut + 8])
+    decode = ByteTokenizer().decode
+    train_records = set(decode(train.stream.tolist()).split("|")[:-1])
+    val_records = set(decode(val.stream.tolist()[:-1]).split("|")[1:])  # whole records only
+    assert train_records and val_records and not train_records & val_records
 
 
 def test_bad_files(tmp_path):
@@ -45,7 +63,10 @@ def test_bad_files(tmp_path):
         TextDataset(tmp_path / "bad.jsonl", seq_len=0)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tinyshakespeare.txt not present")
+@pytest.mark.skipif(
+    not SHAKESPEARE.is_file(),
+    reason=f"tinyshakespeare.txt not found at {' or '.join(map(str, SHAKESPEARE_CANDIDATES))}",
+)
 def test_tinyshakespeare():
     ds = TextDataset(SHAKESPEARE, seq_len=128, split="val")
     assert len(ds) > 100

@@ -147,10 +147,12 @@ def test_ssc_with_enough_top_k_equals_grm(memory: str) -> None:
 
 @pytest.mark.parametrize("aggregation", ["residual", "grm", "soup", "ssc", "average"])
 def test_one_segment_is_the_base_memory(aggregation: str) -> None:
+    """§7.1 on the chunk path, against the naive base memory (no segments, so no aggregation code)."""
     inputs = make_inputs("titans", seq_len=12)
-    base = run(inputs, chunk_size=4)
-    one = run(inputs, segment_size=12, chunk_size=4, aggregation=aggregation, top_k=1)
-    torch.testing.assert_close(one, base, rtol=0, atol=0)
+    base = run(inputs, chunk_size=4, backend="naive")
+    for segment_size in (12, 16):
+        one = run(inputs, segment_size=segment_size, chunk_size=4, aggregation=aggregation, top_k=1)
+        torch.testing.assert_close(one, base, rtol=1e-10, atol=1e-10)
 
 
 def test_depth_one_dla_is_gated_linear_attention() -> None:

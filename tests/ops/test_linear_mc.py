@@ -136,14 +136,46 @@ def test_residual_independent_is_linear_attention(segment_size):
     torch.testing.assert_close(got, expected, **TOL)
 
 
+def parameter_soup(inputs, segment_size, init, memory):
+    """``y_t = q_t^T (sum_{i<s} g_{t,i} M(i) + g_{t,s} M_t)``: the matrices themselves mixed with the
+    router gates (mean-pooled keys), then read once; states by the recurrences of DESIGN.md §6."""
+    q, k, v, u, log_decay = (inputs[n] for n in ("q", "k", "v", "u", "log_decay"))
+    batch, seq_len, heads, key_dim = q.shape
+    state = q.new_zeros(batch, heads, key_dim, v.shape[-1])
+    cached, contexts, outputs, start = [], [], [], 0
+    for t in range(seq_len):
+        if t > 0 and t % segment_size == 0:
+            cached.append(state)
+            contexts.append(k[:, start:t].mean(1))
+            start = t
+            if init == "independent":
+                state = torch.zeros_like(state)
+        write = torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t])
+        if memory == "swla":
+            write = inputs["cur_gate"][:, t, :, None, None] * write
+            if t > start or (t > 0 and init == "checkpoint"):
+                previous = torch.einsum("bhk,bhv->bhkv", k[:, t - 1], v[:, t - 1])
+                write = write + inputs["prev_gate"][:, t, :, None, None] * previous
+        state = log_decay[:, t, :, None, None].exp() * state + write
+        pooled = [*contexts, k[:, start : t + 1].mean(1)]  # [B, H, Dk] each
+        gates = torch.softmax(torch.stack([(u[:, t] * c).sum(-1) for c in pooled], -1), -1)  # [B, H, s]
+        mixed = sum(gates[..., i, None, None] * m for i, m in enumerate([*cached, state]))
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], mixed))
+    return torch.stack(outputs, 1)
+
+
 @pytest.mark.parametrize("memory", ["linear", "swla"])
-def test_soup_equals_grm_for_matrix_memories(memory):
-    """§7.3: mixing the parameters of matrix memories is mixing their reads."""
+@pytest.mark.parametrize("init", ["checkpoint", "independent"])
+def test_soup_equals_grm_for_matrix_memories(memory, init):
+    """§7.3: mixing the parameters of matrix memories is mixing their reads. The parameter mixture is
+    formed explicitly here; soup (both backends) and grm must equal it."""
     inputs = make_inputs(swla=memory == "swla")
-    for init in ("checkpoint", "independent"):
-        soup = run(inputs, segment_size=3, aggregation="soup", init=init, memory=memory)
-        grm = run(inputs, segment_size=3, aggregation="grm", init=init, memory=memory)
-        torch.testing.assert_close(soup, grm, atol=0, rtol=0)
+    expected = parameter_soup(inputs, 3, init, memory)
+    for aggregation, backend in itertools.product(("soup", "grm"), ("torch", "naive")):
+        got = run(inputs, segment_size=3, aggregation=aggregation, init=init, memory=memory, backend=backend)
+        torch.testing.assert_close(
+            got, expected, **TOL, msg=lambda m, a=aggregation, b=backend: f"{a} {b}: {m}"
+        )
 
 
 @pytest.mark.parametrize("backend", ["torch", "naive"])
@@ -268,12 +300,16 @@ def test_u_defaults_to_q():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_low_precision_returns_input_dtype(dtype):
+    """Against float64 on the same rounded inputs: max |error| / max |output| in units of the dtype's
+    eps, measured over seeds 0-9 on this CPU: bf16 0.49, fp16 0.49 (the output's rounding; the state
+    accumulates in float32), fp32 1.2. Bound: 4."""
     inputs = make_inputs(seq_len=16, key_dim=8, value_dim=8)
     low = {n: x.to(dtype) for n, x in inputs.items()}
     out = run(low, segment_size=4)
     assert out.dtype == dtype
     reference = run({n: x.to(dtype).double() for n, x in inputs.items()}, segment_size=4)
-    torch.testing.assert_close(out.double(), reference, atol=5e-2, rtol=5e-2)
+    error = (out.double() - reference).abs().max() / reference.abs().max()
+    assert error <= 4 * torch.finfo(dtype).eps, f"{error / torch.finfo(dtype).eps:.2f} eps"
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)

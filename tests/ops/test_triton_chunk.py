@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_kernels import require_triton_kernels
 
-# The interpreter must be chosen before triton is first imported (its standard library is jit'd then).
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-triton = pytest.importorskip("triton")
-if not torch.cuda.is_available() and isinstance(triton.language.zeros, triton.runtime.JITFunction):
-    pytest.skip("triton imported before TRITON_INTERPRET=1: see test_triton_rerun", allow_module_level=True)
+triton = require_triton_kernels()  # before any import of mcrnn's kernels
 
 from mcrnn.ops.linear.triton import chunk_linear  # noqa: E402
 
@@ -100,7 +94,10 @@ def test_non_contiguous_and_bf16():
     bf = [x.bfloat16().requires_grad_() for x in (q, k, v, g)]
     online, states = chunk_linear(*bf, [8, 9], "independent")
     assert online.dtype == torch.bfloat16 and states.dtype == torch.float32
-    torch.testing.assert_close(online.double(), ref_online, atol=5e-2, rtol=5e-2)
+    # bf16 inputs against float64 on the unrounded ones: max |error| / max |output| measured 0.61 eps
+    # (interpreter, this VM); bound 2 eps. Gradients below: relative error measured <= 6.6e-3.
+    eps = torch.finfo(torch.bfloat16).eps
+    assert (online.double() - ref_online).abs().max() <= 2 * eps * ref_online.abs().max()
     refs = [x.double().requires_grad_() for x in (q, k, v, g)]
     (online.float().square().sum() + states.sum()).backward()
     ref_online, ref_states = reference(*refs, [8, 9], "independent")
@@ -131,6 +128,7 @@ def test_gpu_full_size_bf16(init):
     online, states = chunk_linear(*leaves, lengths, init)
     ref_leaves = [x.detach().float().requires_grad_() for x in inputs]
     ref_online, ref_states = reference(*ref_leaves, lengths, init)
+    # bf16 bounds not yet measured on a GPU (no device in the session that set the CPU bounds)
     torch.testing.assert_close(online.float(), ref_online, atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(states, ref_states, atol=5e-2, rtol=5e-2)
     d_online, d_states = torch.randn_like(ref_online), torch.randn_like(ref_states)

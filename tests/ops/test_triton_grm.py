@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_kernels import require_triton_kernels
 
-# The interpreter must be chosen before triton is first imported (its standard library is jit'd then).
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-triton = pytest.importorskip("triton")
-if not torch.cuda.is_available() and isinstance(triton.language.zeros, triton.runtime.JITFunction):
-    pytest.skip("triton imported before TRITON_INTERPRET=1: see test_triton_rerun", allow_module_level=True)
+triton = require_triton_kernels()  # before any import of mcrnn's kernels
 
 from mcrnn.ops.linear.triton import grm_read  # noqa: E402
 

@@ -8,10 +8,8 @@ import torch
 from mcrnn.ops import memory_caching
 from mcrnn.ops.linear import triton as mc_triton
 
-pytestmark = pytest.mark.skipif(
-    mc_triton.unsupported_reason(torch.zeros(1), head_dims=(16,)) is not None,
-    reason="Triton kernels cannot run here (no triton, or no GPU and no TRITON_INTERPRET=1)",
-)
+UNSUPPORTED = mc_triton.unsupported_reason(torch.zeros(1), head_dims=(16,))
+pytestmark = pytest.mark.skipif(UNSUPPORTED is not None, reason=f"Triton kernels cannot run: {UNSUPPORTED}")
 
 
 @pytest.mark.parametrize(
