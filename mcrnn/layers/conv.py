@@ -22,8 +22,10 @@ class ShortConvolution(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=True)
 
     def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None
+        self, x: torch.Tensor, state: torch.Tensor | None = None, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``lengths`` [B]: real tokens per row of a right-padded ``x``; the new state then holds each
+        row's last ``K-1`` real inputs, not the pads'."""
         history = self.kernel_size - 1
         if state is None:
             state = x.new_zeros(x.shape[0], history, x.shape[2])
@@ -32,4 +34,7 @@ class ShortConvolution(nn.Module):
         # a few elementwise ops instead of the CPU's slow depthwise convolution_backward
         seq_len, weight = x.shape[1], self.conv.weight[:, 0]  # [C, K]
         y = self.conv.bias + sum(weight[:, m] * padded[:, m : m + seq_len] for m in range(self.kernel_size))
-        return nn.functional.silu(y), padded[:, padded.shape[1] - history :]
+        if lengths is None:
+            return nn.functional.silu(y), padded[:, padded.shape[1] - history :]
+        index = (lengths.view(-1, 1) + torch.arange(history, device=x.device)).unsqueeze(-1)
+        return nn.functional.silu(y), padded.gather(1, index.expand(-1, -1, padded.shape[2]))

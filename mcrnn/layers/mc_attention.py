@@ -11,7 +11,7 @@ Without a segmentation (the default) caching is off: the layer is the base RNN.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -182,8 +182,9 @@ class MemoryCachingAttention(nn.Module):
 
         Args:
             attention_mask: [B, T] with 1 for tokens and 0 for right padding; padded tokens write
-                nothing into the memory, and the outputs of real tokens equal those of the unpadded
-                sequence. Left padding is rejected.
+                nothing into the memory (no write, decay or swla previous-token term; the conv buffer
+                keeps each row's last real inputs), and the outputs of real tokens equal those of the
+                unpadded sequence. Left padding is rejected.
             cache: state after the previous tokens (decoding); use_cache: return the new state.
 
         Returns: ``(y [B, T, hidden], cache or None)``.
@@ -196,11 +197,12 @@ class MemoryCachingAttention(nn.Module):
         if cache is not None:
             cache.memory.check_compatible(batch, self.num_heads, self.head_dim, self.head_dim)
         keep = self._check_mask(attention_mask, batch, seq_len)
+        lengths = None if keep is None else keep.sum(1)
         conv_state = {} if cache is None else cache.conv
         new_conv: dict[str, torch.Tensor] = {}
         streams = {"q": self.q_proj(x), "k": self.k_proj(x), "v": self.v_proj(x)}
         for name, conv in self.convs.items():
-            streams[name], new_conv[name] = conv(streams[name], conv_state.get(name))
+            streams[name], new_conv[name] = conv(streams[name], conv_state.get(name), lengths)
         heads = (batch, seq_len, self.num_heads, self.head_dim)
         q = nn.functional.normalize(streams["q"].view(heads), dim=-1)
         k = nn.functional.normalize(streams["k"].view(heads), dim=-1)
@@ -213,12 +215,13 @@ class MemoryCachingAttention(nn.Module):
         if self.swla_proj is not None:
             prev_gate, cur_gate = torch.sigmoid(_at_least_fp32(self.swla_proj(x))).chunk(2, dim=-1)
             gates = {"prev_gate": prev_gate, "cur_gate": cur_gate}
-        if keep is not None:
+        if keep is not None:  # pads write nothing, decay nothing (and, for swla, carry no previous token)
             keep = keep.to(k.dtype)
             k = k * keep[..., None, None]
             v = v * keep[..., None, None]
             if log_decay is not None:
                 log_decay = log_decay * keep[..., None]
+            gates = {name: gate * keep[..., None] for name, gate in gates.items()}
         gates = {"log_decay": log_decay, **gates}
         if self.deep is not None:
             v, gates = self.deep(x, v, keep)
@@ -238,6 +241,15 @@ class MemoryCachingAttention(nn.Module):
         memory_cache = None
         if use_cache:
             out, memory_cache = out
+            if (
+                lengths is not None and self.memory == "swla"
+            ):  # the previous token is each row's last real one
+                rows, last = torch.arange(batch, device=x.device), lengths - 1
+                memory_cache = replace(
+                    memory_cache,
+                    prev_key=k[rows, last].to(memory_cache.online.dtype),
+                    prev_value=v[rows, last].to(memory_cache.online.dtype),
+                )
         gate = self.gate_proj(x).view(heads)
         y = self.o_proj(self.out_norm(out, gate).reshape(batch, seq_len, -1))
         return y, (LayerCache(memory_cache, new_conv) if use_cache else None)

@@ -87,13 +87,8 @@ def _padded_and_alone(memory: str, real: int = 9, total: int = 11):
 
 
 #: cache fields that pads still move (the strict xfails below); every other field is checked now
-PAD_DRIFT = {"linear": set(), "swla": {"online", "prev_key", "prev_value"}, "dla": {"weights"}}
+PAD_DRIFT = {"linear": set(), "swla": set(), "dla": {"weights"}}
 PAD_DRIFT["titans"] = {"weights", "momentum"}
-SWLA_PADS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="swla: the first pad writes prev_gate * k v^T of the last real token, and the cache's "
-    "prev_key/prev_value become the pad's zeros",
-)
 
 
 def _assert_rows_equal(padded: object, alone: object, fields: set[str] | None) -> None:
@@ -115,7 +110,6 @@ def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
 @pytest.mark.parametrize(
     "memory",
     [
-        pytest.param("swla", marks=SWLA_PADS_XFAIL),
         pytest.param("dla", marks=DEEP_PADS_XFAIL),
         pytest.param("titans", marks=DEEP_PADS_XFAIL),
     ],
@@ -127,8 +121,7 @@ def test_padded_prefill_moves_no_state(memory: str) -> None:
     _assert_rows_equal(padded.memory, alone.memory, PAD_DRIFT[memory])
 
 
-@pytest.mark.parametrize("memory", ["linear", "titans"])
-@pytest.mark.xfail(strict=True, reason="the short-convolution buffer of a padded row holds the pads' inputs")
+@pytest.mark.parametrize("memory", ["linear", "swla", "titans"])
 def test_padded_prefill_conv_buffers_equal_unpadded(memory: str) -> None:
     padded, alone = _padded_and_alone(memory)
     assert padded.conv.keys() == alone.conv.keys() == {"q", "k", "v"}
