@@ -87,7 +87,8 @@ def reference_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
             gates["prev_gate"] = swla[..., : layer.num_heads]
             gates["cur_gate"] = swla[..., layer.num_heads :]
     out = memory_caching(
-        q, k, v, u, spec=layer.spec, memory=layer.memory, chunk_size=layer.chunk_size, backend="naive", **gates,
+        q, k, v, u, spec=layer.spec, memory=layer.memory, chunk_size=layer.chunk_size, backend="naive",
+        **gates,
     )  # fmt: skip
     gate = F.silu(linear(x, layer.gate_proj).reshape(heads))
     normed = rms_norm(out, layer.out_norm.weight, layer.out_norm.eps) * gate
