@@ -28,6 +28,12 @@ class AttentionCache:
     def seq_len(self) -> int:
         return self.keys.shape[2]
 
+    def reorder(self, indices: torch.Tensor) -> AttentionCache:
+        """The cache of batch rows ``indices`` (beam search, batch selection)."""
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.keys.device)
+        mask = None if self.key_mask is None else self.key_mask.index_select(0, indices)
+        return AttentionCache(self.keys.index_select(0, indices), self.values.index_select(0, indices), mask)
+
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Apply RoPE to ``x`` [B, H, T, D] at integer ``positions`` [T] (half-split channel pairing)."""

@@ -3,13 +3,16 @@
 An MC layer's entry holds its online memory state, the cached segment states with their router
 contexts and the short-convolution buffer; an attention layer's entry holds its keys and values.
 The model only stores and passes them back: ``layers[l]`` is whatever layer ``l`` returned with
-``use_cache=True``. The object is not a ``transformers.Cache``: generation asks the model for it
+``use_cache=True``; every entry has ``reorder(indices)``, so :meth:`MCCache.reorder_cache` serves beam
+search. The object is not a ``transformers.Cache``: generation asks the model for it
 (``_supports_default_dynamic_cache() is False``), as for Mamba-style models.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 
 class MCCache:
@@ -30,3 +33,7 @@ class MCCache:
     def is_linear(self) -> list[bool]:
         """One flag per layer, as generation utilities expect; the cache never needs slicing of inputs."""
         return [True] * len(self.layers)
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        """Keep batch rows ``beam_idx`` of every layer, in place (what beam search calls each step)."""
+        self.layers = [None if layer is None else layer.reorder(beam_idx) for layer in self.layers]
