@@ -1,5 +1,5 @@
 """nn.Module token mixers built on :mod:`mcrnn.ops`."""
 
-from mcrnn.layers.mc_attention import LayerCache, MemoryCachingAttention
+from mcrnn.layers.mc_attention import LayerCache, MemoryCachingAttention, RowCaches
 
-__all__ = ["LayerCache", "MemoryCachingAttention"]
+__all__ = ["LayerCache", "MemoryCachingAttention", "RowCaches"]

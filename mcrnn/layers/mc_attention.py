@@ -38,6 +38,18 @@ class LayerCache:
         return LayerCache(self.memory.reorder(indices), conv)
 
 
+@dataclass
+class RowCaches:
+    """Decoding state of a left-padded batch: one :class:`LayerCache` per row (rows at different
+    stream positions, so each continues on its own)."""
+
+    rows: list[LayerCache | None]
+
+    def reorder(self, indices: torch.Tensor) -> RowCaches:
+        """The caches of rows ``indices`` (beam search, batch selection)."""
+        return RowCaches([self.rows[int(i)] for i in torch.as_tensor(indices).tolist()])
+
+
 def check_layer_options(
     hidden_size: object,
     num_heads: object,
@@ -175,28 +187,72 @@ class MemoryCachingAttention(nn.Module):
         self,
         x: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
+        cache: LayerCache | RowCaches | None = None,
         use_cache: bool = False,
-    ) -> tuple[torch.Tensor, LayerCache | None]:
+    ) -> tuple[torch.Tensor, LayerCache | RowCaches | None]:
         """Mix tokens of ``x`` [B, T, hidden].
 
         Args:
-            attention_mask: [B, T] with 1 for tokens and 0 for right padding; padded tokens write
-                nothing into the memory (no write, decay or swla previous-token term; the conv buffer
-                keeps each row's last real inputs), and the outputs of real tokens equal those of the
-                unpadded sequence. Left padding is rejected.
+            attention_mask: [B, T] with 1 for tokens and 0 for padding; each row's tokens must be one
+                contiguous run. Right padding (1s then 0s) runs batched: pads write nothing into the
+                memory (no write, decay or swla previous-token term; the conv buffer keeps each row's
+                last real inputs). Left padding (the convention of batched generation) runs each row
+                on its own tokens, so segments count from the row's first real token; the cache is
+                then a :class:`RowCaches` and later calls continue row by row. Either way the outputs
+                of real tokens equal those of the unpadded rows; outputs at pads are 0 under left
+                padding.
             cache: state after the previous tokens (decoding); use_cache: return the new state.
 
         Returns: ``(y [B, T, hidden], cache or None)``.
         """
         if x.dim() != 3 or x.shape[-1] != self.hidden_size or 0 in x.shape:
             raise ValueError(f"x must be [B, T, {self.hidden_size}] with B, T >= 1, got {tuple(x.shape)}")
-        if cache is not None and not isinstance(cache, LayerCache):
+        if cache is not None and not isinstance(cache, (LayerCache, RowCaches)):
             raise TypeError(f"cache must be the LayerCache this layer returned, got {type(cache).__name__}")
         batch, seq_len, _ = x.shape
+        keep, spans = self._check_mask(attention_mask, batch, seq_len)
+        if spans is not None or isinstance(cache, RowCaches):
+            return self._forward_rows(x, spans, cache, use_cache)
         if cache is not None:
             cache.memory.check_compatible(batch, self.num_heads, self.head_dim, self.head_dim)
-        keep = self._check_mask(attention_mask, batch, seq_len)
+        return self._forward_batch(x, keep, cache, use_cache)
+
+    def _forward_rows(
+        self,
+        x: torch.Tensor,
+        spans: list[tuple[int, int]] | None,
+        cache: LayerCache | RowCaches | None,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, RowCaches | None]:
+        """Each row on its own tokens ``x[b, start:end]`` with its own cache (left-padded batches)."""
+        batch, seq_len, _ = x.shape
+        if cache is None:
+            rows: list[LayerCache | None] = [None] * batch
+        elif isinstance(cache, RowCaches):
+            rows = list(cache.rows)
+        else:
+            rows = [cache.reorder(torch.tensor([b])) for b in range(cache.memory.batch_size)]
+        if len(rows) != batch:
+            raise ValueError(f"cache holds {len(rows)} rows, x has B={batch}")
+        spans = spans if spans is not None else [(0, seq_len)] * batch
+        y = x.new_zeros(x.shape)
+        new_rows = []
+        for b, (start, end) in enumerate(spans):
+            if start == end:  # no token of this row in this call
+                new_rows.append(rows[b])
+                continue
+            if rows[b] is not None:
+                rows[b].memory.check_compatible(1, self.num_heads, self.head_dim, self.head_dim)
+            out, row_cache = self._forward_batch(x[b : b + 1, start:end], None, rows[b], use_cache)
+            y[b, start:end] = out[0]
+            new_rows.append(row_cache)
+        return y, (RowCaches(new_rows) if use_cache else None)
+
+    def _forward_batch(
+        self, x: torch.Tensor, keep: torch.Tensor | None, cache: LayerCache | None, use_cache: bool
+    ) -> tuple[torch.Tensor, LayerCache | None]:
+        """The batched forward; ``keep`` [B, T] a right-padding mask or None."""
+        batch, seq_len, _ = x.shape
         lengths = None if keep is None else keep.sum(1)
         conv_state = {} if cache is None else cache.conv
         new_conv: dict[str, torch.Tensor] = {}
@@ -255,20 +311,28 @@ class MemoryCachingAttention(nn.Module):
         return y, (LayerCache(memory_cache, new_conv) if use_cache else None)
 
     @staticmethod
-    def _check_mask(mask: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
-        """Validate a right-padding mask [B, T]; None when it keeps every token."""
+    def _check_mask(
+        mask: torch.Tensor | None, batch: int, seq_len: int
+    ) -> tuple[torch.Tensor | None, list[tuple[int, int]] | None]:
+        """``(keep, None)`` for right padding (``keep`` None when every token is real), or
+        ``(None, spans)`` with each row's ``[start, end)`` when a row has padding on the left."""
         if mask is None:
-            return None
+            return None, None
         if tuple(mask.shape) != (batch, seq_len):
             raise ValueError(f"attention_mask must be [B, T]={batch, seq_len}, got {tuple(mask.shape)}")
         keep = mask.bool()
         if bool(keep.all()):
-            return None
-        if bool((keep[:, 1:] & ~keep[:, :-1]).any()):
-            raise ValueError(
-                "attention_mask must be right padding (1s then 0s per row); left padding is not supported"
-            )
-        return keep
+            return None, None
+        if not bool((keep[:, 1:] & ~keep[:, :-1]).any()):
+            return keep, None
+        spans = []
+        for row in keep.tolist():
+            start = row.index(True) if True in row else 0
+            end = len(row) - row[::-1].index(True) if True in row else 0
+            if sum(row) != end - start:
+                raise ValueError("attention_mask: each row's tokens must be one contiguous run of 1s")
+            spans.append((start, end))
+        return None, spans
 
 
 def _reset(module: nn.Module) -> None:
