@@ -5,6 +5,11 @@ Every file is read as UTF-8; a ``.jsonl`` file holds one JSON object per line an
 tokenizer's ``eos_id`` and cut into consecutive windows of ``seq_len + 1`` tokens; window ``i`` gives
 ``input_ids = w[:-1]`` and ``labels = w[1:]``. ``split="val"`` takes the last ``val_fraction`` of the
 token stream and ``"train"`` the rest, so the two never overlap.
+
+``separate_documents=True`` keeps documents apart inside a window: items also carry ``doc_start``
+[seq_len] (True at the first token of every document but the window's first), the training loop turns
+it into ``cu_seqlens`` for the model (no state crosses a boundary), and the label of a document's
+end-of-document token (the next document's first token) is ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from mcrnn.data.mqar import IGNORE_INDEX
 from mcrnn.data.tokenizer import Tokenizer, get_tokenizer
 
 
@@ -74,6 +80,7 @@ class TextDataset(Dataset):
         split: str = "train",
         val_fraction: float = 0.1,
         field: str = "text",
+        separate_documents: bool = False,
     ) -> None:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
@@ -92,6 +99,7 @@ class TextDataset(Dataset):
                 f"split {split!r} of {paths} has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
             )
         self.stream = stream
+        self.separate_documents = bool(separate_documents)
 
     def __len__(self) -> int:
         return self.num_windows
@@ -100,4 +108,9 @@ class TextDataset(Dataset):
         if not 0 <= index < self.num_windows:
             raise IndexError(f"index {index} out of range for {self.num_windows} windows")
         window = self.stream[index * self.seq_len : (index + 1) * self.seq_len + 1]
-        return {"input_ids": window[:-1], "labels": window[1:]}
+        item = {"input_ids": window[:-1], "labels": window[1:]}
+        if self.separate_documents:
+            ends = item["input_ids"] == self.tokenizer.eos_id
+            item["labels"] = item["labels"].masked_fill(ends, IGNORE_INDEX)  # no target across a boundary
+            item["doc_start"] = torch.nn.functional.pad(ends[:-1], (1, 0))  # the token after an end
+        return item

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcrnn.layers.packing import run_documents
+
 
 @dataclass
 class AttentionCache:
@@ -86,11 +88,18 @@ class Attention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: AttentionCache | None = None,
         use_cache: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, AttentionCache | None]:
-        """``x`` [B, T, hidden]; ``attention_mask`` [B, T] with 1 = real token (padded keys are ignored).
+        """``x`` [B, T, hidden]; ``attention_mask`` [B, T] with 1 = real token (padded keys are ignored);
+        ``cu_seqlens`` [N + 1]: documents packed in ``x`` [1, T, hidden] attend only within themselves,
+        with positions from 0 (training; no mask or cache).
 
         Returns ``y`` [B, T, hidden] and, with ``use_cache``, the cache extended by these ``T`` tokens.
         """
+        if cu_seqlens is not None:
+            if attention_mask is not None or cache is not None or use_cache:
+                raise ValueError("cu_seqlens (packed documents) takes no attention_mask, cache or use_cache")
+            return run_documents(lambda docs, mask: self(docs, attention_mask=mask)[0], x, cu_seqlens), None
         batch, seq_len, _ = x.shape
         past = cache.seq_len if cache is not None else 0
         shape = (batch, seq_len, self.num_heads, self.head_dim)

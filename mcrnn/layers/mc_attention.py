@@ -20,6 +20,7 @@ from torch import nn
 from mcrnn.layers.conv import ShortConvolution
 from mcrnn.layers.deep_memory import GATE_NORMALIZER, DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
+from mcrnn.layers.packing import run_documents
 from mcrnn.ops import MCSpec, MemoryCache, memory_caching
 from mcrnn.ops.spec import DEEP_MEMORIES, check_memory, check_positive_int
 
@@ -189,6 +190,7 @@ class MemoryCachingAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: LayerCache | RowCaches | None = None,
         use_cache: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LayerCache | RowCaches | None]:
         """Mix tokens of ``x`` [B, T, hidden].
 
@@ -202,11 +204,19 @@ class MemoryCachingAttention(nn.Module):
                 of real tokens equal those of the unpadded rows; outputs at pads are 0 under left
                 padding.
             cache: state after the previous tokens (decoding); use_cache: return the new state.
+            cu_seqlens: [N + 1] boundaries of documents packed in ``x`` [1, T, hidden] (training; no
+                mask or cache): no state, context or segment crosses a boundary
+                (:mod:`mcrnn.layers.packing`).
 
         Returns: ``(y [B, T, hidden], cache or None)``.
         """
         if x.dim() != 3 or x.shape[-1] != self.hidden_size or 0 in x.shape:
             raise ValueError(f"x must be [B, T, {self.hidden_size}] with B, T >= 1, got {tuple(x.shape)}")
+        if cu_seqlens is not None:
+            if attention_mask is not None or cache is not None or use_cache:
+                raise ValueError("cu_seqlens (packed documents) takes no attention_mask, cache or use_cache")
+            forward = lambda docs, mask: self._forward_batch(docs, mask, None, False)[0]  # noqa: E731
+            return run_documents(forward, x, cu_seqlens), None
         if cache is not None and not isinstance(cache, (LayerCache, RowCaches)):
             raise TypeError(f"cache must be the LayerCache this layer returned, got {type(cache).__name__}")
         batch, seq_len, _ = x.shape

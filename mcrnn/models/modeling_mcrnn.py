@@ -62,9 +62,14 @@ class MCBlock(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         cache: object | None = None,
         use_cache: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, object | None]:
         mixed, new_cache = self.mixer(
-            self.mixer_norm(hidden), attention_mask=attention_mask, cache=cache, use_cache=use_cache
+            self.mixer_norm(hidden),
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            cu_seqlens=cu_seqlens,
         )
         hidden = hidden + mixed
         hidden = hidden + self.mlp(self.mlp_norm(hidden))
@@ -138,6 +143,7 @@ class MCModel(MCPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``input_ids`` [B, T] (or ``inputs_embeds`` [B, T, hidden]); ``attention_mask`` [B, T_total] with
@@ -145,7 +151,9 @@ class MCModel(MCPreTrainedModel):
         in place (``past_key_values`` is accepted as its transformers-4 name). ``output_hidden_states``:
         also return the embeddings, each block's output and the final normed state (``L + 1`` tensors,
         the last one normed, as Hugging Face models do). Other keywords are rejected, but for the
-        position arguments ``generate`` passes (positions are implicit in the recurrent state)."""
+        position arguments ``generate`` passes (positions are implicit in the recurrent state).
+        ``cu_seqlens`` [N + 1]: documents packed back to back in a [1, T] batch (flash-linear-attention's
+        convention); no state, context, segment or attention crosses a boundary (training: no cache)."""
         cache = _pop_generation_kwargs(kwargs, cache, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -161,8 +169,8 @@ class MCModel(MCPreTrainedModel):
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
             )
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        if use_cache is None:  # no cache while training unless asked for
-            use_cache = self.config.use_cache and not self.training
+        if use_cache is None:  # no cache while training (or over packed documents) unless asked for
+            use_cache = self.config.use_cache and not self.training and cu_seqlens is None
         use_cache = use_cache or cache is not None
         if attention_mask is not None:
             attention_mask = attention_mask[:, -hidden.shape[1] :]
@@ -175,7 +183,11 @@ class MCModel(MCPreTrainedModel):
             all_hidden.append(hidden)
             layer_cache = cache.layers[idx] if cache is not None else None
             hidden, layer_cache = layer(
-                hidden, attention_mask=attention_mask, cache=layer_cache, use_cache=use_cache
+                hidden,
+                attention_mask=attention_mask,
+                cache=layer_cache,
+                use_cache=use_cache,
+                cu_seqlens=cu_seqlens,
             )
             if cache is not None:
                 cache.layers[idx] = layer_cache
@@ -193,7 +205,9 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
     """:class:`MCModel` plus a linear LM head (tied to the embedding when ``tie_word_embeddings``).
 
     ``labels`` follow the Hugging Face convention: the same ids as ``input_ids`` (-100 = ignored),
-    shifted inside so that position ``t`` predicts ``labels[t + 1]``.
+    shifted inside so that position ``t`` predicts ``labels[t + 1]``; with packed documents
+    (``cu_seqlens``) the first token of every document but the first is not predicted from the
+    previous document.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -227,6 +241,7 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits [B, T, vocab] (the last ``logits_to_keep`` positions when > 0), loss, cache and (with
@@ -239,12 +254,15 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            cu_seqlens=cu_seqlens,
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = None
+        if labels is not None and cu_seqlens is not None and cu_seqlens.numel() > 2:
+            labels = labels.index_fill(1, cu_seqlens[1:-1].to(labels.device), -100)
         if labels is not None:
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(),

@@ -45,7 +45,7 @@ def evaluate_lm(
         batch = collate(dataset, list(range(b * batch_size, min((b + 1) * batch_size, len(dataset)))))
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=ids, use_cache=False).logits
+            logits = lm_logits(model, ids, batch.get("doc_start"))
         logits = logits.float()
         mask = labels != IGNORE_INDEX
         total_loss += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").item()
@@ -63,3 +63,17 @@ def evaluate_lm(
         "sequence_accuracy": seq_right / max(seqs, 1),
         "tokens": tokens,
     }
+
+
+def lm_logits(model: nn.Module, ids: torch.Tensor, doc_start: torch.Tensor | None) -> torch.Tensor:
+    """Logits [B, T, V]; with ``doc_start`` [B, T] (packed documents) the batch runs as one packed row
+    whose ``cu_seqlens`` cut at every window and document start, so no state crosses either."""
+    if doc_start is None:
+        return model(input_ids=ids, use_cache=False).logits
+    batch, seq_len = ids.shape
+    starts = doc_start.to(ids.device).clone()
+    starts[:, 0] = True
+    bounds = starts.flatten().nonzero().flatten()
+    cu_seqlens = torch.cat([bounds, bounds.new_tensor([batch * seq_len])])
+    logits = model(input_ids=ids.reshape(1, -1), use_cache=False, cu_seqlens=cu_seqlens).logits
+    return logits.view(batch, seq_len, -1)

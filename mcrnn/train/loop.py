@@ -33,7 +33,7 @@ from mcrnn.train.checkpoint import (
     read_run_info,
     save_checkpoint,
 )
-from mcrnn.train.evaluate import evaluate_lm
+from mcrnn.train.evaluate import evaluate_lm, lm_logits
 from mcrnn.train.options import TrainOptions
 from mcrnn.train.sampler import rank_micro_batches
 
@@ -327,7 +327,7 @@ def train(
                 sync = i == len(batches) - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
                 with wrapped.no_sync() if not sync else nullcontext():
                     with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = wrapped(input_ids=ids, use_cache=False).logits
+                        logits = lm_logits(wrapped, ids, batch.get("doc_start"))
                     ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
                     (ce * ctx.world / count).backward()
                 loss_sum += ce.detach()

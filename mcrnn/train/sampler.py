@@ -30,7 +30,7 @@ def global_batch_indices(step: int, batch_size: int, num_examples: int, seed: in
 
 
 def collate(dataset: Dataset, indices: list[int]) -> dict[str, torch.Tensor]:
-    """Stack ``input_ids`` and ``labels`` of the chosen examples into [b, T] tensors.
+    """Stack ``input_ids`` and ``labels`` (and ``doc_start``, when items carry it) into [b, T] tensors.
 
     Shorter examples are padded on the right (ids with 0, labels with -100): a causal model's outputs at
     the real positions never see the padding, and no loss is taken on it.
@@ -42,7 +42,12 @@ def collate(dataset: Dataset, indices: list[int]) -> dict[str, torch.Tensor]:
     for row, item in enumerate(items):
         ids[row, : len(item["input_ids"])] = item["input_ids"]
         labels[row, : len(item["labels"])] = item["labels"]
-    return {"input_ids": ids, "labels": labels}
+    batch = {"input_ids": ids, "labels": labels}
+    if "doc_start" in items[0]:  # packed documents (TextDataset(separate_documents=True))
+        batch["doc_start"] = torch.zeros(len(items), length, dtype=torch.bool)
+        for row, item in enumerate(items):
+            batch["doc_start"][row, : len(item["doc_start"])] = item["doc_start"]
+    return batch
 
 
 def rank_micro_batches(
