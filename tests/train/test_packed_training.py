@@ -50,12 +50,10 @@ def test_yaml_text_run_with_separate_documents(tmp_path) -> None:
     from mcrnn.train.config import run_config
 
     _dataset(tmp_path)  # writes docs.jsonl
-    raw = {
-        "model": {"vocab_size": 257, "hidden_size": 16, "num_hidden_layers": 1, "num_heads": 2, "segment_size": 2},
-        "data": {"type": "text", "paths": [str(tmp_path / "docs.jsonl")], "seq_len": 8, "split": "all",
-                 "separate_documents": True},
-        "train": {"steps": 2, "batch_size": 2, "out_dir": str(tmp_path / "run"), "eval_every": 0, "save_every": 0},
-    }  # fmt: skip
+    model = {"vocab_size": 257, "hidden_size": 16, "num_hidden_layers": 1, "num_heads": 2, "segment_size": 2}
+    data = {"type": "text", "paths": [str(tmp_path / "docs.jsonl")], "seq_len": 8, "split": "all"}
+    train = {"steps": 2, "batch_size": 2, "out_dir": str(tmp_path / "run"), "eval_every": 0, "save_every": 0}
+    raw = {"model": model, "data": {**data, "separate_documents": True}, "train": train}
     raw["eval_data"] = dict(raw["data"])
     result = run_config(raw)
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
