@@ -106,3 +106,19 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """State accumulation dtype: float64 if any input is float64, else float32 (bf16/fp16 upcast)."""
     wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
     return torch.float64 if wide else torch.float32
+
+
+def to_compute_dtype(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None,
+    gates: Mapping[str, torch.Tensor | None],
+    *others: torch.Tensor | None,
+) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor | None], torch.dtype]:
+    """``(q, k, v, u)`` (``u = q`` when None) and ``gates`` in the accumulation dtype of
+    :func:`compute_dtype` over them and ``others``, and that dtype."""
+    dtype = compute_dtype(q, k, v, u, *gates.values(), *others)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    u = q if u is None else u.to(dtype)
+    return (q, k, v, u), {name: None if g is None else g.to(dtype) for name, g in gates.items()}, dtype

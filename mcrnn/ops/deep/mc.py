@@ -21,7 +21,7 @@ import torch
 from mcrnn.ops.deep.chunk import chunk_deep_memory_caching
 from mcrnn.ops.deep.naive import naive_deep_memory_caching
 from mcrnn.ops.deep.recurrent import DeepMemoryCache, recurrent_deep_memory_caching
-from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.inputs import to_compute_dtype
 from mcrnn.ops.spec import MCSpec
 
 Rates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -34,13 +34,11 @@ def _cast(
     u: torch.Tensor | None,
     params: Sequence[torch.Tensor],
     rates: Rates,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], Rates]:
-    """Inputs in the accumulation dtype (``u = q`` when None)."""
-    dtype = compute_dtype(q, k, v, u, *rates, *params)
-    q, k, v = (x.to(dtype) for x in (q, k, v))
-    u = q if u is None else u.to(dtype)
-    eta, alpha, beta = (None if r is None else r.to(dtype) for r in rates)
-    return [q, k, v, u], [w.to(dtype) for w in params], (eta, alpha, beta)
+) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor], Rates]:
+    """Inputs, weights and rates in the accumulation dtype (``u = q`` when None)."""
+    eta, alpha, beta = rates
+    inputs, gates, dtype = to_compute_dtype(q, k, v, u, {"eta": eta, "alpha": alpha, "beta": beta}, *params)
+    return inputs, [w.to(dtype) for w in params], tuple(gates.values())
 
 
 def naive_deep_mc(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.inputs import to_compute_dtype
 from mcrnn.ops.spec import MCSpec
 
 
@@ -38,17 +38,13 @@ def naive_linear_mc(
 ) -> tuple[torch.Tensor, None]:
     """The definition: MC output ``o`` [B, T, H, Dv] (in ``q``'s dtype) and no cache, for inputs as in
     :func:`mcrnn.ops.memory_caching` (not re-checked) and the segments of ``spec`` (not ``log``)."""
-    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
-    q, k, v = (x.to(dtype) for x in (q, k, v))
-    u = q if u is None else u.to(dtype)
-    log_decay, prev_gate, cur_gate = (
-        None if g is None else g.to(dtype) for g in (log_decay, prev_gate, cur_gate)
-    )
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, gates)
     out = _token_loop(
-        q, k, v, u, spec.lengths(q.shape[1]), aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
-        pooling=spec.pooling, memory=memory, log_decay=log_decay, prev_gate=prev_gate, cur_gate=cur_gate,
+        q_c, k, v, u, spec.lengths(q.shape[1]), aggregation=spec.aggregation, init=spec.init,
+        top_k=spec.top_k, pooling=spec.pooling, memory=memory, **gates,
     )  # fmt: skip
-    return out.to(in_dtype), None
+    return out.to(q.dtype), None
 
 
 def _token_loop(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.inputs import to_compute_dtype
 from mcrnn.ops.linear.chunk import cached_read, chunk_linear, selected_read
 from mcrnn.ops.linear.recurrent import MatrixMemoryCache
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
@@ -44,21 +44,16 @@ def chunk_linear_mc(
 
     Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype and, with ``output_cache``, the decoding cache.
     """
-    u = q if u is None else u
     lengths = spec.lengths(q.shape[1])
-    options = {"spec": spec, "memory": memory, "log_decay": log_decay, "prev_gate": prev_gate,
-               "cur_gate": cur_gate}  # fmt: skip
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
     if backend == "triton":
-        out, states = _triton_linear_mc(q, k, v, u, lengths, **options)
+        out, states = _triton_linear_mc(
+            q, k, v, q if u is None else u, lengths, spec=spec, memory=memory, **gates
+        )
     else:
-        dtype = compute_dtype(q, k, v, u)
-        cast = {
-            name: None if g is None else g.to(dtype)
-            for name, g in options.items()
-            if name.endswith(("decay", "gate"))
-        }
+        inputs, gates, _ = to_compute_dtype(q, k, v, u, gates)
         out, states = _torch_linear_mc(
-            *(x.to(dtype) for x in (q, k, v, u)), lengths, **{**options, **cast}, chunk_size=chunk_size
+            *inputs, lengths, spec=spec, memory=memory, **gates, chunk_size=chunk_size
         )
     cache = _prefill_cache(spec, memory, states, k, v, lengths) if output_cache else None
     return out.to(q.dtype), cache

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.inputs import to_compute_dtype
 from mcrnn.ops.linear.chunk import chunk_states, decayed_scores, split_chunks
 from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
 from mcrnn.ops.segments import mixing_weights
@@ -176,13 +176,11 @@ def chunk_log_mc(
     """Parallel MC with the log segmentation (``linear`` memory; inputs as in
     :func:`mcrnn.ops.memory_caching`, not re-checked): ``o`` [B, T, H, Dv] in ``q``'s dtype and, with
     ``output_cache``, the decoding cache."""
-    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
-    q, k, v = (x.to(dtype) for x in (q, k, v))
-    u = q if u is None else u.to(dtype)
-    log_decay = None if log_decay is None else log_decay.to(dtype)
+    (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
+    log_decay = gates["log_decay"]
     out = log_linear_mc(
-        q, k, v, u, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k, pooling=spec.pooling,
+        q_c, k, v, u, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k, pooling=spec.pooling,
         log_decay=log_decay, chunk_size=chunk_size,
     )  # fmt: skip
     cache = fenwick_prefill_cache(spec, k, v, log_decay) if output_cache else None
-    return out.to(in_dtype), cache
+    return out.to(q.dtype), cache

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.inputs import to_compute_dtype
 from mcrnn.ops.linear.naive import aggregate, pool
 from mcrnn.ops.log.buckets import fenwick_buckets
 from mcrnn.ops.spec import MCSpec
@@ -24,12 +24,8 @@ def naive_log_mc(
     log_decay: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, None]:
     """The definition of MC with the log segmentation: ``o`` [B, T, H, Dv] (``q``'s dtype), no cache."""
-    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
-    q, k, v = (x.to(dtype) for x in (q, k, v))
-    u = q if u is None else u.to(dtype)
-    log_decay = None if log_decay is None else log_decay.to(dtype)
-    out = _token_loop(q, k, v, u, spec=spec, log_decay=log_decay)
-    return out.to(in_dtype), None
+    inputs, gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
+    return _token_loop(*inputs, spec=spec, **gates).to(q.dtype), None
 
 
 def _token_loop(
