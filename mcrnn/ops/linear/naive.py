@@ -137,4 +137,3 @@ def naive_log_memory_caching(
                     logits.append(u[b, t, h] @ _pool(list(k[b, start:end, h]), pooling))
                 out[b, t, h] = _aggregate(reads, logits, aggregation, top_k)
     return out
-
