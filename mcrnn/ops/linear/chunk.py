@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mcrnn.ops.segments import segment_index
+
 #: target number of query tokens per block of the cached reads (bounds the read buffers)
 READ_BLOCK_TOKENS = 256
 
@@ -77,22 +79,46 @@ def split_chunks(
     return Chunks(q, k, v, cum, scores, local, cum[..., -1].exp())
 
 
-def decayed_scores(chunks: Chunks, last: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """``scores[t, j] * exp(cum[last_t] - cum[j])`` where ``first_t <= j <= last_t``, else 0.
+def window_attention(chunks: Chunks, last: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``sum_{first_t <= j <= last_t} exp(cum[last_t] - cum[j]) (q_t . k_j) v_j`` for every query.
 
     Args:
         last, first: [c] or [B, H, n, c] chunk-relative positions per query.
 
-    Returns: [B, H, n, c, c], the weights of ``q_t . k_j`` for reading the state at ``last_t`` that
-    starts at ``first_t`` (with ``last_t = t, first_t = 0`` the causal intra-chunk attention).
+    Returns: [B, H, n, c, Dv], the read ``q_t^T S`` of the state at ``last_t`` that starts at ``first_t``
+    (with ``last_t = t, first_t = 0`` the causal intra-chunk attention). Tokens outside a query's
+    window never reach its row, even when non-finite: the mask selects instead of multiplying, and
+    :func:`window_matmul` keeps a NaN/Inf value out of the rows whose window misses it.
     """
     positions = torch.arange(chunks.size, device=chunks.q.device)
     inside = (positions >= first.unsqueeze(-1)) & (positions <= last.unsqueeze(-1))
-    if chunks.cum is None:
-        return chunks.scores.masked_fill(~inside, 0.0)
-    end = chunks.cum.gather(-1, last.expand(chunks.cum.shape)) if last.dim() > 1 else chunks.cum[..., last]
-    exponent = (end.unsqueeze(-1) - chunks.cum.unsqueeze(-2)).masked_fill(~inside, float("-inf"))
-    return chunks.scores * exponent.exp()
+    scores = chunks.scores.masked_fill(~inside, 0.0)
+    cum = chunks.cum
+    if cum is not None:
+        end = cum.gather(-1, last.expand(cum.shape)) if last.dim() > 1 else cum[..., last]
+        exponent = (end.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~inside, float("-inf"))
+        scores = scores * exponent.exp()
+    return window_matmul(scores, chunks.v, last, first)
+
+
+def window_matmul(
+    weights: torch.Tensor, values: torch.Tensor, last: torch.Tensor, first: torch.Tensor
+) -> torch.Tensor:
+    """``weights @ values`` for ``weights`` [..., c, c] that are 0 outside ``first_t <= j <= last_t``,
+    with ``0 * NaN`` kept out: [..., c, Dv].
+
+    A plain matmul would spread a NaN/Inf ``values[j, d]`` to every row through the zero weights. The
+    product runs on the finite part of ``values`` instead, and an entry ``(t, d)`` whose window holds a
+    non-finite ``values[j, d]`` is set to NaN, as the token loop gives (``q_t^T M`` with a NaN column).
+    """
+    finite = values.isfinite()
+    out = weights @ values.where(finite, 0.0)
+    # non-finite values among the first j rows, per column: [..., c + 1, Dv]
+    seen = torch.nn.functional.pad(torch.cumsum(~finite, dim=-2), (0, 0, 1, 0))
+    rows = seen.shape[:-2] + (last.shape[-1], seen.shape[-1])
+    after_last = seen.gather(-2, (last + 1).unsqueeze(-1).expand(rows))
+    before_first = seen.gather(-2, first.unsqueeze(-1).expand(rows))
+    return out.masked_fill(after_last > before_first, float("nan"))
 
 
 def chunk_linear(
@@ -121,63 +147,63 @@ def chunk_linear(
     chunks = split_chunks(q, k, v, log_decay, chunk_size_for(lengths, chunk_size))
     chunk, n_chunks = chunks.size, chunks.count
     positions = torch.arange(chunk, device=q.device)
-    intra = decayed_scores(chunks, positions, torch.zeros_like(positions))
     # chunk index where each segment starts / ends (chunks never straddle segments)
     chunk_counts = [n // chunk for n in lengths[:-1]] + [n_chunks - sum(n // chunk for n in lengths[:-1])]
     seg_first = torch.tensor([0, *chunk_counts[:-1]], device=q.device).cumsum(0)
     seg_last = torch.tensor(chunk_counts, device=q.device).cumsum(0) - 1
-    carry = None
+    reset = None
     if init == "independent":
-        carry = torch.ones(n_chunks, dtype=q.dtype, device=q.device).index_fill(0, seg_first, 0.0)
-    ends, starts = chunk_states(chunks, carry)
+        reset = torch.zeros(n_chunks, dtype=torch.bool, device=q.device).index_fill(0, seg_first, True)
+    ends, starts = chunk_states(chunks, reset)
     inter = chunks.q @ starts
     if chunks.cum is not None:
         inter = inter * chunks.cum.exp().unsqueeze(-1)
-    online = intra @ chunks.v + inter
+    online = window_attention(chunks, positions, torch.zeros_like(positions)) + inter
     online = online.reshape(batch, heads, n_chunks * chunk, -1)[:, :, :seq_len]
     return online, ends[:, :, seg_last]
 
 
-def chunk_states(chunks: Chunks, carry: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_states(chunks: Chunks, reset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the end of every chunk and entering every chunk, [B, H, n, Dk, Dv] each.
 
-    ``carry`` [n] (0/1 or None) resets the state to zero at the chunks where it is 0.
+    ``reset`` [n] (bool or None) restarts the state from zero at the chunks where it is True (a
+    restart discards the earlier state, a non-finite one included).
     """
-    ends = _chunk_scan(chunks.local, chunks.chunk_decay, carry)
+    ends = _chunk_scan(chunks.local, chunks.chunk_decay, reset)
     starts = torch.cat([torch.zeros_like(ends[:, :, :1]), ends[:, :, :-1]], dim=2)
-    if carry is not None:
-        starts = starts * carry.view(1, 1, -1, 1, 1)
+    if reset is not None:
+        starts = starts.masked_fill(reset.view(1, 1, -1, 1, 1), 0.0)
     return ends, starts
 
 
 def _chunk_scan(
-    local: torch.Tensor, chunk_decay: torch.Tensor | None, carry: torch.Tensor | None
+    local: torch.Tensor, chunk_decay: torch.Tensor | None, reset: torch.Tensor | None
 ) -> torch.Tensor:
-    """Inclusive scan ``E_n = a_n E_{n-1} + L_n`` over chunks, ``a_n = decay_n * carry_n``.
+    """Inclusive scan ``E_n = a_n E_{n-1} + L_n`` over chunks, with ``E_{n-1}`` dropped where ``reset_n``.
 
-    Without decay a cumulative sum (segmented by ``carry == 0`` resets); with decay a Hillis-Steele
-    scan of ``log2(n)`` vectorised steps on the pairs ``(a, L)``, whose products never exceed 1.
+    Without decay or resets a cumulative sum; otherwise a Hillis-Steele scan of ``log2(n)``
+    vectorised steps on the triples ``(a, L, r)`` (products of decays, which never exceed 1, and
+    whether a reset lies in the range); a reset selects instead of multiplying by 0, so a
+    non-finite state before it does not reach the chunks after it.
 
     Args:
-        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] or None; carry: [n] of 0/1 or None.
+        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``) or None; reset: [n] bool or None.
     """
-    if chunk_decay is None:
-        total = local.cumsum(2)
-        if carry is None:
-            return total
-        # subtract the running sum reached before each segment's first chunk
-        reset = (carry == 0).nonzero().flatten()
-        before = torch.cat([torch.zeros_like(total[:, :, :1]), total[:, :, :-1]], dim=2)[:, :, reset]
-        owner = torch.cumsum((carry == 0).long(), 0) - 1
-        return total - before[:, :, owner]
-    decay = chunk_decay if carry is None else chunk_decay * carry.view(1, 1, -1)
+    if chunk_decay is None and reset is None:
+        return local.cumsum(2)
     state = local
+    decay = chunk_decay
     step = 1
     n_chunks = local.shape[2]
     while step < n_chunks:
-        shifted = torch.nn.functional.pad(state[:, :, :-step], (0, 0, 0, 0, step, 0))
-        state = state + decay.unsqueeze(-1).unsqueeze(-1) * shifted
-        decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (step, 0), value=1.0)
+        earlier = torch.nn.functional.pad(state[:, :, :-step], (0, 0, 0, 0, step, 0))
+        if decay is not None:
+            earlier = decay.unsqueeze(-1).unsqueeze(-1) * earlier
+            decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (step, 0), value=1.0)
+        if reset is not None:
+            earlier = earlier.masked_fill(reset.view(1, 1, -1, 1, 1), 0.0)
+            reset = reset | torch.nn.functional.pad(reset[:-step], (step, 0), value=False)
+        state = state + earlier
         step *= 2
     return state
 
@@ -243,9 +269,16 @@ def cached_read(q: torch.Tensor, gates: torch.Tensor, states: torch.Tensor, leng
     Args:
         q: [B, H, T, Dk]; gates: [B, H, T, N] (must be 0 for ``i >= s(t)``); states: [B, H, N, Dk, Dv].
 
-    Returns: [B, H, T, Dv].
+    Returns: [B, H, T, Dv]. A non-finite entry of ``M(i)[:, d]`` makes ``y_t[d]`` NaN for the tokens
+    that read ``M(i)`` (``s(t) > i``) and for no other: the block GEMMs, which give a token a zero
+    gate for the states it cannot see, run on the finite part of the states.
     """
-    return _CachedRead.apply(q, gates, states, _read_blocks(lengths))
+    finite = states.isfinite()
+    out = _CachedRead.apply(q, gates, states.where(finite, 0.0), _read_blocks(lengths))
+    # non-finite entries per value column among the first i states: [B, H, N + 1, Dv]
+    seen = torch.nn.functional.pad(torch.cumsum((~finite).any(-2), dim=2), (0, 0, 1, 0))
+    reads = seen[:, :, segment_index(lengths, q.device)]  # among the states token t reads
+    return out.masked_fill(reads > 0, float("nan"))
 
 
 class _SelectedRead(torch.autograd.Function):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 
 from mcrnn.ops.inputs import to_compute_dtype
-from mcrnn.ops.linear.chunk import chunk_states, decayed_scores, split_chunks
+from mcrnn.ops.linear.chunk import chunk_states, split_chunks, window_attention
 from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
 from mcrnn.ops.segments import mixing_weights
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
@@ -61,9 +61,14 @@ def log_linear_mc(
         levels = torch.stack([_level_logits(u, k, 1 << level, pooling) for level in range(n_levels)], -1)
         return levels, levels.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
 
-    cached_w, online_w, _ = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
-    online_level = torch.nn.functional.one_hot(low, n_levels).to(q.dtype).view(1, seq_len, 1, n_levels)
+    cached_w, online_w, selected = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
+    online_level = torch.nn.functional.one_hot(low, n_levels).bool().view(1, seq_len, 1, n_levels)
     weights = (cached_w + online_w.unsqueeze(-1) * online_level).permute(0, 2, 1, 3)  # [B, H, T, n]
+    # the levels each token reads; the others hold reads of unrelated (possibly later) tokens
+    read_levels = active.view(1, seq_len, 1, n_levels)
+    if selected is not None:  # ssc: the top_k selected cached levels and the online one
+        read_levels = visible & torch.zeros_like(visible).scatter(-1, selected, True) | online_level
+    read_levels = read_levels.permute(0, 2, 1, 3)
     reads = _level_reads(
         q.transpose(1, 2),
         k.transpose(1, 2),
@@ -74,7 +79,10 @@ def log_linear_mc(
         end,
         chunk_size,
     )
-    out = sum(weights[..., level, None] * read for level, read in enumerate(reads))
+    out = sum(
+        torch.where(read_levels[..., level, None], weights[..., level, None] * read, 0.0)
+        for level, read in enumerate(reads)
+    )
     return out.transpose(1, 2)
 
 
@@ -107,7 +115,8 @@ def _level_reads(
 ) -> Iterator[torch.Tensor]:
     """``q_t^T S_l(t)`` for every token, level by level, heads-first: [B, H, T, Dv] per level.
 
-    Entries of levels a token does not read hold finite garbage; the caller's weights zero them.
+    Entries of levels a token does not read hold garbage (reads of later tokens among it); the
+    caller selects them away.
     """
     seq_len = q.shape[2]
     chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
@@ -132,7 +141,7 @@ def _attention_level(chunks, entering, init, start, end, token, seq_len) -> torc
     first = (start - chunk_start).clamp(0, chunk - 1) if init == "independent" else torch.zeros_like(last)
     last, first = (torch.nn.functional.pad(x, (0, padded - seq_len)) for x in (last, first))
     shape = (1, 1, n_chunks, chunk)
-    out = decayed_scores(chunks, last.view(shape), first.view(shape)) @ chunks.v
+    out = window_attention(chunks, last.view(shape), first.view(shape))
     if init == "checkpoint":  # plus the state entering the chunk, decayed to ``last``
         if chunks.cum is not None:
             entering = (
@@ -147,8 +156,7 @@ def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # 
     per_block = block // chunks.size
     n_chunks = chunks.count
     if init == "independent":
-        carry = (torch.arange(n_chunks, device=chunks.q.device) % per_block != 0).to(chunks.local.dtype)
-        block_ends, _ = chunk_states(chunks, carry)
+        block_ends, _ = chunk_states(chunks, torch.arange(n_chunks, device=chunks.q.device) % per_block == 0)
     else:
         block_ends = prefix_ends
     n_pairs = -(-seq_len // (2 * block))

@@ -87,23 +87,22 @@ def _gate(
     gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h,
     H: tl.constexpr, K: tl.constexpr, N: tl.constexpr, MODE: tl.constexpr,
 ):  # fmt: skip
-    """Weight of state ``i`` for every row [BT], the [BT, KS] top-k hits, whether any row reads
-    ``i``, and (SOFTMAX) the router key ``c_i`` [K]: ``g_{t,i} = exp(<u_t, c_i> - lse_t)``."""
+    """Weight of state ``i`` for every row [BT], the [BT, KS] top-k hits, the rows that read ``i``
+    [BT] (visible, or selected under SPARSE), whether any row does, and (SOFTMAX) the router key
+    ``c_i`` [K]: ``g_{t,i} = exp(<u_t, c_i> - lse_t)``."""
     hits = b_idx == i
     b_c = tl.zeros([K], dtype=tl.float32)
-    visible = mask & (seg > i)
+    readers = mask & (seg > i)
     if MODE == 1:
         b_g = tl.sum(tl.where(hits, b_w, 0.0), 1)
-        read = tl.max(tl.max(hits.to(tl.int32), 1), 0) > 0
+        readers = tl.max(hits.to(tl.int32), 1) > 0
     elif MODE == 2:
         b_c = tl.load(contexts + ((i_b * N + i) * H + i_h) * K + tl.arange(0, K)).to(tl.float32)
         logit = tl.sum(b_u * b_c[None, :], 1)
-        b_g = tl.exp(tl.where(visible, logit - b_lse, float("-inf")))
-        read = tl.max(visible.to(tl.int32), 0) > 0
+        b_g = tl.exp(tl.where(readers, logit - b_lse, float("-inf")))
     else:
-        b_g = tl.load(gates + tok * N + i, mask=visible, other=0.0).to(tl.float32)
-        read = tl.max(visible.to(tl.int32), 0) > 0
-    return b_g, hits, read, b_c
+        b_g = tl.load(gates + tok * N + i, mask=readers, other=0.0).to(tl.float32)
+    return b_g, hits, readers, tl.max(readers.to(tl.int32), 0) > 0, b_c
 
 
 @triton.jit
@@ -123,12 +122,14 @@ def _read_fwd(
     b_q = tl.load(q + tok[:, None] * K + offs_k[None, :], mask=mask[:, None], other=0.0).to(DOT)
     b_y = tl.zeros([BT, BV], dtype=tl.float32)
     for i in range(0, tl.max(seg, 0)):
-        b_g, _, read, _ = _gate(
+        b_g, _, readers, read, _ = _gate(
             gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h, H, K, N, MODE
         )
         if read:
             b_s = tl.load(states + ((i_b * N + i) * H + i_h) * K * V + offs_k[:, None] * V + offs_v[None, :])
-            b_y += b_g[:, None] * tl.dot(b_q, b_s.to(DOT), input_precision=PREC)
+            # select the rows that read state i: a non-finite state must not reach the others
+            b_r = tl.dot(b_q, b_s.to(DOT), input_precision=PREC)
+            b_y += tl.where(readers[:, None], b_g[:, None] * b_r, 0.0)
     tl.store(y + tok[:, None] * V + offs_v[None, :], b_y.to(y.dtype.element_ty), mask=mask[:, None])
 
 
@@ -154,7 +155,7 @@ def _read_bwd_dq(
     b_dw = tl.zeros([BT, KS], dtype=tl.float32)
     b_du = tl.zeros([BT, K], dtype=tl.float32)
     for i in range(0, tl.max(seg, 0)):
-        b_g, hits, read, b_c = _gate(
+        b_g, hits, _, read, b_c = _gate(
             gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h, H, K, N, MODE
         )
         if read:
@@ -199,7 +200,7 @@ def _read_bwd_dstates(
         b_idx, b_w, _, b_u, b_lse, b_delta = _block_gating(
             idx, w, u, lse, delta, tok, mask, seg, K, TOPK, KS, BT, MODE
         )
-        b_g, _, read, _ = _gate(
+        b_g, _, _, read, _ = _gate(
             gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h, H, K, N, MODE
         )
         if read:

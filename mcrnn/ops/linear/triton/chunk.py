@@ -112,9 +112,14 @@ def _fwd_o(
     b_o = tl.dot(b_q, b_h.to(DOT), input_precision=PREC) * tl.exp(b_gc)[:, None]
     offs_t = tl.arange(0, BT)
     causal = offs_t[:, None] >= offs_t[None, :]
+    # select, not multiply by a 0/1 mask: a later token's NaN/Inf must not reach an earlier row
     b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-    b_a = b_a * tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], float("-inf")))
-    b_o += tl.dot(b_a.to(DOT), b_v, input_precision=PREC)
+    b_a = tl.where(causal, b_a * tl.exp(b_gc[:, None] - b_gc[None, :]), 0.0)
+    finite = tl.abs(b_v) < float("inf")
+    b_o += tl.dot(b_a.to(DOT), tl.where(finite, b_v, 0.0).to(DOT), input_precision=PREC)
+    # a non-finite v_s[d] reaches o_t[d] for t >= s only (NaN, as in the token loop)
+    seen = tl.cumsum(tl.where(finite, 0, 1), 0)
+    b_o = tl.where(seen > 0, float("nan"), b_o)
     tl.store(o + v_ptr, b_o.to(o.dtype.element_ty), mask=mask[:, None])
 
 
