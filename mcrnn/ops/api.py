@@ -16,7 +16,7 @@ import torch
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import DeepMemoryCache, chunk_deep_mc, naive_deep_mc, recurrent_deep_mc
 from mcrnn.ops.deep.network import check_params
-from mcrnn.ops.inputs import check_tensors
+from mcrnn.ops.inputs import check_tensors, check_working_set
 from mcrnn.ops.linear import MatrixMemoryCache, chunk_linear_mc, naive_linear_mc, recurrent_linear_mc
 from mcrnn.ops.log import FenwickMemoryCache, chunk_log_mc, naive_log_mc, recurrent_log_mc
 from mcrnn.ops.spec import DEEP_MEMORIES, MCSpec, check_choice, check_memory
@@ -120,6 +120,8 @@ def memory_caching(
             check_params(params, q.shape[2], q.shape[3], v.shape[-1])
         if backend == "triton" and (memory in DEEP_MEMORIES or spec.kind == "log"):
             raise ValueError("backend='triton' runs the matrix memories with constant or explicit segments")
+        if cache is None and spec.kind in ("constant", "lengths") and memory not in DEEP_MEMORIES:
+            check_working_set(len(spec.lengths(q.shape[1])), q, v)
     if cache is not None:
         _check_cache(cache, spec, memory, q, v)
         if isinstance(cache, DeepMemoryCache) and chunk_size is not None and chunk_size != cache.chunk_size:

@@ -7,6 +7,7 @@ skip both with ``check_inputs=False``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -122,3 +123,47 @@ def to_compute_dtype(
     q, k, v = (x.to(dtype) for x in (q, k, v))
     u = q if u is None else u.to(dtype)
     return (q, k, v, u), {name: None if g is None else g.to(dtype) for name, g in gates.items()}, dtype
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, or ``MemAvailable`` of /proc/meminfo on the CPU
+    (None where neither can be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_working_set(num_segments: int, q: torch.Tensor, v: torch.Tensor) -> None:
+    """Fail early, with the estimate, when a parallel matrix-memory call cannot fit in memory.
+
+    The parallel path materialises ``N`` cached states [B, N, H, Dk, Dv] and router weights
+    [B, T, H, N] in the accumulation dtype, at least ``states + weights`` bytes (grm at T=16384 with
+    one-token segments: 5.0 GiB of the 6.9 GiB it was measured to take). Above the free memory of the
+    device this raises ``MemoryError``; above half of it, warns.
+    """
+    batch, seq_len, heads, key_dim = q.shape
+    width = 8 if compute_dtype(q, v) == torch.float64 else 4
+    states = batch * num_segments * heads * key_dim * v.shape[-1] * width
+    weights = batch * seq_len * heads * num_segments * width
+    estimate = states + weights
+    if estimate < 1 << 28:
+        return
+    free = available_memory(q.device)
+    if free is None or estimate < free // 2:
+        return
+    message = (
+        f"memory_caching needs at least {estimate / 2**30:.1f} GiB here ({num_segments} cached states of "
+        f"[H, Dk, Dv]=[{heads}, {key_dim}, {v.shape[-1]}] and [B, T, H, N] router weights for T={seq_len}), "
+        f"and {free / 2**30:.1f} GiB are free on {q.device}: use a larger segment_size, aggregation='ssc', "
+        "segmentation='log' or shorter sequences"
+    )
+    if estimate > free:
+        raise MemoryError(message)
+    warnings.warn(message, ResourceWarning, stacklevel=3)

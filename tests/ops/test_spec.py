@@ -165,3 +165,16 @@ def test_bad_tensors(change, message: str) -> None:
     q, k, v = change(*(torch.randn(B, T, H, D) for _ in range(3)))
     with pytest.raises((ValueError, TypeError), match=message):
         memory_caching(q, k, v)
+
+
+def test_a_call_too_big_for_memory_fails_early_with_the_estimate(monkeypatch) -> None:
+    """grm at T=16384 with one-token segments needs > 5 GiB; with 1 GiB free it fails before any work."""
+    from mcrnn.ops import inputs
+
+    monkeypatch.setattr(inputs, "available_memory", lambda device: 1 << 30)
+    q = torch.empty(1, 16384, 4, 64).normal_()
+    with pytest.raises(MemoryError, match=r"needs at least 5\.0 GiB .* 16384 cached states .* segment_size"):
+        memory_caching(q, q, q, segment_size=1)
+    monkeypatch.setattr(inputs, "available_memory", lambda device: 6 << 30)
+    with pytest.warns(ResourceWarning, match="needs at least"):
+        inputs.check_working_set(16384, q, q)
