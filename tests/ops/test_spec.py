@@ -173,7 +173,7 @@ def test_a_call_too_big_for_memory_fails_early_with_the_estimate(monkeypatch) ->
 
     monkeypatch.setattr(inputs, "available_memory", lambda device: 1 << 30)
     q = torch.empty(1, 16384, 4, 64).normal_()
-    with pytest.raises(MemoryError, match=r"needs at least 5\.0 GiB .* 16384 cached states .* segment_size"):
+    with pytest.raises(MemoryError, match=r"needs at least 5\.0 GiB .*16384 cached states .* segment_size"):
         memory_caching(q, q, q, segment_size=1)
     monkeypatch.setattr(inputs, "available_memory", lambda device: 6 << 30)
     with pytest.warns(ResourceWarning, match="needs at least"):
