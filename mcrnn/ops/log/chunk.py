@@ -7,20 +7,23 @@ bucket (it ends at ``t``), the others are cached. So every read is ``q_t^T S_l(t
 
     y_t = sum_{l in bits(L), l != low(L)} g_{t,l} q_t^T S_l(t) + g_{t,low} q_t^T S_low(t).
 
-Levels whose blocks are shorter than the chunk are read in attention form inside the chunk
-(``sum_j w_{t,j} (q_t . k_j) v_j`` with the level's mask and decay); longer levels materialise one
-state per pair of blocks from the chunk scan and read it with a batched matmul. Cost: about
-``log2(T/c)`` reads of ``2 Dk Dv`` plus ``log2(c)`` intra-chunk attentions per token.
+Levels whose blocks are shorter than the chunk ``c`` lie inside their reader's chunk, and their
+buckets partition the chunk's prefix: key ``j`` of the chunk lies in the bucket of level
+``lvl(t, j) = floor(log2((t + 1) xor j))`` (chunk-relative positions). So all of them are read in
+**one** attention per chunk, ``sum_j W_{t,j} (q_t . k_j) v_j``, with ``W_{t,j} = g_{t,lvl}`` (times the
+bucket's decay) under ``independent`` and ``W_{t,j} = sum_{l <= lvl} g_{t,l}`` (each term decayed to
+its bucket's end) under ``checkpoint``, whose level-``l`` memory holds every token before the end of
+bucket ``l``, plus the state entering the chunk. Longer levels materialise one state per pair of blocks
+from the chunk scan and read it with a batched matmul. Cost: about ``log2(T/c)`` reads of
+``2 Dk Dv`` plus one intra-chunk attention per token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 from mcrnn.ops.inputs import to_compute_dtype
-from mcrnn.ops.linear.chunk import chunk_states, split_chunks, window_attention
+from mcrnn.ops.linear.chunk import chunk_states, split_chunks
 from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
 from mcrnn.ops.segments import mixing_weights
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
@@ -69,19 +72,16 @@ def log_linear_mc(
     if selected is not None:  # ssc: the top_k selected cached levels and the online one
         read_levels = visible & torch.zeros_like(visible).scatter(-1, selected, True) | online_level
     read_levels = read_levels.permute(0, 2, 1, 3)
-    reads = _level_reads(
+    out = _level_reads(
         q.transpose(1, 2),
         k.transpose(1, 2),
         v.transpose(1, 2),
         None if log_decay is None else log_decay.transpose(1, 2),
         init,
-        start,
         end,
+        weights,
+        read_levels,
         chunk_size,
-    )
-    out = sum(
-        torch.where(read_levels[..., level, None], weights[..., level, None] * read, 0.0)
-        for level, read in enumerate(reads)
     )
     return out.transpose(1, 2)
 
@@ -109,46 +109,95 @@ def _level_reads(
     v: torch.Tensor,
     log_decay: torch.Tensor | None,
     init: str,
-    start: torch.Tensor,
     end: torch.Tensor,
+    weights: torch.Tensor,
+    read_levels: torch.Tensor,
     chunk_size: int,
-) -> Iterator[torch.Tensor]:
-    """``q_t^T S_l(t)`` for every token, level by level, heads-first: [B, H, T, Dv] per level.
+) -> torch.Tensor:
+    """``sum_l g_{t,l} q_t^T S_l(t)`` heads-first, [B, H, T, Dv], for inputs [B, H, T, D].
 
-    Entries of levels a token does not read hold garbage (reads of later tokens among it); the
-    caller selects them away.
+    Args:
+        end: [T, n] end of each token's bucket per level; weights: [B, H, T, n] the aggregation
+            weights ``g`` (0 where a level is not read); read_levels: [B, H, T, n] the levels each token
+            reads (a state level's read of an unread level holds reads of unrelated, maybe later, tokens,
+            selected away).
     """
     seq_len = q.shape[2]
     chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
     chunks = split_chunks(q, k, v, log_decay, chunk)
     ends, starts = chunk_states(chunks, None)  # prefix states at / entering every chunk
-    entering = chunks.q @ starts  # [B, H, n, c, Dv], q_t^T P_(chunk start - 1)
-    token = torch.arange(seq_len, device=q.device)
-    for level in range(start.shape[1]):
-        block = 1 << level
-        if block < chunk:
-            yield _attention_level(chunks, entering, init, start[:, level], end[:, level], token, seq_len)
-        else:
-            yield _state_level(chunks, ends, init, block, seq_len)
+    small = min(chunk.bit_length() - 1, weights.shape[-1])  # levels with blocks shorter than the chunk
+    out = _small_levels(
+        chunks, starts, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len
+    )
+    for level in range(small, weights.shape[-1]):
+        read = _state_level(chunks, ends, init, 1 << level, seq_len)
+        out = out + torch.where(read_levels[..., level, None], weights[..., level, None] * read, 0.0)
+    return out
 
 
-def _attention_level(chunks, entering, init, start, end, token, seq_len) -> torch.Tensor:  # noqa: ANN001
-    """Level with blocks shorter than the chunk: every bucket lies in its reader's chunk."""
+def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len) -> torch.Tensor:  # noqa: ANN001
+    """All levels with blocks shorter than the chunk in one intra-chunk attention (see module doc).
+
+    Args:
+        starts: [B, H, n, Dk, Dv] prefix states entering every chunk; end: [T, s] bucket ends of the
+            ``s`` small levels; weights, read_levels: [B, H, T, s].
+
+    Returns: [B, H, T, Dv]. A key outside what a token reads never reaches its row, even when non-finite.
+    """
     chunk, n_chunks = chunks.size, chunks.count
+    n_small = weights.shape[-1]
+    if n_small == 0:  # chunks of one token
+        return chunks.v.new_zeros(chunks.v.shape).flatten(2, 3)[:, :, :seq_len]
     padded = n_chunks * chunk
-    chunk_start = (token // chunk) * chunk
-    last = (end - 1 - chunk_start).clamp(0, chunk - 1)
-    first = (start - chunk_start).clamp(0, chunk - 1) if init == "independent" else torch.zeros_like(last)
-    last, first = (torch.nn.functional.pad(x, (0, padded - seq_len)) for x in (last, first))
-    shape = (1, 1, n_chunks, chunk)
-    out = window_attention(chunks, last.view(shape), first.view(shape))
-    if init == "checkpoint":  # plus the state entering the chunk, decayed to ``last``
-        if chunks.cum is not None:
-            entering = (
-                entering * chunks.cum.gather(-1, last.view(shape).expand(chunks.cum.shape)).exp()[..., None]
-            )
-        out = out + entering
+    position = torch.arange(chunk, device=chunks.q.device)
+    # level of key b's bucket for the prefix ending at query a; -1 where b > a (not in the prefix) or
+    # a is the chunk's last token (its prefix length is a multiple of c: no small level)
+    span = (position.unsqueeze(1) + 1) ^ position.unsqueeze(0)
+    level = torch.floor(torch.log2(span.clamp(min=1).double())).long()
+    outside = (position.unsqueeze(0) > position.unsqueeze(1)) | (position == chunk - 1).unsqueeze(1)
+    level = level.masked_fill(outside, -1)
+    shape = weights.shape[:2] + (n_chunks, chunk, n_small)
+    weights = torch.nn.functional.pad(weights, (0, 0, 0, padded - seq_len)).view(shape)
+    index = level.clamp(min=0).expand(shape[:3] + (chunk, chunk))
+    reads = level >= 0  # checkpoint: every level's memory holds the chunk's prefix up to the online end
+    if init == "independent":  # only the buckets of the levels read (ssc selects some)
+        read_levels = read_levels.expand(shape[:2] + (seq_len, n_small))
+        read_levels = torch.nn.functional.pad(read_levels, (0, 0, 0, padded - seq_len)).view(shape)
+        reads = reads & read_levels.gather(-1, index)
+    if chunks.cum is None:  # W[a, b]: the weight of b's level, or (checkpoint) of every level <= it
+        table = weights.cumsum(-1) if init == "checkpoint" else weights
+        mix = table.gather(-1, index).masked_fill(~reads, 0.0)
+        entering = table[..., -1:] if init == "checkpoint" else None
+    else:
+        token = torch.arange(seq_len, device=end.device).unsqueeze(1)
+        relative = torch.minimum(end - 1, token) - token // chunk * chunk  # unread levels: never past t
+        last = torch.nn.functional.pad(relative.clamp(min=0), (0, 0, 0, padded - seq_len))
+        last = last.view(n_chunks, chunk, n_small)  # chunk-relative end of each small bucket
+        cum_last = chunks.cum.gather(-1, last.flatten(1).expand(shape[:2] + (n_chunks, chunk * n_small)))
+        cum_last = cum_last.view(shape)  # [B, H, n, c, s] cumulative log decay at each bucket's end
+        mix = 0.0
+        for lvl in range(n_small):
+            in_memory = reads & ((level >= lvl) if init == "checkpoint" else (level == lvl))
+            exponent = cum_last[..., lvl, None] - chunks.cum.unsqueeze(-2)
+            exponent = exponent.masked_fill(~in_memory, float("-inf"))
+            mix = mix + weights[..., lvl, None] * exponent.exp()
+        entering = (weights * cum_last.exp()).sum(-1, keepdim=True) if init == "checkpoint" else None
+    out = _masked_matmul(chunks.scores.masked_fill(~reads, 0.0) * mix, chunks.v, reads)
+    if entering is not None:
+        out = out + entering * (chunks.q @ starts)
     return out.flatten(2, 3)[:, :, :seq_len]
+
+
+def _masked_matmul(weights: torch.Tensor, values: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
+    """``weights @ values`` ([..., c, c] @ [..., c, Dv]) where ``weights`` is 0 outside ``reads``; an entry
+    ``(t, d)`` is NaN exactly when some ``values[j, d]`` with ``reads[t, j]`` is (as the token loop gives),
+    and a non-finite value outside ``reads[t]`` never reaches row ``t``."""
+    finite = values.isfinite()
+    if bool(finite.all()):
+        return weights @ values
+    hits = reads.to(values.dtype) @ (~finite).to(values.dtype)
+    return (weights @ values.where(finite, 0.0)).masked_fill(hits > 0, float("nan"))
 
 
 def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # noqa: ANN001
