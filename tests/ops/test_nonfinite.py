@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
+from mcrnn.ops.linear import chunk, log
 from mcrnn.ops.linear import triton as mc_triton
 
 B, T, H, DK, DV = 2, 21, 2, 8, 4  # T not a multiple of the segment, Dk != Dv
@@ -108,26 +109,42 @@ def _known_difference(aggregation: str, init: str, name: str, segmentation: str 
     return name == "k" or (name == "log_decay" and segmentation == "log")
 
 
+@pytest.mark.parametrize("chunk_size", [64, 2])  # 2: several chunks per segment (scan steps)
 @pytest.mark.parametrize("memory,aggregation,init,name", CONSTANT_CASES)
-def test_constant_parallel_returns_nan_where_naive_does(memory, aggregation, init, name):
+def test_constant_parallel_returns_nan_where_naive_does(memory, aggregation, init, name, chunk_size):
     if _known_difference(aggregation, init, name):
         pytest.skip("documented difference (see _known_difference)")
     inputs = corrupt(make_inputs(memory), name, math.nan)
     opts = options(aggregation, init, memory)
-    fast = memory_caching(**inputs, backend="torch", **opts)
+    fast = memory_caching(**inputs, backend="torch", chunk_size=chunk_size, **opts)
     naive = memory_caching(**inputs, backend="naive", **opts)
     torch.testing.assert_close(fast, naive, equal_nan=True)
 
 
+@pytest.mark.parametrize("chunk_size", [64, 2])  # 2: levels read from the chunk scan
 @pytest.mark.parametrize("aggregation,init,name", LOG_CASES)
-def test_log_parallel_returns_nan_where_naive_does(aggregation, init, name):
+def test_log_parallel_returns_nan_where_naive_does(aggregation, init, name, chunk_size):
     if _known_difference(aggregation, init, name, "log"):
         pytest.skip("documented difference (see _known_difference)")
     inputs = corrupt(make_inputs("linear"), name, math.nan)
     opts = options(aggregation, init, "linear", "log")
-    fast = memory_caching(**inputs, backend="torch", **opts)
+    fast = memory_caching(**inputs, backend="torch", chunk_size=chunk_size, **opts)
     naive = memory_caching(**inputs, backend="naive", **opts)
     torch.testing.assert_close(fast, naive, equal_nan=True)
+
+
+@pytest.mark.parametrize("segmentation", ["constant", "log"])
+@pytest.mark.parametrize("aggregation,init", [("grm", "checkpoint"), ("ssc", "independent")])
+def test_nonfinite_handling_keeps_finite_values(monkeypatch, segmentation, aggregation, init):
+    """The exact path for non-finite values (taken when ``all_finite`` says no, which a sum of finite
+    values that overflows also does) gives the fast path's values on finite inputs."""
+    inputs = make_inputs("linear")
+    opts = options(aggregation, init, "linear", segmentation)
+    fast = memory_caching(**inputs, backend="torch", chunk_size=2, **opts)
+    for module in (chunk, log):
+        monkeypatch.setattr(module, "all_finite", lambda *tensors: False)
+    exact = memory_caching(**inputs, backend="torch", chunk_size=2, **opts)
+    torch.testing.assert_close(exact, fast)
 
 
 def _split(inputs: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:

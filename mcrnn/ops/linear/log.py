@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mcrnn.ops.linear.chunk import chunk_states, split_chunks, window_attention
+from mcrnn.ops.linear.chunk import all_finite, chunk_states, split_chunks, window_attention
 from mcrnn.ops.linear.recurrent import FenwickMemoryCache
 from mcrnn.ops.segments import fenwick_buckets, mixing_weights
 
@@ -62,11 +62,6 @@ def log_linear_mc(
     cached_w, online_w, selected = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
     online_level = torch.nn.functional.one_hot(low, n_levels).bool().view(1, seq_len, 1, n_levels)
     weights = (cached_w + online_w.unsqueeze(-1) * online_level).permute(0, 2, 1, 3)  # [B, H, T, n]
-    # the levels each token reads; the others hold reads of unrelated (possibly later) tokens
-    read_levels = active.view(1, seq_len, 1, n_levels)
-    if selected is not None:  # ssc: the top_k selected cached levels and the online one
-        read_levels = visible & torch.zeros_like(visible).scatter(-1, selected, True) | online_level
-    read_levels = read_levels.permute(0, 2, 1, 3)
     reads = _level_reads(
         q.transpose(1, 2),
         k.transpose(1, 2),
@@ -77,10 +72,17 @@ def log_linear_mc(
         end,
         chunk_size,
     )
-    out = sum(
-        torch.where(read_levels[..., level, None], weights[..., level, None] * read, 0.0)
-        for level, read in enumerate(reads)
-    )
+    if all_finite(q, k, v, log_decay):  # finite reads: a weight of 0 removes a level exactly
+        out = sum(weights[..., level, None] * read for level, read in enumerate(reads))
+    else:  # select the levels each token reads: the others may hold later tokens' NaN/Inf
+        read_levels = active.view(1, seq_len, 1, n_levels)
+        if selected is not None:  # ssc: the top_k selected cached levels and the online one
+            read_levels = visible & torch.zeros_like(visible).scatter(-1, selected, True) | online_level
+        read_levels = read_levels.permute(0, 2, 1, 3)
+        out = sum(
+            torch.where(read_levels[..., level, None], weights[..., level, None] * read, 0.0)
+            for level, read in enumerate(reads)
+        )
     return out.transpose(1, 2)
 
 
@@ -119,7 +121,7 @@ def _level_reads(
     seq_len = q.shape[2]
     chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
     chunks = split_chunks(q, k, v, log_decay, chunk)
-    ends, starts = chunk_states(chunks, None)  # prefix states at / entering every chunk
+    ends, starts = chunk_states(chunks)  # prefix states at / entering every chunk
     entering = chunks.q @ starts  # [B, H, n, c, Dv], q_t^T P_(chunk start - 1)
     token = torch.arange(seq_len, device=q.device)
     for level in range(start.shape[1]):
@@ -154,7 +156,7 @@ def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # 
     per_block = block // chunks.size
     n_chunks = chunks.count
     if init == "independent":
-        block_ends, _ = chunk_states(chunks, torch.arange(n_chunks, device=chunks.q.device) % per_block == 0)
+        block_ends, _ = chunk_states(chunks, range(0, n_chunks, per_block))
     else:
         block_ends = prefix_ends
     n_pairs = -(-seq_len // (2 * block))
