@@ -205,3 +205,28 @@ def test_triton_stays_causal(memory, aggregation, init, name):
     if not _known_difference(aggregation, init, name):
         naive = memory_caching(**dirty_inputs, backend="naive", **opts)
         torch.testing.assert_close(dirty, naive.float(), equal_nan=True, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="deep memories leak inside a chunk: mcrnn/ops/deep/read.py online_layer multiplies the scores "
+    "by the lower-triangular mix (0 * NaN) and reads deltas of later tokens through the zeros; "
+    "mcrnn/ops/deep/chunk.py chunk_coefficients forms mix = decay_a * eta (NaN eta above the diagonal)",
+)
+@pytest.mark.parametrize("memory", ["dla", "titans"])
+@pytest.mark.parametrize("name", ["k", "v", "eta"])
+def test_deep_memories_stay_causal(memory, name):
+    gen = torch.Generator().manual_seed(0)
+    q, k, u = (
+        torch.nn.functional.normalize(torch.randn(B, T, H, DK, generator=gen), dim=-1) for _ in range(3)
+    )
+    inputs = dict(q=q, k=k, u=u, v=torch.randn(B, T, H, DK, generator=gen))
+    inputs["eta"] = 0.2 * torch.rand(B, T, H, generator=gen)
+    inputs["alpha"] = 0.8 + 0.2 * torch.rand(B, T, H, generator=gen)
+    if memory == "titans":
+        inputs["beta"] = 0.9 * torch.rand(B, T, H, generator=gen)
+    params = [0.5 * torch.randn(H, DK, DK, generator=gen)]
+    opts = dict(memory=memory, params=params, segment_size=8, chunk_size=4, aggregation="grm")
+    clean = memory_caching(**inputs, **opts)
+    dirty = memory_caching(**corrupt(inputs, name, math.nan), **opts)
+    assert_causal(clean, dirty, name)
