@@ -30,10 +30,10 @@ READ_BLOCK_TOKENS = 256
 def all_finite(*tensors: torch.Tensor | None) -> bool:
     """Whether every entry of the tensors is finite, from one sum per tensor and one host sync.
 
-    Conservative: a sum of finite entries that overflows also answers False, which only sends the
-    caller down its exact path for non-finite values.
+    Conservative: a sum of finite entries that overflows (float32) also answers False, which only
+    sends the caller down its exact path for non-finite values.
     """
-    sums = [x.detach().sum().to(torch.float64) for x in tensors if x is not None]
+    sums = [x.detach().sum().float() for x in tensors if x is not None]
     return bool(torch.stack(sums).isfinite().all()) if sums else True
 
 
