@@ -14,6 +14,7 @@ Tensors are handled heads-first ([B, H, T, D]) inside this module.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,16 @@ from mcrnn.ops.segments import segment_index
 
 #: target number of query tokens per block of the cached reads (bounds the read buffers)
 READ_BLOCK_TOKENS = 256
+
+
+def all_finite(*tensors: torch.Tensor | None) -> bool:
+    """Whether every entry of the tensors is finite, from one sum per tensor and one host sync.
+
+    Conservative: a sum of finite entries that overflows (float32) also answers False, which only
+    sends the caller down its exact path for non-finite values.
+    """
+    sums = [x.detach().sum().float() for x in tensors if x is not None]
+    return bool(torch.stack(sums).isfinite().all()) if sums else True
 
 
 def chunk_size_for(lengths: Sequence[int], chunk_size: int) -> int:
@@ -40,11 +51,14 @@ class Chunks:
     ``cum`` is the inclusive cumulative log decay inside each chunk (None without decay),
     ``scores = q k^T`` per chunk, ``local = sum_j exp(cum_last - cum_j) k_j v_j^T`` the chunk's own
     writes decayed to its end, and ``chunk_decay = exp(cum_last)`` (None without decay).
+    ``finite_v`` is ``v`` with its NaN/Inf entries set to 0 and ``nonfinite_v`` is 1 at those entries,
+    0 elsewhere (in the dtype of ``v``); when ``q``, ``k`` and ``v`` are all finite, ``nonfinite_v`` is
+    None and ``finite_v`` is ``v``.
     """
 
     q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
+    finite_v: torch.Tensor
+    nonfinite_v: torch.Tensor | None
     cum: torch.Tensor | None
     scores: torch.Tensor
     local: torch.Tensor
@@ -71,12 +85,16 @@ def split_chunks(
         if log_decay is not None:
             log_decay = torch.nn.functional.pad(log_decay, (0, pad))
     q, k, v = (x.reshape(batch, heads, n_chunks, chunk, x.shape[-1]) for x in (q, k, v))
-    scores = q @ k.transpose(-1, -2)
+    finite_v, nonfinite_v = v, None
+    if not all_finite(q, k, v):
+        finite_v = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+        nonfinite_v = (v != finite_v).to(v.dtype)
+    pieces = dict(q=q, finite_v=finite_v, nonfinite_v=nonfinite_v, scores=q @ k.transpose(-1, -2))
     if log_decay is None:
-        return Chunks(q, k, v, None, scores, k.transpose(-1, -2) @ v, None)
+        return Chunks(**pieces, cum=None, local=k.transpose(-1, -2) @ v, chunk_decay=None)
     cum = log_decay.reshape(batch, heads, n_chunks, chunk).cumsum(-1)
     local = (k * (cum[..., -1:] - cum).exp().unsqueeze(-1)).transpose(-1, -2) @ v
-    return Chunks(q, k, v, cum, scores, local, cum[..., -1].exp())
+    return Chunks(**pieces, cum=cum, local=local, chunk_decay=cum[..., -1].exp())
 
 
 def window_attention(chunks: Chunks, last: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
@@ -86,39 +104,28 @@ def window_attention(chunks: Chunks, last: torch.Tensor, first: torch.Tensor) ->
         last, first: [c] or [B, H, n, c] chunk-relative positions per query.
 
     Returns: [B, H, n, c, Dv], the read ``q_t^T S`` of the state at ``last_t`` that starts at ``first_t``
-    (with ``last_t = t, first_t = 0`` the causal intra-chunk attention). Tokens outside a query's
-    window never reach its row, even when non-finite: the mask selects instead of multiplying, and
-    :func:`window_matmul` keeps a NaN/Inf value out of the rows whose window misses it.
+    (with ``last_t = t, first_t = 0`` the causal intra-chunk attention).
+
+    Tokens outside a query's window never reach its row, even when NaN or infinite: when ``q, k, v``
+    hold such values (``chunks.nonfinite_v`` is set), the window is selected (not multiplied by a
+    0/1 mask), the product runs on the finite part of ``v``, and an entry ``(t, d)`` whose window
+    holds a non-finite ``v_j[d]`` is set to NaN, as the token loop gives (``q_t^T M`` with a
+    non-finite column ``d``).
     """
     positions = torch.arange(chunks.size, device=chunks.q.device)
     inside = (positions >= first.unsqueeze(-1)) & (positions <= last.unsqueeze(-1))
-    scores = chunks.scores.masked_fill(~inside, 0.0)
     cum = chunks.cum
-    if cum is not None:
+    if cum is None:
+        scores = chunks.scores.masked_fill(~inside, 0.0)
+    else:
         end = cum.gather(-1, last.expand(cum.shape)) if last.dim() > 1 else cum[..., last]
         exponent = (end.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~inside, float("-inf"))
-        scores = scores * exponent.exp()
-    return window_matmul(scores, chunks.v, last, first)
-
-
-def window_matmul(
-    weights: torch.Tensor, values: torch.Tensor, last: torch.Tensor, first: torch.Tensor
-) -> torch.Tensor:
-    """``weights @ values`` for ``weights`` [..., c, c] that are 0 outside ``first_t <= j <= last_t``,
-    with ``0 * NaN`` kept out: [..., c, Dv].
-
-    A plain matmul would spread a NaN/Inf ``values[j, d]`` to every row through the zero weights. The
-    product runs on the finite part of ``values`` instead, and an entry ``(t, d)`` whose window holds a
-    non-finite ``values[j, d]`` is set to NaN, as the token loop gives (``q_t^T M`` with a NaN column).
-    """
-    finite = values.isfinite()
-    out = weights @ values.where(finite, 0.0)
-    # non-finite values among the first j rows, per column: [..., c + 1, Dv]
-    seen = torch.nn.functional.pad(torch.cumsum(~finite, dim=-2), (0, 0, 1, 0))
-    rows = seen.shape[:-2] + (last.shape[-1], seen.shape[-1])
-    after_last = seen.gather(-2, (last + 1).unsqueeze(-1).expand(rows))
-    before_first = seen.gather(-2, first.unsqueeze(-1).expand(rows))
-    return out.masked_fill(after_last > before_first, float("nan"))
+        scores = chunks.scores * exponent.exp()
+    if chunks.nonfinite_v is None:  # finite scores: exp(-inf) = 0 masks exactly
+        return scores @ chunks.finite_v
+    scores = scores.masked_fill(~inside, 0.0)
+    reached = inside.to(scores.dtype) @ chunks.nonfinite_v  # non-finite v_j[d] in each window
+    return (scores @ chunks.finite_v).masked_fill(reached > 0, float("nan"))
 
 
 def chunk_linear(
@@ -149,12 +156,9 @@ def chunk_linear(
     positions = torch.arange(chunk, device=q.device)
     # chunk index where each segment starts / ends (chunks never straddle segments)
     chunk_counts = [n // chunk for n in lengths[:-1]] + [n_chunks - sum(n // chunk for n in lengths[:-1])]
-    seg_first = torch.tensor([0, *chunk_counts[:-1]], device=q.device).cumsum(0)
     seg_last = torch.tensor(chunk_counts, device=q.device).cumsum(0) - 1
-    reset = None
-    if init == "independent":
-        reset = torch.zeros(n_chunks, dtype=torch.bool, device=q.device).index_fill(0, seg_first, True)
-    ends, starts = chunk_states(chunks, reset)
+    seg_first = list(itertools.accumulate(chunk_counts[:-1], initial=0))
+    ends, starts = chunk_states(chunks, seg_first if init == "independent" else ())
     inter = chunks.q @ starts
     if chunks.cum is not None:
         inter = inter * chunks.cum.exp().unsqueeze(-1)
@@ -163,13 +167,20 @@ def chunk_linear(
     return online, ends[:, :, seg_last]
 
 
-def chunk_states(chunks: Chunks, reset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_states(chunks: Chunks, restarts: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the end of every chunk and entering every chunk, [B, H, n, Dk, Dv] each.
 
-    ``reset`` [n] (bool or None) restarts the state from zero at the chunks where it is True (a
-    restart discards the earlier state, a non-finite one included).
+    ``restarts``: the chunks where the state restarts from zero (a restart discards the earlier
+    state, a non-finite one included).
     """
-    ends = _chunk_scan(chunks.local, chunks.chunk_decay, reset)
+    n_chunks = chunks.count
+    bounds = sorted({0, *restarts, n_chunks})
+    span = max(end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True))
+    reset = None
+    if restarts:
+        reset = torch.zeros(n_chunks, dtype=torch.bool, device=chunks.q.device)
+        reset[list(restarts)] = True
+    ends = _chunk_scan(chunks.local, chunks.chunk_decay, reset, span)
     starts = torch.cat([torch.zeros_like(ends[:, :, :1]), ends[:, :, :-1]], dim=2)
     if reset is not None:
         starts = starts.masked_fill(reset.view(1, 1, -1, 1, 1), 0.0)
@@ -177,14 +188,15 @@ def chunk_states(chunks: Chunks, reset: torch.Tensor | None) -> tuple[torch.Tens
 
 
 def _chunk_scan(
-    local: torch.Tensor, chunk_decay: torch.Tensor | None, reset: torch.Tensor | None
+    local: torch.Tensor, chunk_decay: torch.Tensor | None, reset: torch.Tensor | None, span: int
 ) -> torch.Tensor:
     """Inclusive scan ``E_n = a_n E_{n-1} + L_n`` over chunks, with ``E_{n-1}`` dropped where ``reset_n``.
 
-    Without decay or resets a cumulative sum; otherwise a Hillis-Steele scan of ``log2(n)``
-    vectorised steps on the triples ``(a, L, r)`` (products of decays, which never exceed 1, and
-    whether a reset lies in the range); a reset selects instead of multiplying by 0, so a
-    non-finite state before it does not reach the chunks after it.
+    Without decay or resets a cumulative sum; otherwise a Hillis-Steele scan of ``log2(span)``
+    vectorised steps (``span``: the most chunks between resets; later steps would only add the
+    dropped states) on the triples ``(a, L, r)``: products of decays, which never exceed 1, and
+    whether a reset lies in the range. A reset selects instead of multiplying by 0, so a non-finite
+    state before it does not reach the chunks after it.
 
     Args:
         local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``) or None; reset: [n] bool or None.
@@ -194,8 +206,7 @@ def _chunk_scan(
     state = local
     decay = chunk_decay
     step = 1
-    n_chunks = local.shape[2]
-    while step < n_chunks:
+    while step < span:
         earlier = torch.nn.functional.pad(state[:, :, :-step], (0, 0, 0, 0, step, 0))
         if decay is not None:
             earlier = decay.unsqueeze(-1).unsqueeze(-1) * earlier
@@ -273,10 +284,12 @@ def cached_read(q: torch.Tensor, gates: torch.Tensor, states: torch.Tensor, leng
     that read ``M(i)`` (``s(t) > i``) and for no other: the block GEMMs, which give a token a zero
     gate for the states it cannot see, run on the finite part of the states.
     """
-    finite = states.isfinite()
-    out = _CachedRead.apply(q, gates, states.where(finite, 0.0), _read_blocks(lengths))
+    if all_finite(states):
+        return _CachedRead.apply(q, gates, states, _read_blocks(lengths))
+    finite = torch.nan_to_num(states, nan=0.0, posinf=0.0, neginf=0.0)
+    out = _CachedRead.apply(q, gates, finite, _read_blocks(lengths))
     # non-finite entries per value column among the first i states: [B, H, N + 1, Dv]
-    seen = torch.nn.functional.pad(torch.cumsum((~finite).any(-2), dim=2), (0, 0, 1, 0))
+    seen = torch.nn.functional.pad(torch.cumsum((states != finite).any(-2), dim=2), (0, 0, 1, 0))
     reads = seen[:, :, segment_index(lengths, q.device)]  # among the states token t reads
     return out.masked_fill(reads > 0, float("nan"))
 

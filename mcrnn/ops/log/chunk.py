@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.inputs import to_compute_dtype
-from mcrnn.ops.linear.chunk import chunk_states, split_chunks
+from mcrnn.ops.linear.chunk import all_finite, chunk_states, split_chunks
 from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
 from mcrnn.ops.segments import mixing_weights
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
@@ -125,18 +125,19 @@ def _level_reads(
     seq_len = q.shape[2]
     chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
     chunks = split_chunks(q, k, v, log_decay, chunk)
-    ends, starts = chunk_states(chunks, None)  # prefix states at / entering every chunk
+    ends, starts = chunk_states(chunks)  # prefix states at / entering every chunk
     small = min(chunk.bit_length() - 1, weights.shape[-1])  # levels with blocks shorter than the chunk
+    finite = all_finite(q, k, v, log_decay)  # else the exact path: select what each token reads
     out = _small_levels(
-        chunks, starts, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len
+        chunks, starts, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len, finite
     )
     for level in range(small, weights.shape[-1]):
-        read = _state_level(chunks, ends, init, 1 << level, seq_len)
-        out = out + torch.where(read_levels[..., level, None], weights[..., level, None] * read, 0.0)
+        read = weights[..., level, None] * _state_level(chunks, ends, init, 1 << level, seq_len)
+        out = out + (read if finite else torch.where(read_levels[..., level, None], read, 0.0))
     return out
 
 
-def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len) -> torch.Tensor:  # noqa: ANN001
+def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len, finite) -> torch.Tensor:  # noqa: ANN001
     """All levels with blocks shorter than the chunk in one intra-chunk attention (see module doc).
 
     Args:
@@ -148,7 +149,7 @@ def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len) -> t
     chunk, n_chunks = chunks.size, chunks.count
     n_small = weights.shape[-1]
     if n_small == 0:  # chunks of one token
-        return chunks.v.new_zeros(chunks.v.shape).flatten(2, 3)[:, :, :seq_len]
+        return chunks.finite_v.new_zeros(chunks.finite_v.shape).flatten(2, 3)[:, :, :seq_len]
     padded = n_chunks * chunk
     position = torch.arange(chunk, device=chunks.q.device)
     # level of key b's bucket for the prefix ending at query a; -1 where b > a (not in the prefix) or
@@ -183,21 +184,16 @@ def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len) -> t
             exponent = exponent.masked_fill(~in_memory, float("-inf"))
             mix = mix + weights[..., lvl, None] * exponent.exp()
         entering = (weights * cum_last.exp()).sum(-1, keepdim=True) if init == "checkpoint" else None
-    out = _masked_matmul(chunks.scores.masked_fill(~reads, 0.0) * mix, chunks.v, reads)
+    if finite:
+        out = (chunks.scores * mix) @ chunks.finite_v
+    else:  # a NaN/Inf outside what a token reads never reaches it; inside, its entries are NaN
+        out = (chunks.scores.masked_fill(~reads, 0.0) * mix) @ chunks.finite_v
+        if chunks.nonfinite_v is not None:
+            hits = reads.to(chunks.nonfinite_v.dtype) @ chunks.nonfinite_v
+            out = out.masked_fill(hits > 0, float("nan"))
     if entering is not None:
         out = out + entering * (chunks.q @ starts)
     return out.flatten(2, 3)[:, :, :seq_len]
-
-
-def _masked_matmul(weights: torch.Tensor, values: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
-    """``weights @ values`` ([..., c, c] @ [..., c, Dv]) where ``weights`` is 0 outside ``reads``; an entry
-    ``(t, d)`` is NaN exactly when some ``values[j, d]`` with ``reads[t, j]`` is (as the token loop gives),
-    and a non-finite value outside ``reads[t]`` never reaches row ``t``."""
-    finite = values.isfinite()
-    if bool(finite.all()):
-        return weights @ values
-    hits = reads.to(values.dtype) @ (~finite).to(values.dtype)
-    return (weights @ values.where(finite, 0.0)).masked_fill(hits > 0, float("nan"))
 
 
 def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # noqa: ANN001
@@ -205,7 +201,7 @@ def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # 
     per_block = block // chunks.size
     n_chunks = chunks.count
     if init == "independent":
-        block_ends, _ = chunk_states(chunks, torch.arange(n_chunks, device=chunks.q.device) % per_block == 0)
+        block_ends, _ = chunk_states(chunks, range(0, n_chunks, per_block))
     else:
         block_ends = prefix_ends
     n_pairs = -(-seq_len // (2 * block))
