@@ -104,19 +104,18 @@ def write_config_and_code(folder: Path, config: PretrainedConfig, model_class: t
     As ``save_pretrained`` does for classes registered with ``register_for_auto_class``: each of
     ``type(config)`` and ``model_class`` that is registered for an Auto class (``_auto_class``) has its
     source file copied into ``folder`` and is named in ``config.json``'s ``auto_map`` as
-    ``{auto class: "<file stem>.<class name>"}``. ``config`` itself is not modified.
+    ``{auto class: "<file stem>.<class name>"}``. Without ``model_class`` no code is written (a config's
+    code alone loads no model). ``config`` itself is not modified.
     """
     saved = copy.deepcopy(config)
-    auto_map = dict(getattr(saved, "auto_map", None) or {})
-    for cls in (type(config), model_class):
-        auto_class = getattr(cls, "_auto_class", None)
-        if auto_class is None:
-            continue
+    classes = (type(config), model_class) if model_class is not None else ()
+    registered = [cls for cls in classes if getattr(cls, "_auto_class", None) is not None]
+    if registered:
+        saved.auto_map = dict(getattr(saved, "auto_map", None) or {})
+    for cls in registered:
         source = Path(inspect.getfile(cls))
         shutil.copyfile(source, folder / source.name)
-        auto_map[auto_class] = f"{source.stem}.{cls.__name__}"
-    if auto_map:
-        saved.auto_map = auto_map
+        saved.auto_map[cls._auto_class] = f"{source.stem}.{cls.__name__}"
     saved.to_json_file(folder / CONFIG_FILE)
 
 
