@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   - create .venv if missing, install, run the main job on its default
-#   make test   - create .venv if missing, install with the dev and triton extras, run lint + tests
+#   make test   - create .venv if missing, install with the dev, triton and eval extras, run lint + tests
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU wheel first, so the project's looser range never pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,triton]"
+	$(PY) -m pip install --quiet -e ".[dev,triton,eval]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,9 +1,13 @@
 """Atomic, durable training checkpoints that are only ever rotated within their own run.
 
 Layout: ``<out_dir>/checkpoints/step_<N>/`` holds ``model.safetensors`` + ``config.json`` (loadable with
-``MCForCausalLM.from_pretrained``), ``trainer_state.pt`` (optimizer, scheduler, step = data position,
-RNG states; read back with ``torch.load(weights_only=True)``) and ``run.json`` (the step, the kind of
-training data, and the run's ``lineage``: the names of its checkpoints still kept, oldest first).
+``MCForCausalLM.from_pretrained``; with the model's code files and ``auto_map`` when its classes are
+registered for Auto classes, as mcrnn's are, so that ``AutoModelForCausalLM.from_pretrained(folder,
+trust_remote_code=True)`` loads it in a process that never imported mcrnn), the tokenizer's files when
+one is given (``AutoTokenizer.from_pretrained(folder)``), ``trainer_state.pt`` (optimizer, scheduler,
+step = data position, RNG states; read back with ``torch.load(weights_only=True)``) and ``run.json`` (the
+step, the kind of training data, and the run's ``lineage``: the names of its checkpoints still kept,
+oldest first).
 
 A checkpoint is written into a temporary folder, every file and the folder are fsynced, the folder is
 renamed into place and the parent fsynced; then ``checkpoints/latest`` (a one-line file) is replaced the
@@ -17,15 +21,21 @@ delete checkpoints it did not write nor the one ``latest`` names.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -88,23 +98,48 @@ def read_run_info(path: Path) -> dict:
     return info
 
 
+def write_config_and_code(folder: Path, config: PretrainedConfig, model_class: type | None) -> None:
+    """``config.json`` in ``folder``, with the code that loads it without the package imported.
+
+    As ``save_pretrained`` does for classes registered with ``register_for_auto_class``: each of
+    ``type(config)`` and ``model_class`` that is registered for an Auto class (``_auto_class``) has its
+    source file copied into ``folder`` and is named in ``config.json``'s ``auto_map`` as
+    ``{auto class: "<file stem>.<class name>"}``. Without ``model_class`` no code is written (a config's
+    code alone loads no model). ``config`` itself is not modified.
+    """
+    saved = copy.deepcopy(config)
+    classes = (type(config), model_class) if model_class is not None else ()
+    registered = [cls for cls in classes if getattr(cls, "_auto_class", None) is not None]
+    if registered:
+        saved.auto_map = dict(getattr(saved, "auto_map", None) or {})
+    for cls in registered:
+        source = Path(inspect.getfile(cls))
+        shutil.copyfile(source, folder / source.name)
+        saved.auto_map[cls._auto_class] = f"{source.stem}.{cls.__name__}"
+    saved.to_json_file(folder / CONFIG_FILE)
+
+
 def save_checkpoint(
     out_dir: str | Path,
     step: int,
     model_state: dict[str, torch.Tensor],
-    config,
+    config: PretrainedConfig,
     trainer_state: dict,
     keep: int = 2,
     *,
     lineage: list[str] | None = None,
     data: str | None = None,
+    model_class: type | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and durably; returns its folder.
 
     ``lineage`` names the earlier kept checkpoints of this run (oldest first; from the ``run.json`` of
     the checkpoint it resumed from); after the save, all but the newest ``keep`` of ``lineage + [this]``
     are deleted. No other folder is touched. ``data`` names the kind of training data (``text``,
-    ``mqar``, ...), recorded for evaluation.
+    ``mqar``, ...), recorded for evaluation. ``config`` and ``model_class`` (the class of the model
+    whose state is saved) get their code files and ``auto_map`` written (:func:`write_config_and_code`);
+    ``tokenizer`` is written with its ``save_pretrained``.
     """
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -116,7 +151,9 @@ def save_checkpoint(
     if getattr(config, "tie_word_embeddings", False):
         tensors.pop("lm_head.weight", None)  # tied to the embedding; re-tied on load
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / MODEL_FILE, metadata={"format": "pt"})
-    config.to_json_file(tmp / CONFIG_FILE)
+    write_config_and_code(tmp, config, model_class)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / STATE_FILE)
     kept = [name for name in (lineage or []) if name != final.name] + [final.name]
     deleted, kept = kept[:-keep], kept[-keep:]

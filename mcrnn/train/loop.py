@@ -18,6 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ from mcrnn.train.checkpoint import (
 from mcrnn.train.evaluate import evaluate_lm, lm_logits
 from mcrnn.train.options import TrainOptions
 from mcrnn.train.sampler import rank_micro_batches
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -84,7 +88,14 @@ def check_vocab(model: nn.Module, dataset: Dataset) -> None:
 #: what a run writes into ``out_dir``; a folder holding any of them holds a run
 RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "loss.png")
 #: config entries that describe the file, not the model (ignored when a resume compares configs)
-_CONFIG_METADATA = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
+_CONFIG_METADATA = (
+    "transformers_version",
+    "_name_or_path",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "auto_map",
+)
 
 
 def check_out_dir(out_dir: str | None, resume: bool, overwrite: bool) -> None:
@@ -199,6 +210,13 @@ def data_kind(dataset: Dataset) -> str:
     return name.removesuffix("Dataset").lower() or name
 
 
+def hf_tokenizer(dataset: Dataset) -> PreTrainedTokenizerBase | None:
+    """The ``transformers`` form of the dataset's tokenizer (``tokenizer.to_hf()``), saved with every
+    checkpoint; None for data without a tokenizer (MQAR) or a tokenizer without that form."""
+    to_hf = getattr(getattr(dataset, "tokenizer", None), "to_hf", None)
+    return to_hf() if to_hf is not None else None
+
+
 def train(
     model: nn.Module,
     train_data: Dataset,
@@ -273,6 +291,7 @@ def train(
         lineage = read_run_info(path)["lineage"]
     metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
     result = TrainResult(start_step=start)
+    tokenizer = hf_tokenizer(train_data)
 
     def checkpoint(step: int) -> None:
         model_state = D.model_state(wrapped)
@@ -288,7 +307,7 @@ def train(
             }
             saved = save_checkpoint(
                 options.out_dir, step, model_state, config, trainer_state, options.keep_checkpoints,
-                lineage=lineage, data=data_kind(train_data),
+                lineage=lineage, data=data_kind(train_data), model_class=type(model), tokenizer=tokenizer,
             )  # fmt: skip
             lineage[:] = read_run_info(saved)["lineage"]
             result.checkpoint = str(saved)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcrnn.data import MQARConfig, MQARDataset
+from mcrnn.data import ByteTokenizer, MQARConfig, MQARDataset
 from mcrnn.models import MCConfig, MCForCausalLM
 from mcrnn.train import TrainOptions, latest_checkpoint, save_checkpoint, train
 from mcrnn.train import checkpoint as ckpt_module
@@ -121,12 +121,19 @@ def test_files_and_folders_are_fsynced_around_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     config = MCConfig(**MODEL)
-    final = save_checkpoint(tmp_path, 7, MCForCausalLM(config).state_dict(), config, {"step": 7})
+    state = MCForCausalLM(config).state_dict()
+    tokenizer = ByteTokenizer().to_hf()
+    final = save_checkpoint(
+        tmp_path, 7, state, config, {"step": 7}, model_class=MCForCausalLM, tokenizer=tokenizer
+    )
     root = str(tmp_path / "checkpoints")
     rename = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == str(final))
     tmp = events[rename][1]
     synced_before = {e[1] for e in events[:rename] if e[0] == "fsync"}
-    for name in ("model.safetensors", "config.json", "trainer_state.pt", "run.json"):
+    written = {path.name for path in final.iterdir()}
+    files = ("model.safetensors", "config.json", "trainer_state.pt", "run.json", "tokenizer.json")
+    assert {*files, "configuration_mcrnn.py", "modeling_mcrnn.py"} <= written
+    for name in written:  # the model code and the tokenizer files too
         assert f"{tmp}/{name}" in synced_before
     assert tmp in synced_before
     latest = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == f"{root}/latest")
