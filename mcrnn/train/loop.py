@@ -246,6 +246,9 @@ def train(
         raise ValueError("out_dir is required to save or resume checkpoints")
     check_vocab(model, train_data)
     config = getattr(model, "config", None)
+    tokenizer = hf_tokenizer(train_data)
+    if tokenizer is not None and config is not None and config.eos_token_id is None:
+        config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id  # generation stops there
     torch.manual_seed(options.seed)
     model.to(ctx.device)
     wrapped = D.wrap(model, ctx, options.parallel)
@@ -291,7 +294,6 @@ def train(
         lineage = read_run_info(path)["lineage"]
     metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
     result = TrainResult(start_step=start)
-    tokenizer = hf_tokenizer(train_data)
 
     def checkpoint(step: int) -> None:
         model_state = D.model_state(wrapped)

@@ -47,10 +47,14 @@ metadata:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A tiny random MC model saved with the byte tokenizer."""
+    """A tiny random MC model saved with the byte tokenizer, whose end of document stops generation."""
     path = tmp_path_factory.mktemp("lm_eval") / "model"
     torch.manual_seed(0)
-    MCForCausalLM(MCConfig(**MODEL, segment_size=16, aggregation="grm")).save_pretrained(path)
+    eos = ByteTokenizer.eos_id  # generation stops at the tokenizer's end of document, per row
+    model = MCForCausalLM(
+        MCConfig(**MODEL, segment_size=16, aggregation="grm", eos_token_id=eos, pad_token_id=eos)
+    )
+    model.save_pretrained(path)
     ByteTokenizer().to_hf().save_pretrained(path)
     return path
 

@@ -50,9 +50,13 @@ def test_training_checkpoint_loads_without_mcrnn_and_resumes(tmp_path):
         "out_dir": str(tmp_path),
     }
     train(model, data, TrainOptions(steps=2, **options))
-    # resuming compares the checkpoint's config with the model's: auto_map is not a difference
-    assert train(model, data, TrainOptions(steps=3, **options), resume=True).start_step == 2
+    # resuming compares the checkpoint's config with a fresh model's: neither auto_map nor the end of
+    # document the tokenizer gave the config (generation stops there) is a difference
+    fresh = MCForCausalLM(MCConfig(**TINY, segment_size=4, aggregation="grm"))
+    assert train(fresh, data, TrainOptions(steps=3, **options), resume=True).start_step == 2
     checkpoint = latest_checkpoint(tmp_path)
+    saved = json.loads((checkpoint / "config.json").read_text())
+    assert saved["eos_token_id"] == saved["pad_token_id"] == ByteTokenizer.eos_id
     written = {path.name for path in checkpoint.iterdir()}
     assert {
         "configuration_mcrnn.py",
@@ -60,4 +64,4 @@ def test_training_checkpoint_loads_without_mcrnn_and_resumes(tmp_path):
         "tokenizer.json",
         "tokenizer_config.json",
     } <= written
-    _check_fresh_load(checkpoint, model, tmp_path)
+    _check_fresh_load(checkpoint, fresh, tmp_path)
