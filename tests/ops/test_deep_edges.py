@@ -1,0 +1,117 @@
+"""Deep memories (dla, titans) at the edges of their documented ranges, against the naive token loop.
+
+The chunk path (and decoding) must equal the float64 definition (``backend="naive"``, inner gradients
+by autograd) for outputs and every gradient where the gates reach the ends of their ranges
+(``eta = 0``, ``alpha = 1``, ``beta = 0`` and ``1``), where gates are tiny (1e-6, 1e-12, on some tokens
+only), and where ``Dk != Dv`` (a depth-1 memory; deeper ones have a residual and need ``Dk == Dv``).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from mcrnn.ops.deep import deep_memory_caching, layer_shapes
+
+B, H, T = 2, 2, 13
+AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
+OPTIONS = dict(segment_size=8, chunk_size=4)  # segments 8, 5; the last chunk is partial
+
+
+def make_inputs(
+    memory: str, depth: int = 2, key_dim: int = 4, value_dim: int = 4, edge: str = "", seed: int = 0
+) -> dict:
+    """Random float64 inputs of the op; ``edge = "name=value"`` sets that gate on every third token."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+
+    q, k, u = (torch.nn.functional.normalize(rand(B, T, H, key_dim), dim=-1) for _ in range(3))
+    inputs = dict(
+        q=q,
+        k=k,
+        v=rand(B, T, H, value_dim),
+        u=u,
+        memory=memory,
+        params=[0.5 * rand(H, o, i) for o, i in layer_shapes(key_dim, value_dim, depth, 2)],
+        eta=uniform(0.0, 0.2),
+        alpha=uniform(0.8, 1.0),
+        beta=uniform(0.0, 0.9) if memory == "titans" else None,
+    )
+    if edge:
+        name, value = edge.split("=")
+        some = torch.zeros(B, T, H, dtype=torch.bool)
+        some[:, 2::3] = True
+        inputs[name] = torch.where(some, float(value), inputs[name])
+    return inputs
+
+
+def outputs_and_gradients(inputs: dict, backend: str, dtype: torch.dtype = torch.float64, **options) -> dict:
+    """The output and the gradient of a fixed random projection of it w.r.t. every tensor input."""
+    leaves = {n: x.to(dtype).requires_grad_() for n, x in inputs.items() if isinstance(x, torch.Tensor)}
+    params = [w.to(dtype).requires_grad_() for w in inputs["params"]]
+    out = deep_memory_caching(**{**inputs, **leaves, "params": params}, **options, backend=backend)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    tensors = [*leaves.values(), *params]
+    grads = torch.autograd.grad((out * weight.to(dtype)).sum(), tensors, allow_unused=True)
+    names = [*leaves, *(f"params[{i}]" for i in range(len(params)))]
+    found = {"output": out.detach()}
+    found.update(
+        {n: torch.zeros_like(x) if g is None else g for n, x, g in zip(names, tensors, grads, strict=True)}
+    )
+    return found
+
+
+def assert_equal_to_naive(inputs: dict, rtol: float = 1e-10, atol: float = 1e-10, **options) -> None:
+    expected = outputs_and_gradients(inputs, "naive", **options)
+    found = outputs_and_gradients(inputs, "torch", **options)
+    for name, ref in expected.items():
+        torch.testing.assert_close(found[name], ref, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize(
+    "memory,aggregation,dims",
+    list(itertools.product(("dla", "titans"), AGGREGATIONS, ((4, 3), (3, 5)))),
+)
+def test_key_dim_differs_from_value_dim(memory: str, aggregation: str, dims: tuple[int, int]) -> None:
+    """Depth 1 maps Dk -> Dv (``layer_shapes`` gives ``[(Dv, Dk)]``): chunk path == naive, gradients too."""
+    inputs = make_inputs(memory, depth=1, key_dim=dims[0], value_dim=dims[1])
+    assert_equal_to_naive(inputs, **OPTIONS, aggregation=aggregation, top_k=1)
+
+
+@pytest.mark.parametrize("memory", ["dla", "titans"])
+def test_key_dim_differs_from_value_dim_one_segment_and_decoding(memory: str) -> None:
+    inputs = make_inputs(memory, depth=1, key_dim=4, value_dim=3)
+    assert_equal_to_naive(inputs, chunk_size=4, aggregation="soup")
+    full = deep_memory_caching(**inputs, **OPTIONS)
+    prefill = 5  # mid-chunk
+    outs, cache = deep_memory_caching(**_tokens(inputs, 0, prefill), **OPTIONS, output_cache=True)
+    outs = [outs]
+    for t in range(prefill, T):
+        out, cache = deep_memory_caching(
+            **_tokens(inputs, t, t + 1), **OPTIONS, cache=cache, output_cache=True
+        )
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-12, atol=1e-12)
+
+
+def test_key_dim_differs_from_value_dim_needs_depth_one() -> None:
+    with pytest.raises(ValueError, match="Dk == Dv"):
+        layer_shapes(4, 3, 2, 2)
+    inputs = make_inputs("dla", depth=1, key_dim=4, value_dim=3)
+    deeper = make_inputs("dla", depth=2, key_dim=4, value_dim=4)["params"]
+    with pytest.raises(ValueError, match="Dk=4 to Dv=3"):
+        deep_memory_caching(**{**inputs, "params": deeper}, **OPTIONS)
+
+
+def _tokens(inputs: dict, start: int, stop: int) -> dict:
+    """Tokens ``start:stop`` of every per-token input."""
+    return {
+        n: x[:, start:stop] if isinstance(x, torch.Tensor) and x.dim() >= 3 else x for n, x in inputs.items()
+    }
