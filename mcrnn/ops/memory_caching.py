@@ -51,6 +51,7 @@ def memory_caching(
     eta: torch.Tensor | None = None,
     alpha: torch.Tensor | None = None,
     beta: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
     cache: MatrixMemoryCache | FenwickMemoryCache | DeepMemoryCache | None = None,
     output_cache: bool = False,
     backend: str = "auto",
@@ -88,6 +89,8 @@ def memory_caching(
         prev_gate, cur_gate: [B, T, H] the ``swla`` gates ``b_t, l_t``.
         params, eta, alpha, beta: deep memories' initial weights (one [H, d_out, d_in] per layer),
             step size, retention and (Titans) momentum [B, T, H]; see ``deep_memory_caching``.
+        mask: deep memories: [B, T] bool, the tokens that write (a masked token, e.g. padding, is
+            an identity step); see ``deep_memory_caching``.
         cache: continue decoding from this cache (token by token, the recurrent form).
         output_cache: also return the cache after the last token.
         backend: ``auto`` (Triton on CUDA when available, else PyTorch), ``naive`` (token loop),
@@ -107,13 +110,13 @@ def memory_caching(
         if params is None or eta is None or alpha is None:
             raise ValueError(f"memory={memory!r} needs params (initial weights), eta and alpha")
         return deep_memory_caching(
-            q, k, v, u, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
+            q, k, v, u, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta, mask=mask,
             segment_size=segment_size, segment_lengths=segment_lengths, segmentation=segmentation,
             chunk_size=chunk_size, aggregation=aggregation, init=init, top_k=top_k, pooling=pooling,
             cache=cache, output_cache=output_cache, backend=backend,
         )  # fmt: skip
-    if params is not None or eta is not None or alpha is not None or beta is not None:
-        raise ValueError(f"params/eta/alpha/beta belong to deep memories, not memory={memory!r}")
+    if any(x is not None for x in (params, eta, alpha, beta, mask)):
+        raise ValueError(f"params/eta/alpha/beta/mask belong to deep memories, not memory={memory!r}")
     check_choice("backend", backend, BACKENDS)
     check_choice("segmentation", segmentation, SEGMENTATIONS)
     check_options(aggregation, init, pooling, top_k)

@@ -23,7 +23,8 @@ OPTIONS = dict(segment_size=8, chunk_size=4)  # segments 8, 5; the last chunk is
 def make_inputs(
     memory: str, depth: int = 2, key_dim: int = 4, value_dim: int = 4, edge: str = "", seed: int = 0
 ) -> dict:
-    """Random float64 inputs of the op; ``edge = "name=value"`` sets that gate on every third token."""
+    """Random float64 inputs of the op; ``edge = "name=value"`` sets that gate on every third token
+    (``"name=value all"``: on every token)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape: int) -> torch.Tensor:
@@ -45,9 +46,9 @@ def make_inputs(
         beta=uniform(0.0, 0.9) if memory == "titans" else None,
     )
     if edge:
-        name, value = edge.split("=")
+        name, value = edge.removesuffix(" all").split("=")
         some = torch.zeros(B, T, H, dtype=torch.bool)
-        some[:, 2::3] = True
+        some[:, :: 1 if edge.endswith(" all") else 3] = True
         inputs[name] = torch.where(some, float(value), inputs[name])
     return inputs
 
@@ -115,3 +116,104 @@ def _tokens(inputs: dict, start: int, stop: int) -> dict:
     return {
         n: x[:, start:stop] if isinstance(x, torch.Tensor) and x.dim() >= 3 else x for n, x in inputs.items()
     }
+
+
+TITANS_EDGES = ("beta=0", "beta=1", "beta=1e-6", "beta=1e-12", "beta=0 all", "beta=1 all")
+EDGES = [
+    (memory, edge)
+    for memory in ("dla", "titans")
+    for edge in ("", "eta=0", "eta=0 all", "alpha=1", "alpha=1 all", "alpha=1e-6", "alpha=1e-12")
+    + (TITANS_EDGES if memory == "titans" else ())
+]
+
+
+@pytest.mark.parametrize("memory,edge", EDGES)
+def test_gate_edges_equal_naive(memory: str, edge: str) -> None:
+    """Gates at the ends of their ranges and tiny gates (on every third token, or all): outputs and
+    every gradient at 1e-10. Before the gate products were differentiated without dividing by a gate,
+    beta = 0 gave dL/dbeta = 0 there and 1e-12 gates ~1e-6 (dla) to ~6e-5 (titans) relative error."""
+    inputs = make_inputs(memory, edge=edge)
+    assert_equal_to_naive(inputs, **OPTIONS, aggregation="grm")
+
+
+@pytest.mark.parametrize("memory,depth", [("dla", 1), ("titans", 1), ("titans", 3)])
+def test_tiny_and_zero_gates_other_depths(memory: str, depth: int) -> None:
+    inputs = make_inputs(memory, depth=depth, edge="alpha=1e-12")
+    if memory == "titans":
+        inputs["beta"] = torch.where(torch.arange(T)[:, None] % 3 == 1, 0.0, inputs["beta"])
+    assert_equal_to_naive(inputs, **OPTIONS, aggregation="soup", init="independent")
+
+
+def random_mask(seed: int = 3) -> torch.Tensor:
+    """A [B, T] mask with masked tokens inside chunks, at chunk starts and at the end."""
+    mask = torch.rand(B, T, generator=torch.Generator().manual_seed(seed)) > 0.4
+    mask[:, 0], mask[0, -1] = False, False
+    return mask
+
+
+@pytest.mark.parametrize(
+    "memory,aggregation,init",
+    [(m, a, "checkpoint") for m in ("dla", "titans") for a in ("grm", "soup", "residual")]
+    + [("titans", "ssc", "independent")],
+)
+def test_mask_equals_naive(memory: str, aggregation: str, init: str) -> None:
+    """A masked token is an identity step (no write, no retention, no momentum change) in the chunk
+    path as in the definition, anywhere in the sequence; outputs and gradients at 1e-10."""
+    inputs = make_inputs(memory)
+    assert_equal_to_naive(inputs, **OPTIONS, aggregation=aggregation, init=init, top_k=1, mask=random_mask())
+
+
+@pytest.mark.parametrize("memory", ["dla", "titans"])
+@pytest.mark.parametrize("init", ["checkpoint", "independent"])
+def test_right_padded_prefill_state_equals_unpadded(memory: str, init: str) -> None:
+    """After a right-padded prefill each row's state (weights, momentum, cached
+    states) is the one after its real tokens alone: row 1 has 9 real tokens of 13 (segments of 8,
+    chunks of 4), so its padding crosses a chunk boundary; garbage gates on the padding change nothing."""
+    inputs = make_inputs(memory)
+    lengths = [T, 9]
+    mask = torch.arange(T) < torch.tensor(lengths)[:, None]
+    options = dict(**OPTIONS, aggregation="grm", init=init)
+    _, padded = deep_memory_caching(**inputs, **options, mask=mask, output_cache=True)
+    for row, n in enumerate(lengths):
+        alone = {
+            name: x[row : row + 1, :n] if isinstance(x, torch.Tensor) and x.dim() >= 3 else x
+            for name, x in inputs.items()
+        }
+        _, expected = deep_memory_caching(**alone, **options, output_cache=True)
+        states = {"weights": (padded.weights, expected.weights)}
+        if memory == "titans":
+            states["momentum"] = (padded.momentum, expected.momentum)
+        for i, (found, ref) in enumerate(zip(padded.cached, expected.cached, strict=True)):
+            states[f"cached[{i}]"] = (found, ref)
+        for name, (found, ref) in states.items():
+            for l, (w, w_ref) in enumerate(zip(found, ref, strict=True)):
+                torch.testing.assert_close(
+                    w[row], w_ref[0], rtol=1e-10, atol=1e-10, msg=lambda m, k=f"{name}[{l}]": f"{k}: {m}"
+                )
+
+
+@pytest.mark.parametrize("memory,aggregation", [("dla", "grm"), ("titans", "soup"), ("titans", "ssc")])
+def test_mask_decoding_equals_parallel(memory: str, aggregation: str) -> None:
+    inputs = make_inputs(memory)
+    mask = random_mask()
+    options = dict(**OPTIONS, aggregation=aggregation, top_k=1)
+    full = deep_memory_caching(**inputs, **options, mask=mask)
+    prefill = 6  # mid-chunk
+    out, cache = deep_memory_caching(
+        **_tokens(inputs, 0, prefill), **options, mask=mask[:, :prefill], output_cache=True
+    )
+    outs = [out]
+    for t in range(prefill, T):
+        out, cache = deep_memory_caching(
+            **_tokens(inputs, t, t + 1), **options, mask=mask[:, t : t + 1], cache=cache, output_cache=True
+        )
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_mask() -> None:
+    inputs = make_inputs("titans")
+    with pytest.raises(ValueError, match="mask must be a bool"):
+        deep_memory_caching(**inputs, mask=torch.ones(B, T))
+    with pytest.raises(ValueError, match="mask must be a bool"):
+        deep_memory_caching(**inputs, mask=torch.ones(B, T - 1, dtype=torch.bool))

@@ -34,6 +34,7 @@ def deep_memory_caching(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
     segment_size: int | None = None,
     segment_lengths: Sequence[int] | None = None,
     segmentation: str = "constant",
@@ -67,6 +68,10 @@ def deep_memory_caching(
             :func:`layer_shapes`); depth ``len(params)``, depth 1 being a matrix memory ``f(x) = W x``.
         eta: [B, T, H] step sizes (>= 0); alpha: [B, T, H] retention in (0, 1];
         beta: [B, T, H] momentum in [0, 1] (``titans`` only; required there).
+        mask: [B, T] bool, the tokens that write (``None``: all). A masked token (padding) is an
+            identity step: no write, no retention, no momentum change (``theta_t = theta_{t-1}``,
+            ``S_t = S_{t-1}``); it still reads, counts for chunk and segment boundaries, and its key
+            still enters the router contexts (the layer zeroes padded keys).
         segment_size / segment_lengths: constant segments (a multiple of ``chunk_size``) or explicit
             lengths (each a multiple of ``chunk_size`` except the last; with a cache, or when their
             sum exceeds T, they describe the whole stream from its first token); neither: one segment.
@@ -97,6 +102,9 @@ def deep_memory_caching(
     if seq_len == 0:
         raise ValueError("q must have at least one token (T >= 1)")
     network.check_params(params, heads, key_dim, v.shape[-1])
+    is_mask = isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+    if mask is not None and (not is_mask or tuple(mask.shape) != (batch, seq_len)):
+        raise ValueError(f"mask must be a bool [B, T]={batch, seq_len} tensor or None")
     if segment_size is not None and not isinstance(segment_size, bool) and isinstance(segment_size, int):
         if segment_size % chunk_size:
             raise ValueError(f"segment_size={segment_size} must be a multiple of chunk_size={chunk_size}")
@@ -111,7 +119,7 @@ def deep_memory_caching(
     u = q if u is None else u.to(dtype)
     beta = beta.to(dtype) if beta is not None else None
     params = [w.to(dtype) for w in params]
-    gates = {"eta": eta, "alpha": alpha, "beta": beta}
+    gates = {"eta": eta, "alpha": alpha, "beta": beta, "mask": mask}
     options = {"aggregation": aggregation, "init": init, "top_k": top_k, "pooling": pooling}
     if cache is not None:
         if cache.memory != memory or cache.chunk_size != chunk_size:
