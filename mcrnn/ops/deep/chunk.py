@@ -13,7 +13,7 @@ With ``A_t = prod_{m<=t} a_m`` and ``B_t = prod_{m<=t} b_m`` over the chunk, unr
 
 i.e. ``M = D_A D_B`` for the lower-triangular decay matrices ``D_A[t, j] = A_t / A_j =
 prod_{j<r<=t} a_r`` (formed as products over each range, never as quotients, and differentiated
-without dividing by a gate: :class:`GateProducts`; gates of 0 and 1e-12 are exact). ``dla`` has no
+without dividing by a gate: :class:`GateProducts`; exact to rounding for gates of 0 or 1e-12). ``dla`` has no
 momentum: ``M = D_A``, ``P = 0``. A masked token is an identity step: ``eta = 0``, ``a = b = 1``
 and its momentum does not enter the weights (``m_j = 0`` in ``P`` and between ``D_A`` and ``D_B``).
 Reading layer ``l`` of ``theta_t`` on any input ``x_t`` is then attention-like:
@@ -24,12 +24,12 @@ one ``[c, c]`` masked score matrix per layer and no per-token weights. The chunk
 ``t = c`` of the same sums, a weighted ``delta^T a`` matmul.
 
 Schedule: the coefficients of every chunk are formed at once (autograd, through
-:class:`GateProducts`); then one pass over the
-chunks, :func:`mcrnn.ops.deep.scan.chunk_scan`, takes each chunk's key gradients, reads it and
-forms its end state while they are in cache, without recording a graph (its backward is written by
-hand). Tensors are chunk-major, ``[n, B, H, c, ...]``, so every chunk is a contiguous slice. The
-sequence is padded to whole chunks (only the final chunk can be partial; its padding has
-``eta = 0``, comes after every real token, and its end state is taken at the last real token).
+:class:`GateProducts`); then one pass over the chunks, :func:`mcrnn.ops.deep.scan.chunk_scan`, takes
+each chunk's key gradients, reads it and forms its end state while they are in cache, without
+recording a graph (its backward is written by hand). Tensors are chunk-major, ``[n, B, H, c, ...]``,
+so every chunk is a contiguous slice. The sequence is padded to whole chunks (only the final chunk
+can be partial; its padding has ``eta = 0``, comes after every real token, and its end state is
+taken at the last real token).
 
 Aggregations: the online read is the scan's (but for ``soup``); cached memories (weights at
 segment ends) are read after the chunk loop, one state at a time over the contiguous tokens after
