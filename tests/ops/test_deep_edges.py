@@ -245,3 +245,20 @@ def test_bad_mask() -> None:
         deep_memory_caching(**inputs, mask=torch.ones(B, T))
     with pytest.raises(ValueError, match="mask must be a bool"):
         deep_memory_caching(**inputs, mask=torch.ones(B, T - 1, dtype=torch.bool))
+
+
+def test_public_op_forwards_the_mask() -> None:
+    from mcrnn.ops import memory_caching
+
+    inputs, mask = make_inputs("titans"), random_mask()
+    torch.testing.assert_close(
+        memory_caching(**inputs, **OPTIONS, mask=mask),
+        deep_memory_caching(**inputs, **OPTIONS, mask=mask),
+        rtol=0,
+        atol=0,
+    )
+    assert not torch.allclose(
+        memory_caching(**inputs, **OPTIONS, mask=mask), memory_caching(**inputs, **OPTIONS)
+    )
+    with pytest.raises(ValueError, match="belong to deep memories"):
+        memory_caching(inputs["q"], inputs["k"], inputs["v"], mask=mask)
