@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mcrnn.ops.deep import deep_memory_caching, layer_shapes
+from mcrnn.ops.deep.chunk import GateProducts
 
 B, H, T = 2, 2, 13
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
@@ -262,3 +263,20 @@ def test_public_op_forwards_the_mask() -> None:
     )
     with pytest.raises(ValueError, match="belong to deep memories"):
         memory_caching(inputs["q"], inputs["k"], inputs["v"], mask=mask)
+
+
+def test_gate_products_backward_matches_numerical_gradients_at_zero_and_tiny_gates() -> None:
+    """:class:`GateProducts` (prefix products and range products of a gate) against central
+    differences, with exact zeros, 1e-12 and ones among the gates (products are polynomials in the
+    gates, so differences across 0 are exact up to rounding)."""
+    gen = torch.Generator().manual_seed(5)
+    gates = torch.rand(2, 3, 6, generator=gen, dtype=torch.float64)
+    gates[0, :, 1], gates[1, :, 3], gates[0, 0, 4], gates[1, 2, 0] = 0.0, 1e-12, 1.0, 0.0
+    torch.autograd.gradcheck(GateProducts.apply, (gates.requires_grad_(),))
+    prefix, decay = GateProducts.apply(gates.detach())
+    torch.testing.assert_close(prefix, gates.detach().cumprod(-1), rtol=1e-15, atol=0)
+    for t, j in ((5, 0), (5, 5), (3, 1), (2, 4)):
+        expected = (
+            gates.detach()[..., j + 1 : t + 1].prod(-1) if j <= t else torch.zeros(2, 3, dtype=torch.float64)
+        )
+        torch.testing.assert_close(decay[..., t, j], expected, rtol=1e-15, atol=0)
