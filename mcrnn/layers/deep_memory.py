@@ -10,9 +10,10 @@ module owns its learned initial weights and the per-token, per-head inner-loop r
 
 Values are L2-normalised per head (keys and queries already are in the layer), so the inner
 gradients stay bounded whatever the scale of ``x`` (the output's scale is set by the layer's gated
-RMSNorm); with ``lr_max = 0.01`` the updates stay finite for inputs of norm 1e3. Padded tokens get
-``eta = 0``. The initial weights use a Xavier-uniform init per head: small, but non-zero so that
-gradients pass through the hidden layer (an all-zero MLP memory would never depend on the query).
+RMSNorm); with ``lr_max = 0.01`` the updates stay finite for inputs of norm 1e3. Padded tokens go
+to the op as ``mask`` (identity steps: no write, no retention, no momentum change). The initial
+weights use a Xavier-uniform init per head: small, but non-zero so that gradients pass through the
+hidden layer (an all-zero MLP memory would never depend on the query).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class DeepMemory(nn.Module):
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | list[torch.Tensor] | None]]:
-        """Normalised values and the op's keywords ``params, eta, alpha, beta``.
+        """Normalised values and the op's keywords ``params, eta, alpha, beta, mask``.
 
         Args:
             x: [B, T, hidden]; v: [B, T, H, D] values; keep: [B, T] 1 for tokens, 0 for padding.
@@ -84,9 +85,8 @@ class DeepMemory(nn.Module):
             logits = logits.float()
         rates = logits.unflatten(-1, (-1, self.num_heads)).unbind(-2)
         eta = self.lr_max * torch.sigmoid(rates[0])
-        if keep is not None:
-            eta = eta * keep.to(eta.dtype).unsqueeze(-1)
         alpha = torch.exp(nn.functional.logsigmoid(rates[1]) / GATE_NORMALIZER)
         beta = torch.sigmoid(rates[2]) if self.memory == "titans" else None
-        options = {"params": list(self.weights), "eta": eta, "alpha": alpha, "beta": beta}
+        mask = None if keep is None else keep != 0
+        options = {"params": list(self.weights), "eta": eta, "alpha": alpha, "beta": beta, "mask": mask}
         return nn.functional.normalize(v, dim=-1), options

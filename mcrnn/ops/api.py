@@ -26,8 +26,8 @@ BACKENDS = ("auto", "naive", "torch", "triton")
 FAMILY_INPUTS = {
     "linear": ("log_decay",),
     "swla": ("log_decay", "prev_gate", "cur_gate"),
-    "dla": ("params", "eta", "alpha"),
-    "titans": ("params", "eta", "alpha", "beta"),
+    "dla": ("params", "eta", "alpha", "mask"),
+    "titans": ("params", "eta", "alpha", "beta", "mask"),
 }
 #: inputs a family cannot run without
 REQUIRED_INPUTS = {"swla": ("prev_gate", "cur_gate"), "dla": ("params", "eta", "alpha"),
@@ -56,6 +56,7 @@ def memory_caching(
     eta: torch.Tensor | None = None,
     alpha: torch.Tensor | None = None,
     beta: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
     cache: MemoryCache | None = None,
     output_cache: bool = False,
     backend: str = "auto",
@@ -90,7 +91,8 @@ def memory_caching(
         prev_gate, cur_gate: [B, T, H] the ``swla`` gates ``b_t, l_t`` in [0, 1].
         params, eta, alpha, beta: deep memories' initial weights (one [H, d_out, d_in] per layer, see
             :func:`mcrnn.ops.deep.layer_shapes`), step size >= 0, retention in [0, 1] and (Titans)
-            momentum in [0, 1], each [B, T, H].
+            momentum in [0, 1], each [B, T, H]; mask: [B, T] bool, the tokens that write (a masked
+            token, e.g. padding, is an identity step: no write, retention or momentum change).
         cache: continue decoding from this cache (token by token, the recurrent form).
         output_cache: also return the cache after the last token.
         backend: ``auto`` (Triton on CUDA when it supports the inputs, else PyTorch), ``naive`` (the
@@ -111,11 +113,14 @@ def memory_caching(
     )  # fmt: skip
     check_choice("backend", backend, BACKENDS)
     inputs = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate, "params": params,
-              "eta": eta, "alpha": alpha, "beta": beta}  # fmt: skip
+              "eta": eta, "alpha": alpha, "beta": beta, "mask": mask}  # fmt: skip
     chunk = check_memory(spec, memory, chunk_size)
     if check_inputs:
         _check_family_inputs(memory, inputs)
-        check_tensors(q, k, v, u, {name: inputs[name] for name in FAMILY_INPUTS[memory] if name != "params"})
+        per_token = {name: inputs[name] for name in FAMILY_INPUTS[memory] if name not in ("params", "mask")}
+        check_tensors(q, k, v, u, per_token)
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != tuple(q.shape[:2])):
+            raise ValueError(f"mask must be a bool [B, T]={tuple(q.shape[:2])} tensor or None")
         if params is not None:
             check_params(params, q.shape[2], q.shape[3], v.shape[-1])
         if backend == "triton" and (memory in DEEP_MEMORIES or spec.kind == "log"):

@@ -11,21 +11,25 @@ With ``A_t = prod_{m<=t} a_m`` and ``B_t = prod_{m<=t} b_m`` over the chunk, unr
 
     P_t = sum_{j<=t} (A_t / A_j) B_j,    M_{ti} = sum_{i<=j<=t} (A_t / A_j)(B_j / B_i),
 
-i.e. ``M = D_A D_B`` for the lower-triangular decay matrices ``D_A[t, j] = A_t / A_j`` (formed as
-``exp`` of differences of log cumsums, masked before the ``exp``). ``dla`` has no momentum:
-``M = D_A``, ``P = 0``. Reading layer ``l`` of ``theta_t`` on any input ``x_t`` is then attention-like:
+i.e. ``M = D_A D_B`` for the lower-triangular decay matrices ``D_A[t, j] = A_t / A_j =
+prod_{j<r<=t} a_r`` (formed as products over each range, never as quotients, and differentiated
+without dividing by a gate: :class:`GateProducts`; exact to rounding for gates of 0 or 1e-12). ``dla`` has no
+momentum: ``M = D_A``, ``P = 0``. A masked token is an identity step: ``eta = 0``, ``a = b = 1``
+and its momentum does not enter the weights (``m_j = 0`` in ``P`` and between ``D_A`` and ``D_B``).
+Reading layer ``l`` of ``theta_t`` on any input ``x_t`` is then attention-like:
 
     W_{l,t} x_t = A_t W_l x_t + P_t S_l x_t - sum_{i<=t} M_{ti} eta_i (a_{l-1,i} . x_t) delta_{l,i},
 
 one ``[c, c]`` masked score matrix per layer and no per-token weights. The chunk-end state is row
 ``t = c`` of the same sums, a weighted ``delta^T a`` matmul.
 
-Schedule: the coefficients of every chunk are formed at once (autograd); then one pass over the
-chunks, :func:`mcrnn.ops.deep.scan.chunk_scan`, takes each chunk's key gradients, reads it and
-forms its end state while they are in cache, without recording a graph (its backward is written by
-hand). Tensors are chunk-major, ``[n, B, H, c, ...]``, so every chunk is a contiguous slice. The
-sequence is padded to whole chunks (only the final chunk can be partial; its padding has
-``eta = 0``, comes after every real token, and its end state is taken at the last real token).
+Schedule: the coefficients of every chunk are formed at once (autograd, through
+:class:`GateProducts`); then one pass over the chunks, :func:`mcrnn.ops.deep.scan.chunk_scan`, takes
+each chunk's key gradients, reads it and forms its end state while they are in cache, without
+recording a graph (its backward is written by hand). Tensors are chunk-major, ``[n, B, H, c, ...]``,
+so every chunk is a contiguous slice. The sequence is padded to whole chunks (only the final chunk
+can be partial; its padding has ``eta = 0``, comes after every real token, and its end state is
+taken at the last real token).
 
 Aggregations: the online read is the scan's (but for ``soup``); cached memories (weights at
 segment ends) are read after the chunk loop, one state at a time over the contiguous tokens after
@@ -55,37 +59,67 @@ from mcrnn.ops.deep.scan import ChunkEnd, ScanResult, chunk_scan
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
 
 
-def decay_matrix(log_cum: torch.Tensor) -> torch.Tensor:
-    """``D[t, j] = exp(L_t - L_j)`` for ``j <= t``, else 0; ``log_cum`` [..., c] -> [..., c, c]."""
-    size = log_cum.shape[-1]
-    upper = torch.ones(size, size, dtype=torch.bool, device=log_cum.device).triu(1)
-    diff = log_cum.unsqueeze(-1) - log_cum.unsqueeze(-2)
-    return torch.exp(diff.masked_fill(upper, float("-inf")))
+class GateProducts(torch.autograd.Function):
+    """Products of a gate over the token ranges of a chunk, differentiated without dividing by a gate.
 
+    For gates ``x`` [..., c] (in [0, 1]) returns the prefix products and the decay matrix
 
-def safe_log(x: torch.Tensor) -> torch.Tensor:
-    """``log`` with 0 mapped to ``log(tiny)`` so cumulative differences stay finite (NaN kept)."""
-    return torch.log(x.clamp_min(torch.finfo(x.dtype).tiny))
+        A_t = prod_{r<=t} x_r  [..., c],    D[t, j] = prod_{j<r<=t} x_r (j <= t), else 0  [..., c, c]
+
+    (``D[t, t] = 1``), both formed by cumulative products (no logarithms: a zero gate is exact).
+    The product over a range with ``x_m`` left out splits at ``m``: ``dD[t, j]/dx_m = D[t, m]
+    D[m - 1, j]`` and ``dA_t/dx_m = D[t, m] A_{m - 1}`` (``j < m <= t``; ``A_{-1} = 1``,
+    ``D[-1, .] = 0``), so with ``G_A = dL/dA`` and ``G_D = dL/dD``
+
+        dL/dx_m = A_{m-1} (D^T G_A)_m + sum_j (D^T G_D)[m, j] D[m - 1, j],
+
+    two batched matmuls, exact to rounding for any gate, zero included (autograd through
+    ``exp(cumsum(log x))`` divides by ``x`` and cancels terms of size 1 to form terms of size ``x``).
+    """
+
+    @staticmethod
+    def forward(ctx, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        size = gates.shape[-1]
+        upper = torch.ones(size, size, dtype=torch.bool, device=gates.device).triu()  # j >= t
+        factors = torch.where(upper, 1.0, gates.unsqueeze(-1))  # [t, j]: x_t where t > j
+        decay = torch.cumprod(factors, dim=-2).masked_fill_(upper.triu(1), 0.0)
+        prefix = torch.cumprod(gates, dim=-1)
+        ctx.save_for_backward(prefix, decay)
+        return prefix, decay
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_prefix: torch.Tensor, g_decay: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        prefix, decay = ctx.saved_tensors
+        before = torch.nn.functional.pad(prefix[..., :-1], (1, 0), value=1.0)  # A_{m-1}
+        above = torch.nn.functional.pad(decay[..., :-1, :], (0, 0, 1, 0))  # D[m-1, j]
+        g_gates = (decay.transpose(-1, -2) @ g_decay).mul_(above).sum(-1)
+        return g_gates.add_((g_prefix.unsqueeze(-2) @ decay).squeeze(-2).mul_(before))
 
 
 def chunk_coefficients(
-    eta: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None, last: torch.Tensor
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    last: torch.Tensor,
+    momentum_gate: torch.Tensor | None = None,
 ) -> tuple[ChunkCoefficients, ChunkEnd]:
     """Coefficients for gates ``[n, B, H, c]`` (see the module docstring) and each chunk's end.
 
     ``last`` [n] is the index of each chunk's last real token (``c - 1`` but in a padded final chunk).
+    ``momentum_gate`` [n, B, H, c] (titans; ``None``: 1) scales the momentum a token adds to the
+    weights, ``theta_t = a_t theta_{t-1} + m_t S_t``: then ``P_t = sum_{j<=t} (A_t/A_j) m_j B_j`` and
+    ``M = D_A diag(m) D_B`` (a masked token has ``m = 0``, ``a = b = 1``, ``eta = 0``: an identity step).
     """
-    log_a = torch.cumsum(safe_log(alpha), dim=-1)
-    decay_a = decay_matrix(log_a)
-    retain = torch.exp(log_a)
-    carry = decay_b = None
+    retain, decay_a = GateProducts.apply(alpha)
+    carry = decay_b = momentum_retain = None
     if beta is None:
         mix = decay_a * eta.unsqueeze(-2)
     else:
-        log_b = torch.cumsum(safe_log(beta), dim=-1)
-        decay_b = decay_matrix(log_b)
-        carry = (decay_a @ torch.exp(log_b).unsqueeze(-1)).squeeze(-1)
-        mix = (decay_a @ decay_b) * eta.unsqueeze(-2)
+        momentum_retain, decay_b = GateProducts.apply(beta)
+        into = decay_a if momentum_gate is None else decay_a * momentum_gate.unsqueeze(-2)
+        carry = (into @ momentum_retain.unsqueeze(-1)).squeeze(-1)
+        mix = (into @ decay_b) * eta.unsqueeze(-2)
     pick = last.view(-1, 1, 1, 1).expand(*eta.shape[:-1], 1)
 
     def at(x: torch.Tensor) -> torch.Tensor:  # [n, B, H, c] -> [n, B, H] at each chunk's end
@@ -96,7 +130,7 @@ def chunk_coefficients(
 
     if beta is None:
         return ChunkCoefficients(retain, mix), ChunkEnd(at(retain), row(mix))
-    end = ChunkEnd(at(retain), row(mix), at(carry), at(torch.exp(log_b)), row(decay_b * eta.unsqueeze(-2)))
+    end = ChunkEnd(at(retain), row(mix), at(carry), at(momentum_retain), row(decay_b * eta.unsqueeze(-2)))
     return ChunkCoefficients(retain, mix, carry), end
 
 
@@ -128,8 +162,13 @@ def chunk_deep_memory_caching(
     init: str,
     top_k: int | None,
     pooling: str,
+    mask: torch.Tensor | None = None,
 ) -> ChunkResult:
-    """Fast MC output for validated inputs (see ``deep_memory_caching``) and the final state."""
+    """Fast MC output for validated inputs (see ``deep_memory_caching``) and the final state.
+
+    ``mask`` [B, T] bool (``None``: every token writes): a masked token is an identity step, i.e.
+    ``eta = 0``, ``alpha = beta = 1`` and (titans) no momentum added to the weights.
+    """
     batch, seq_len = q.shape[:2]
     if len(lengths) == 1:  # one segment: every aggregation reads the online memory alone, weight 1
         aggregation, gates, online_gate = "base", None, None
@@ -140,14 +179,21 @@ def chunk_deep_memory_caching(
     # chunk-major, padded to whole chunks: [n, B, H, c, ...]. Only the final chunk can
     # be partial (segments are multiples of chunk_size but the last); its padding has eta = 0 and comes
     # after every real token, and its end state is read at the last real token, so it changes nothing.
+    momentum_gate = None
+    if mask is not None:
+        keep = mask.unsqueeze(-1)  # [B, T, 1]
+        eta, alpha = torch.where(keep, eta, 0.0), torch.where(keep, alpha, 1.0)
+        if beta is not None:
+            beta, momentum_gate = torch.where(keep, beta, 1.0), keep.expand_as(beta).to(beta.dtype)
     n_chunks = -(-seq_len // chunk_size)
     pad = n_chunks * chunk_size - seq_len
     qc, kc, vc, eta_c = (_chunked(x, pad, chunk_size, 0.0) for x in (q, k, v, eta))
     alpha_c = _chunked(alpha, pad, chunk_size, 1.0)
     beta_c = _chunked(beta, pad, chunk_size, 1.0) if beta is not None else None
+    gate_c = _chunked(momentum_gate, pad, chunk_size, 0.0) if momentum_gate is not None else None
     last = torch.full((n_chunks,), chunk_size - 1, device=q.device)
     last[-1] = (seq_len - 1) % chunk_size
-    coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last)
+    coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
     chunk_counts = [-(-n // chunk_size) for n in lengths]
     first_chunks = torch.tensor([0, *chunk_counts]).cumsum(0).tolist()[:-1]  # first chunk of each segment
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]

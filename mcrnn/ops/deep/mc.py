@@ -2,7 +2,8 @@
 
 Each takes [B, T, H, D] inputs (as :func:`mcrnn.ops.memory_caching`, not re-checked), an
 :class:`~mcrnn.ops.spec.MCSpec`, the memory's initial weights ``params`` (one ``[H, d_out, d_in]``
-per layer), the per-token rates ``eta, alpha, beta`` [B, T, H] and the inner chunk ``chunk_size``
+per layer), the per-token rates ``eta, alpha, beta`` [B, T, H], an optional ``mask`` [B, T] (bool, the
+tokens that write; a masked token, e.g. padding, is an identity step) and the inner chunk ``chunk_size``
 (part of the model: every gradient of a chunk is taken at the chunk-start weights, DESIGN.md §6), and
 returns ``(o [B, T, H, Dv] in q's dtype, cache or None)``:
 
@@ -54,13 +55,14 @@ def naive_deep_mc(
     alpha: torch.Tensor,
     beta: torch.Tensor | None = None,
     chunk_size: int,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, None]:
     """The definition (:mod:`mcrnn.ops.deep.naive`): ``o`` and no cache."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
     out = naive_deep_memory_caching(
         *inputs, spec.lengths(q.shape[1]), memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
         chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
-        pooling=spec.pooling,
+        pooling=spec.pooling, mask=mask,
     )  # fmt: skip
     return out.to(q.dtype), None
 
@@ -79,6 +81,7 @@ def chunk_deep_mc(
     beta: torch.Tensor | None = None,
     chunk_size: int,
     output_cache: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DeepMemoryCache | None]:
     """The chunk-parallel path (:mod:`mcrnn.ops.deep.chunk`): ``o`` and, with ``output_cache``, the cache."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
@@ -86,7 +89,7 @@ def chunk_deep_mc(
     result = chunk_deep_memory_caching(
         *inputs, lengths, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
         chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
-        pooling=spec.pooling,
+        pooling=spec.pooling, mask=mask,
     )  # fmt: skip
     out = result.output.to(q.dtype)
     if not output_cache:
@@ -123,6 +126,7 @@ def recurrent_deep_mc(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DeepMemoryCache]:
     """Continue ``cache`` token by token (:mod:`mcrnn.ops.deep.recurrent`); the spec, memory and inner
     chunk are the cache's. Returns ``o`` and a new cache (``cache`` itself is not modified)."""
@@ -134,6 +138,6 @@ def recurrent_deep_mc(
     )  # fmt: skip
     out, cache = recurrent_deep_memory_caching(
         *inputs, cache, params=params, eta=eta, alpha=alpha, beta=beta, aggregation=spec.aggregation,
-        init=spec.init, top_k=spec.top_k, pooling=spec.pooling,
+        init=spec.init, top_k=spec.top_k, pooling=spec.pooling, mask=mask,
     )  # fmt: skip
     return out.to(q.dtype), cache

@@ -17,6 +17,10 @@ tokens ``<= t`` only, so the read never sees a later token; ``b = 1`` gives the 
 read-after-write. (Titans reads the same per-token weights in its parallel form; an implementation
 that reads only weights of completed chunks would be causal too but lags up to ``b - 1`` tokens.)
 
+A token with ``mask = False`` is an identity step: no write, no retention, no momentum change
+(``theta_t = theta_{t-1}``, ``S_t = S_{t-1}``); it still reads ``theta_t`` and still counts for the
+chunk and segment boundaries and for the router contexts (which pool every key).
+
 MC: at the first token of segment ``s > 1`` the online weights are cached (momentum is not);
 ``init="independent"`` restarts from the initial weights with zero momentum. The aggregations are
 those of DESIGN.md §3 with gates from :func:`mcrnn.ops.segments.router_gates`; ``soup`` mixes the
@@ -50,8 +54,10 @@ def naive_deep_memory_caching(
     init: str,
     top_k: int | None,
     pooling: str,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reference output ``o`` [B, T, H, Dv] for validated inputs (see ``deep_memory_caching``)."""
+    """Reference output ``o`` [B, T, H, Dv] for validated inputs (see ``deep_memory_caching``);
+    ``mask`` [B, T] bool (``None``: every token writes)."""
     batch, seq_len = q.shape[:2]
     seg = segment_index(lengths, q.device)
     contexts, online_context = segment_contexts(k, lengths, pooling)
@@ -74,13 +80,16 @@ def naive_deep_memory_caching(
         grads = _autograd_gradients(memory, chunk_start, k[:, t], v[:, t])
         step = eta[:, t, :, None, None]
         retain = alpha[:, t, :, None, None]
+        keep = None if mask is None else mask[:, t, None, None, None]  # [B, 1, 1, 1]
         if momentum is not None:
-            momentum = [
+            new_momentum = [
                 beta[:, t, :, None, None] * m - step * g for m, g in zip(momentum, grads, strict=True)
             ]
-            weights = [retain * w + m for w, m in zip(weights, momentum, strict=True)]
+            new_weights = [retain * w + m for w, m in zip(weights, new_momentum, strict=True)]
+            momentum = where_kept(keep, new_momentum, momentum)
         else:
-            weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
+            new_weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
+        weights = where_kept(keep, new_weights, weights)
         query = q[:, t].unsqueeze(-2)  # [B, H, 1, Dk]
         g_cached = gates[:, t]  # [B, H, N]
         g_online = online_gate[:, t, :, None, None]
@@ -95,6 +104,15 @@ def naive_deep_memory_caching(
                 out = out + g_cached[:, :, i, None, None] * network.forward(state, query)
         outputs.append(out.squeeze(-2))
     return torch.stack(outputs, dim=1)
+
+
+def where_kept(
+    keep: torch.Tensor | None, new: list[torch.Tensor], old: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``new`` where ``keep`` (``None``: everywhere), else ``old``, per layer."""
+    if keep is None:
+        return new
+    return [torch.where(keep, n, o) for n, o in zip(new, old, strict=True)]
 
 
 def _autograd_gradients(

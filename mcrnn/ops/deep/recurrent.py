@@ -5,7 +5,8 @@ step keeps ``theta_0`` until the chunk fills and folds each new token in at once
 (``S_t = b_t S_{t-1} - eta_t grad l_t(theta_0)``, ``theta_t = a_t theta_{t-1} + S_t``), which is exactly
 what buffering the chunk's tokens and replaying them would give, and reads ``theta_t`` like the
 parallel path, so decoding equals the parallel forward. Segment and chunk boundaries are counted
-from the first token of the stream.
+from the first token of the stream. A masked token leaves the weights and the momentum unchanged
+(its key still enters the segment's key sum, as in the parallel path).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import network
+from mcrnn.ops.deep.naive import where_kept
 from mcrnn.ops.segments import router_gates
 
 
@@ -65,16 +67,28 @@ def recurrent_deep_memory_caching(
     init: str,
     top_k: int | None,
     pooling: str,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DeepMemoryCache]:
     """Continue ``cache`` over ``T`` new tokens ``[B, T, H, D]`` one step at a time, segments opening where
-    ``cache.spec.starts_segment(position)``; returns ``o`` and ``cache`` (modified in place)."""
+    ``cache.spec.starts_segment(position)``; returns ``o`` and ``cache`` (modified in place).
+
+    ``mask`` [B, T] bool: tokens that write (``None``: all); a masked token is an identity step.
+    """
     outputs = []
     for t in range(q.shape[1]):
         if cache.spec.starts_segment(cache.position):
             _close_segment(cache, params, init)
         if (cache.position - cache.segment_start) % cache.chunk_size == 0:
             cache.chunk_start = cache.weights
-        _write(cache, k[:, t], v[:, t], eta[:, t], alpha[:, t], beta[:, t] if beta is not None else None)
+        _write(
+            cache,
+            k[:, t],
+            v[:, t],
+            eta[:, t],
+            alpha[:, t],
+            beta[:, t] if beta is not None else None,
+            mask[:, t] if mask is not None else None,
+        )
         outputs.append(_read(cache, q[:, t], u[:, t], aggregation, top_k, pooling))
         cache.position += 1
     return torch.stack(outputs, dim=1), cache
@@ -101,17 +115,20 @@ def _write(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor | None,
+    mask: torch.Tensor | None,
 ) -> None:
-    """One token of the chunked rule; ``k, v`` [B, H, D], gates [B, H]."""
+    """One token of the chunked rule; ``k, v`` [B, H, D], gates [B, H], ``mask`` [B] (or ``None``)."""
     terms = network.key_gradients(cache.memory, cache.chunk_start, k.unsqueeze(-2), v.unsqueeze(-2))
     grads = [d.transpose(-1, -2) @ a for d, a in zip(terms.deltas, terms.inputs, strict=True)]
     step, retain = eta[..., None, None], alpha[..., None, None]
+    keep = None if mask is None else mask[:, None, None, None]
     if cache.momentum is not None:
-        keep = beta[..., None, None]
-        cache.momentum = [keep * m - step * g for m, g in zip(cache.momentum, grads, strict=True)]
-        cache.weights = [retain * w + m for w, m in zip(cache.weights, cache.momentum, strict=True)]
+        momentum = [beta[..., None, None] * m - step * g for m, g in zip(cache.momentum, grads, strict=True)]
+        weights = [retain * w + m for w, m in zip(cache.weights, momentum, strict=True)]
+        cache.momentum = where_kept(keep, momentum, cache.momentum)
     else:
-        cache.weights = [retain * w - step * g for w, g in zip(cache.weights, grads, strict=True)]
+        weights = [retain * w - step * g for w, g in zip(cache.weights, grads, strict=True)]
+    cache.weights = where_kept(keep, weights, cache.weights)
     cache.key_sum = cache.key_sum + k
     cache.key_count += 1
 

@@ -194,7 +194,8 @@ class ChunkScan(torch.autograd.Function):
         final_s = [torch.empty_like(x[0]) for x in starts_s]
         cached = [keys.new_empty(len(points), *w.shape) for w in initial]
         terms = _buffers(keys, initial)
-        output = torch.empty_like(query) if fused else None
+        # the read maps Dk -> Dv (they differ for a depth-1 memory)
+        output = query.new_empty(*query.shape[:-1], initial[-1].shape[-2]) if fused else None
         read_pre = [torch.empty_like(x) for x in terms.pre_activations] if fused else []
         # per-chunk views, formed once
         chunk_w, chunk_s = _per_chunk(starts_w, n_chunks), _per_chunk(starts_s, n_chunks)
