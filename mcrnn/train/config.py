@@ -133,12 +133,17 @@ def build_dataset(spec: dict, split: str = "train", section: str = "data") -> Da
     return TextDataset(paths, split=spec.pop("split", split), **spec)
 
 
+def build_options(raw: dict, overrides: dict | None = None) -> TrainOptions:
+    """``TrainOptions`` from the ``train:`` section of a parsed config, with ``overrides`` on top."""
+    train_values = {**(raw.get("train") or {}), **(overrides or {})}
+    return TrainOptions.from_dict(_yaml_numbers(train_values, TrainOptions().to_dict()))
+
+
 def run_config(
     raw: dict, *, resume: bool = False, overwrite: bool = False, overrides: dict | None = None
 ) -> TrainResult:
     """Build the model, data and options of a parsed config and train (see :func:`train`)."""
-    train_values = {**(raw.get("train") or {}), **(overrides or {})}
-    options = TrainOptions.from_dict(_yaml_numbers(train_values, TrainOptions().to_dict()))
+    options = build_options(raw, overrides)
     check_out_dir(options.out_dir, resume, overwrite)  # before the data is read, which may take long
     model_config = build_model_config(raw["model"])
     train_data = build_dataset(raw["data"], "train")
