@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mcrnn.bench.cli", "throughput benchmarks of the ops and layers"),
     "prepare-data": ("mcrnn.train.prepare", "tokenize text files into memory-mapped token shards"),
     "train": ("mcrnn.train.cli", "train a model from a YAML config"),
+    "estimate": ("mcrnn.train.estimate", "parameters, memory per GPU, tokens/s and GPU-hours of a config"),
     "eval": ("mcrnn.eval.cli", "evaluate a trained model (MQAR, S-NIAH, perplexity, extrapolation)"),
     "demo": ("mcrnn.eval.demo", "train tiny models on MQAR and show MC closing the recall gap"),
 }
