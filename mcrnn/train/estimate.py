@@ -168,9 +168,12 @@ class BlockActivations:
         return self.fixed + batch * seq_len * self.bytes_per_token(config, seq_len)
 
 
-def measure_block_activations(config, precision: str = "bf16") -> BlockActivations:
+def measure_block_activations(
+    config, precision: str = "bf16", max_bytes: float = 6 * 2**30
+) -> BlockActivations:
     """Fit :class:`BlockActivations` to one block of ``config`` run forward on the CPU at batch 1 and
-    lengths ``2S, 4S, 8S`` (``S`` the segment length, 256 without one) by least squares."""
+    lengths ``2S, 4S, 8S`` (``S`` the segment length, 256 without one) by least squares. A block whose
+    saved tensors at ``2S`` show that ``8S`` would pass ``max_bytes`` is an error naming the size."""
     import numpy as np
 
     from mcrnn.models.modeling_mcrnn import MCBlock
@@ -187,6 +190,11 @@ def measure_block_activations(config, precision: str = "bf16") -> BlockActivatio
         with amp:
             sizes.append(_saved_bytes(lambda h=hidden: block(h), params))
         rows.append([1.0, length, length * states_read_per_token(config, length)])
+        if 4 * sizes[0] > max_bytes:  # 8S keeps at least 4 times what 2S keeps
+            raise ValueError(
+                f"measuring the activations of one block would take over {max_bytes / 2**30:.0f} GiB: it "
+                f"keeps {sizes[0] / length / config.hidden_size:.0f} x d bytes per token at {length} tokens"
+            )
     fixed, per_token, per_state = np.linalg.lstsq(np.array(rows), np.array(sizes, dtype=float), rcond=None)[0]
     return BlockActivations(float(fixed), float(per_token), float(per_state))
 
