@@ -10,6 +10,7 @@ from mcrnn.models import MCConfig
 from mcrnn.train.estimate import (
     GPUS,
     estimate,
+    measure_block_activations,
     measure_cpu_step,
     parameter_counts,
     states_read_per_token,
@@ -86,3 +87,11 @@ def test_cli_prints_the_estimate_of_a_paper_config(capsys):
     total, _ = parameter_counts(MCConfig(**shape, mixer="attention", tie_word_embeddings=False))
     assert f"parameters: {total:,}" in out
     assert "total with checkpointing" in out and "GPU-hours" in out and "30B tokens" in out
+
+
+def test_measuring_a_block_too_large_for_the_machine_is_refused():
+    config = MCConfig(**SMALL, segment_size=64)
+    with pytest.raises(
+        ValueError, match=r"would take over 0 GiB: it keeps \d+ x d bytes per token at 128 tokens"
+    ):
+        measure_block_activations(config, "fp32", max_bytes=1000)
