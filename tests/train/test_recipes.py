@@ -26,6 +26,7 @@ ROWS = (
 #: rows of one shape spread over about 19% (docs/scaling.md lists every count); all lie within 25%
 NOMINAL_TOLERANCE = 0.25
 CONFIGS = sorted(PAPER.glob("*/*.yaml"))
+SCALING_DOC = (Path(__file__).parents[2] / "docs" / "scaling.md").read_text(encoding="utf-8")
 
 
 def test_every_shape_has_every_row():
@@ -55,3 +56,7 @@ def test_paper_config_loads_and_has_the_nominal_size(path):
     assert options.precision == "bf16" and options.parallel == "fsdp" and options.activation_checkpointing
     count = meta_parameter_count(raw["model"])
     assert abs(count / nominal - 1) <= NOMINAL_TOLERANCE, f"{count:,} parameters for nominal {nominal:,.0f}"
+    row = f"`{path.parent.name}/{path.name}`"
+    assert any(
+        line.startswith(f"| {row}") and f"| {count:,} |" in line for line in SCALING_DOC.splitlines()
+    ), f"docs/scaling.md's estimate table must list {row} with its {count:,} parameters"
