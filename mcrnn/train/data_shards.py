@@ -218,7 +218,8 @@ class TokenShardDataset(Dataset):
     :class:`~mcrnn.data.TextDataset`).
 
     Args:
-        path: a folder written by :func:`prepare_shards` (``mcrnn prepare-data``).
+        path: a folder written by :func:`prepare_shards` (``mcrnn prepare-data``), or a list of them
+            (prepared in parallel from parts of a corpus) with the same tokenizer, read in order.
         seq_len: tokens per training sequence.
         split: ``train`` (all but the last ``val_fraction`` of the windows), ``val`` (those) or ``all``.
         val_fraction: share of the windows held out for ``val``, in (0, 1); at least one window.
@@ -227,7 +228,7 @@ class TokenShardDataset(Dataset):
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | Sequence[str | Path],
         seq_len: int,
         *,
         split: str = "train",
@@ -240,13 +241,24 @@ class TokenShardDataset(Dataset):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        self.path = Path(path)
-        self.index = read_index(self.path)
+        folders = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+        if not folders:
+            raise ValueError("path must name at least one shard folder")
+        indexes = [read_index(folder) for folder in folders]
+        keys = ("dtype", "tokenizer", "vocab_size", "eos_id")
+        first = {key: indexes[0][key] for key in keys}
+        for folder, index in zip(folders[1:], indexes[1:], strict=True):
+            other = {key: index[key] for key in keys}
+            if other != first:
+                raise ValueError(f"shard folder {folder} has {other}, but {folders[0]} has {first}")
+        self.folders = folders
         self.seq_len = seq_len
-        self.eos_id = int(self.index["eos_id"]) if separate_documents else None
+        self.eos_id = int(first["eos_id"]) if separate_documents else None
+        dtype = np.dtype(first["dtype"]).newbyteorder("<")
         self.shards = [
-            np.memmap(self.path / s["file"], dtype=np.dtype(self.index["dtype"]).newbyteorder("<"), mode="r")
-            for s in self.index["shards"]
+            np.memmap(folder / s["file"], dtype=dtype, mode="r")
+            for folder, index in zip(folders, indexes, strict=True)
+            for s in index["shards"]
         ]
         #: first global window of each shard, and the total after the last
         self.offsets = [0]
@@ -254,13 +266,14 @@ class TokenShardDataset(Dataset):
             self.offsets.append(self.offsets[-1] + max(len(shard) - 1, 0) // seq_len)
         total = self.offsets[-1]
         val = max(1, int(total * val_fraction))
-        self.first, self.stop = {"train": (0, total - val), "val": (total - val, total), "all": (0, total)}[
-            split
-        ]
+        bounds = {"train": (0, total - val), "val": (total - val, total), "all": (0, total)}
+        self.first, self.stop = bounds[split]
         if self.stop - self.first < 1:
+            tokens = sum(len(shard) for shard in self.shards)
             raise ValueError(
-                f"split {split!r} of {self.path} has no window of seq_len + 1 = {seq_len + 1} tokens "
-                f"({self.index['tokens']} tokens in {len(self.shards)} shard(s), val_fraction={val_fraction})"
+                f"split {split!r} of {', '.join(map(str, folders))} has no window of seq_len + 1 = "
+                f"{seq_len + 1} tokens ({tokens} tokens in {len(self.shards)} shard(s), "
+                f"val_fraction={val_fraction})"
             )
 
     def __len__(self) -> int:

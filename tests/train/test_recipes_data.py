@@ -172,3 +172,20 @@ def test_training_from_shards_resumes_exactly(tmp_path):
     assert losses(str(tmp_path / "part"), "--resume") == pytest.approx(full, rel=1e-6)
     evals = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_loss" in record for record in evals)  # the val split is the default eval data
+
+
+def test_several_folders_read_in_order_and_must_share_a_tokenizer(tmp_path):
+    """Parts of a corpus prepared in parallel train as one dataset; mixing tokenizers is refused."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in DOCS[:2]))
+    second.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in DOCS[2:]))
+    prepare_shards([first], tmp_path / "part0")
+    prepare_shards([second], tmp_path / "part1")
+    joined = TokenShardDataset([tmp_path / "part0", tmp_path / "part1"], 8, split="all")
+    parts = [TokenShardDataset(tmp_path / f"part{i}", 8, split="all") for i in (0, 1)]
+    assert len(joined) == len(parts[0]) + len(parts[1])
+    assert joined[len(parts[0])]["input_ids"].tolist() == parts[1][0]["input_ids"].tolist()
+    index = json.loads((tmp_path / "part1" / "index.json").read_text())
+    (tmp_path / "part1" / "index.json").write_text(json.dumps({**index, "tokenizer": "other"}))
+    with pytest.raises(ValueError, match="part1 has .*'tokenizer': 'other'.*, but .*part0 has"):
+        TokenShardDataset([tmp_path / "part0", tmp_path / "part1"], 8)
