@@ -1,4 +1,4 @@
-"""One entry point: ``mcrnn train|eval|bench|demo``.
+"""One entry point: ``mcrnn prepare-data|train|estimate|eval|bench|demo``.
 
 Each sub-command lives in its own package and exposes ``add_arguments(parser)``, ``run(args)`` and
 ``EXAMPLES`` (shown under ``--help``); this module wires them to argparse, importing a sub-command's
@@ -27,6 +27,7 @@ List options take their items space- or comma-separated and may be repeated:
 
 EXAMPLES = """examples:
   mcrnn demo
+  mcrnn prepare-data corpus/ --out data/shards --tokenizer byte
   mcrnn train --config cfg.yaml
   mcrnn eval --model runs/x/checkpoints/step_00002000 --task mqar niah
   mcrnn bench --suite ops
@@ -36,7 +37,9 @@ EXAMPLES = """examples:
 #: sub-command -> (module, help text)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mcrnn.bench.cli", "throughput benchmarks of the ops and layers"),
+    "prepare-data": ("mcrnn.train.prepare", "tokenize text files into memory-mapped token shards"),
     "train": ("mcrnn.train.cli", "train a model from a YAML config"),
+    "estimate": ("mcrnn.train.estimate", "parameters, memory per GPU, tokens/s and GPU-hours of a config"),
     "eval": ("mcrnn.eval.cli", "evaluate a trained model (MQAR, S-NIAH, perplexity, extrapolation)"),
     "demo": ("mcrnn.eval.demo", "train tiny models on MQAR and show MC closing the recall gap"),
 }

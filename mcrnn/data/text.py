@@ -68,6 +68,18 @@ def tokenize_files(paths: Sequence[str | Path], tokenizer: Tokenizer, field: str
     return torch.tensor(ids, dtype=torch.long)
 
 
+def window_item(window: torch.Tensor, eos_id: int | None = None) -> dict[str, torch.Tensor]:
+    """``{"input_ids": w[:-1], "labels": w[1:]}`` of a window ``w`` of ``seq_len + 1`` tokens; with
+    ``eos_id`` (documents kept apart) also ``doc_start``, True at the token after each ``eos_id``, and no
+    target across a boundary (the label of an ``eos_id`` input is ``IGNORE_INDEX``)."""
+    item = {"input_ids": window[:-1], "labels": window[1:]}
+    if eos_id is not None:
+        ends = item["input_ids"] == eos_id
+        item["labels"] = item["labels"].masked_fill(ends, IGNORE_INDEX)
+        item["doc_start"] = torch.nn.functional.pad(ends[:-1], (1, 0))
+    return item
+
+
 class TextDataset(Dataset):
     """Consecutive windows of a tokenized file stream; item ``i`` is ``{"input_ids", "labels"}`` [seq_len]."""
 
@@ -108,9 +120,4 @@ class TextDataset(Dataset):
         if not 0 <= index < self.num_windows:
             raise IndexError(f"index {index} out of range for {self.num_windows} windows")
         window = self.stream[index * self.seq_len : (index + 1) * self.seq_len + 1]
-        item = {"input_ids": window[:-1], "labels": window[1:]}
-        if self.separate_documents:
-            ends = item["input_ids"] == self.tokenizer.eos_id
-            item["labels"] = item["labels"].masked_fill(ends, IGNORE_INDEX)  # no target across a boundary
-            item["doc_start"] = torch.nn.functional.pad(ends[:-1], (1, 0))  # the token after an end
-        return item
+        return window_item(window, self.tokenizer.eos_id if self.separate_documents else None)

@@ -90,6 +90,10 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """``[encode(t) for t in texts]`` in one call (a fast tokenizer spreads it over threads)."""
+        return [list(ids) for ids in self._tok(list(texts), add_special_tokens=False)["input_ids"]]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids))
 

@@ -6,11 +6,11 @@ model:        # any MCConfig field
   hidden_size: 128
   aggregation: grm
   segment_size: 64
-data:         # type: mqar | niah | text, then that dataset's parameters
+data:         # type: mqar | niah | text | shards (mcrnn prepare-data), then that dataset's parameters
   type: text
   paths: [data/tinyshakespeare.txt]
   seq_len: 256
-eval_data:    # optional; for text the default is the validation split of the same files
+eval_data:    # optional; for text and shards the default is the validation split of the same data
   type: text
   ...
 train:        # any TrainOptions field
@@ -33,12 +33,20 @@ from torch.utils.data import Dataset
 
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset, TextDataset
 from mcrnn.models import MCConfig, MCForCausalLM
+from mcrnn.train.data_shards import TokenShardDataset
 from mcrnn.train.loop import TrainResult, check_out_dir, train
 from mcrnn.train.options import TrainOptions
 
 SECTIONS = ("model", "data", "eval_data", "train")
 #: data.type -> the constructor its parameters go to (NIAH also takes ``tokenizer``)
-DATA_TYPES: dict[str, Callable] = {"mqar": MQARConfig, "niah": NIAHConfig, "text": TextDataset.__init__}
+DATA_TYPES: dict[str, Callable] = {
+    "mqar": MQARConfig,
+    "niah": NIAHConfig,
+    "text": TextDataset.__init__,
+    "shards": TokenShardDataset.__init__,
+}
+#: data types with a validation split of the same source (the default ``eval_data``)
+SPLIT_TYPES = ("text", "shards")
 
 
 def load_config(path: str | Path) -> dict:
@@ -111,7 +119,7 @@ def build_model_config(values: dict, section: str = "model") -> MCConfig:
 
 
 def build_dataset(spec: dict, split: str = "train", section: str = "data") -> Dataset:
-    """A dataset from ``{"type": "mqar"|"niah"|"text", ...parameters}``; ``section`` names the YAML
+    """A dataset from ``{"type": "mqar"|"niah"|"text"|"shards", ...parameters}``; ``section`` names the YAML
     section in errors (an unknown or missing key, a bad type)."""
     spec = dict(spec)
     kind = spec.pop("type", None)
@@ -127,23 +135,30 @@ def build_dataset(spec: dict, split: str = "train", section: str = "data") -> Da
     if kind == "niah":
         tokenizer = spec.pop("tokenizer", None)
         return NIAHDataset(NIAHConfig(**spec), tokenizer)
+    if kind == "shards":
+        return TokenShardDataset(spec.pop("path"), split=spec.pop("split", split), **spec)
     paths = spec.pop("paths")
     if not paths:
         raise ValueError(f"{section}.paths must list at least one .txt/.jsonl file for type 'text'")
     return TextDataset(paths, split=spec.pop("split", split), **spec)
 
 
+def build_options(raw: dict, overrides: dict | None = None) -> TrainOptions:
+    """``TrainOptions`` from the ``train:`` section of a parsed config, with ``overrides`` on top."""
+    train_values = {**(raw.get("train") or {}), **(overrides or {})}
+    return TrainOptions.from_dict(_yaml_numbers(train_values, TrainOptions().to_dict()))
+
+
 def run_config(
     raw: dict, *, resume: bool = False, overwrite: bool = False, overrides: dict | None = None
 ) -> TrainResult:
     """Build the model, data and options of a parsed config and train (see :func:`train`)."""
-    train_values = {**(raw.get("train") or {}), **(overrides or {})}
-    options = TrainOptions.from_dict(_yaml_numbers(train_values, TrainOptions().to_dict()))
+    options = build_options(raw, overrides)
     check_out_dir(options.out_dir, resume, overwrite)  # before the data is read, which may take long
     model_config = build_model_config(raw["model"])
     train_data = build_dataset(raw["data"], "train")
     eval_spec = raw.get("eval_data")
-    if eval_spec is None and raw["data"].get("type") == "text":
+    if eval_spec is None and raw["data"].get("type") in SPLIT_TYPES:
         eval_spec = {**raw["data"], "split": "val"}
     eval_data = build_dataset(eval_spec, "val", section="eval_data") if eval_spec is not None else None
     torch.manual_seed(options.seed)  # the same initial weights in every process and every run

@@ -85,6 +85,17 @@ def check_vocab(model: nn.Module, dataset: Dataset) -> None:
         raise ValueError(f"model vocab_size={vocab} is smaller than the data's largest id {top}")
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block in the backward (non-reentrant ``torch.utils.checkpoint``, which FSDP2 and
+    DDP accept); ``model`` must be a Hugging Face model that supports it (:class:`MCForCausalLM` does)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(
+        model, "gradient_checkpointing_enable", None
+    )  # transformers >= 5.x renamed it; the old name warns
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support it")
+    enable({"use_reentrant": False})
+
+
 #: what a run writes into ``out_dir``; a folder holding any of them holds a run
 RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "loss.png")
 #: config entries that describe the file, not the model (ignored when a resume compares configs)
@@ -250,6 +261,8 @@ def train(
     if tokenizer is not None and config is not None and config.eos_token_id is None:
         config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id  # generation stops there
     torch.manual_seed(options.seed)
+    if options.activation_checkpointing:
+        enable_activation_checkpointing(model)
     model.to(ctx.device)
     wrapped = D.wrap(model, ctx, options.parallel)
     optimizer = build_optimizer(wrapped, options)

@@ -8,24 +8,30 @@ so one process with batch ``B`` sees exactly the union of what ``W`` processes s
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.data import Dataset
 
 from mcrnn.data import IGNORE_INDEX
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """``perm_e``: ``randperm(num_examples)`` seeded with ``seed + epoch``, drawn once per epoch and process
+    (a global batch may straddle two epochs; at millions of windows a draw costs seconds)."""
+    return torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed + epoch))
+
+
 def global_batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> list[int]:
     """Dataset indices of the global batch consumed at optimizer step ``step`` (0-based)."""
-    out = []
-    start = step * batch_size
-    epoch = -1
-    perm: list[int] = []
-    for position in range(start, start + batch_size):
-        if position // num_examples != epoch:
-            epoch = position // num_examples
-            generator = torch.Generator().manual_seed(seed + epoch)
-            perm = torch.randperm(num_examples, generator=generator).tolist()
-        out.append(perm[position % num_examples])
+    out: list[int] = []
+    position, end = step * batch_size, (step + 1) * batch_size
+    while position < end:
+        epoch, offset = divmod(position, num_examples)
+        take = min(end - position, num_examples - offset)
+        out.extend(epoch_permutation(num_examples, seed, epoch)[offset : offset + take].tolist())
+        position += take
     return out
 
 
