@@ -109,6 +109,12 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if wide else torch.float32
 
 
+def full_precision(device: torch.device) -> torch.autocast:
+    """A context without autocast: the PyTorch paths accumulate in the dtype :func:`to_compute_dtype`
+    chose, which an enclosing ``torch.autocast`` must not lower inside them."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def to_compute_dtype(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -22,7 +22,7 @@ import torch
 from mcrnn.ops.deep.chunk import chunk_deep_memory_caching
 from mcrnn.ops.deep.naive import naive_deep_memory_caching
 from mcrnn.ops.deep.recurrent import DeepMemoryCache, recurrent_deep_memory_caching
-from mcrnn.ops.inputs import to_compute_dtype
+from mcrnn.ops.inputs import full_precision, to_compute_dtype
 from mcrnn.ops.spec import MCSpec
 
 Rates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -86,11 +86,12 @@ def chunk_deep_mc(
     """The chunk-parallel path (:mod:`mcrnn.ops.deep.chunk`): ``o`` and, with ``output_cache``, the cache."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
     lengths = spec.lengths(q.shape[1])
-    result = chunk_deep_memory_caching(
-        *inputs, lengths, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
-        chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
-        pooling=spec.pooling, mask=mask,
-    )  # fmt: skip
+    with full_precision(q.device):
+        result = chunk_deep_memory_caching(
+            *inputs, lengths, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
+            chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
+            pooling=spec.pooling, mask=mask,
+        )  # fmt: skip
     out = result.output.to(q.dtype)
     if not output_cache:
         return out, None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mcrnn.ops.inputs import to_compute_dtype
+from mcrnn.ops.inputs import full_precision, to_compute_dtype
 from mcrnn.ops.linear.chunk import cached_read, chunk_linear, selected_read
 from mcrnn.ops.linear.recurrent import MatrixMemoryCache
 from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
@@ -52,9 +52,10 @@ def chunk_linear_mc(
         )
     else:
         inputs, gates, _ = to_compute_dtype(q, k, v, u, gates)
-        out, states = _torch_linear_mc(
-            *inputs, lengths, spec=spec, memory=memory, **gates, chunk_size=chunk_size
-        )
+        with full_precision(q.device):
+            out, states = _torch_linear_mc(
+                *inputs, lengths, spec=spec, memory=memory, **gates, chunk_size=chunk_size
+            )
     cache = _prefill_cache(spec, memory, states, k, v, lengths) if output_cache else None
     return out.to(q.dtype), cache
 

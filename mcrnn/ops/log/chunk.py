@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from mcrnn.ops.inputs import to_compute_dtype
+from mcrnn.ops.inputs import full_precision, to_compute_dtype
 from mcrnn.ops.linear.chunk import all_finite, chunk_states, split_chunks
 from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
 from mcrnn.ops.segments import mixing_weights
@@ -231,9 +231,10 @@ def chunk_log_mc(
     ``output_cache``, the decoding cache."""
     (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
     log_decay = gates["log_decay"]
-    out = log_linear_mc(
-        q_c, k, v, u, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k, pooling=spec.pooling,
-        log_decay=log_decay, chunk_size=chunk_size,
-    )  # fmt: skip
+    with full_precision(q.device):
+        out = log_linear_mc(
+            q_c, k, v, u, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
+            pooling=spec.pooling, log_decay=log_decay, chunk_size=chunk_size,
+        )  # fmt: skip
     cache = fenwick_prefill_cache(spec, k, v, log_decay) if output_cache else None
     return out.to(q.dtype), cache
