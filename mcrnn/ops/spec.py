@@ -21,7 +21,9 @@ AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 INITS = ("checkpoint", "independent")
 POOLINGS = ("mean", "sum")
 SEGMENTATIONS = ("constant", "log")
-MATRIX_MEMORIES = ("linear", "swla")
+#: delta-rule matrix memories (``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T``, DESIGN.md §6)
+DELTA_MEMORIES = ("deltanet", "gated_deltanet")
+MATRIX_MEMORIES = ("linear", "swla", *DELTA_MEMORIES)
 DEEP_MEMORIES = ("dla", "titans")
 MEMORIES = MATRIX_MEMORIES + DEEP_MEMORIES
 #: the largest inner chunk the parallel paths use when none is given
@@ -156,7 +158,7 @@ class MCSpec:
 def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> int:
     """Check that ``memory`` supports ``spec``; return the inner chunk size it runs with.
 
-    For a matrix memory (``linear``, ``swla``) the chunk is an implementation detail: ``chunk_size``
+    For a matrix memory (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``) the chunk is an implementation detail: ``chunk_size``
     (default 64) caps the chunk the parallel path picks, and any segmentation works. For a deep
     memory (``dla``, ``titans``) the inner chunk ``b`` is part of the model (every gradient of a chunk
     is taken at the chunk-start weights, DESIGN.md §6), so segments must be multiples of it (all but

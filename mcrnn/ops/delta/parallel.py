@@ -1,0 +1,177 @@
+"""MC over delta-rule memories, parallel form: the chunkwise WY / UT transform, no token loop.
+
+Per head the delta rule ``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T`` is a linear write of
+the pseudo-value ``w_t = b_t (v_t - a_t M_{t-1}^T k_t)``: ``M_t = a_t M_{t-1} + k_t w_t^T``. Inside a
+chunk of ``c`` tokens entered with state ``S``, with ``gamma_t = prod_{j<=t} a_j`` (in-chunk), the
+pseudo-values solve one unit lower-triangular system (the UT transform)::
+
+    (I + A) W = diag(b) V - diag(b gamma) K S,   A_tj = b_t (gamma_t / gamma_j) k_t.k_j  (j < t)
+
+so ``W = W_1 - W_2 S`` with ``[W_1 | W_2] = (I + A)^{-1} [diag(b) V | diag(b gamma) K]``. The chunk reads
+``o_t = gamma_t q_t^T S + sum_{j<=t} (gamma_t / gamma_j) (q_t.k_j) w_t`` and leaves the state
+``S' = (gamma_c I - K~^T W_2) S + K~^T W_1`` with ``K~_j = (gamma_c / gamma_j) k_j``. Everything but this
+chunk-to-chunk recurrence is batched over chunks; the recurrence is a loop over chunks (one small
+matmul each). Chunks never straddle a segment; ``init="independent"`` restarts ``S = 0`` at every
+segment start. The cached states (segment ends) are read by the matrix-memory machinery of
+:mod:`mcrnn.ops.linear` (dense or ``ssc``-selected reads), exactly as for ``linear``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.linear.chunk import chunk_size_for
+from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
+from mcrnn.ops.linear.recurrent import MatrixMemoryCache
+from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
+
+
+def chunk_delta_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str = "gated_deltanet",
+    log_decay: torch.Tensor | None = None,
+    beta: torch.Tensor,
+    output_cache: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, MatrixMemoryCache | None]:
+    """Parallel MC over a delta-rule memory (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked).
+
+    ``y_t = g_{t,s} q_t^T M_t + sum_{i < s} g_{t,i} q_t^T M(i)`` with the weights of
+    :func:`~mcrnn.ops.segments.router_gates` and the segments of ``spec`` (not ``log``).
+
+    Args:
+        q, k, u: [B, T, H, Dk] (``u`` None: ``u = q``); v: [B, T, H, Dv].
+        memory: ``deltanet`` or ``gated_deltanet`` (recorded in the cache).
+        log_decay: [B, T, H] ``g_t <= 0`` or None (``deltanet``); beta: [B, T, H] ``b_t`` in [0, 1].
+        chunk_size: the largest inner chunk (the path picks one dividing every segment but the last).
+
+    Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype (states accumulate in float32, float64 for float64
+    inputs) and, with ``output_cache``, the decoding cache.
+    """
+    u = q if u is None else u
+    lengths = spec.lengths(q.shape[1])
+    dtype = compute_dtype(q, k, v, u)
+    qc, kc, vc, uc = (x.to(dtype) for x in (q, k, v, u))
+    qh = heads_first(qc)
+    online, states = chunk_delta(
+        qh,
+        heads_first(kc),
+        heads_first(vc),
+        beta.to(dtype).transpose(1, 2),
+        None if log_decay is None else log_decay.to(dtype).transpose(1, 2),
+        lengths,
+        spec.init,
+        chunk_size,
+    )
+    out = mix_cached_reads(qh, uc, kc, online, states, lengths, spec)
+    cache = prefill_cache(spec, memory, states.transpose(1, 2), k, v, lengths) if output_cache else None
+    return out.to(q.dtype), cache
+
+
+def chunk_delta(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    log_decay: torch.Tensor | None,
+    lengths: Sequence[int],
+    init: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (gated) delta rule inside segments, chunkwise (module docstring).
+
+    Args:
+        q, k: [B, H, T, Dk]; v: [B, H, T, Dv]; beta: [B, H, T]; log_decay: [B, H, T] (<= 0) or None.
+        lengths: segment lengths summing to T; init: ``checkpoint`` or ``independent``.
+
+    Returns: ``online`` [B, H, T, Dv] with ``o_t = q_t^T M_t`` and ``states`` [B, H, N, Dk, Dv], the
+    state at the end of every segment.
+    """
+    batch, heads, seq_len, key_dim = q.shape
+    value_dim = v.shape[-1]
+    chunk = chunk_size_for(lengths, chunk_size)
+    n_chunks = -(-seq_len // chunk)
+    pad = n_chunks * chunk - seq_len
+    if pad:  # padded tokens have k = 0 and b = 0: they leave the state unchanged
+        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta = torch.nn.functional.pad(beta, (0, pad))
+        if log_decay is not None:
+            log_decay = torch.nn.functional.pad(log_decay, (0, pad))
+    q, k, v = (x.reshape(batch, heads, n_chunks, chunk, x.shape[-1]) for x in (q, k, v))
+    beta = beta.reshape(batch, heads, n_chunks, chunk, 1)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
+    strict = causal.tril(-1)
+    write_k = beta * k
+    write_v = beta * v
+    keys_k = k @ k.transpose(-1, -2)
+    scores = q @ k.transpose(-1, -2)
+    if log_decay is None:
+        end_k = k
+        transition = torch.eye(key_dim, dtype=q.dtype, device=q.device)
+    else:
+        cum = log_decay.reshape(batch, heads, n_chunks, chunk).cumsum(-1)
+        ratio = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
+        keys_k = keys_k * ratio
+        scores = scores * ratio
+        decay_in = cum.exp().unsqueeze(-1)  # gamma_t
+        write_k = write_k * decay_in
+        end_k = k * (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (gamma_c / gamma_j) k_j
+        transition = cum[..., -1, None, None].exp() * torch.eye(key_dim, dtype=q.dtype, device=q.device)
+    system = (beta * keys_k).masked_fill(~strict, 0.0) + torch.eye(chunk, dtype=q.dtype, device=q.device)
+    solved = torch.linalg.solve_triangular(
+        system, torch.cat([write_v, write_k], dim=-1), upper=False, unitriangular=True
+    )
+    base_w, state_w = solved.split([value_dim, key_dim], dim=-1)
+    end_kt = end_k.transpose(-1, -2)
+    transition = transition - end_kt @ state_w  # [B, H, n, Dk, Dk]
+    written = end_kt @ base_w  # [B, H, n, Dk, Dv]
+    entering, ends = _chunk_recurrence(transition, written, _reset_chunks(lengths, chunk, init))
+    pseudo_v = base_w - state_w @ entering
+    inter = q @ entering
+    if log_decay is not None:
+        inter = inter * decay_in
+    online = scores.masked_fill(~causal, 0.0) @ pseudo_v + inter
+    online = online.reshape(batch, heads, n_chunks * chunk, value_dim)[:, :, :seq_len]
+    last = [*(torch.tensor([n // chunk for n in lengths[:-1]], dtype=torch.long).cumsum(0) - 1).tolist()]
+    return online, ends[:, :, [*last, n_chunks - 1]]
+
+
+def _reset_chunks(lengths: Sequence[int], chunk: int, init: str) -> set[int]:
+    """Chunks entered with the zero state: the first, and every segment's first under ``independent``."""
+    if init != "independent":
+        return {0}
+    return {0, *torch.tensor([n // chunk for n in lengths[:-1]], dtype=torch.long).cumsum(0).tolist()}
+
+
+def _chunk_recurrence(
+    transition: torch.Tensor, written: torch.Tensor, resets: set[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_n = P_n S_n + Q_n`` with ``S_n = E_{n-1}`` (0 at the chunks in ``resets``): a loop over chunks.
+
+    Args:
+        transition: ``P`` [B, H, n, Dk, Dk]; written: ``Q`` [B, H, n, Dk, Dv].
+
+    Returns: the states entering (``S``) and ending (``E``) every chunk, [B, H, n, Dk, Dv] each.
+    """
+    entering, ends = [], []
+    state = torch.zeros_like(written[:, :, 0])
+    for n in range(written.shape[2]):
+        if n in resets:
+            state = torch.zeros_like(state)
+            entering.append(state)
+            state = written[:, :, n]
+        else:
+            entering.append(state)
+            state = torch.baddbmm(
+                written[:, :, n].flatten(0, 1), transition[:, :, n].flatten(0, 1), state.flatten(0, 1)
+            ).view_as(state)
+        ends.append(state)
+    return torch.stack(entering, dim=2), torch.stack(ends, dim=2)
