@@ -161,17 +161,18 @@ def _chunk_recurrence(
 
     Returns: the states entering (``S``) and ending (``E``) every chunk, [B, H, n, Dk, Dv] each.
     """
+    batch, heads, _, key_dim, value_dim = written.shape
     entering, ends = [], []
-    state = torch.zeros_like(written[:, :, 0])
-    for n in range(written.shape[2]):
+    state = written.new_zeros(batch * heads, key_dim, value_dim)
+    pairs = zip(transition.flatten(0, 1).unbind(1), written.flatten(0, 1).unbind(1), strict=True)
+    for n, (step, write) in enumerate(pairs):
         if n in resets:
             state = torch.zeros_like(state)
             entering.append(state)
-            state = written[:, :, n]
+            state = write
         else:
             entering.append(state)
-            state = torch.baddbmm(
-                written[:, :, n].flatten(0, 1), transition[:, :, n].flatten(0, 1), state.flatten(0, 1)
-            ).view_as(state)
+            state = torch.baddbmm(write, step, state)
         ends.append(state)
-    return torch.stack(entering, dim=2), torch.stack(ends, dim=2)
+    shape = (batch, heads, len(ends), key_dim, value_dim)
+    return torch.stack(entering, dim=1).view(shape), torch.stack(ends, dim=1).view(shape)
