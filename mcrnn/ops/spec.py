@@ -158,8 +158,9 @@ class MCSpec:
 def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> int:
     """Check that ``memory`` supports ``spec``; return the inner chunk size it runs with.
 
-    For a matrix memory (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``) the chunk is an implementation detail: ``chunk_size``
-    (default 64) caps the chunk the parallel path picks, and any segmentation works. For a deep
+    For a matrix memory (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``) the chunk is an
+    implementation detail: ``chunk_size`` (default 64) caps the chunk the parallel path picks, and any
+    segmentation works (the log segmentation only for ``linear``). For a deep
     memory (``dla``, ``titans``) the inner chunk ``b`` is part of the model (every gradient of a chunk
     is taken at the chunk-start weights, DESIGN.md §6), so segments must be multiples of it (all but
     the last); ``chunk_size=None`` picks the largest power of two <= 64 that divides them.

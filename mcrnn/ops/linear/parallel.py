@@ -201,7 +201,8 @@ def prefill_cache(
     lengths: Sequence[int],
 ) -> MatrixMemoryCache:
     """Decoding cache of any matrix memory after a parallel pass: ``states`` [B, N, H, Dk, Dv] at segment
-    ends, ``k``/``v`` [B, T, H, D] (``v`` is kept only for ``swla``). The last segment stays online (pushed to the cache lazily, by the next token)."""
+    ends, ``k``/``v`` [B, T, H, D] (``v`` is kept only for ``swla``). The last segment stays online
+    (pushed to the cache lazily, by the next token)."""
     dtype = states.dtype
     k, v = k.to(dtype), v.to(dtype)
     contexts, _ = segment_contexts(k, lengths, spec.pooling)
