@@ -108,37 +108,36 @@ def chunk_delta(
     q, k, v = (x.reshape(batch, heads, n_chunks, chunk, x.shape[-1]) for x in (q, k, v))
     beta = beta.reshape(batch, heads, n_chunks, chunk, 1)
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-    strict = causal.tril(-1)
     write_k = beta * k
     write_v = beta * v
-    keys_k = k @ k.transpose(-1, -2)
+    # only the strictly lower triangle of ``system`` is read: the solve takes a unit diagonal
+    system = write_k @ k.transpose(-1, -2)  # b_t k_t.k_j
     scores = q @ k.transpose(-1, -2)
     if log_decay is None:
         end_k = k
+        scores = scores.masked_fill(~causal, 0.0)
         transition = torch.eye(key_dim, dtype=q.dtype, device=q.device)
     else:
         cum = log_decay.reshape(batch, heads, n_chunks, chunk).cumsum(-1)
         ratio = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
-        keys_k = keys_k * ratio
+        system = system * ratio
         scores = scores * ratio
         decay_in = cum.exp().unsqueeze(-1)  # gamma_t
         write_k = write_k * decay_in
         end_k = k * (cum[..., -1:] - cum).exp().unsqueeze(-1)  # (gamma_c / gamma_j) k_j
         transition = cum[..., -1, None, None].exp() * torch.eye(key_dim, dtype=q.dtype, device=q.device)
-    system = (beta * keys_k).masked_fill(~strict, 0.0) + torch.eye(chunk, dtype=q.dtype, device=q.device)
     solved = torch.linalg.solve_triangular(
         system, torch.cat([write_v, write_k], dim=-1), upper=False, unitriangular=True
     )
     base_w, state_w = solved.split([value_dim, key_dim], dim=-1)
-    end_kt = end_k.transpose(-1, -2)
-    transition = transition - end_kt @ state_w  # [B, H, n, Dk, Dk]
-    written = end_kt @ base_w  # [B, H, n, Dk, Dv]
+    written, erased = (end_k.transpose(-1, -2) @ solved).split([value_dim, key_dim], dim=-1)
+    transition = transition - erased  # [B, H, n, Dk, Dk]; written: [B, H, n, Dk, Dv]
     entering, ends = _chunk_recurrence(transition, written, _reset_chunks(lengths, chunk, init))
     pseudo_v = base_w - state_w @ entering
     inter = q @ entering
     if log_decay is not None:
         inter = inter * decay_in
-    online = scores.masked_fill(~causal, 0.0) @ pseudo_v + inter
+    online = scores @ pseudo_v + inter
     online = online.reshape(batch, heads, n_chunks * chunk, value_dim)[:, :, :seq_len]
     last = [*(torch.tensor([n // chunk for n in lengths[:-1]], dtype=torch.long).cumsum(0) - 1).tolist()]
     return online, ends[:, :, [*last, n_chunks - 1]]
