@@ -194,7 +194,8 @@ def test_prefill_then_decode_matches_the_full_parallel_pass(memory, init, aggreg
 
 
 def test_float32_fast_path_against_float64_definition():
-    """Float32 inputs (float32 states) stay within a measured bound of the float64 definition."""
+    """Float32 inputs (float32 states) stay within a bound of the float64 definition (measured 1.9e-6
+    here; 7e-6 at D=64, T=2048 with outputs up to 10)."""
     inputs = make_inputs(batch=1, seq_len=200, heads=2, key_dim=16, value_dim=16)
     want = run(inputs, "gated_deltanet", segment_size=64, aggregation="grm", backend="naive")
     got = run({n: x.float() for n, x in inputs.items()}, "gated_deltanet", segment_size=64, aggregation="grm")
