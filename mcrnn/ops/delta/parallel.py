@@ -18,6 +18,7 @@ segment start. The cached states (segment ends) are read by the matrix-memory ma
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -132,22 +133,17 @@ def chunk_delta(
     base_w, state_w = solved.split([value_dim, key_dim], dim=-1)
     written, erased = (end_k.transpose(-1, -2) @ solved).split([value_dim, key_dim], dim=-1)
     transition = transition - erased  # [B, H, n, Dk, Dk]; written: [B, H, n, Dk, Dv]
-    entering, ends = _chunk_recurrence(transition, written, _reset_chunks(lengths, chunk, init))
+    # chunks never straddle a segment: the first chunk of each segment, and which start from zero
+    firsts = list(itertools.accumulate((n // chunk for n in lengths[:-1]), initial=0))
+    resets = set(firsts) if init == "independent" else {0}
+    entering, ends = _chunk_recurrence(transition, written, resets)
     pseudo_v = base_w - state_w @ entering
     inter = q @ entering
     if log_decay is not None:
         inter = inter * decay_in
     online = scores @ pseudo_v + inter
     online = online.reshape(batch, heads, n_chunks * chunk, value_dim)[:, :, :seq_len]
-    last = [*(torch.tensor([n // chunk for n in lengths[:-1]], dtype=torch.long).cumsum(0) - 1).tolist()]
-    return online, ends[:, :, [*last, n_chunks - 1]]
-
-
-def _reset_chunks(lengths: Sequence[int], chunk: int, init: str) -> set[int]:
-    """Chunks entered with the zero state: the first, and every segment's first under ``independent``."""
-    if init != "independent":
-        return {0}
-    return {0, *torch.tensor([n // chunk for n in lengths[:-1]], dtype=torch.long).cumsum(0).tolist()}
+    return online, ends[:, :, [first - 1 for first in firsts[1:]] + [n_chunks - 1]]
 
 
 def _chunk_recurrence(
