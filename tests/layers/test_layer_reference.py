@@ -38,6 +38,8 @@ REFERENCE_CASES = [
     ("linear", {"segment_size": None, "segmentation": "log", "aggregation": "residual"}),
     ("swla", {}),
     ("swla", {"aggregation": "average", "init": "independent"}),
+    ("deltanet", {}),
+    ("gated_deltanet", {"aggregation": "ssc", "top_k": 1, "init": "independent", "pooling": "sum"}),
     ("dla", {}),
     ("dla", {"aggregation": "soup", "init": "independent"}),
     ("titans", {}),
@@ -87,7 +89,7 @@ def _padded_and_alone(memory: str, real: int = 9, total: int = 11):
 
 
 #: cache fields that pads still move (the strict xfails below); every other field is checked now
-PAD_DRIFT = {"linear": set(), "swla": set(), "dla": {"weights"}}
+PAD_DRIFT = {"linear": set(), "swla": set(), "deltanet": set(), "gated_deltanet": set(), "dla": {"weights"}}
 PAD_DRIFT["titans"] = {"weights", "momentum"}
 
 
@@ -98,7 +100,7 @@ def _assert_rows_equal(padded: object, alone: object, fields: set[str] | None) -
         torch.testing.assert_close(got[name], expected[name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla", "dla", "titans"])
+@pytest.mark.parametrize("memory", ["linear", "swla", "deltanet", "gated_deltanet", "dla", "titans"])
 def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
     """States, cached states, contexts, key sums (chunk-start and cached weights for deep memories):
     every per-row tensor of the memory cache but those in ``PAD_DRIFT``."""
@@ -121,7 +123,7 @@ def test_padded_prefill_moves_no_state(memory: str) -> None:
     _assert_rows_equal(padded.memory, alone.memory, PAD_DRIFT[memory])
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla", "titans"])
+@pytest.mark.parametrize("memory", ["linear", "swla", "gated_deltanet", "titans"])
 def test_padded_prefill_conv_buffers_equal_unpadded(memory: str) -> None:
     padded, alone = _padded_and_alone(memory)
     assert padded.conv.keys() == alone.conv.keys() == {"q", "k", "v"}
@@ -158,7 +160,7 @@ def test_deep_memory_gives_pads_no_step_size(memory: str) -> None:
     assert bool((options["eta"][1, 9:] == 0).all()) and bool((options["eta"][keep.bool()] > 0).all())
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla", "dla", "titans"])
+@pytest.mark.parametrize("memory", ["linear", "swla", "gated_deltanet", "dla", "titans"])
 def test_padded_keys_never_enter_the_router_context(memory: str) -> None:
     """Row 1 has 5 real tokens in 16 (segments of 4): its finished segments' contexts are those of the
     unpadded row (the one holding token 4 pools it with 3 zero keys), pad-only segments pool to 0."""
