@@ -13,7 +13,7 @@ TOL = dict(atol=1e-10, rtol=1e-10)
 
 def delta_layer(memory: str, **options) -> MemoryCachingAttention:
     torch.manual_seed(0)
-    return MemoryCachingAttention(32, 4, memory=memory, segment_size=3, **options).double()
+    return MemoryCachingAttention(32, 4, memory=memory, **{"segment_size": 3, **options}).double()
 
 
 def hidden(batch: int = 2, seq_len: int = 11) -> torch.Tensor:
@@ -36,6 +36,7 @@ def test_projections_and_gradients(memory):
     [
         ("gated_deltanet", {"aggregation": "grm"}),
         ("deltanet", {"aggregation": "ssc", "top_k": 1, "init": "independent"}),
+        ("gated_deltanet", {"aggregation": "grm", "segment_size": None, "segmentation": "log"}),
     ],
 )
 def test_decoding_equals_parallel(memory, options):

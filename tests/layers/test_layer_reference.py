@@ -40,6 +40,7 @@ REFERENCE_CASES = [
     ("swla", {"aggregation": "average", "init": "independent"}),
     ("deltanet", {}),
     ("gated_deltanet", {"aggregation": "ssc", "top_k": 1, "init": "independent", "pooling": "sum"}),
+    ("gated_deltanet", {"segment_size": None, "segmentation": "log", "aggregation": "grm"}),
     ("dla", {}),
     ("dla", {"aggregation": "soup", "init": "independent"}),
     ("titans", {}),

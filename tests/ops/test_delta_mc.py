@@ -193,6 +193,26 @@ def test_prefill_then_decode_matches_the_full_parallel_pass(memory, init, aggreg
     assert cache.memory == memory and cache.position == 13
 
 
+@pytest.mark.parametrize("memory", MEMORIES)
+@pytest.mark.parametrize("aggregation", ["grm", "ssc", "residual"])
+def test_log_segmentation_matches_naive_and_decodes(memory, aggregation):
+    """Fenwick buckets (checkpoint): the parallel path equals the token loop (outputs and gradients,
+    T=21 over chunks of 8), and a prefill of 6 tokens then decoding equals the parallel pass."""
+    inputs = make_inputs(seq_len=21, grad=True, memory=memory)
+    options = dict(segmentation="log", aggregation=aggregation, top_k=2 if aggregation == "ssc" else None)
+    assert_fast_matches_naive(inputs, memory, chunk_size=8, **options)
+    inputs = {name: x.detach() for name, x in inputs.items()}
+    full = run(inputs, memory, **options)
+    out, cache = run({name: x[:, :6] for name, x in inputs.items()}, memory, output_cache=True, **options)
+    outs = [out]
+    for t in range(6, 21):
+        out, cache = run(
+            {name: x[:, t : t + 1] for name, x in inputs.items()}, memory, cache=cache, output_cache=True
+        )
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, **TOL)
+
+
 def test_float32_fast_path_against_float64_definition():
     """Float32 inputs (float32 states) stay within a bound of the float64 definition (measured 1.9e-6
     here; 7e-6 at D=64, T=2048 with outputs up to 10)."""
@@ -222,7 +242,10 @@ def test_bad_inputs_are_named(memory, gates, message):
 
 @pytest.mark.parametrize(
     "options,message",
-    [({"segmentation": "log"}, "supports memory='linear'"), ({"backend": "triton"}, "linear and swla")],
+    [
+        ({"segmentation": "log", "init": "independent"}, "supports init='checkpoint' only"),
+        ({"backend": "triton"}, "linear and swla"),
+    ],
 )
 def test_unsupported_options_are_rejected(options, message):
     q = torch.randn(1, 5, 2, 4)

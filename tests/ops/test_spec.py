@@ -40,8 +40,12 @@ TABLE = [
     ({"segment_size": 4, "segment_lengths": [4, 4]}, "give segment_size or segment_lengths, not both"),
     ({"segment_lengths": [0, 8]}, "segment_lengths must be a non-empty list of ints >= 1"),
     ({"segmentation": "log", "segment_size": 4}, "segmentation='log' takes no segment_size"),
-    ({"segmentation": "log", "memory": "dla"}, "segmentation='log' supports memory='linear' only"),
-    ({"segmentation": "log", "memory": "gated_deltanet"}, "segmentation='log' supports memory='linear' only"),
+    ({"segmentation": "log", "memory": "dla"}, "segmentation='log' supports memory='linear', 'deltanet'"),
+    ({"segmentation": "log", "memory": "gated_deltanet", "aggregation": "grm"}, None),
+    (
+        {"segmentation": "log", "memory": "deltanet", "init": "independent"},
+        "memory='deltanet' supports init='checkpoint' only",
+    ),
     ({"memory": "gru"}, "memory must be one of"),
     ({"chunk_size": 0}, "chunk_size must be an int >= 1, got 0"),
     (

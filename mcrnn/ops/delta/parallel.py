@@ -27,6 +27,7 @@ from mcrnn.ops.inputs import compute_dtype
 from mcrnn.ops.linear.chunk import chunk_size_for
 from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
 from mcrnn.ops.linear.recurrent import MatrixMemoryCache
+from mcrnn.ops.log import FenwickMemoryCache, chunk_log_mc
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
 
 
@@ -42,11 +43,13 @@ def chunk_delta_mc(
     beta: torch.Tensor,
     output_cache: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, MatrixMemoryCache | None]:
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache | None]:
     """Parallel MC over a delta-rule memory (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked).
 
     ``y_t = g_{t,s} q_t^T M_t + sum_{i < s} g_{t,i} q_t^T M(i)`` with the weights of
-    :func:`~mcrnn.ops.segments.router_gates` and the segments of ``spec`` (not ``log``).
+    :func:`~mcrnn.ops.segments.router_gates` and the segments of ``spec``. With the log segmentation
+    (``init="checkpoint"``) every bucket state is a prefix state ``M_t = a_t M_{t-1} + k_t w_t^T``, so
+    the Fenwick reads of :func:`mcrnn.ops.log.chunk_log_mc` run on the pseudo-values ``w_t``.
 
     Args:
         q, k, u: [B, T, H, Dk] (``u`` None: ``u = q``); v: [B, T, H, Dv].
@@ -55,23 +58,23 @@ def chunk_delta_mc(
         chunk_size: the largest inner chunk (the path picks one dividing every segment but the last).
 
     Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype (states accumulate in float32, float64 for float64
-    inputs) and, with ``output_cache``, the decoding cache.
+    inputs) and, with ``output_cache``, the decoding cache (a ``FenwickMemoryCache`` for ``log``).
     """
     u = q if u is None else u
-    lengths = spec.lengths(q.shape[1])
     dtype = compute_dtype(q, k, v, u)
     qc, kc, vc, uc = (x.to(dtype) for x in (q, k, v, u))
-    qh = heads_first(qc)
-    online, states = chunk_delta(
-        qh,
-        heads_first(kc),
-        heads_first(vc),
-        beta.to(dtype).transpose(1, 2),
-        None if log_decay is None else log_decay.to(dtype).transpose(1, 2),
-        lengths,
-        spec.init,
-        chunk_size,
-    )
+    log_decay = None if log_decay is None else log_decay.to(dtype)
+    decay_h = None if log_decay is None else log_decay.transpose(1, 2)
+    qh, kh, vh, beta_h = heads_first(qc), heads_first(kc), heads_first(vc), beta.to(dtype).transpose(1, 2)
+    if spec.kind == "log":  # checkpoint: every bucket state is a prefix state of the delta rule
+        _, _, pseudo_v = chunk_delta(qh, kh, vh, beta_h, decay_h, [q.shape[1]], "checkpoint", chunk_size)
+        out, cache = chunk_log_mc(
+            qc, kc, pseudo_v.transpose(1, 2), uc, spec=spec, log_decay=log_decay,
+            output_cache=output_cache, chunk_size=chunk_size,
+        )  # fmt: skip
+        return out.to(q.dtype), cache
+    lengths = spec.lengths(q.shape[1])
+    online, states, _ = chunk_delta(qh, kh, vh, beta_h, decay_h, lengths, spec.init, chunk_size)
     out = mix_cached_reads(qh, uc, kc, online, states, lengths, spec)
     cache = prefill_cache(spec, memory, states.transpose(1, 2), k, v, lengths) if output_cache else None
     return out.to(q.dtype), cache
@@ -86,15 +89,16 @@ def chunk_delta(
     lengths: Sequence[int],
     init: str,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (gated) delta rule inside segments, chunkwise (module docstring).
 
     Args:
         q, k: [B, H, T, Dk]; v: [B, H, T, Dv]; beta: [B, H, T]; log_decay: [B, H, T] (<= 0) or None.
         lengths: segment lengths summing to T; init: ``checkpoint`` or ``independent``.
 
-    Returns: ``online`` [B, H, T, Dv] with ``o_t = q_t^T M_t`` and ``states`` [B, H, N, Dk, Dv], the
-    state at the end of every segment.
+    Returns: ``online`` [B, H, T, Dv] with ``o_t = q_t^T M_t``, ``states`` [B, H, N, Dk, Dv], the
+    state at the end of every segment, and the pseudo-values ``w`` [B, H, T, Dv] (``M_t = a_t M_{t-1} +
+    k_t w_t^T``).
     """
     batch, heads, seq_len, key_dim = q.shape
     value_dim = v.shape[-1]
@@ -142,8 +146,10 @@ def chunk_delta(
     if log_decay is not None:
         inter = inter * decay_in
     online = scores @ pseudo_v + inter
-    online = online.reshape(batch, heads, n_chunks * chunk, value_dim)[:, :, :seq_len]
-    return online, ends[:, :, [first - 1 for first in firsts[1:]] + [n_chunks - 1]]
+    online, pseudo_v = (
+        x.reshape(batch, heads, n_chunks * chunk, value_dim)[:, :, :seq_len] for x in (online, pseudo_v)
+    )
+    return online, ends[:, :, [first - 1 for first in firsts[1:]] + [n_chunks - 1]], pseudo_v
 
 
 def _chunk_recurrence(

@@ -7,7 +7,9 @@ The delta write is a linear write of the pseudo-value ``w_t = b_t (v_t - a_t M_{
 so the decode step keeps exactly the :class:`~mcrnn.ops.linear.MatrixMemoryCache` of ``linear``
 (online state, cached states and contexts, the current segment's key sum and token count) and runs
 its step (:func:`mcrnn.ops.linear.recurrent.recurrent_step`) on ``w_t``; ``M_{t-1}`` is the zero
-state at a segment start under ``init="independent"``.
+state at a segment start under ``init="independent"``. With the log segmentation (``checkpoint``) the
+:class:`~mcrnn.ops.log.FenwickMemoryCache` keeps the prefix state online, and the Fenwick step
+(:func:`mcrnn.ops.log.recurrent.fenwick_step`) runs on ``w_t`` the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.linear.recurrent import MatrixMemoryCache, recurrent_step
+from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_step
 
 
 def recurrent_delta_mc(
@@ -23,10 +26,10 @@ def recurrent_delta_mc(
     v: torch.Tensor,
     u: torch.Tensor | None = None,
     *,
-    cache: MatrixMemoryCache,
+    cache: MatrixMemoryCache | FenwickMemoryCache,
     log_decay: torch.Tensor | None = None,
     beta: torch.Tensor,
-) -> tuple[torch.Tensor, MatrixMemoryCache]:
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache]:
     """Continue ``cache`` over [B, T, H, D] inputs token by token (the decoding path, not training).
 
     Args:
@@ -47,6 +50,12 @@ def recurrent_delta_mc(
         if decay is not None:
             predicted = decay.unsqueeze(-1) * predicted
         pseudo_v = beta[:, t].to(dtype).unsqueeze(-1) * (v_t - predicted)
-        y, cache = recurrent_step(q_t, k_t, pseudo_v, u_t, cache, decay=decay, prev_gate=None, cur_gate=None)
+        if isinstance(cache, FenwickMemoryCache):  # checkpoint: the online state is the prefix state
+            step_decay = None if log_decay is None else log_decay[:, t].to(dtype)
+            y, cache = fenwick_step(q_t, k_t, pseudo_v, u_t, cache, log_decay=step_decay)
+        else:
+            y, cache = recurrent_step(
+                q_t, k_t, pseudo_v, u_t, cache, decay=decay, prev_gate=None, cur_gate=None
+            )
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache
