@@ -213,6 +213,20 @@ def test_log_segmentation_matches_naive_and_decodes(memory, aggregation):
     torch.testing.assert_close(torch.cat(outs, dim=1), full, **TOL)
 
 
+@pytest.mark.parametrize("segmentation", [{"segment_size": 4}, {"segmentation": "log"}])
+def test_a_cache_decodes_only_its_own_memory(segmentation):
+    """A linear cache fed to a delta-rule call (or back) is an error, not a silent linear write."""
+    inputs = make_inputs(seq_len=5)
+    q, k, v = (inputs[n] for n in "qkv")
+    _, linear_cache = memory_caching(q, k, v, output_cache=True, **segmentation)
+    _, delta_cache = run(inputs, "gated_deltanet", output_cache=True, **segmentation)
+    step = {name: x[:, :1] for name, x in inputs.items()}
+    with pytest.raises(ValueError, match="the cache is for memory='linear'"):
+        run(step, "gated_deltanet", cache=linear_cache)
+    with pytest.raises(ValueError, match="the cache is for memory='gated_deltanet'"):
+        memory_caching(q[:, :1], k[:, :1], v[:, :1], cache=delta_cache)
+
+
 def test_float32_fast_path_against_float64_definition():
     """Float32 inputs (float32 states) stay within a bound of the float64 definition (measured 1.9e-6
     here; 7e-6 at D=64, T=2048 with outputs up to 10)."""

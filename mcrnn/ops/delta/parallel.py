@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -72,7 +73,7 @@ def chunk_delta_mc(
             qc, kc, pseudo_v.transpose(1, 2), uc, spec=spec, log_decay=log_decay,
             output_cache=output_cache, chunk_size=chunk_size,
         )  # fmt: skip
-        return out.to(q.dtype), cache
+        return out.to(q.dtype), None if cache is None else replace(cache, memory=memory)
     lengths = spec.lengths(q.shape[1])
     online, states, _ = chunk_delta(qh, kh, vh, beta_h, decay_h, lengths, spec.init, chunk_size)
     out = mix_cached_reads(qh, uc, kc, online, states, lengths, spec)
