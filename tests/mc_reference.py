@@ -10,7 +10,8 @@ default import mode, as the directory of the root ``conftest.py``).
     q, k, v, u = x W_{q,k,v,u}
     q, k, v    = silu(causal_conv(q, k, v))                 kernel K, depthwise, zeros before t = 0
     q, k       = q / |q|, k / |k|                           per head
-    linear/swla: log a_t = logsigmoid(x W_a + b_a) / 16;   swla: (b_t, l_t) = sigmoid(x W_s + b_s)
+    linear/swla/gated_deltanet: log a_t = logsigmoid(x W_a + b_a) / 16
+    swla: (b_t, l_t) = sigmoid(x W_s + b_s);   deltanet/gated_deltanet: b_t = sigmoid(x W_b + b_b)
     dla/titans:  eta = 0.01 sigmoid(r_0), alpha = sigmoid(r_1)^(1/16), beta = sigmoid(r_2),
                  r = x W_r + b_r;   v = v / |v|
     o = memory_caching(q, k, v, u, ..., backend="naive")
@@ -86,6 +87,8 @@ def reference_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
             swla = torch.sigmoid(linear(x, layer.swla_proj))
             gates["prev_gate"] = swla[..., : layer.num_heads]
             gates["cur_gate"] = swla[..., layer.num_heads :]
+        if layer.beta_proj is not None:
+            gates["beta"] = torch.sigmoid(linear(x, layer.beta_proj))
     out = memory_caching(
         q, k, v, u, spec=layer.spec, memory=layer.memory, chunk_size=layer.chunk_size, backend="naive",
         **gates,

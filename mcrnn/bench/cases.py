@@ -2,7 +2,8 @@
 
 A case is a JSON-able dict ``{"kind": ..., "seq_len": ..., ...}``:
 
-- ``op``: :func:`mcrnn.ops.memory_caching` on random [B, T, H, D] tensors (``options`` passed through);
+- ``op``: :func:`mcrnn.ops.memory_caching` on random [B, T, H, D] tensors (``options`` passed through)
+  and the per-token gates named in ``gates`` (``log_decay``, ``beta``; random, in the layer's ranges);
 - ``sdpa``: causal ``scaled_dot_product_attention`` with the same B, H, D;
 - ``layer``: :class:`mcrnn.layers.MemoryCachingAttention` (``options`` passed through);
 - ``peer``: the public ``memory-caching`` 0.1.0 package's ``MemoryCachingLayer`` (per-token loop);
@@ -53,11 +54,30 @@ def _op(case: dict[str, Any]):
     from mcrnn.ops import memory_caching
 
     q, k, v = _qkv(case)
+    gates = _gates(case)
 
     def step() -> None:
-        memory_caching(q, k, v, **case.get("options", {})).sum().backward()
+        memory_caching(q, k, v, **gates, **case.get("options", {})).sum().backward()
 
     return step, case["batch"] * case["seq_len"]
+
+
+def _gates(case: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The gates [B, T, H] named in ``case["gates"]`` as the layer makes them from random activations
+    ``z``: ``log_decay = logsigmoid(z) / 16``, ``beta = sigmoid(z)``; they require grad."""
+    from mcrnn.layers.deep_memory import GATE_NORMALIZER
+
+    device, dtype = _device_dtype(case)
+    gen = torch.Generator(device=device).manual_seed(1)
+    makers = {"log_decay": lambda z: F.logsigmoid(z) / GATE_NORMALIZER, "beta": torch.sigmoid}
+    shape = (case["batch"], case["seq_len"], case["heads"])
+    gates = {}
+    for name in case.get("gates", ()):
+        if name not in makers:
+            raise ValueError(f"unknown gate {name!r} in a bench case; expected one of {sorted(makers)}")
+        z = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        gates[name] = makers[name](z).to(dtype).requires_grad_()
+    return gates
 
 
 def _sdpa(case: dict[str, Any]):

@@ -16,11 +16,18 @@ from typing import Any
 
 from mcrnn.bench.deep import deep_suite
 from mcrnn.bench.report import plot_throughput, ratio_table, save_json, write_atomic
-from mcrnn.bench.suites import GPU_SEQ_LENS, OPS_SEQ_LENS, ops_suite, peer_available, peer_suite
+from mcrnn.bench.suites import (
+    GPU_SEQ_LENS,
+    OPS_SEQ_LENS,
+    delta_suite,
+    ops_suite,
+    peer_available,
+    peer_suite,
+)
 from mcrnn.bench.timing import machine_info, merge_rounds, run_isolated
 from mcrnn.cli import ExtendList, list_of, positive_int
 
-SUITES = ("ops", "peer", "deep")
+SUITES = ("ops", "peer", "deep", "delta")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 EXAMPLES = """
@@ -28,6 +35,7 @@ EXAMPLES = """
   mcrnn bench --suite deep --rounds 2 --repeats 5
   mcrnn bench --device cuda --seq-lens 8192 32768
   mcrnn bench --suite ops --only base grm sdpa --seq-lens 1024,2048
+  mcrnn bench --suite delta --seq-lens 1024,4096,16384 --rounds 3
 """
 
 
@@ -154,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
             )
             baselines: tuple[str, ...] = ("base", "sdpa")
             title = "MC op, forward+backward, B=1 H=4 D=64"
+        elif suite == "delta":
+            cases = delta_suite(tuple(args.seq_lens), args.segment_size, device=args.device)
+            baselines = ("linear_base", "gdn_base", "sdpa")
+            title = "MC over the gated delta rule, forward+backward, B=1 H=4 D=64"
         elif suite == "deep":
             cases = deep_suite()
             baselines = ("titans_base", "titans_pytorch")

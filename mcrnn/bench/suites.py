@@ -3,6 +3,8 @@
 - ``ops``: forward+backward of the matrix-memory op (base = one segment, residual, grm, ssc k=2/4,
   and grm over log (Fenwick) segments, the paper's Log-Linear++) next to causal SDPA with the same
   B, H, D, across a sweep of T (issue 2's speed targets).
+- ``delta``: forward+backward of MC over the gated delta rule (base, grm, ssc k=2) next to our linear
+  base (without and with decay) and causal SDPA, B=1, H=4, D=64 (issue 15's speed targets).
 - ``peer``: our layer against the public ``memory-caching`` 0.1.0 layer (a per-token Python loop)
   at d_model 256, 4 heads, segment 64, T=2048, for every aggregation (needs the ``bench`` extra).
 """
@@ -39,6 +41,40 @@ def ops_suite(
     for seq_len in seq_lens:
         for name, options in variants.items():
             cases.append((name, {"kind": "op", "seq_len": seq_len, "options": options, **shape}))
+        cases.append(("sdpa", {"kind": "sdpa", "seq_len": seq_len, **shape}))
+    return cases
+
+
+DELTA_SEQ_LENS = (1024, 4096, 16384)
+
+
+def delta_suite(
+    seq_lens: tuple[int, ...] = DELTA_SEQ_LENS,
+    segment_size: int = 256,
+    batch: int = 1,
+    heads: int = 4,
+    head_dim: int = 64,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> list[tuple[str, dict[str, Any]]]:
+    """(name, case) pairs of the delta-rule sweep; ``*_base`` are the ops with one segment (MC off)."""
+    gated = {"memory": "gated_deltanet"}
+    variants = {
+        "linear_base": ({}, ()),
+        "linear_decay_base": ({}, ("log_decay",)),
+        "gdn_base": (gated, ("log_decay", "beta")),
+        "gdn_grm": ({**gated, "segment_size": segment_size, "aggregation": "grm"}, ("log_decay", "beta")),
+        "gdn_ssc_k2": (
+            {**gated, "segment_size": segment_size, "aggregation": "ssc", "top_k": 2},
+            ("log_decay", "beta"),
+        ),
+    }
+    shape = {"batch": batch, "heads": heads, "head_dim": head_dim, "device": device, "dtype": dtype}
+    cases = []
+    for seq_len in seq_lens:
+        for name, (options, gates) in variants.items():
+            case = {"kind": "op", "seq_len": seq_len, "options": options, "gates": list(gates), **shape}
+            cases.append((name, case))
         cases.append(("sdpa", {"kind": "sdpa", "seq_len": seq_len, **shape}))
     return cases
 

@@ -1,7 +1,8 @@
 """``MemoryCachingAttention``: the MC token-mixing layer, [B, T, hidden] -> [B, T, hidden].
 
     q, k, v, u = proj(x);  q, k, v = silu(causal_conv_4(q, k, v));  q, k = q/|q|, k/|k|  (per head)
-    log_decay = logsigmoid(x W_a) / 16                       (use_decay; linear and swla)
+    log_decay = logsigmoid(x W_a) / 16                       (use_decay: linear, swla; always: gated_deltanet)
+    beta = sigmoid(x W_b)                                    (deltanet, gated_deltanet: the writing strength)
     o = memory_caching(q, k, v, u, ...)                      (mcrnn.ops)
     y = W_o [RMSNorm(o) * silu(x W_g)]
 
@@ -22,7 +23,7 @@ from mcrnn.layers.deep_memory import GATE_NORMALIZER, DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.layers.packing import run_documents
 from mcrnn.ops import MCSpec, MemoryCache, memory_caching
-from mcrnn.ops.spec import DEEP_MEMORIES, check_memory, check_positive_int
+from mcrnn.ops.spec import DEEP_MEMORIES, DELTA_MEMORIES, check_memory, check_positive_int
 
 
 @dataclass
@@ -87,10 +88,12 @@ class MemoryCachingAttention(nn.Module):
             (``aggregation``, ``segment_size``, ``segment_lengths``, ``segmentation``, ``init``,
             ``top_k``, ``pooling``; see :func:`mcrnn.ops.memory_caching`), not both. No segmentation
             (the default): MC off, the layer is the base RNN.
-        memory: ``linear``, ``swla``, or a deep memory ``dla``/``titans`` (its weights and rates live in
-            :class:`mcrnn.layers.deep_memory.DeepMemory`; ``use_decay`` is then unused).
+        memory: ``linear``, ``swla``, a delta-rule memory ``deltanet``/``gated_deltanet`` (with a
+            writing strength ``beta = sigmoid(x W_b)``; ``gated_deltanet`` always decays, ``deltanet``
+            never, ``use_decay`` is unused), or a deep memory ``dla``/``titans`` (its weights and rates
+            live in :class:`mcrnn.layers.deep_memory.DeepMemory`; ``use_decay`` is then unused).
         memory_expansion, memory_depth: hidden width ``E * head_dim`` and depth of a deep memory.
-        use_decay: data-dependent decay ``a_t`` (else plain linear attention).
+        use_decay: data-dependent decay ``a_t`` of ``linear``/``swla`` (else plain linear attention).
         conv_size: kernel of the short causal convolution on q, k, v (0 disables it).
         separate_router: a router projection ``u = x W_u`` (else ``u = q``, the paper's alternative).
         chunk_size: inner chunk (see :func:`mcrnn.ops.memory_caching`; None: the default).
@@ -154,7 +157,9 @@ class MemoryCachingAttention(nn.Module):
                 expansion=memory_expansion,
                 depth=memory_depth,
             )
-        self.decay_proj = nn.Linear(hidden_size, num_heads) if use_decay and self.deep is None else None
+        decays = memory == "gated_deltanet" or (use_decay and memory in ("linear", "swla"))
+        self.decay_proj = nn.Linear(hidden_size, num_heads) if decays else None
+        self.beta_proj = nn.Linear(hidden_size, num_heads) if memory in DELTA_MEMORIES else None
         self.swla_proj = nn.Linear(hidden_size, 2 * num_heads) if memory == "swla" else None
         self.gate_proj = nn.Linear(hidden_size, inner, bias=False)
         self.out_norm = GatedRMSNorm(head_dim, eps=norm_eps)
@@ -281,6 +286,8 @@ class MemoryCachingAttention(nn.Module):
         if self.swla_proj is not None:
             prev_gate, cur_gate = torch.sigmoid(_at_least_fp32(self.swla_proj(x))).chunk(2, dim=-1)
             gates = {"prev_gate": prev_gate, "cur_gate": cur_gate}
+        if self.beta_proj is not None:
+            gates = {"beta": torch.sigmoid(_at_least_fp32(self.beta_proj(x)))}
         if keep is not None:  # pads write nothing, decay nothing (and, for swla, carry no previous token)
             keep = keep.to(k.dtype)
             k = k * keep[..., None, None]

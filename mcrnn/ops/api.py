@@ -16,21 +16,25 @@ import torch
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import DeepMemoryCache, chunk_deep_mc, naive_deep_mc, recurrent_deep_mc
 from mcrnn.ops.deep.network import check_params
+from mcrnn.ops.delta import chunk_delta_mc, naive_delta_mc, recurrent_delta_mc
 from mcrnn.ops.inputs import check_tensors, check_working_set
 from mcrnn.ops.linear import MatrixMemoryCache, chunk_linear_mc, naive_linear_mc, recurrent_linear_mc
 from mcrnn.ops.log import FenwickMemoryCache, chunk_log_mc, naive_log_mc, recurrent_log_mc
-from mcrnn.ops.spec import DEEP_MEMORIES, MCSpec, check_choice, check_memory
+from mcrnn.ops.spec import DEEP_MEMORIES, DELTA_MEMORIES, MCSpec, check_choice, check_memory
 
 BACKENDS = ("auto", "naive", "torch", "triton")
 #: the per-token tensors each memory family takes, besides q, k, v, u
 FAMILY_INPUTS = {
     "linear": ("log_decay",),
     "swla": ("log_decay", "prev_gate", "cur_gate"),
+    "deltanet": ("beta",),
+    "gated_deltanet": ("log_decay", "beta"),
     "dla": ("params", "eta", "alpha", "mask"),
     "titans": ("params", "eta", "alpha", "beta", "mask"),
 }
 #: inputs a family cannot run without
-REQUIRED_INPUTS = {"swla": ("prev_gate", "cur_gate"), "dla": ("params", "eta", "alpha"),
+REQUIRED_INPUTS = {"swla": ("prev_gate", "cur_gate"), "deltanet": ("beta",),
+                   "gated_deltanet": ("log_decay", "beta"), "dla": ("params", "eta", "alpha"),
                    "titans": ("params", "eta", "alpha", "beta")}  # fmt: skip
 
 
@@ -76,6 +80,8 @@ def memory_caching(
     ``M(q) = q^T M`` for the matrix memories, ``linear``: ``M_t = a_t M_{t-1} + k_t v_t^T``
     (``a_t = exp(log_decay_t)``, 1 if None) and ``swla``:
     ``M_t = a_t M_{t-1} + b_t k_{t-1} v_{t-1}^T + l_t k_t v_t^T`` (``b = prev_gate``, ``l = cur_gate``);
+    the delta rule ``deltanet``/``gated_deltanet``: ``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T``
+    (``a_t = exp(log_decay_t)``, 1 for ``deltanet``; ``b = beta``);
     an MLP read for the deep memories ``dla``/``titans`` (see :mod:`mcrnn.ops.deep`). ``c_i`` pools
     segment i's keys (mean or sum); the online context pools the current segment's keys up to ``t``.
 
@@ -86,17 +92,20 @@ def memory_caching(
             ``segmentation``, ``aggregation``, ``init``, ``top_k``, ``pooling``; None: the spec's
             default, i.e. one segment, ``grm``, ``checkpoint``, ``mean``), not both. With a ``cache``
             the spec is the cache's; keywords given must agree with it.
-        memory: ``linear | swla | dla | titans``.
-        log_decay: [B, T, H] log of the decay ``a_t`` (finite, <= 0) or None (linear, swla).
+        memory: ``linear | swla | deltanet | gated_deltanet | dla | titans``.
+        log_decay: [B, T, H] log of the decay ``a_t`` (finite, <= 0) or None (linear, swla; required
+            for gated_deltanet).
         prev_gate, cur_gate: [B, T, H] the ``swla`` gates ``b_t, l_t`` in [0, 1].
         params, eta, alpha, beta: deep memories' initial weights (one [H, d_out, d_in] per layer, see
             :func:`mcrnn.ops.deep.layer_shapes`), step size >= 0, retention in [0, 1] and (Titans)
             momentum in [0, 1], each [B, T, H]; mask: [B, T] bool, the tokens that write (a masked
-            token, e.g. padding, is an identity step: no write, retention or momentum change).
+            token, e.g. padding, is an identity step: no write, retention or momentum change). For
+            ``deltanet``/``gated_deltanet`` ``beta`` [B, T, H] in [0, 1] is the writing strength ``b_t``
+            (required).
         cache: continue decoding from this cache (token by token, the recurrent form).
         output_cache: also return the cache after the last token.
         backend: ``auto`` (Triton on CUDA when it supports the inputs, else PyTorch), ``naive`` (the
-            token-loop definition), ``torch`` (parallel PyTorch), ``triton`` (matrix memories).
+            token-loop definition), ``torch`` (parallel PyTorch), ``triton`` (linear, swla).
         chunk_size: inner chunk; for matrix memories an upper bound the parallel path picks under
             (default 64), for deep memories the inner mini-batch ``b`` of the model (segments must be
             multiples of it; None: the largest power of two <= 64 dividing them).
@@ -123,8 +132,10 @@ def memory_caching(
             raise ValueError(f"mask must be a bool [B, T]={tuple(q.shape[:2])} tensor or None")
         if params is not None:
             check_params(params, q.shape[2], q.shape[3], v.shape[-1])
-        if backend == "triton" and (memory in DEEP_MEMORIES or spec.kind == "log"):
-            raise ValueError("backend='triton' runs the matrix memories with constant or explicit segments")
+        if backend == "triton" and (memory in DEEP_MEMORIES + DELTA_MEMORIES or spec.kind == "log"):
+            raise ValueError(
+                "backend='triton' runs the linear and swla memories with constant or explicit segments"
+            )
         if cache is None and spec.kind in ("constant", "lengths") and memory not in DEEP_MEMORIES:
             check_working_set(len(spec.lengths(q.shape[1])), q, v)
     if cache is not None:
@@ -138,6 +149,8 @@ def memory_caching(
     gates = {name: inputs[name] for name in FAMILY_INPUTS[memory]}
     if memory in DEEP_MEMORIES:
         out, new_cache = _deep(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
+    elif memory in DELTA_MEMORIES:
+        out, new_cache = _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     elif spec.kind == "log":
         out, new_cache = _log(q, k, v, u, spec, gates, cache, output_cache, backend, chunk)
     else:
@@ -214,6 +227,20 @@ def _matrix(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk
         output_cache=output_cache,
         chunk_size=chunk,
         backend=fast,
+    )
+
+
+def _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
+    if cache is not None:
+        return recurrent_delta_mc(q, k, v, u, cache=cache, **gates)
+    if backend == "naive":
+        out, _ = naive_delta_mc(q, k, v, u, spec=spec, memory=memory, **gates)
+        new_cache = None
+        if output_cache:
+            _, new_cache = chunk_delta_mc(q, k, v, u, spec=spec, memory=memory, **gates, output_cache=True)
+        return out, new_cache
+    return chunk_delta_mc(
+        q, k, v, u, spec=spec, memory=memory, **gates, output_cache=output_cache, chunk_size=chunk
     )
 
 

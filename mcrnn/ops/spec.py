@@ -21,7 +21,9 @@ AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 INITS = ("checkpoint", "independent")
 POOLINGS = ("mean", "sum")
 SEGMENTATIONS = ("constant", "log")
-MATRIX_MEMORIES = ("linear", "swla")
+#: delta-rule matrix memories (``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T``, DESIGN.md §6)
+DELTA_MEMORIES = ("deltanet", "gated_deltanet")
+MATRIX_MEMORIES = ("linear", "swla", *DELTA_MEMORIES)
 DEEP_MEMORIES = ("dla", "titans")
 MEMORIES = MATRIX_MEMORIES + DEEP_MEMORIES
 #: the largest inner chunk the parallel paths use when none is given
@@ -156,8 +158,10 @@ class MCSpec:
 def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> int:
     """Check that ``memory`` supports ``spec``; return the inner chunk size it runs with.
 
-    For a matrix memory (``linear``, ``swla``) the chunk is an implementation detail: ``chunk_size``
-    (default 64) caps the chunk the parallel path picks, and any segmentation works. For a deep
+    For a matrix memory (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``) the chunk is an
+    implementation detail: ``chunk_size`` (default 64) caps the chunk the parallel path picks, and any
+    segmentation works (the log segmentation for ``linear``, and for the delta rule with
+    ``init="checkpoint"``). For a deep
     memory (``dla``, ``titans``) the inner chunk ``b`` is part of the model (every gradient of a chunk
     is taken at the chunk-start weights, DESIGN.md §6), so segments must be multiples of it (all but
     the last); ``chunk_size=None`` picks the largest power of two <= 64 that divides them.
@@ -165,8 +169,16 @@ def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> in
     check_choice("memory", memory, MEMORIES)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
-    if spec.kind == "log" and memory != "linear":
-        raise ValueError(f"segmentation='log' supports memory='linear' only, got memory={memory!r}")
+    if spec.kind == "log" and memory not in ("linear", *DELTA_MEMORIES):
+        raise ValueError(
+            "segmentation='log' supports memory='linear', 'deltanet' or 'gated_deltanet', "
+            f"got memory={memory!r}"
+        )
+    if spec.kind == "log" and memory in DELTA_MEMORIES and spec.init != "checkpoint":
+        raise ValueError(
+            f"segmentation='log' with memory={memory!r} supports init='checkpoint' only (an independent "
+            "bucket restarts the delta rule, which no merge of smaller buckets gives)"
+        )
     if memory in MATRIX_MEMORIES:
         return DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     spans = {"constant": [spec.segment_size], "lengths": list(spec.segment_lengths or ())[:-1]}.get(

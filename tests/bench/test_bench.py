@@ -8,7 +8,7 @@ import pytest
 
 from mcrnn.bench.cases import build
 from mcrnn.bench.report import plot_throughput, ratio_table, save_json
-from mcrnn.bench.suites import ops_suite, peer_available, peer_suite
+from mcrnn.bench.suites import delta_suite, ops_suite, peer_available, peer_suite
 from mcrnn.bench.timing import run_isolated, summarise, timed_runs
 
 
@@ -17,6 +17,12 @@ def test_ops_cases_step(name, case):
     step, tokens = build(case)
     step()
     assert tokens == 40
+
+
+def test_unknown_gate_in_a_case():
+    case = {**delta_suite(seq_lens=(8,), heads=1, head_dim=4)[0][1], "gates": ["eta"]}
+    with pytest.raises(ValueError, match="unknown gate 'eta'"):
+        build(case)
 
 
 def test_layer_case_steps():

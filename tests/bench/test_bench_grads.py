@@ -9,7 +9,7 @@ from torch import nn
 from mcrnn.bench import gpu
 from mcrnn.bench.cases import build
 from mcrnn.bench.deep import deep_suite
-from mcrnn.bench.suites import ops_suite, peer_suite
+from mcrnn.bench.suites import delta_suite, ops_suite, peer_suite
 
 
 def _closure_leaves(step) -> tuple[list[torch.Tensor], list[nn.Module]]:  # noqa: ANN001
@@ -21,6 +21,7 @@ def _closure_leaves(step) -> tuple[list[torch.Tensor], list[nn.Module]]:  # noqa
 
 CASES = [
     *ops_suite(seq_lens=(24,), segment_size=8, heads=2, head_dim=8),
+    *delta_suite(seq_lens=(24,), segment_size=8, heads=2, head_dim=8),
     *peer_suite(seq_len=16, segment_size=8),
     *deep_suite(seq_lens=(16,), hidden_size=16, heads=2, chunk_size=4, segment_size=8),
 ]

@@ -35,6 +35,9 @@ REFERENCE_CASES = [
     ("linear", {"segment_size": None, "segmentation": "log", "aggregation": "residual"}),
     ("swla", {}),
     ("swla", {"aggregation": "average", "init": "independent"}),
+    ("deltanet", {}),
+    ("gated_deltanet", {"aggregation": "ssc", "top_k": 1, "init": "independent", "pooling": "sum"}),
+    ("gated_deltanet", {"segment_size": None, "segmentation": "log", "aggregation": "grm"}),
     ("dla", {}),
     ("dla", {"aggregation": "soup", "init": "independent"}),
     ("titans", {}),
@@ -83,7 +86,6 @@ def _padded_and_alone(memory: str, real: int = 9, total: int = 11):
     return padded, alone
 
 
-#: cache fields that pads still move (the strict xfails below); every other field is checked now
 #: not compared: a deep memory's chunk-start weights differ legitimately when pads cross an inner-chunk
 #: boundary (the padded row's stream position is not the unpadded one's)
 NOT_COMPARED = {"chunk_start"}
@@ -96,7 +98,7 @@ def _assert_rows_equal(padded: object, alone: object, fields: set[str] | None) -
         torch.testing.assert_close(got[name], expected[name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla", "dla", "titans"])
+@pytest.mark.parametrize("memory", ["linear", "swla", "deltanet", "gated_deltanet", "dla", "titans"])
 def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
     """States, cached states, contexts, key sums, swla's previous token, deep weights and Titans'
     momentum: every per-row tensor of the memory cache (but ``NOT_COMPARED``)."""
@@ -105,7 +107,7 @@ def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
     _assert_rows_equal(padded.memory, alone.memory, fields)
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla", "titans"])
+@pytest.mark.parametrize("memory", ["linear", "swla", "gated_deltanet", "titans"])
 def test_padded_prefill_conv_buffers_equal_unpadded(memory: str) -> None:
     padded, alone = _padded_and_alone(memory)
     assert padded.conv.keys() == alone.conv.keys() == {"q", "k", "v"}
@@ -142,7 +144,7 @@ def test_deep_memory_masks_pads(memory: str) -> None:
     assert torch.equal(options["mask"], keep.bool())
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla", "dla", "titans"])
+@pytest.mark.parametrize("memory", ["linear", "swla", "gated_deltanet", "dla", "titans"])
 def test_padded_keys_never_enter_the_router_context(memory: str) -> None:
     """Row 1 has 5 real tokens in 16 (segments of 4): its finished segments' contexts are those of the
     unpadded row (the one holding token 4 pools it with 3 zero keys), pad-only segments pool to 0."""

@@ -24,6 +24,8 @@ TABLE = [
     ({"segmentation": "log", "aggregation": "grm"}, None),
     ({"aggregation": "ssc", "top_k": 2, "segment_size": 4}, None),
     ({"memory": "swla", "segment_size": 2, "init": "independent", "pooling": "sum"}, None),
+    ({"memory": "deltanet", "segment_size": 3, "chunk_size": 4}, None),
+    ({"memory": "gated_deltanet", "segment_lengths": [3, 5], "aggregation": "ssc", "top_k": 1}, None),
     ({"memory": "dla", "segment_size": 8}, None),
     ({"memory": "dla", "segment_size": 6}, None),
     ({"memory": "titans", "segment_size": 8, "chunk_size": 4, "aggregation": "soup"}, None),
@@ -38,7 +40,12 @@ TABLE = [
     ({"segment_size": 4, "segment_lengths": [4, 4]}, "give segment_size or segment_lengths, not both"),
     ({"segment_lengths": [0, 8]}, "segment_lengths must be a non-empty list of ints >= 1"),
     ({"segmentation": "log", "segment_size": 4}, "segmentation='log' takes no segment_size"),
-    ({"segmentation": "log", "memory": "dla"}, "segmentation='log' supports memory='linear' only"),
+    ({"segmentation": "log", "memory": "dla"}, "segmentation='log' supports memory='linear', 'deltanet'"),
+    ({"segmentation": "log", "memory": "gated_deltanet", "aggregation": "grm"}, None),
+    (
+        {"segmentation": "log", "memory": "deltanet", "init": "independent"},
+        "memory='deltanet' supports init='checkpoint' only",
+    ),
     ({"memory": "gru"}, "memory must be one of"),
     ({"chunk_size": 0}, "chunk_size must be an int >= 1, got 0"),
     (
@@ -56,6 +63,10 @@ def _op(options: dict) -> None:
     q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
     if memory == "swla":
         options.update(prev_gate=torch.rand(B, T, H), cur_gate=torch.rand(B, T, H))
+    if memory in ("deltanet", "gated_deltanet"):
+        options["beta"] = torch.rand(B, T, H)
+        if memory == "gated_deltanet":
+            options["log_decay"] = -torch.rand(B, T, H)
     if memory in ("dla", "titans"):
         options["params"] = [0.1 * torch.randn(H, o, i) for o, i in layer_shapes(D, D, 2, 2)]
         options.update(eta=0.1 * torch.rand(B, T, H), alpha=torch.ones(B, T, H))

@@ -56,7 +56,7 @@ def chunk_linear_mc(
             out, states = _torch_linear_mc(
                 *inputs, lengths, spec=spec, memory=memory, **gates, chunk_size=chunk_size
             )
-    cache = _prefill_cache(spec, memory, states, k, v, lengths) if output_cache else None
+    cache = prefill_cache(spec, memory, states, k, v, lengths) if output_cache else None
     return out.to(q.dtype), cache
 
 
@@ -82,11 +82,6 @@ def _torch_linear_mc(
     """Chunked online memory + gated reads of cached states: ``o`` [B, T, H, Dv] and the segment-end
     states [B, N, H, Dk, Dv]. ``swla`` is linear in its two writes, so it runs the chunked kernel on
     ``(l_t k_t, v_t)`` and ``(b_t k_{t-1}, v_{t-1})`` with the same decay and sums."""
-    seg = segment_index(lengths, q.device)
-    contexts, online_context = segment_contexts(k, lengths, spec.pooling)
-    cached_gates, online_gate, selected = router_gates(
-        u, contexts, online_context, seg, spec.aggregation, spec.top_k
-    )
     qh = heads_first(q)
     decay_h = None if log_decay is None else log_decay.transpose(1, 2)
     online, states = 0, 0
@@ -95,6 +90,32 @@ def _torch_linear_mc(
             qh, heads_first(write_k), heads_first(write_v), decay_h, lengths, spec.init, chunk_size
         )
         online, states = online + part_online, states + part_states
+    return mix_cached_reads(qh, u, k, online, states, lengths, spec), states.transpose(1, 2)
+
+
+def mix_cached_reads(
+    qh: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    online: torch.Tensor,
+    states: torch.Tensor,
+    lengths: Sequence[int],
+    spec: MCSpec,
+) -> torch.Tensor:
+    """``y_t = g_{t,s} online_t + sum_{i < s} g_{t,i} q_t^T M(i)`` for any matrix memory, with the
+    weights of :func:`~mcrnn.ops.segments.router_gates` (contexts pool ``k``).
+
+    Args:
+        qh: [B, H, T, Dk] queries (heads first); u, k: [B, T, H, Dk]; online: [B, H, T, Dv] the online
+        reads ``q_t^T M_t``; states: [B, H, N, Dk, Dv] the states at segment ends.
+
+    Returns: ``y`` [B, T, H, Dv].
+    """
+    seg = segment_index(lengths, qh.device)
+    contexts, online_context = segment_contexts(k, lengths, spec.pooling)
+    cached_gates, online_gate, selected = router_gates(
+        u, contexts, online_context, seg, spec.aggregation, spec.top_k
+    )
     out = online * online_gate.transpose(1, 2).unsqueeze(-1)
     if len(lengths) > 1:
         gates_h = cached_gates.transpose(1, 2)
@@ -102,7 +123,7 @@ def _torch_linear_mc(
             out = out + cached_read(qh, gates_h.contiguous(), states, lengths)
         else:
             out = out + selected_read(qh, gates_h, selected.transpose(1, 2).contiguous(), states)
-    return out.transpose(1, 2), states.transpose(1, 2)
+    return out.transpose(1, 2)
 
 
 def _triton_linear_mc(
@@ -167,7 +188,7 @@ def _writes(
     return [(k * cur_gate.unsqueeze(-1), v), (prev_k * prev_gate.unsqueeze(-1), prev_v)]
 
 
-def _prefill_cache(
+def prefill_cache(
     spec: MCSpec,
     memory: str,
     states: torch.Tensor,
@@ -175,8 +196,9 @@ def _prefill_cache(
     v: torch.Tensor,
     lengths: Sequence[int],
 ) -> MatrixMemoryCache:
-    """Decoding cache after a parallel pass: ``states`` [B, N, H, Dk, Dv] at segment ends, ``k``/``v``
-    [B, T, H, D]. The last segment stays online (pushed to the cache lazily, by the next token)."""
+    """Decoding cache of any matrix memory after a parallel pass: ``states`` [B, N, H, Dk, Dv] at segment
+    ends, ``k``/``v`` [B, T, H, D] (``v`` is kept only for ``swla``). The last segment stays online
+    (pushed to the cache lazily, by the next token)."""
     dtype = states.dtype
     k, v = k.to(dtype), v.to(dtype)
     contexts, _ = segment_contexts(k, lengths, spec.pooling)

@@ -22,7 +22,8 @@ class MatrixMemoryCache(MemoryCache):
     """Decoding state of MC over a matrix memory (constant, explicit or no segments).
 
     Attributes (besides ``spec`` and ``position``, see :mod:`mcrnn.ops.cache`):
-        memory: ``linear`` or ``swla``.
+        memory: ``linear``, ``swla``, ``deltanet`` or ``gated_deltanet`` (the delta rule decodes through
+            :mod:`mcrnn.ops.delta.recurrent`, which writes pseudo-values into this cache).
         online: [B, H, Dk, Dv] state of the current segment after the last token.
         cached: [B, N, H, Dk, Dv] states at the ends of the N finished segments.
         contexts: [B, N, H, Dk] pooled keys ``c_i`` of the finished segments.

@@ -19,13 +19,15 @@ from mcrnn.ops.spec import MCSpec
 
 @dataclass
 class FenwickMemoryCache(MemoryCache):
-    """Decoding state of MC over a ``linear`` memory with the log segmentation.
+    """Decoding state of MC over a ``linear`` (or delta-rule) memory with the log segmentation.
 
     Attributes (besides ``spec`` and ``position``, see :mod:`mcrnn.ops.cache`):
         online: [B, H, Dk, Dv]; online_key_sum: [B, H, Dk]; online_size: tokens in the online bucket.
         cached: [B, n, H, Dk, Dv]; cached_key_sums: [B, n, H, Dk]; cached_sizes: bucket sizes.
         cached_log_decay: [B, n, H] cumulative log decay at each cached bucket's end.
         log_decay_total: [B, H] cumulative log decay after the last token.
+        memory: ``linear``, or a delta-rule memory whose pseudo-values the buckets hold
+            (:mod:`mcrnn.ops.delta`).
     """
 
     online: torch.Tensor
@@ -36,6 +38,7 @@ class FenwickMemoryCache(MemoryCache):
     cached_sizes: list[int]
     cached_log_decay: torch.Tensor
     log_decay_total: torch.Tensor
+    memory: str = "linear"
 
     @classmethod
     def empty(
@@ -129,6 +132,7 @@ def fenwick_step(
         cached_sizes=sizes,
         cached_log_decay=ends,
         log_decay_total=cache.log_decay_total + step_log_decay,
+        memory=cache.memory,
     )
     n_cached = len(sizes)
     visible = torch.ones(q.shape[0], 1, q.shape[1], n_cached, dtype=torch.bool, device=q.device)

@@ -1,0 +1,135 @@
+"""The definition of Memory Caching over delta-rule memories: a plain loop over tokens.
+
+Slow on purpose and written to be read against DESIGN.md §3-§6; the fast paths are tested against it
+in float64. Per batch element and head, for token ``t`` in segment ``s``::
+
+    M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T,   a_t = exp(log_decay_t) (1 for deltanet)
+
+At the first token of a segment the online state is pushed to the cache with its context ``c_i``
+(the pooled keys of the segment, as for ``linear``); ``init="independent"`` then restarts it from
+zero, ``init="checkpoint"`` continues the recurrence unchanged. The online memory is read after the
+token is written, ``q_t^T M_t``, and the reads are combined by
+:func:`mcrnn.ops.linear.naive.aggregate`.
+
+With the log segmentation (``init="checkpoint"`` only) token ``t`` reads the Fenwick buckets of its
+prefix (DESIGN.md §5); a bucket's state is the delta-rule state at its end, its context pools its keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.linear.naive import aggregate, pool
+from mcrnn.ops.log.buckets import fenwick_buckets
+from mcrnn.ops.spec import MCSpec
+
+
+def naive_delta_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str = "gated_deltanet",
+    log_decay: torch.Tensor | None = None,
+    beta: torch.Tensor,
+) -> tuple[torch.Tensor, None]:
+    """The definition: MC output ``o`` [B, T, H, Dv] (in ``q``'s dtype) and no cache.
+
+    Args:
+        q, k, u: [B, T, H, Dk]; v: [B, T, H, Dv] (not re-checked; ``u`` None means ``u = q``).
+        spec: the segments (constant, explicit, none, or log with ``init="checkpoint"``) and aggregation.
+        memory: ``deltanet`` (``log_decay`` must be None) or ``gated_deltanet``.
+        log_decay: [B, T, H] ``g_t <= 0`` or None; beta: [B, T, H] writing strength ``b_t`` in [0, 1].
+    """
+    del memory  # the two memories differ only in whether log_decay is given
+    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
+    q, k, v, beta = (x.to(dtype) for x in (q, k, v, beta))
+    u = q if u is None else u.to(dtype)
+    log_decay = None if log_decay is None else log_decay.to(dtype)
+    if spec.kind == "log":
+        out = _fenwick_loop(q, k, v, u, spec, log_decay, beta)
+    else:
+        out = _token_loop(q, k, v, u, spec.lengths(q.shape[1]), spec, log_decay, beta)
+    return out.to(in_dtype), None
+
+
+def _delta_step(
+    state: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    strength: torch.Tensor,
+    decay: torch.Tensor | float,
+) -> torch.Tensor:
+    """``a (I - b k k^T) M + b k v^T`` for one token (``decay = a``, a scalar tensor or 1.0)."""
+    eye = torch.eye(key.shape[0], dtype=key.dtype, device=key.device)
+    return decay * ((eye - strength * torch.outer(key, key)) @ state) + strength * torch.outer(key, value)
+
+
+def _token_loop(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    lengths: Sequence[int],
+    spec: MCSpec,
+    log_decay: torch.Tensor | None,
+    beta: torch.Tensor,
+) -> torch.Tensor:
+    """Reference MC output ``o`` [B, T, H, Dv] for inputs in the accumulation dtype."""
+    batch, seq_len, heads, key_dim = q.shape
+    value_dim = v.shape[-1]
+    starts = set(torch.tensor([0, *lengths[:-1]]).cumsum(0).tolist())
+    out = q.new_zeros(batch, seq_len, heads, value_dim)
+    for b in range(batch):
+        for h in range(heads):
+            state = q.new_zeros(key_dim, value_dim)
+            cached: list[torch.Tensor] = []
+            contexts: list[torch.Tensor] = []
+            segment_keys: list[torch.Tensor] = []
+            for t in range(seq_len):
+                if t in starts and t > 0:
+                    cached.append(state)
+                    contexts.append(pool(segment_keys, spec.pooling))
+                    segment_keys = []
+                    if spec.init == "independent":
+                        state = q.new_zeros(key_dim, value_dim)
+                segment_keys.append(k[b, t, h])
+                decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
+                state = _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
+                reads = [q[b, t, h] @ m for m in cached] + [q[b, t, h] @ state]
+                logits = [u[b, t, h] @ c for c in contexts] + [u[b, t, h] @ pool(segment_keys, spec.pooling)]
+                out[b, t, h] = aggregate(reads, logits, spec.aggregation, spec.top_k)
+    return out
+
+
+def _fenwick_loop(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    spec: MCSpec,
+    log_decay: torch.Tensor | None,
+    beta: torch.Tensor,
+) -> torch.Tensor:
+    """Reference MC with the per-token Fenwick buckets (``checkpoint``): ``o`` [B, T, H, Dv]."""
+    batch, seq_len, heads, key_dim = q.shape
+    out = q.new_zeros(batch, seq_len, heads, v.shape[-1])
+    for b in range(batch):
+        for h in range(heads):
+            state = q.new_zeros(key_dim, v.shape[-1])
+            prefix = []  # the delta-rule state after every token
+            for t in range(seq_len):
+                decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
+                state = _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
+                prefix.append(state)
+            for t in range(seq_len):
+                buckets = fenwick_buckets(t + 1)
+                reads = [q[b, t, h] @ prefix[end - 1] for _, end in buckets]
+                logits = [u[b, t, h] @ pool(list(k[b, start:end, h]), spec.pooling) for start, end in buckets]
+                out[b, t, h] = aggregate(reads, logits, spec.aggregation, spec.top_k)
+    return out

@@ -1,0 +1,61 @@
+"""Recurrent (decoding) form of MC over delta-rule memories: one token at a time.
+
+The delta write is a linear write of the pseudo-value ``w_t = b_t (v_t - a_t M_{t-1}^T k_t)``::
+
+    a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T = a_t M_{t-1} + k_t w_t^T
+
+so the decode step keeps exactly the :class:`~mcrnn.ops.linear.MatrixMemoryCache` of ``linear``
+(online state, cached states and contexts, the current segment's key sum and token count) and runs
+its step (:func:`mcrnn.ops.linear.recurrent.recurrent_step`) on ``w_t``; ``M_{t-1}`` is the zero
+state at a segment start under ``init="independent"``. With the log segmentation (``checkpoint``) the
+:class:`~mcrnn.ops.log.FenwickMemoryCache` keeps the prefix state online, and the Fenwick step
+(:func:`mcrnn.ops.log.recurrent.fenwick_step`) runs on ``w_t`` the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mcrnn.ops.linear.recurrent import MatrixMemoryCache, recurrent_step
+from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_step
+
+
+def recurrent_delta_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    cache: MatrixMemoryCache | FenwickMemoryCache,
+    log_decay: torch.Tensor | None = None,
+    beta: torch.Tensor,
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache]:
+    """Continue ``cache`` over [B, T, H, D] inputs token by token (the decoding path, not training).
+
+    Args:
+        q, k, u: [B, T, H, Dk] (``u`` None: ``u = q``); v: [B, T, H, Dv]; log_decay: [B, T, H] or None
+        (``deltanet``); beta: [B, T, H].
+
+    Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype and a new cache (the one passed in is not modified).
+    """
+    dtype = cache.online.dtype
+    u = q if u is None else u
+    outputs = []
+    for t in range(q.shape[1]):
+        q_t, k_t, v_t, u_t = (x[:, t].to(dtype) for x in (q, k, v, u))
+        decay = None if log_decay is None else log_decay[:, t].to(dtype).exp()
+        restarts = cache.spec.init == "independent" and cache.spec.starts_segment(cache.position)
+        previous = torch.zeros_like(cache.online) if restarts else cache.online
+        predicted = torch.einsum("bhk,bhkv->bhv", k_t, previous)
+        if decay is not None:
+            predicted = decay.unsqueeze(-1) * predicted
+        pseudo_v = beta[:, t].to(dtype).unsqueeze(-1) * (v_t - predicted)
+        if isinstance(cache, FenwickMemoryCache):  # checkpoint: the online state is the prefix state
+            step_decay = None if log_decay is None else log_decay[:, t].to(dtype)
+            y, cache = fenwick_step(q_t, k_t, pseudo_v, u_t, cache, log_decay=step_decay)
+        else:
+            y, cache = recurrent_step(
+                q_t, k_t, pseudo_v, u_t, cache, decay=decay, prev_gate=None, cur_gate=None
+            )
+        outputs.append(y)
+    return torch.stack(outputs, dim=1).to(q.dtype), cache
