@@ -103,6 +103,16 @@ def _outside(name: str, gate: torch.Tensor) -> torch.Tensor:
     return ~(gate.isfinite() & (gate >= low) & (gate <= high)).all()
 
 
+def all_finite(*tensors: torch.Tensor | None) -> bool:
+    """Whether every entry of the tensors is finite, from one sum per tensor and one host sync.
+
+    Conservative: a sum of finite entries that overflows (float32) also answers False, which only
+    sends the caller down its exact path for non-finite values.
+    """
+    sums = [x.detach().sum().float() for x in tensors if x is not None]
+    return bool(torch.stack(sums).isfinite().all()) if sums else True
+
+
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """State accumulation dtype: float64 if any input is float64, else float32 (bf16/fp16 upcast)."""
     wide = any(t is not None and t.dtype == torch.float64 for t in tensors)

@@ -212,12 +212,6 @@ def test_triton_stays_causal(memory, aggregation, init, name):
         torch.testing.assert_close(dirty, naive.float(), equal_nan=True, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deep memories leak inside a chunk: mcrnn/ops/deep/read.py online_layer multiplies the scores "
-    "by the lower-triangular mix (0 * NaN) and reads deltas of later tokens through the zeros; "
-    "mcrnn/ops/deep/chunk.py chunk_coefficients forms mix = decay_a * eta (NaN eta above the diagonal)",
-)
 @pytest.mark.parametrize("memory", ["dla", "titans"])
 @pytest.mark.parametrize("name", ["k", "v", "eta"])
 def test_deep_memories_stay_causal(memory, name):

@@ -8,7 +8,8 @@ tokens that write; a masked token, e.g. padding, is an identity step) and the in
 returns ``(o [B, T, H, Dv] in q's dtype, cache or None)``:
 
 - :func:`naive_deep_mc`: the definition, a loop over chunks and tokens (no cache);
-- :func:`chunk_deep_mc`: the chunk-parallel path, optionally with the decoding cache;
+- :func:`chunk_deep_mc`: the chunk-parallel path, optionally with the decoding cache (its outputs come
+  from the definition when an input holds a NaN/Inf, so that such a value never reaches earlier tokens);
 - :func:`recurrent_deep_mc`: token-by-token decoding from a :class:`DeepMemoryCache`.
 """
 
@@ -22,7 +23,7 @@ import torch
 from mcrnn.ops.deep.chunk import chunk_deep_memory_caching
 from mcrnn.ops.deep.naive import naive_deep_memory_caching
 from mcrnn.ops.deep.recurrent import DeepMemoryCache, recurrent_deep_memory_caching
-from mcrnn.ops.inputs import full_precision, to_compute_dtype
+from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
 from mcrnn.ops.spec import MCSpec
 
 Rates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -93,6 +94,11 @@ def chunk_deep_mc(
             pooling=spec.pooling, mask=mask,
         )  # fmt: skip
     out = result.output.to(q.dtype)
+    if not all_finite(*inputs, eta, alpha, beta):
+        # the chunk products would carry a later token's NaN/Inf to earlier tokens of its chunk (0 * NaN);
+        # the token-loop definition is causal by construction (slow, but only for such inputs)
+        out, _ = naive_deep_mc(q, k, v, u, spec=spec, memory=memory, params=params, eta=eta, alpha=alpha,
+                               beta=beta, chunk_size=chunk_size, mask=mask)  # fmt: skip
     if not output_cache:
         return out, None
     keys = inputs[1]

@@ -21,20 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
+from mcrnn.ops.inputs import all_finite
 from mcrnn.ops.segments import segment_index
 
 #: target number of query tokens per block of the cached reads (bounds the read buffers)
 READ_BLOCK_TOKENS = 256
-
-
-def all_finite(*tensors: torch.Tensor | None) -> bool:
-    """Whether every entry of the tensors is finite, from one sum per tensor and one host sync.
-
-    Conservative: a sum of finite entries that overflows (float32) also answers False, which only
-    sends the caller down its exact path for non-finite values.
-    """
-    sums = [x.detach().sum().float() for x in tensors if x is not None]
-    return bool(torch.stack(sums).isfinite().all()) if sums else True
 
 
 def chunk_size_for(lengths: Sequence[int], chunk_size: int) -> int:

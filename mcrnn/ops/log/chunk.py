@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from mcrnn.ops.inputs import full_precision, to_compute_dtype
-from mcrnn.ops.linear.chunk import all_finite, chunk_states, split_chunks
+from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
+from mcrnn.ops.linear.chunk import chunk_states, split_chunks
 from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
 from mcrnn.ops.segments import mixing_weights
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
