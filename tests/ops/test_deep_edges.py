@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 
-from mcrnn.ops import memory_caching as deep_memory_caching
+from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import layer_shapes
 from mcrnn.ops.deep.chunk import GateProducts
 
@@ -59,7 +59,7 @@ def outputs_and_gradients(inputs: dict, backend: str, dtype: torch.dtype = torch
     """The output and the gradient of a fixed random projection of it w.r.t. every tensor input."""
     leaves = {n: x.to(dtype).requires_grad_() for n, x in inputs.items() if isinstance(x, torch.Tensor)}
     params = [w.to(dtype).requires_grad_() for w in inputs["params"]]
-    out = deep_memory_caching(**{**inputs, **leaves, "params": params}, **options, backend=backend)
+    out = memory_caching(**{**inputs, **leaves, "params": params}, **options, backend=backend)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     tensors = [*leaves.values(), *params]
     grads = torch.autograd.grad((out * weight.to(dtype)).sum(), tensors, allow_unused=True)
@@ -92,14 +92,12 @@ def test_key_dim_differs_from_value_dim(memory: str, aggregation: str, dims: tup
 def test_key_dim_differs_from_value_dim_one_segment_and_decoding(memory: str) -> None:
     inputs = make_inputs(memory, depth=1, key_dim=4, value_dim=3)
     assert_equal_to_naive(inputs, chunk_size=4, aggregation="soup")
-    full = deep_memory_caching(**inputs, **OPTIONS)
+    full = memory_caching(**inputs, **OPTIONS)
     prefill = 5  # mid-chunk
-    outs, cache = deep_memory_caching(**_tokens(inputs, 0, prefill), **OPTIONS, output_cache=True)
+    outs, cache = memory_caching(**_tokens(inputs, 0, prefill), **OPTIONS, output_cache=True)
     outs = [outs]
     for t in range(prefill, T):
-        out, cache = deep_memory_caching(
-            **_tokens(inputs, t, t + 1), **OPTIONS, cache=cache, output_cache=True
-        )
+        out, cache = memory_caching(**_tokens(inputs, t, t + 1), **OPTIONS, cache=cache, output_cache=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-12, atol=1e-12)
 
@@ -110,7 +108,7 @@ def test_key_dim_differs_from_value_dim_needs_depth_one() -> None:
     inputs = make_inputs("dla", depth=1, key_dim=4, value_dim=3)
     deeper = make_inputs("dla", depth=2, key_dim=4, value_dim=4)["params"]
     with pytest.raises(ValueError, match="Dk=4 to Dv=3"):
-        deep_memory_caching(**{**inputs, "params": deeper}, **OPTIONS)
+        memory_caching(**{**inputs, "params": deeper}, **OPTIONS)
 
 
 def _tokens(inputs: dict, start: int, stop: int) -> dict:
@@ -203,13 +201,13 @@ def test_right_padded_prefill_state_equals_unpadded(memory: str, init: str) -> N
     lengths = [T, 9]
     mask = torch.arange(T) < torch.tensor(lengths)[:, None]
     options = dict(**OPTIONS, aggregation="grm", init=init)
-    _, padded = deep_memory_caching(**inputs, **options, mask=mask, output_cache=True)
+    _, padded = memory_caching(**inputs, **options, mask=mask, output_cache=True)
     for row, n in enumerate(lengths):
         alone = {
             name: x[row : row + 1, :n] if isinstance(x, torch.Tensor) and x.dim() >= 3 else x
             for name, x in inputs.items()
         }
-        _, expected = deep_memory_caching(**alone, **options, output_cache=True)
+        _, expected = memory_caching(**alone, **options, output_cache=True)
         states = {"weights": (padded.weights, expected.weights)}
         if memory == "titans":
             states["momentum"] = (padded.momentum, expected.momentum)
@@ -227,14 +225,14 @@ def test_mask_decoding_equals_parallel(memory: str, aggregation: str) -> None:
     inputs = make_inputs(memory)
     mask = random_mask()
     options = dict(**OPTIONS, aggregation=aggregation, top_k=1)
-    full = deep_memory_caching(**inputs, **options, mask=mask)
+    full = memory_caching(**inputs, **options, mask=mask)
     prefill = 6  # mid-chunk
-    out, cache = deep_memory_caching(
+    out, cache = memory_caching(
         **_tokens(inputs, 0, prefill), **options, mask=mask[:, :prefill], output_cache=True
     )
     outs = [out]
     for t in range(prefill, T):
-        out, cache = deep_memory_caching(
+        out, cache = memory_caching(
             **_tokens(inputs, t, t + 1), **options, mask=mask[:, t : t + 1], cache=cache, output_cache=True
         )
         outs.append(out)
@@ -244,9 +242,9 @@ def test_mask_decoding_equals_parallel(memory: str, aggregation: str) -> None:
 def test_bad_mask() -> None:
     inputs = make_inputs("titans")
     with pytest.raises(ValueError, match="mask must be a bool"):
-        deep_memory_caching(**inputs, mask=torch.ones(B, T))
+        memory_caching(**inputs, mask=torch.ones(B, T))
     with pytest.raises(ValueError, match="mask must be a bool"):
-        deep_memory_caching(**inputs, mask=torch.ones(B, T - 1, dtype=torch.bool))
+        memory_caching(**inputs, mask=torch.ones(B, T - 1, dtype=torch.bool))
 
 
 def test_public_op_forwards_the_mask() -> None:
@@ -255,7 +253,7 @@ def test_public_op_forwards_the_mask() -> None:
     inputs, mask = make_inputs("titans"), random_mask()
     torch.testing.assert_close(
         memory_caching(**inputs, **OPTIONS, mask=mask),
-        deep_memory_caching(**inputs, **OPTIONS, mask=mask),
+        memory_caching(**inputs, **OPTIONS, mask=mask),
         rtol=0,
         atol=0,
     )

@@ -164,7 +164,7 @@ def chunk_deep_memory_caching(
     pooling: str,
     mask: torch.Tensor | None = None,
 ) -> ChunkResult:
-    """Fast MC output for validated inputs (see ``deep_memory_caching``) and the final state.
+    """Fast MC output for validated inputs (see :func:`mcrnn.ops.memory_caching`) and the final state.
 
     ``mask`` [B, T] bool (``None``: every token writes): a masked token is an identity step, i.e.
     ``eta = 0``, ``alpha = beta = 1`` and (titans) no momentum added to the weights.

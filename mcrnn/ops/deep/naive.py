@@ -56,7 +56,7 @@ def naive_deep_memory_caching(
     pooling: str,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reference output ``o`` [B, T, H, Dv] for validated inputs (see ``deep_memory_caching``);
+    """Reference output ``o`` [B, T, H, Dv] for validated inputs (see :func:`mcrnn.ops.memory_caching`);
     ``mask`` [B, T] bool (``None``: every token writes)."""
     batch, seq_len = q.shape[:2]
     seg = segment_index(lengths, q.device)
