@@ -200,14 +200,14 @@ class MemoryCachingAttention(nn.Module):
         """Mix tokens of ``x`` [B, T, hidden].
 
         Args:
-            attention_mask: [B, T] with 1 for tokens and 0 for padding; each row's tokens must be one
-                contiguous run. Right padding (1s then 0s) runs batched: pads write nothing into the
-                memory (no write, decay or swla previous-token term; the conv buffer keeps each row's
-                last real inputs). Left padding (the convention of batched generation) runs each row
-                on its own tokens, so segments count from the row's first real token; the cache is
-                then a :class:`RowCaches` and later calls continue row by row. Either way the outputs
-                of real tokens equal those of the unpadded rows; outputs at pads are 0 under left
-                padding.
+            attention_mask: [B, T] with 1 for tokens and 0 for padding. Right padding (1s then 0s)
+                runs batched: pads write nothing into the memory (no write, decay or swla
+                previous-token term; the conv buffer keeps each row's last real inputs). Any other mask
+                (left padding, the convention of batched generation, or 0s inside a row) runs each row
+                on its own real tokens, so segments count from the row's first real token; the cache
+                is then a :class:`RowCaches` and later calls continue row by row. Either way the
+                outputs of real tokens equal those of the rows without their masked tokens; outputs
+                at masked tokens are 0 in the row-by-row case.
             cache: state after the previous tokens (decoding); use_cache: return the new state.
             cu_seqlens: [N + 1] boundaries of documents packed in ``x`` [1, T, hidden] (training; no
                 mask or cache): no state, context or segment crosses a boundary
@@ -225,9 +225,9 @@ class MemoryCachingAttention(nn.Module):
         if cache is not None and not isinstance(cache, (LayerCache, RowCaches)):
             raise TypeError(f"cache must be the LayerCache this layer returned, got {type(cache).__name__}")
         batch, seq_len, _ = x.shape
-        keep, spans = self._check_mask(attention_mask, batch, seq_len)
-        if spans is not None or isinstance(cache, RowCaches):
-            return self._forward_rows(x, spans, cache, use_cache)
+        keep, tokens = self._check_mask(attention_mask, batch, seq_len)
+        if tokens is not None or isinstance(cache, RowCaches):
+            return self._forward_rows(x, tokens, cache, use_cache)
         if cache is not None:
             cache.memory.check_compatible(batch, self.num_heads, self.head_dim, self.head_dim)
         return self._forward_batch(x, keep, cache, use_cache)
@@ -235,11 +235,11 @@ class MemoryCachingAttention(nn.Module):
     def _forward_rows(
         self,
         x: torch.Tensor,
-        spans: list[tuple[int, int]] | None,
+        tokens: list[torch.Tensor] | None,
         cache: LayerCache | RowCaches | None,
         use_cache: bool,
     ) -> tuple[torch.Tensor, RowCaches | None]:
-        """Each row on its own tokens ``x[b, start:end]`` with its own cache (left-padded batches)."""
+        """Each row on its own real tokens ``x[b, tokens[b]]`` (all when None) with its own cache."""
         batch, seq_len, _ = x.shape
         if cache is None:
             rows: list[LayerCache | None] = [None] * batch
@@ -249,17 +249,18 @@ class MemoryCachingAttention(nn.Module):
             rows = [cache.reorder(torch.tensor([b])) for b in range(cache.memory.batch_size)]
         if len(rows) != batch:
             raise ValueError(f"cache holds {len(rows)} rows, x has B={batch}")
-        spans = spans if spans is not None else [(0, seq_len)] * batch
+        every = torch.arange(seq_len, device=x.device)
+        tokens = tokens if tokens is not None else [every] * batch
         y = x.new_zeros(x.shape)
         new_rows = []
-        for b, (start, end) in enumerate(spans):
-            if start == end:  # no token of this row in this call
+        for b, index in enumerate(tokens):
+            if index.numel() == 0:  # no token of this row in this call
                 new_rows.append(rows[b])
                 continue
             if rows[b] is not None:
                 rows[b].memory.check_compatible(1, self.num_heads, self.head_dim, self.head_dim)
-            out, row_cache = self._forward_batch(x[b : b + 1, start:end], None, rows[b], use_cache)
-            y[b, start:end] = out[0]
+            out, row_cache = self._forward_batch(x[b : b + 1, index], None, rows[b], use_cache)
+            y[b, index] = out[0]
             new_rows.append(row_cache)
         return y, (RowCaches(new_rows) if use_cache else None)
 
@@ -330,9 +331,10 @@ class MemoryCachingAttention(nn.Module):
     @staticmethod
     def _check_mask(
         mask: torch.Tensor | None, batch: int, seq_len: int
-    ) -> tuple[torch.Tensor | None, list[tuple[int, int]] | None]:
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
         """``(keep, None)`` for right padding (``keep`` None when every token is real), or
-        ``(None, spans)`` with each row's ``[start, end)`` when a row has padding on the left."""
+        ``(None, tokens)`` with each row's real positions otherwise (left padding, or masked tokens
+        inside a row, as ``generate`` infers them from pad ids)."""
         if mask is None:
             return None, None
         if tuple(mask.shape) != (batch, seq_len):
@@ -342,14 +344,7 @@ class MemoryCachingAttention(nn.Module):
             return None, None
         if not bool((keep[:, 1:] & ~keep[:, :-1]).any()):
             return keep, None
-        spans = []
-        for row in keep.tolist():
-            start = row.index(True) if True in row else 0
-            end = len(row) - row[::-1].index(True) if True in row else 0
-            if sum(row) != end - start:
-                raise ValueError("attention_mask: each row's tokens must be one contiguous run of 1s")
-            spans.append((start, end))
-        return None, spans
+        return None, [row.nonzero().flatten() for row in keep]
 
 
 def _reset(module: nn.Module) -> None:

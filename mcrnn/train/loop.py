@@ -294,16 +294,7 @@ def train(
             say(f"finished at step {start}, nothing to do ({path}; steps={options.steps})")
             return TrainResult(start_step=start, checkpoint=str(path))
         say(f"resuming from step {start} ({path})")
-        try:
-            D.load_model_state(wrapped, weights)
-        except RuntimeError as err:
-            detail = str(err).strip().splitlines()[-1].strip()  # one mismatch of torch's list
-            raise ValueError(f"the weights in {path} do not fit the model: {detail}") from err
-        D.load_optimizer_state(wrapped, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if ctx.device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], ctx.device)
+        _restore(path, weights, state, wrapped, optimizer, scheduler, ctx)
         lineage = read_run_info(path)["lineage"]
     metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
     result = TrainResult(start_step=start)
@@ -351,22 +342,8 @@ def train(
             batches = rank_micro_batches(
                 train_data, step, options.batch_size, micro, ctx.rank, ctx.world, options.seed
             )
-            count = torch.tensor(
-                float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)), device=ctx.device
-            )
-            count = D.all_reduce_sum(count, ctx).clamp_min(1.0)
-            loss_sum = torch.zeros((), device=ctx.device)
-            for i, batch in enumerate(batches):
-                ids, labels = batch["input_ids"].to(ctx.device), batch["labels"].to(ctx.device)
-                sync = i == len(batches) - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
-                with wrapped.no_sync() if not sync else nullcontext():
-                    with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = lm_logits(wrapped, ids, batch.get("doc_start"))
-                    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
-                    (ce * ctx.world / count).backward()
-                loss_sum += ce.detach()
-                tokens_seen += ids.numel() * ctx.world
-            loss = (D.all_reduce_sum(loss_sum, ctx) / count).item()
+            loss = _accumulate_gradients(wrapped, batches, ctx, amp_dtype)
+            tokens_seen += sum(b["input_ids"].numel() for b in batches) * ctx.world
             if options.grad_clip > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), options.grad_clip))
             else:
@@ -402,3 +379,42 @@ def train(
             bar.close()
         metrics.close()
     return result
+
+
+def _restore(path, weights, state, wrapped, optimizer, scheduler, ctx) -> None:  # noqa: ANN001
+    """Load a checkpoint's weights, optimizer, scheduler and RNG states into the run."""
+    try:
+        D.load_model_state(wrapped, weights)
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[-1].strip()  # one mismatch of torch's list
+        raise ValueError(f"the weights in {path} do not fit the model: {detail}") from err
+    D.load_optimizer_state(wrapped, optimizer, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if ctx.device.type == "cuda" and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], ctx.device)
+
+
+def _accumulate_gradients(
+    wrapped: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    ctx: D.DistContext,
+    amp_dtype: torch.dtype | None,
+) -> float:
+    """Backward of ``sum CE / tokens`` over this step's micro-batches (all processes' tokens count,
+    so the gradient equals one big batch's); returns the step's mean loss over every process."""
+    count = torch.tensor(
+        float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)), device=ctx.device
+    )
+    count = D.all_reduce_sum(count, ctx).clamp_min(1.0)
+    loss_sum = torch.zeros((), device=ctx.device)
+    for i, batch in enumerate(batches):
+        ids, labels = batch["input_ids"].to(ctx.device), batch["labels"].to(ctx.device)
+        sync = i == len(batches) - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
+        with wrapped.no_sync() if not sync else nullcontext():
+            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = lm_logits(wrapped, ids, batch.get("doc_start"))
+            ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+            (ce * ctx.world / count).backward()
+        loss_sum += ce.detach()
+    return (D.all_reduce_sum(loss_sum, ctx) / count).item()

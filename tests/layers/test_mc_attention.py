@@ -85,13 +85,17 @@ def test_right_padding_is_honoured():
     torch.testing.assert_close(cache.memory.online[1], cache_alone.memory.online[0], **TOL)
 
 
-def test_bad_masks_are_rejected():
+def test_masked_tokens_inside_a_row_are_skipped_and_bad_masks_rejected():
+    """A 0 inside a row (generate infers one from a pad id in the prompt) removes that token: the row
+    equals the row without it."""
     layer = make_layer()
     x = hidden()
     mask = torch.ones(2, 11)
-    mask[0, 3] = 0  # a hole inside the row
-    with pytest.raises(ValueError, match="one contiguous run"):
-        layer(x, attention_mask=mask)
+    mask[0, 3] = 0
+    y, _ = layer(x, attention_mask=mask)
+    alone, _ = layer(torch.cat([x[:1, :3], x[:1, 4:]], dim=1))
+    torch.testing.assert_close(torch.cat([y[:1, :3], y[:1, 4:]], dim=1), alone, **TOL)
+    torch.testing.assert_close(y[1:], layer(x[1:])[0], **TOL)
     with pytest.raises(ValueError, match="attention_mask must be"):
         layer(x, attention_mask=torch.ones(2, 10))
 
