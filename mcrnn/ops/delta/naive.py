@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from mcrnn.ops.inputs import compute_dtype
-from mcrnn.ops.linear.naive import aggregate, pool
+from mcrnn.ops.linear.naive import aggregate, pool, segment_loop
 from mcrnn.ops.log.buckets import fenwick_buckets
 from mcrnn.ops.spec import MCSpec
 
@@ -81,30 +81,14 @@ def _token_loop(
     beta: torch.Tensor,
 ) -> torch.Tensor:
     """Reference MC output ``o`` [B, T, H, Dv] for inputs in the accumulation dtype."""
-    batch, seq_len, heads, key_dim = q.shape
-    value_dim = v.shape[-1]
-    starts = set(torch.tensor([0, *lengths[:-1]]).cumsum(0).tolist())
-    out = q.new_zeros(batch, seq_len, heads, value_dim)
-    for b in range(batch):
-        for h in range(heads):
-            state = q.new_zeros(key_dim, value_dim)
-            cached: list[torch.Tensor] = []
-            contexts: list[torch.Tensor] = []
-            segment_keys: list[torch.Tensor] = []
-            for t in range(seq_len):
-                if t in starts and t > 0:
-                    cached.append(state)
-                    contexts.append(pool(segment_keys, spec.pooling))
-                    segment_keys = []
-                    if spec.init == "independent":
-                        state = q.new_zeros(key_dim, value_dim)
-                segment_keys.append(k[b, t, h])
-                decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
-                state = _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
-                reads = [q[b, t, h] @ m for m in cached] + [q[b, t, h] @ state]
-                logits = [u[b, t, h] @ c for c in contexts] + [u[b, t, h] @ pool(segment_keys, spec.pooling)]
-                out[b, t, h] = aggregate(reads, logits, spec.aggregation, spec.top_k)
-    return out
+
+    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool) -> torch.Tensor:
+        decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
+        return _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
+
+    return segment_loop(
+        q, k, u, v.shape[-1], lengths, step, spec.aggregation, spec.init, spec.top_k, spec.pooling
+    )
 
 
 def _fenwick_loop(

@@ -16,7 +16,7 @@ current token is written: ``M_t(q_t) = q_t^T M_t``. The aggregation is in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -64,8 +64,39 @@ def _token_loop(
     cur_gate: torch.Tensor | None,
 ) -> torch.Tensor:
     """Reference MC output ``o`` [B, T, H, Dv] for inputs in the accumulation dtype."""
+
+    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool) -> torch.Tensor:
+        decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
+        write = torch.outer(k[b, t, h], v[b, t, h])
+        if memory == "swla":
+            write = cur_gate[b, t, h] * write
+            if t > 0 and not (init == "independent" and segment_start):
+                write = write + prev_gate[b, t, h] * torch.outer(k[b, t - 1, h], v[b, t - 1, h])
+        return decay * state + write
+
+    return segment_loop(q, k, u, v.shape[-1], lengths, step, aggregation, init, top_k, pooling)
+
+
+def segment_loop(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    value_dim: int,
+    lengths: Sequence[int],
+    step: Callable[[torch.Tensor, int, int, int, bool], torch.Tensor],
+    aggregation: str,
+    init: str,
+    top_k: int | None,
+    pooling: str,
+) -> torch.Tensor:
+    """MC over any matrix memory, token by token: ``o`` [B, T, H, Dv].
+
+    Per batch element and head, at the first token of a segment the online state is cached with its
+    context; ``independent`` restarts it from zero. ``step(state, b, t, h, segment_start)`` writes token
+    ``t`` (the memory's update rule); the token then reads every cached state and the online one,
+    aggregated with the weights of DESIGN.md §3.
+    """
     batch, seq_len, heads, key_dim = q.shape
-    value_dim = v.shape[-1]
     starts = set(torch.tensor([0, *lengths[:-1]]).cumsum(0).tolist())
     out = q.new_zeros(batch, seq_len, heads, value_dim)
     for b in range(batch):
@@ -82,13 +113,7 @@ def _token_loop(
                     if init == "independent":
                         state = q.new_zeros(key_dim, value_dim)
                 segment_keys.append(k[b, t, h])
-                decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
-                write = torch.outer(k[b, t, h], v[b, t, h])
-                if memory == "swla":
-                    write = cur_gate[b, t, h] * write
-                    if t > 0 and not (init == "independent" and t in starts):
-                        write = write + prev_gate[b, t, h] * torch.outer(k[b, t - 1, h], v[b, t - 1, h])
-                state = decay * state + write
+                state = step(state, b, t, h, t in starts)
                 reads = [q[b, t, h] @ m for m in cached] + [q[b, t, h] @ state]
                 logits = [u[b, t, h] @ c for c in contexts] + [u[b, t, h] @ pool(segment_keys, pooling)]
                 out[b, t, h] = aggregate(reads, logits, aggregation, top_k)
