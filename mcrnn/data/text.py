@@ -15,7 +15,7 @@ end-of-document token (the next document's first token) is ignored.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +23,21 @@ from torch.utils.data import Dataset
 
 from mcrnn.data.mqar import IGNORE_INDEX
 from mcrnn.data.tokenizer import Tokenizer, get_tokenizer
+
+
+def jsonl_documents(lines: Iterable[str], path: Path, field: str = "text") -> Iterator[str]:
+    """The ``field`` of every JSON object in ``lines`` (blank lines skipped); a bad line is a
+    ``ValueError`` naming ``path:line``."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"invalid JSON at {path}:{number} ({err})") from err
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise ValueError(f"{path}:{number} has no string field {field!r}")
+        yield record[field]
 
 
 def read_documents(path: str | Path, field: str = "text") -> list[str]:
@@ -38,17 +53,7 @@ def read_documents(path: str | Path, field: str = "text") -> list[str]:
         raise ValueError(f"data file is empty: {path}")
     if path.suffix != ".jsonl":
         return [text]
-    docs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"invalid JSON at {path}:{number} ({err})") from err
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise ValueError(f"{path}:{number} has no string field {field!r}")
-        docs.append(record[field])
+    docs = list(jsonl_documents(text.splitlines(), path, field))
     if not docs:
         raise ValueError(f"data file has no documents: {path}")
     return docs

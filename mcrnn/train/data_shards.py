@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mcrnn.data.text import window_item
+from mcrnn.data.text import jsonl_documents, window_item
 from mcrnn.data.tokenizer import Tokenizer, get_tokenizer
 
 INDEX_FILE = "index.json"
@@ -91,16 +91,7 @@ def iter_documents(path: Path, field: str = "text") -> Iterator[str]:
             yield text
         return
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"invalid JSON at {path}:{number} ({err})") from err
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{path}:{number} has no string field {field!r}")
-            yield record[field]
+        yield from jsonl_documents(handle, path, field)
 
 
 def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
