@@ -138,17 +138,18 @@ def training_flops_per_token(config, seq_len: int) -> float:
 def _saved_bytes(run, exclude: set[int] = frozenset()) -> int:
     """Bytes of the distinct storages autograd saves while ``run()`` computes (one forward), but those
     whose ``data_ptr`` is in ``exclude`` (the parameters, which are counted as weights)."""
-    storages: dict[int, int] = {}
+    storages: dict[int, torch.UntypedStorage] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in exclude:
-            storages[storage.data_ptr()] = storage.nbytes()
+            # held until the end, so that no later tensor reuses the address and is taken for this one
+            storages[storage.data_ptr()] = storage
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         run()
-    return sum(storages.values())
+    return sum(storage.nbytes() for storage in storages.values())
 
 
 @dataclass(frozen=True)
