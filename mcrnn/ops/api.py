@@ -206,15 +206,19 @@ def _check_cache(cache: MemoryCache, spec: MCSpec, memory: str, q: torch.Tensor,
     cache.check_compatible(batch, heads, key_dim, v.shape[-1])
 
 
+def _definition(naive, chunk, output_cache, *inputs, **options):  # noqa: ANN001, ANN002, ANN003, ANN202
+    """The token-loop definition's output; with ``output_cache``, the decoding cache from the family's
+    parallel path (the definitions keep none)."""
+    out, _ = naive(*inputs, **options)
+    return out, chunk(*inputs, **options, output_cache=True)[1] if output_cache else None
+
+
 def _matrix(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
     if cache is not None:
-        return recurrent_linear_mc(q, k, v, q if u is None else u, cache, **gates)
+        return recurrent_linear_mc(q, k, v, u, cache, **gates)
     if backend == "naive":
-        out, _ = naive_linear_mc(q, k, v, u, spec=spec, memory=memory, **gates)
-        new_cache = None
-        if output_cache:
-            _, new_cache = chunk_linear_mc(q, k, v, u, spec=spec, memory=memory, **gates, output_cache=True)
-        return out, new_cache
+        options = {"spec": spec, "memory": memory, **gates}
+        return _definition(naive_linear_mc, chunk_linear_mc, output_cache, q, k, v, u, **options)
     fast = "triton" if _wants_triton(backend, q, k, v, u, *gates.values()) else "torch"
     return chunk_linear_mc(
         q,
@@ -234,11 +238,8 @@ def _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     if cache is not None:
         return recurrent_delta_mc(q, k, v, u, cache=cache, **gates)
     if backend == "naive":
-        out, _ = naive_delta_mc(q, k, v, u, spec=spec, memory=memory, **gates)
-        new_cache = None
-        if output_cache:
-            _, new_cache = chunk_delta_mc(q, k, v, u, spec=spec, memory=memory, **gates, output_cache=True)
-        return out, new_cache
+        options = {"spec": spec, "memory": memory, **gates}
+        return _definition(naive_delta_mc, chunk_delta_mc, output_cache, q, k, v, u, **options)
     return chunk_delta_mc(
         q, k, v, u, spec=spec, memory=memory, **gates, output_cache=output_cache, chunk_size=chunk
     )
@@ -246,13 +247,9 @@ def _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
 
 def _log(q, k, v, u, spec, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
     if cache is not None:
-        return recurrent_log_mc(q, k, v, q if u is None else u, cache, **gates)
+        return recurrent_log_mc(q, k, v, u, cache, **gates)
     if backend == "naive":
-        out, _ = naive_log_mc(q, k, v, u, spec=spec, **gates)
-        new_cache = (
-            chunk_log_mc(q, k, v, u, spec=spec, **gates, output_cache=True)[1] if output_cache else None
-        )
-        return out, new_cache
+        return _definition(naive_log_mc, chunk_log_mc, output_cache, q, k, v, u, spec=spec, **gates)
     return chunk_log_mc(q, k, v, u, spec=spec, **gates, output_cache=output_cache, chunk_size=chunk)
 
 

@@ -84,18 +84,20 @@ def recurrent_linear_mc(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    u: torch.Tensor,
+    u: torch.Tensor | None,
     cache: MatrixMemoryCache,
     *,
     log_decay: torch.Tensor | None = None,
     prev_gate: torch.Tensor | None = None,
     cur_gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, MatrixMemoryCache]:
-    """Continue ``cache`` over [B, T, H, D] inputs token by token (the decoding path, not training).
+    """Continue ``cache`` over [B, T, H, D] inputs token by token (the decoding path, not training;
+    ``u`` None: ``u = q``).
 
     Segments open where ``cache.spec.starts_segment(position)``; the gates are [B, T, H] as in
     :func:`mcrnn.ops.memory_caching`. Returns ``o`` [B, T, H, Dv] and a new cache.
     """
+    u = q if u is None else u
     outputs = []
     for t in range(q.shape[1]):
         y, cache = recurrent_step(

@@ -72,13 +72,14 @@ def recurrent_log_mc(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    u: torch.Tensor,
+    u: torch.Tensor | None,
     cache: FenwickMemoryCache,
     *,
     log_decay: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FenwickMemoryCache]:
-    """Continue ``cache`` over [B, T, H, D] inputs token by token; returns ``o`` [B, T, H, Dv] and a
-    new cache."""
+    """Continue ``cache`` over [B, T, H, D] inputs token by token (``u`` None: ``u = q``); returns ``o``
+    [B, T, H, Dv] and a new cache."""
+    u = q if u is None else u
     outputs = []
     for t in range(q.shape[1]):
         step_decay = None if log_decay is None else log_decay[:, t]
