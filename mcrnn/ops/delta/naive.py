@@ -17,13 +17,11 @@ prefix (DESIGN.md §5); a bucket's state is the delta-rule state at its end, its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from mcrnn.ops.inputs import compute_dtype
-from mcrnn.ops.linear.naive import aggregate, pool, segment_loop
-from mcrnn.ops.log.buckets import fenwick_buckets
+from mcrnn.ops.inputs import to_compute_dtype
+from mcrnn.ops.linear.naive import segment_loop
+from mcrnn.ops.log.naive import fenwick_loop
 from mcrnn.ops.spec import MCSpec
 
 
@@ -47,15 +45,20 @@ def naive_delta_mc(
         log_decay: [B, T, H] ``g_t <= 0`` or None; beta: [B, T, H] writing strength ``b_t`` in [0, 1].
     """
     del memory  # the two memories differ only in whether log_decay is given
-    in_dtype, dtype = q.dtype, compute_dtype(q, k, v, u)
-    q, k, v, beta = (x.to(dtype) for x in (q, k, v, beta))
-    u = q if u is None else u.to(dtype)
-    log_decay = None if log_decay is None else log_decay.to(dtype)
+    (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay, "beta": beta})
+    log_decay, beta = gates["log_decay"], gates["beta"]
+
+    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool = False) -> torch.Tensor:
+        decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
+        return _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
+
     if spec.kind == "log":
-        out = _fenwick_loop(q, k, v, u, spec, log_decay, beta)
+        out = fenwick_loop(q_c, k, u, v.shape[-1], step, spec)
     else:
-        out = _token_loop(q, k, v, u, spec.lengths(q.shape[1]), spec, log_decay, beta)
-    return out.to(in_dtype), None
+        lengths = spec.lengths(q.shape[1])
+        out = segment_loop(q_c, k, u, v.shape[-1], lengths, step, spec.aggregation, spec.init, spec.top_k,
+                           spec.pooling)  # fmt: skip
+    return out.to(q.dtype), None
 
 
 def _delta_step(
@@ -68,52 +71,3 @@ def _delta_step(
     """``a (I - b k k^T) M + b k v^T`` for one token (``decay = a``, a scalar tensor or 1.0)."""
     eye = torch.eye(key.shape[0], dtype=key.dtype, device=key.device)
     return decay * ((eye - strength * torch.outer(key, key)) @ state) + strength * torch.outer(key, value)
-
-
-def _token_loop(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor,
-    lengths: Sequence[int],
-    spec: MCSpec,
-    log_decay: torch.Tensor | None,
-    beta: torch.Tensor,
-) -> torch.Tensor:
-    """Reference MC output ``o`` [B, T, H, Dv] for inputs in the accumulation dtype."""
-
-    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool) -> torch.Tensor:
-        decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
-        return _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
-
-    return segment_loop(
-        q, k, u, v.shape[-1], lengths, step, spec.aggregation, spec.init, spec.top_k, spec.pooling
-    )
-
-
-def _fenwick_loop(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor,
-    spec: MCSpec,
-    log_decay: torch.Tensor | None,
-    beta: torch.Tensor,
-) -> torch.Tensor:
-    """Reference MC with the per-token Fenwick buckets (``checkpoint``): ``o`` [B, T, H, Dv]."""
-    batch, seq_len, heads, key_dim = q.shape
-    out = q.new_zeros(batch, seq_len, heads, v.shape[-1])
-    for b in range(batch):
-        for h in range(heads):
-            state = q.new_zeros(key_dim, v.shape[-1])
-            prefix = []  # the delta-rule state after every token
-            for t in range(seq_len):
-                decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
-                state = _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
-                prefix.append(state)
-            for t in range(seq_len):
-                buckets = fenwick_buckets(t + 1)
-                reads = [q[b, t, h] @ prefix[end - 1] for _, end in buckets]
-                logits = [u[b, t, h] @ pool(list(k[b, start:end, h]), spec.pooling) for start, end in buckets]
-                out[b, t, h] = aggregate(reads, logits, spec.aggregation, spec.top_k)
-    return out

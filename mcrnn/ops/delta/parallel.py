@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import torch
 
-from mcrnn.ops.inputs import compute_dtype
+from mcrnn.ops.inputs import to_compute_dtype
 from mcrnn.ops.linear.chunk import chunk_size_for
 from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
 from mcrnn.ops.linear.recurrent import MatrixMemoryCache
@@ -61,12 +61,10 @@ def chunk_delta_mc(
     Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype (states accumulate in float32, float64 for float64
     inputs) and, with ``output_cache``, the decoding cache (a ``FenwickMemoryCache`` for ``log``).
     """
-    u = q if u is None else u
-    dtype = compute_dtype(q, k, v, u)
-    qc, kc, vc, uc = (x.to(dtype) for x in (q, k, v, u))
-    log_decay = None if log_decay is None else log_decay.to(dtype)
+    (qc, kc, vc, uc), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay, "beta": beta})
+    log_decay = gates["log_decay"]
     decay_h = None if log_decay is None else log_decay.transpose(1, 2)
-    qh, kh, vh, beta_h = heads_first(qc), heads_first(kc), heads_first(vc), beta.to(dtype).transpose(1, 2)
+    qh, kh, vh, beta_h = heads_first(qc), heads_first(kc), heads_first(vc), gates["beta"].transpose(1, 2)
     if spec.kind == "log":  # checkpoint: every bucket state is a prefix state of the delta rule
         _, _, pseudo_v = chunk_delta(qh, kh, vh, beta_h, decay_h, [q.shape[1]], "checkpoint", chunk_size)
         out, cache = chunk_log_mc(

@@ -6,6 +6,8 @@ against it in float64. The aggregation helpers are those of the constant-segment
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from mcrnn.ops.inputs import to_compute_dtype
@@ -37,23 +39,39 @@ def _token_loop(
     spec: MCSpec,
     log_decay: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Reference MC with the per-token Fenwick (log) segmentation of DESIGN.md §5 (``linear`` memory).
+    """Reference MC with the log segmentation over the ``linear`` memory: ``o`` [B, T, H, Dv]."""
+
+    def step(state: torch.Tensor, b: int, t: int, h: int) -> torch.Tensor:
+        decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
+        return decay * state + torch.outer(k[b, t, h], v[b, t, h])
+
+    return fenwick_loop(q, k, u, v.shape[-1], step, spec)
+
+
+def fenwick_loop(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    value_dim: int,
+    step: Callable[[torch.Tensor, int, int, int], torch.Tensor],
+    spec: MCSpec,
+) -> torch.Tensor:
+    """MC with the per-token Fenwick (log) segmentation of DESIGN.md §5 over any matrix memory:
+    ``o`` [B, T, H, Dv]; ``step(state, b, t, h)`` writes token ``t`` (the memory's update rule).
 
     The prefix of token ``t`` (length ``L = t + 1``) splits by the binary digits of ``L``, largest
     first: ``L = 37 -> [0, 32), [32, 36), [36, 37)``. The last bucket holds ``t`` and is the online
-    memory; the others are cached. A bucket's state is the base state at its end (``checkpoint``) or
-    the decayed sum of its own writes (``independent``); its router key pools its keys.
+    memory; the others are cached. A bucket's state is the memory's state at its end (``checkpoint``) or
+    the memory run over the bucket's own tokens from zero (``independent``); its router key pools its keys.
     """
-    batch, seq_len, heads, _ = q.shape
-    out = q.new_zeros(batch, seq_len, heads, v.shape[-1])
+    batch, seq_len, heads, key_dim = q.shape
+    out = q.new_zeros(batch, seq_len, heads, value_dim)
     for b in range(batch):
         for h in range(heads):
-            decay = torch.ones(seq_len, dtype=q.dtype) if log_decay is None else log_decay[b, :, h].exp()
-            writes = [torch.outer(k[b, t, h], v[b, t, h]) for t in range(seq_len)]
-            prefix = []
-            state = q.new_zeros(k.shape[-1], v.shape[-1])
+            prefix = []  # the state after every token
+            state = q.new_zeros(key_dim, value_dim)
             for t in range(seq_len):
-                state = decay[t] * state + writes[t]
+                state = step(state, b, t, h)
                 prefix.append(state)
             for t in range(seq_len):
                 reads, logits = [], []
@@ -61,9 +79,9 @@ def _token_loop(
                     if spec.init == "checkpoint":
                         memory = prefix[end - 1]
                     else:
-                        memory = q.new_zeros(k.shape[-1], v.shape[-1])
+                        memory = q.new_zeros(key_dim, value_dim)
                         for i in range(start, end):
-                            memory = decay[i] * memory + writes[i]
+                            memory = step(memory, b, i, h)
                     reads.append(q[b, t, h] @ memory)
                     logits.append(u[b, t, h] @ pool(list(k[b, start:end, h]), spec.pooling))
                 out[b, t, h] = aggregate(reads, logits, spec.aggregation, spec.top_k)
