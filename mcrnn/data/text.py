@@ -25,6 +25,17 @@ from mcrnn.data.mqar import IGNORE_INDEX
 from mcrnn.data.tokenizer import Tokenizer, get_tokenizer
 
 
+def check_window_options(seq_len: object, split: object, val_fraction: object) -> None:
+    """The options every windowed dataset takes: ``seq_len`` an int >= 1, ``split`` one of
+    ``train | val | all`` and ``val_fraction`` in (0, 1); ``ValueError`` naming the bad one."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
 def jsonl_documents(lines: Iterable[str], path: Path, field: str = "text") -> Iterator[str]:
     """The ``field`` of every JSON object in ``lines`` (blank lines skipped); a bad line is a
     ``ValueError`` naming ``path:line``."""
@@ -99,12 +110,7 @@ class TextDataset(Dataset):
         field: str = "text",
         separate_documents: bool = False,
     ) -> None:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-        if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        check_window_options(seq_len, split, val_fraction)
         self.tokenizer = get_tokenizer(tokenizer)
         stream = tokenize_files(paths, self.tokenizer, field)
         cut = int(len(stream) * (1.0 - val_fraction))

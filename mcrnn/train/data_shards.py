@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mcrnn.data.text import jsonl_documents, window_item
+from mcrnn.data.text import check_window_options, jsonl_documents, window_item
 from mcrnn.data.tokenizer import Tokenizer, get_tokenizer
 
 INDEX_FILE = "index.json"
@@ -226,12 +226,7 @@ class TokenShardDataset(Dataset):
         val_fraction: float = 0.001,
         separate_documents: bool = False,
     ) -> None:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-        if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        check_window_options(seq_len, split, val_fraction)
         folders = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         if not folders:
             raise ValueError("path must name at least one shard folder")
