@@ -115,20 +115,6 @@ class MCConfig(PretrainedConfig):
                 )
             for entry in layer_mixers:
                 check_choice("layer_mixers", entry, MIXERS)
-        spec = MCSpec(
-            aggregation=aggregation,
-            segment_size=segment_size,
-            segment_lengths=segment_lengths,
-            segmentation=segmentation,
-            top_k=ssc_top_k,
-            init=init,
-            pooling=pooling,
-        )
-        check_memory(spec, memory, chunk_size)
-        if mixer == "attention" or (layer_mixers is not None and "attention" in layer_mixers):
-            check_attention_options(hidden_size, num_heads, rope_theta)
-        if not norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {norm_eps}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -140,11 +126,19 @@ class MCConfig(PretrainedConfig):
         self.memory = memory
         self.aggregation = aggregation
         self.segment_size = segment_size
-        self.segment_lengths = None if segment_lengths is None else list(spec.segment_lengths)
+        self.segment_lengths = segment_lengths
         self.segmentation = segmentation
         self.init = init
         self.ssc_top_k = ssc_top_k
         self.pooling = pooling
+        spec = self.mc_spec  # checks the MC options with the layer's and the op's code
+        check_memory(spec, memory, chunk_size)
+        if spec.segment_lengths is not None:
+            self.segment_lengths = list(spec.segment_lengths)
+        if mixer == "attention" or (layer_mixers is not None and "attention" in layer_mixers):
+            check_attention_options(hidden_size, num_heads, rope_theta)
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {norm_eps}")
         self.use_decay = use_decay
         self.conv_size = conv_size
         self.separate_router = separate_router
