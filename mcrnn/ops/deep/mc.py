@@ -86,6 +86,14 @@ def chunk_deep_mc(
 ) -> tuple[torch.Tensor, DeepMemoryCache | None]:
     """The chunk-parallel path (:mod:`mcrnn.ops.deep.chunk`): ``o`` and, with ``output_cache``, the cache."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
+    out = None
+    if not all_finite(*inputs, eta, alpha, beta):
+        # the chunk products would carry a later token's NaN/Inf to earlier tokens of its chunk (0 * NaN);
+        # the token-loop definition is causal by construction (slow, but only for such inputs)
+        out, _ = naive_deep_mc(q, k, v, u, spec=spec, memory=memory, params=params, eta=eta, alpha=alpha,
+                               beta=beta, chunk_size=chunk_size, mask=mask)  # fmt: skip
+        if not output_cache:
+            return out, None
     lengths = spec.lengths(q.shape[1])
     with full_precision(q.device):
         result = chunk_deep_memory_caching(
@@ -93,12 +101,8 @@ def chunk_deep_mc(
             chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
             pooling=spec.pooling, mask=mask,
         )  # fmt: skip
-    out = result.output.to(q.dtype)
-    if not all_finite(*inputs, eta, alpha, beta):
-        # the chunk products would carry a later token's NaN/Inf to earlier tokens of its chunk (0 * NaN);
-        # the token-loop definition is causal by construction (slow, but only for such inputs)
-        out, _ = naive_deep_mc(q, k, v, u, spec=spec, memory=memory, params=params, eta=eta, alpha=alpha,
-                               beta=beta, chunk_size=chunk_size, mask=mask)  # fmt: skip
+    if out is None:
+        out = result.output.to(q.dtype)
     if not output_cache:
         return out, None
     keys = inputs[1]
