@@ -57,11 +57,12 @@ def log_linear_mc(
     batch, seq_len, heads, _ = q.shape
     active, start, end, low = fenwick_levels(seq_len, q.device)
     n_levels = active.shape[1]
+    chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
     visible = active & (torch.arange(n_levels, device=q.device) != low.unsqueeze(1))
     visible = visible.view(1, seq_len, 1, n_levels).expand(batch, -1, heads, -1)
 
     def logits() -> tuple[torch.Tensor, torch.Tensor]:
-        levels = torch.stack([_level_logits(u, k, 1 << level, pooling) for level in range(n_levels)], -1)
+        levels = _level_logits(u, k, n_levels, chunk, pooling)
         return levels, levels.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
 
     cached_w, online_w, selected = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
@@ -81,26 +82,46 @@ def log_linear_mc(
         end,
         weights,
         read_levels,
-        chunk_size,
+        chunk,
     )
     return out.transpose(1, 2)
 
 
-def _level_logits(u: torch.Tensor, k: torch.Tensor, block: int, pooling: str) -> torch.Tensor:
-    """``<u_t, c>`` with ``c`` the pooled keys of the even block of t's pair of level blocks: [B, T, H].
+def _level_logits(u: torch.Tensor, k: torch.Tensor, n_levels: int, chunk: int, pooling: str) -> torch.Tensor:
+    """Router logits ``<u_t, c_l(t)>`` of every level, [B, T, H, n], for [B, T, H, Dk] inputs.
 
-    At every level a token reads (cached or online) exactly that block, so one key sum per pair
-    serves the pair's ``2 * block`` tokens.
+    ``c_l(t)`` pools the keys of the even block of t's pair of level-``l`` blocks (at every level a
+    token reads, cached or online, exactly that block). Per chunk of ``chunk`` tokens (a power of two)
+    these are few: the even blocks of the levels shorter than the chunk inside it (``chunk - 1`` of
+    them), and one per longer level (a tree of sums of chunk key sums). So every logit is an entry of
+    one product ``u_chunk @ [contexts]^T`` per chunk, picked by a static table; a non-finite key only
+    reaches the logits of the blocks that hold it.
     """
     batch, seq_len, heads, key_dim = u.shape
-    n_pairs = -(-seq_len // (2 * block))
-    pad = (0, 0, 0, 0, 0, n_pairs * 2 * block - seq_len)
-    keys = torch.nn.functional.pad(k, pad).view(batch, n_pairs, 2, block, heads, key_dim)
-    context = keys[:, :, 0].sum(2)  # [B, pairs, H, Dk]
-    if pooling == "mean":
-        context = context / block
-    queries = torch.nn.functional.pad(u, pad).view(batch, n_pairs, 2 * block, heads, key_dim)
-    return torch.einsum("bpthd,bphd->bpth", queries, context).flatten(1, 2)[:, :seq_len]
+    n_chunks = -(-seq_len // chunk)
+    pad = (0, 0, 0, n_chunks * chunk - seq_len)
+    u, k = (torch.nn.functional.pad(x.transpose(1, 2), pad).unflatten(2, (n_chunks, chunk)) for x in (u, k))
+    chunk_levels = chunk.bit_length() - 1
+    contexts, columns = [], []  # contexts: [B, H, n, *, Dk] per level; columns: [c] index per level
+    sums = k  # block sums of the current level, [B, H, n, c / 2^l, Dk]
+    for level in range(chunk_levels):
+        if level < n_levels:
+            offset = sum(x.shape[-2] for x in contexts)
+            contexts.append(sums[..., ::2, :] / (1 << level if pooling == "mean" else 1))
+            columns.append(offset + (torch.arange(chunk, device=u.device) >> (level + 1)))
+        sums = sums.unflatten(-2, (-1, 2)).sum(-2)
+    if n_levels > chunk_levels:  # sums: [B, H, n, 1, Dk] chunk sums; blocks of 2^j chunks from here
+        sums = torch.nn.functional.pad(sums, (0, 0, 0, 0, 0, (1 << (n_levels - chunk_levels)) - n_chunks))
+        chunk_index = torch.arange(n_chunks, device=u.device)
+        for level in range(chunk_levels, n_levels):
+            offset = sum(x.shape[-2] for x in contexts)
+            even = sums[:, :, ::2][:, :, chunk_index >> (level - chunk_levels + 1)]
+            contexts.append(even / (1 << level if pooling == "mean" else 1))
+            columns.append(torch.full((chunk,), offset, device=u.device))
+            sums = sums.unflatten(2, (-1, 2)).sum(3)
+    scores = u @ torch.cat(contexts, -2).transpose(-1, -2)  # [B, H, n, c, contexts]
+    index = torch.stack(columns, -1).expand(batch, heads, n_chunks, chunk, n_levels)
+    return scores.gather(-1, index).flatten(2, 3)[:, :, :seq_len].transpose(1, 2)
 
 
 def _level_reads(
@@ -112,7 +133,7 @@ def _level_reads(
     end: torch.Tensor,
     weights: torch.Tensor,
     read_levels: torch.Tensor,
-    chunk_size: int,
+    chunk: int,
 ) -> torch.Tensor:
     """``sum_l g_{t,l} q_t^T S_l(t)`` heads-first, [B, H, T, Dv], for inputs [B, H, T, D].
 
@@ -120,10 +141,9 @@ def _level_reads(
         end: [T, n] end of each token's bucket per level; weights: [B, H, T, n] the aggregation
             weights ``g`` (0 where a level is not read); read_levels: [B, H, T, n] the levels each token
             reads (a state level's read of an unread level holds reads of unrelated, maybe later, tokens,
-            selected away).
+            selected away); chunk: the inner chunk, a power of two.
     """
     seq_len = q.shape[2]
-    chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
     chunks = split_chunks(q, k, v, log_decay, chunk)
     ends, starts = chunk_states(chunks)  # prefix states at / entering every chunk
     small = min(chunk.bit_length() - 1, weights.shape[-1])  # levels with blocks shorter than the chunk
@@ -131,9 +151,17 @@ def _level_reads(
     out = _small_levels(
         chunks, starts, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len, finite
     )
-    for level in range(small, weights.shape[-1]):
-        read = weights[..., level, None] * _state_level(chunks, ends, init, 1 << level, seq_len)
-        out = out + (read if finite else torch.where(read_levels[..., level, None], read, 0.0))
+    if small == weights.shape[-1]:
+        return out
+    sources, index = _state_sources(chunks, ends, init, weights.shape[-1] - small)
+    padded = (0, 0, 0, chunks.count * chunks.size - seq_len)
+    gates = torch.nn.functional.pad(weights[..., small:], padded).unflatten(2, (chunks.count, chunks.size))
+    if finite:
+        reads = _StateLevelRead.apply(chunks.q, gates, sources, index)
+        return out + reads.flatten(2, 3)[:, :, :seq_len]
+    for level in range(index.shape[1]):  # one level at a time, each selected: NaN * 0 is NaN
+        read = _StateLevelRead.apply(chunks.q, gates[..., level, None], sources, index[:, level, None])
+        out = out + torch.where(read_levels[..., small + level, None], read.flatten(2, 3)[:, :, :seq_len], 0.0)
     return out
 
 
@@ -196,23 +224,81 @@ def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len, fini
     return out.flatten(2, 3)[:, :, :seq_len]
 
 
-def _state_level(chunks, prefix_ends, init, block, seq_len) -> torch.Tensor:  # noqa: ANN001
-    """Level with blocks of whole chunks: token t reads the state of the even block of its pair."""
-    per_block = block // chunks.size
+def _state_sources(chunks, prefix_ends, init, n_levels) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """States of the levels with blocks of whole chunks and which one each chunk reads per level.
+
+    Token ``t`` reads at level ``l`` the state of the even block of its pair of blocks, the same for every
+    token of a chunk. ``checkpoint``: that state is the prefix state at the block's end, one of
+    ``prefix_ends``; ``independent``: the block's own state, from a chunk scan restarting at every block.
+
+    Returns: ``sources`` [B, H, N, Dk, Dv] and ``index`` [n chunks, n_levels] (long) into ``N``.
+    """
     n_chunks = chunks.count
-    if init == "independent":
-        block_ends, _ = chunk_states(chunks, range(0, n_chunks, per_block))
-    else:
-        block_ends = prefix_ends
-    n_pairs = -(-seq_len // (2 * block))
-    last_chunk = ((torch.arange(n_pairs, device=chunks.q.device) * 2 + 1) * per_block - 1).clamp(
-        max=n_chunks - 1
-    )
-    states = block_ends[:, :, last_chunk]  # [B, H, pairs, Dk, Dv]
-    q = chunks.q.flatten(2, 3)[:, :, :seq_len]
-    q = torch.nn.functional.pad(q, (0, 0, 0, n_pairs * 2 * block - seq_len))
-    out = q.unflatten(2, (n_pairs, 2 * block)) @ states
-    return out.flatten(2, 3)[:, :, :seq_len]
+    chunk_index = torch.arange(n_chunks, device=chunks.q.device)
+    sources, columns = [], []
+    offset = 0
+    for level in range(n_levels):  # level + log2(c) in the Fenwick numbering; blocks of 2^level chunks
+        pair = chunk_index >> (level + 1)
+        last_chunk = ((pair * 2 + 1) << level) - 1  # the even block's last chunk
+        if init == "independent":
+            n_pairs = -(-n_chunks // (2 << level))
+            block_ends, _ = chunk_states(chunks, range(0, n_chunks, 1 << level))
+            sources.append(block_ends[:, :, last_chunk[:: 2 << level].clamp(max=n_chunks - 1)])
+            columns.append(offset + pair)
+            offset += n_pairs
+        else:  # a block past the end is read by no token
+            columns.append(last_chunk.clamp(max=n_chunks - 1))
+    sources = torch.cat(sources, 2) if init == "independent" else prefix_ends
+    return sources, torch.stack(columns, -1)
+
+
+#: query tokens per block of the state-level read (bounds its buffers)
+STATE_READ_BLOCK_TOKENS = 1024
+
+
+class _StateLevelRead(torch.autograd.Function):
+    """``y_{m,a} = sum_l g_{m,a,l} q_{m,a}^T S[idx_{m,l}] = vec(g_{m,a} (x) q_{m,a}) @ [S[idx_{m,1}]; ...]``.
+
+    Token ``a`` of chunk ``m`` reads per level ``l`` one of the ``sources`` states, the same for the
+    whole chunk, so each chunk is one GEMM [c, n*Dk] @ [n*Dk, Dv] on the gathered states, run over
+    blocks of chunks. Backward recomputes the gathers and ``X = g (x) q`` per block and saves nothing
+    per level: ``dX = dy S^T``, ``dq = sum_l g_l dX_l``, ``dg_l = <dX_l, q>``, ``dS[idx] += X^T dy``.
+
+    Inputs: ``q`` [B, H, n, c, Dk], ``gates`` [B, H, n, c, L], ``sources`` [B, H, N, Dk, Dv],
+    ``index`` [n, L] long. Output: [B, H, n, c, Dv].
+    """
+
+    @staticmethod
+    def forward(ctx, q, gates, sources, index):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(q, gates, sources, index)
+        out = q.new_empty(q.shape[:-1] + sources.shape[-1:])
+        for block in _chunk_blocks(q.shape[2], q.shape[3]):
+            mixed = (gates[:, :, block, :, :, None] * q[:, :, block, :, None, :]).flatten(-2)
+            out[:, :, block] = mixed @ sources[:, :, index[block]].flatten(-3, -2)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        q, gates, sources, index = ctx.saved_tensors
+        grad_q = torch.empty_like(q)
+        grad_gates = torch.empty_like(gates)
+        grad_sources = torch.zeros_like(sources)
+        for block in _chunk_blocks(q.shape[2], q.shape[3]):
+            block_q, block_g, block_dy = q[:, :, block], gates[:, :, block], grad_out[:, :, block]
+            states = sources[:, :, index[block]].flatten(-3, -2)  # [B, H, blocks, L*Dk, Dv]
+            grad_mixed = (block_dy @ states.transpose(-1, -2)).unflatten(-1, (block_g.shape[-1], -1))
+            grad_q[:, :, block] = (block_g.unsqueeze(-1) * grad_mixed).sum(-2)
+            grad_gates[:, :, block] = (grad_mixed * block_q.unsqueeze(-2)).sum(-1)
+            mixed = (block_g.unsqueeze(-1) * block_q.unsqueeze(-2)).flatten(-2)
+            grad_states = (mixed.transpose(-1, -2) @ block_dy).unflatten(-2, (block_g.shape[-1], -1))
+            grad_sources.index_add_(2, index[block].flatten(), grad_states.flatten(2, 3))
+        return grad_q, grad_gates, grad_sources, None
+
+
+def _chunk_blocks(n_chunks: int, chunk: int) -> list[slice]:
+    """Slices of about STATE_READ_BLOCK_TOKENS tokens over ``n_chunks`` chunks of ``chunk`` tokens."""
+    step = max(STATE_READ_BLOCK_TOKENS // chunk, 1)
+    return [slice(start, min(start + step, n_chunks)) for start in range(0, n_chunks, step)]
 
 
 def chunk_log_mc(
