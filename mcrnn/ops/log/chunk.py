@@ -153,15 +153,14 @@ def _level_reads(
     )
     if small == weights.shape[-1]:
         return out
-    sources, index = _state_sources(chunks, ends, init, weights.shape[-1] - small)
-    padded = (0, 0, 0, chunks.count * chunks.size - seq_len)
-    gates = torch.nn.functional.pad(weights[..., small:], padded).unflatten(2, (chunks.count, chunks.size))
+    first = small  # the state levels: blocks of 2^j chunks, level first + j in the Fenwick numbering
+    sources, pairs = _state_sources(chunks, ends, init, weights.shape[-1] - first, seq_len)
+    levels = [(first + j, index) for j, index in enumerate(pairs)]
     if finite:
-        reads = _StateLevelRead.apply(chunks.q, gates, sources, index)
-        return out + reads.flatten(2, 3)[:, :, :seq_len]
-    for level in range(index.shape[1]):  # one level at a time, each selected: NaN * 0 is NaN
-        read = _StateLevelRead.apply(chunks.q, gates[..., level, None], sources, index[:, level, None])
-        out = out + torch.where(read_levels[..., small + level, None], read.flatten(2, 3)[:, :, :seq_len], 0.0)
+        return out + _StateLevelRead.apply(q, weights[..., first:], sources, levels)
+    for j, level in enumerate(levels):  # one level at a time, each selected: NaN * 0 is NaN
+        read = _StateLevelRead.apply(q, weights[..., first + j, None], sources, [level])
+        out = out + torch.where(read_levels[..., first + j, None], read, 0.0)
     return out
 
 
@@ -224,81 +223,94 @@ def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len, fini
     return out.flatten(2, 3)[:, :, :seq_len]
 
 
-def _state_sources(chunks, prefix_ends, init, n_levels) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-    """States of the levels with blocks of whole chunks and which one each chunk reads per level.
+def _state_sources(chunks, prefix_ends, init, n_levels, seq_len) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+    """States of the levels whose blocks are whole chunks, and which one each pair of blocks reads.
 
-    Token ``t`` reads at level ``l`` the state of the even block of its pair of blocks, the same for every
-    token of a chunk. ``checkpoint``: that state is the prefix state at the block's end, one of
-    ``prefix_ends``; ``independent``: the block's own state, from a chunk scan restarting at every block.
+    At level ``l`` the tokens of a pair of blocks read the state of its even block: the prefix state
+    at the block's end (``checkpoint``, one of ``prefix_ends``) or the block's own state from a chunk
+    scan restarting at every block (``independent``).
 
-    Returns: ``sources`` [B, H, N, Dk, Dv] and ``index`` [n chunks, n_levels] (long) into ``N``.
+    Returns: ``sources`` [B, H, N, Dk, Dv] and per level (blocks of ``2^j`` chunks, ``j < n_levels``)
+    the index into ``N`` of every pair, [ceil((T + 1) / 2^(l+1))] long.
     """
     n_chunks = chunks.count
-    chunk_index = torch.arange(n_chunks, device=chunks.q.device)
-    sources, columns = [], []
+    sources, pairs = [], []
     offset = 0
-    for level in range(n_levels):  # level + log2(c) in the Fenwick numbering; blocks of 2^level chunks
-        pair = chunk_index >> (level + 1)
-        last_chunk = ((pair * 2 + 1) << level) - 1  # the even block's last chunk
+    for level in range(n_levels):
+        pair_tokens = chunks.size << (level + 1)
+        pair = torch.arange(-(-(seq_len + 1) // pair_tokens), device=chunks.q.device)
+        last_chunk = (((pair * 2 + 1) << level) - 1).clamp(max=n_chunks - 1)  # the even block's last
         if init == "independent":
-            n_pairs = -(-n_chunks // (2 << level))
             block_ends, _ = chunk_states(chunks, range(0, n_chunks, 1 << level))
-            sources.append(block_ends[:, :, last_chunk[:: 2 << level].clamp(max=n_chunks - 1)])
-            columns.append(offset + pair)
-            offset += n_pairs
-        else:  # a block past the end is read by no token
-            columns.append(last_chunk.clamp(max=n_chunks - 1))
-    sources = torch.cat(sources, 2) if init == "independent" else prefix_ends
-    return sources, torch.stack(columns, -1)
-
-
-#: query tokens per block of the state-level read (bounds its buffers)
-STATE_READ_BLOCK_TOKENS = 1024
+            sources.append(block_ends[:, :, last_chunk])
+            pairs.append(offset + pair)
+            offset += pair.numel()
+        else:
+            pairs.append(last_chunk)
+    return (torch.cat(sources, 2) if init == "independent" else prefix_ends), pairs
 
 
 class _StateLevelRead(torch.autograd.Function):
-    """``y_{m,a} = sum_l g_{m,a,l} q_{m,a}^T S[idx_{m,l}] = vec(g_{m,a} (x) q_{m,a}) @ [S[idx_{m,1}]; ...]``.
+    """``y_t = sum_l g_{t,l} q_t^T S_l(t)`` over the levels whose blocks are whole chunks.
 
-    Token ``a`` of chunk ``m`` reads per level ``l`` one of the ``sources`` states, the same for the
-    whole chunk, so each chunk is one GEMM [c, n*Dk] @ [n*Dk, Dv] on the gathered states, run over
-    blocks of chunks. Backward recomputes the gathers and ``X = g (x) q`` per block and saves nothing
-    per level: ``dX = dy S^T``, ``dq = sum_l g_l dX_l``, ``dg_l = <dX_l, q>``, ``dS[idx] += X^T dy``.
+    Token ``t`` reads level ``l`` when bit ``l`` of ``L = t + 1`` is set: ``L`` in the odd block of its
+    pair of level-``l`` blocks, every such token reading the state of the pair's even block. So per
+    level and pair one GEMM [2^l, Dk] @ [Dk, Dv] of exactly the tokens that read it (half of them;
+    the others have ``g = 0``), on strided views of the inputs shifted to ``L``. Backward recomputes
+    ``X = g q`` per level and saves nothing per level: ``R = dy S^T``, ``dq += g R``,
+    ``dg = <R, q>``, ``dS[pair] += X^T dy``.
 
-    Inputs: ``q`` [B, H, n, c, Dk], ``gates`` [B, H, n, c, L], ``sources`` [B, H, N, Dk, Dv],
-    ``index`` [n, L] long. Output: [B, H, n, c, Dv].
+    Inputs: ``q`` [B, H, T, Dk], ``gates`` [B, H, T, n], ``sources`` [B, H, N, Dk, Dv] and ``levels``:
+    per gate column ``(l, index)`` with ``index`` [pairs] long into ``N``. Output [B, H, T, Dv].
     """
 
     @staticmethod
-    def forward(ctx, q, gates, sources, index):  # noqa: ANN001 - autograd signature
-        ctx.save_for_backward(q, gates, sources, index)
-        out = q.new_empty(q.shape[:-1] + sources.shape[-1:])
-        for block in _chunk_blocks(q.shape[2], q.shape[3]):
-            mixed = (gates[:, :, block, :, :, None] * q[:, :, block, :, None, :]).flatten(-2)
-            out[:, :, block] = mixed @ sources[:, :, index[block]].flatten(-3, -2)
-        return out
+    def forward(ctx, q, gates, sources, levels):  # noqa: ANN001 - autograd signature
+        q, gates = (torch.nn.functional.pad(x, (0, 0, 1, 0)) for x in (q, gates))  # row L = t + 1
+        ctx.save_for_backward(q, gates, sources)
+        ctx.levels = levels
+        out = q.new_zeros(q.shape[:-1] + sources.shape[-1:])
+        for column, (level, index) in enumerate(levels):
+            for (first, q_l), (_, g_l), (_, out_l) in zip(
+                *(_odd_blocks(x, level) for x in (q, gates[..., column], out)), strict=True
+            ):
+                states = sources[:, :, index[first : first + q_l.shape[2]]]
+                out_l += (q_l * g_l.unsqueeze(-1)) @ states
+        return out[:, :, 1:]
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
-        q, gates, sources, index = ctx.saved_tensors
-        grad_q = torch.empty_like(q)
-        grad_gates = torch.empty_like(gates)
+        q, gates, sources = ctx.saved_tensors
+        grad_out = torch.nn.functional.pad(grad_out, (0, 0, 1, 0))
+        grad_q = torch.zeros_like(q)
+        grad_gates = torch.zeros_like(gates)
         grad_sources = torch.zeros_like(sources)
-        for block in _chunk_blocks(q.shape[2], q.shape[3]):
-            block_q, block_g, block_dy = q[:, :, block], gates[:, :, block], grad_out[:, :, block]
-            states = sources[:, :, index[block]].flatten(-3, -2)  # [B, H, blocks, L*Dk, Dv]
-            grad_mixed = (block_dy @ states.transpose(-1, -2)).unflatten(-1, (block_g.shape[-1], -1))
-            grad_q[:, :, block] = (block_g.unsqueeze(-1) * grad_mixed).sum(-2)
-            grad_gates[:, :, block] = (grad_mixed * block_q.unsqueeze(-2)).sum(-1)
-            mixed = (block_g.unsqueeze(-1) * block_q.unsqueeze(-2)).flatten(-2)
-            grad_states = (mixed.transpose(-1, -2) @ block_dy).unflatten(-2, (block_g.shape[-1], -1))
-            grad_sources.index_add_(2, index[block].flatten(), grad_states.flatten(2, 3))
-        return grad_q, grad_gates, grad_sources, None
+        for column, (level, index) in enumerate(ctx.levels):
+            views = (q, gates[..., column], grad_out, grad_q, grad_gates[..., column])
+            blocks = (_odd_blocks(x, level) for x in views)
+            for (first, q_l), (_, g_l), (_, dy), (_, dq), (_, dg) in zip(*blocks, strict=True):
+                pair_index = index[first : first + q_l.shape[2]]
+                states = sources[:, :, pair_index]
+                read_grad = dy @ states.transpose(-1, -2)  # [B, H, pairs, 2^l, Dk]
+                dq += g_l.unsqueeze(-1) * read_grad
+                dg.copy_((read_grad * q_l).sum(-1))
+                mixed = q_l * g_l.unsqueeze(-1)
+                grad_sources.index_add_(2, pair_index, mixed.transpose(-1, -2) @ dy)
+        return grad_q[:, :, 1:], grad_gates[:, :, 1:], grad_sources, None
 
 
-def _chunk_blocks(n_chunks: int, chunk: int) -> list[slice]:
-    """Slices of about STATE_READ_BLOCK_TOKENS tokens over ``n_chunks`` chunks of ``chunk`` tokens."""
-    step = max(STATE_READ_BLOCK_TOKENS // chunk, 1)
-    return [slice(start, min(start + step, n_chunks)) for start in range(0, n_chunks, step)]
+def _odd_blocks(x: torch.Tensor, level: int) -> list[tuple[int, torch.Tensor]]:
+    """Views of the odd level-``l`` blocks of every pair of ``x`` [B, H, L, ...] (dim 2 indexed by
+    prefix length): ``(first pair, [B, H, pairs, 2^l, ...])`` for the whole pairs, then the partial
+    one at the end if it reaches its odd block."""
+    size = 1 << level
+    whole = x.shape[2] // (2 * size)
+    blocks = []
+    if whole:
+        blocks.append((0, x[:, :, : whole * 2 * size].unflatten(2, (whole, 2 * size))[:, :, :, size:]))
+    if x.shape[2] > whole * 2 * size + size:
+        blocks.append((whole, x[:, :, whole * 2 * size + size :].unsqueeze(2)))
+    return blocks
 
 
 def chunk_log_mc(
