@@ -60,9 +60,12 @@ def log_linear_mc(
     chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
     visible = active & (torch.arange(n_levels, device=q.device) != low.unsqueeze(1))
     visible = visible.view(1, seq_len, 1, n_levels).expand(batch, -1, heads, -1)
+    heads_first = [None if x is None else x.transpose(1, 2) for x in (q, k, v, log_decay)]
+    chunks = split_chunks(*heads_first, chunk)
 
     def logits() -> tuple[torch.Tensor, torch.Tensor]:
-        levels = _level_logits(u, k, n_levels, chunk, pooling)
+        u_chunks = chunks.q if u is q else _chunked(u, chunk)
+        levels = _level_logits(u_chunks, _chunked(k, chunk), n_levels, pooling, seq_len)
         return levels, levels.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
 
     cached_w, online_w, selected = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
@@ -73,22 +76,22 @@ def log_linear_mc(
     if selected is not None:  # ssc: the top_k selected cached levels and the online one
         read_levels = visible & torch.zeros_like(visible).scatter(-1, selected, True) | online_level
     read_levels = read_levels.permute(0, 2, 1, 3)
-    out = _level_reads(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        None if log_decay is None else log_decay.transpose(1, 2),
-        init,
-        end,
-        weights,
-        read_levels,
-        chunk,
-    )
+    finite = all_finite(q, k, v, log_decay)  # else the exact path: select what each token reads
+    out = _level_reads(chunks, heads_first[0], init, end, weights, read_levels, finite)
     return out.transpose(1, 2)
 
 
-def _level_logits(u: torch.Tensor, k: torch.Tensor, n_levels: int, chunk: int, pooling: str) -> torch.Tensor:
-    """Router logits ``<u_t, c_l(t)>`` of every level, [B, T, H, n], for [B, T, H, Dk] inputs.
+def _chunked(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[B, T, H, D] as heads-first chunks [B, H, n, c, D], padded with zeros at the end."""
+    n_chunks = -(-x.shape[1] // chunk)
+    x = torch.nn.functional.pad(x.transpose(1, 2), (0, 0, 0, n_chunks * chunk - x.shape[1]))
+    return x.unflatten(2, (n_chunks, chunk))
+
+
+def _level_logits(
+    u: torch.Tensor, k: torch.Tensor, n_levels: int, pooling: str, seq_len: int
+) -> torch.Tensor:
+    """Router logits ``<u_t, c_l(t)>`` of every level, [B, T, H, n], for chunked [B, H, n, c, Dk] inputs.
 
     ``c_l(t)`` pools the keys of the even block of t's pair of level-``l`` blocks (at every level a
     token reads, cached or online, exactly that block). Per chunk of ``chunk`` tokens (a power of two)
@@ -97,10 +100,7 @@ def _level_logits(u: torch.Tensor, k: torch.Tensor, n_levels: int, chunk: int, p
     one product ``u_chunk @ [contexts]^T`` per chunk, picked by a static table; a non-finite key only
     reaches the logits of the blocks that hold it.
     """
-    batch, seq_len, heads, key_dim = u.shape
-    n_chunks = -(-seq_len // chunk)
-    pad = (0, 0, 0, n_chunks * chunk - seq_len)
-    u, k = (torch.nn.functional.pad(x.transpose(1, 2), pad).unflatten(2, (n_chunks, chunk)) for x in (u, k))
+    batch, heads, n_chunks, chunk, _ = u.shape
     chunk_levels = chunk.bit_length() - 1
     contexts, columns = [], []  # contexts: [B, H, n, *, Dk] per level; columns: [c] index per level
     sums = k  # block sums of the current level, [B, H, n, c / 2^l, Dk]
@@ -120,63 +120,65 @@ def _level_logits(u: torch.Tensor, k: torch.Tensor, n_levels: int, chunk: int, p
             columns.append(torch.full((chunk,), offset, device=u.device))
             sums = sums.unflatten(2, (-1, 2)).sum(3)
     scores = u @ torch.cat(contexts, -2).transpose(-1, -2)  # [B, H, n, c, contexts]
-    index = torch.stack(columns, -1).expand(batch, heads, n_chunks, chunk, n_levels)
-    return scores.gather(-1, index).flatten(2, 3)[:, :, :seq_len].transpose(1, 2)
+    # the entries of each row's levels, one flat index_select (its backward keeps no copy of scores)
+    flat = (
+        torch.stack(columns, -1) + scores.shape[-1] * torch.arange(chunk, device=u.device).unsqueeze(1)
+    ).flatten()
+    picked = scores.flatten(-2).index_select(-1, flat).unflatten(-1, (chunk, n_levels))
+    return _tokens(picked, seq_len).transpose(1, 2)
 
 
-def _level_reads(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_decay: torch.Tensor | None,
-    init: str,
-    end: torch.Tensor,
-    weights: torch.Tensor,
-    read_levels: torch.Tensor,
-    chunk: int,
-) -> torch.Tensor:
-    """``sum_l g_{t,l} q_t^T S_l(t)`` heads-first, [B, H, T, Dv], for inputs [B, H, T, D].
+def _level_reads(chunks, q, init, end, weights, read_levels, finite) -> torch.Tensor:  # noqa: ANN001
+    """``sum_l g_{t,l} q_t^T S_l(t)`` heads-first, [B, H, T, Dv].
 
     Args:
-        end: [T, n] end of each token's bucket per level; weights: [B, H, T, n] the aggregation
+        chunks: the :class:`~mcrnn.ops.linear.chunk.Chunks` of the heads-first inputs; q: [B, H, T, Dk];
+            end: [T, n] end of each token's bucket per level; weights: [B, H, T, n] the aggregation
             weights ``g`` (0 where a level is not read); read_levels: [B, H, T, n] the levels each token
             reads (a state level's read of an unread level holds reads of unrelated, maybe later, tokens,
-            selected away); chunk: the inner chunk, a power of two.
+            selected away); finite: whether the inputs are all finite (else each read is selected).
     """
     seq_len = q.shape[2]
-    chunks = split_chunks(q, k, v, log_decay, chunk)
-    ends, starts = chunk_states(chunks)  # prefix states at / entering every chunk
+    chunk = chunks.size
+    ends, _ = chunk_states(chunks)  # prefix states at the end of every chunk
     small = min(chunk.bit_length() - 1, weights.shape[-1])  # levels with blocks shorter than the chunk
-    finite = all_finite(q, k, v, log_decay)  # else the exact path: select what each token reads
-    out = _small_levels(
-        chunks, starts, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len, finite
+    out, entering = _small_levels(
+        chunks, ends, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len, finite
     )
-    if small == weights.shape[-1]:
+    # the state levels (blocks of 2^j chunks: level small + j) and the entering states (tokens of chunk
+    # m + 1 read the prefix state ending chunk m): reader windows (offset, size, period) and gates
+    if small == weights.shape[-1] and (entering is None or chunks.count == 1):
         return out
-    first = small  # the state levels: blocks of 2^j chunks, level first + j in the Fenwick numbering
-    sources, pairs = _state_sources(chunks, ends, init, weights.shape[-1] - first, seq_len)
-    levels = [(first + j, index) for j, index in enumerate(pairs)]
+    sources, pairs = _state_sources(chunks, ends, init, weights.shape[-1] - small, seq_len)
+    levels = [(((chunk << j) - 1, chunk << j, chunk << (j + 1)), index) for j, index in enumerate(pairs)]
+    gates = weights[..., small:]
+    if entering is not None and chunks.count > 1:
+        levels.append(((chunk, chunk, chunk), torch.arange(chunks.count - 1, device=q.device)))
+        gates = torch.cat([gates, entering], -1)
     if finite:
-        return out + _StateLevelRead.apply(q, weights[..., first:], sources, levels)
-    for j, level in enumerate(levels):  # one level at a time, each selected: NaN * 0 is NaN
-        read = _StateLevelRead.apply(q, weights[..., first + j, None], sources, [level])
-        out = out + torch.where(read_levels[..., first + j, None], read, 0.0)
+        return out + _StateLevelRead.apply(q, gates, sources, levels)
+    selected = torch.cat([read_levels[..., small:], torch.ones_like(read_levels[..., :1])], -1)
+    for column, level in enumerate(levels):  # one level at a time, each selected: NaN * 0 is NaN
+        read = _StateLevelRead.apply(q, gates[..., column, None], sources, [level])
+        out = out + torch.where(selected[..., column, None], read, 0.0)
     return out
 
 
-def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len, finite) -> torch.Tensor:  # noqa: ANN001
+def _small_levels(chunks, ends, init, end, weights, read_levels, seq_len, finite) -> torch.Tensor:  # noqa: ANN001
     """All levels with blocks shorter than the chunk in one intra-chunk attention (see module doc).
 
     Args:
-        starts: [B, H, n, Dk, Dv] prefix states entering every chunk; end: [T, s] bucket ends of the
-            ``s`` small levels; weights, read_levels: [B, H, T, s].
+        ends: [B, H, n, Dk, Dv] prefix states at the end of every chunk (the next one starts from it);
+            end: [T, s] bucket ends of the ``s`` small levels; weights, read_levels: [B, H, T, s].
 
-    Returns: [B, H, T, Dv]. A key outside what a token reads never reaches its row, even when non-finite.
+    Returns: the reads [B, H, T, Dv] (a key outside what a token reads never reaches its row, even when
+    non-finite) and, for ``checkpoint``, the weight [B, H, T, 1] of ``q_t^T`` times the state entering
+    t's chunk (decayed to the bucket ends), which every small level's memory holds; else None.
     """
     chunk, n_chunks = chunks.size, chunks.count
     n_small = weights.shape[-1]
     if n_small == 0:  # chunks of one token
-        return chunks.finite_v.new_zeros(chunks.finite_v.shape).flatten(2, 3)[:, :, :seq_len]
+        return _tokens(chunks.finite_v.new_zeros(chunks.finite_v.shape), seq_len), None
     padded = n_chunks * chunk
     position = torch.arange(chunk, device=chunks.q.device)
     # level of key b's bucket for the prefix ending at query a; -1 where b > a (not in the prefix) or
@@ -212,15 +214,40 @@ def _small_levels(chunks, starts, init, end, weights, read_levels, seq_len, fini
             mix = mix + weights[..., lvl, None] * exponent.exp()
         entering = (weights * cum_last.exp()).sum(-1, keepdim=True) if init == "checkpoint" else None
     if finite:
-        out = (chunks.scores * mix) @ chunks.finite_v
+        out = _WeightedAttention.apply(chunks.scores, mix, chunks.finite_v)
     else:  # a NaN/Inf outside what a token reads never reaches it; inside, its entries are NaN
-        out = (chunks.scores.masked_fill(~reads, 0.0) * mix) @ chunks.finite_v
+        out = _WeightedAttention.apply(chunks.scores.masked_fill(~reads, 0.0), mix, chunks.finite_v)
         if chunks.nonfinite_v is not None:
             hits = reads.to(chunks.nonfinite_v.dtype) @ chunks.nonfinite_v
             out = out.masked_fill(hits > 0, float("nan"))
-    if entering is not None:
-        out = out + entering * (chunks.q @ starts)
-    return out.flatten(2, 3)[:, :, :seq_len]
+    return _tokens(out, seq_len), None if entering is None else _tokens(entering, seq_len)
+
+
+class _WeightedAttention(torch.autograd.Function):
+    """``(S * W) @ V`` per chunk, saving ``S``, ``W``, ``V`` but not the product (recomputed in backward):
+    ``dV = (S * W)^T dy``, ``dS = (dy V^T) * W``, ``dW = (dy V^T) * S``.
+
+    Inputs: ``scores`` and ``mix`` [B, H, n, c, c], ``v`` [B, H, n, c, Dv]. Output [B, H, n, c, Dv].
+    """
+
+    @staticmethod
+    def forward(ctx, scores, mix, v):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(scores, mix, v)
+        return (scores * mix) @ v
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        scores, mix, v = ctx.saved_tensors
+        grad_weighted = grad_out @ v.transpose(-1, -2)
+        grad_v = (scores * mix).transpose(-1, -2) @ grad_out
+        return grad_weighted * mix, grad_weighted * scores, grad_v
+
+
+def _tokens(x: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Chunked [B, H, n, c, ...] as [B, H, T, ...], the end padding dropped (no copy in backward when
+    there is none)."""
+    x = x.flatten(2, 3)
+    return x if x.shape[2] == seq_len else x[:, :, :seq_len]
 
 
 def _state_sources(chunks, prefix_ends, init, n_levels, seq_len) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
@@ -256,7 +283,7 @@ class _StateLevelRead(torch.autograd.Function):
     Token ``t`` reads level ``l`` when bit ``l`` of ``L = t + 1`` is set: ``L`` in the odd block of its
     pair of level-``l`` blocks, every such token reading the state of the pair's even block. So per
     level and pair one GEMM [2^l, Dk] @ [Dk, Dv] of exactly the tokens that read it (half of them;
-    the others have ``g = 0``), on strided views of the inputs shifted to ``L``. Backward recomputes
+    the others have ``g = 0``), on strided views of the inputs (:func:`_readers`). Backward recomputes
     ``X = g q`` per level and saves nothing per level: ``R = dy S^T``, ``dq += g R``,
     ``dg = <R, q>``, ``dS[pair] += X^T dy``.
 
@@ -266,28 +293,26 @@ class _StateLevelRead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, gates, sources, levels):  # noqa: ANN001 - autograd signature
-        q, gates = (torch.nn.functional.pad(x, (0, 0, 1, 0)) for x in (q, gates))  # row L = t + 1
         ctx.save_for_backward(q, gates, sources)
         ctx.levels = levels
         out = q.new_zeros(q.shape[:-1] + sources.shape[-1:])
-        for column, (level, index) in enumerate(levels):
+        for column, (window, index) in enumerate(levels):
             for (first, q_l), (_, g_l), (_, out_l) in zip(
-                *(_odd_blocks(x, level) for x in (q, gates[..., column], out)), strict=True
+                *(_readers(x, *window) for x in (q, gates[..., column], out)), strict=True
             ):
                 states = sources[:, :, index[first : first + q_l.shape[2]]]
                 out_l += (q_l * g_l.unsqueeze(-1)) @ states
-        return out[:, :, 1:]
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
         q, gates, sources = ctx.saved_tensors
-        grad_out = torch.nn.functional.pad(grad_out, (0, 0, 1, 0))
         grad_q = torch.zeros_like(q)
         grad_gates = torch.zeros_like(gates)
         grad_sources = torch.zeros_like(sources)
-        for column, (level, index) in enumerate(ctx.levels):
+        for column, (window, index) in enumerate(ctx.levels):
             views = (q, gates[..., column], grad_out, grad_q, grad_gates[..., column])
-            blocks = (_odd_blocks(x, level) for x in views)
+            blocks = (_readers(x, *window) for x in views)
             for (first, q_l), (_, g_l), (_, dy), (_, dq), (_, dg) in zip(*blocks, strict=True):
                 pair_index = index[first : first + q_l.shape[2]]
                 states = sources[:, :, pair_index]
@@ -296,21 +321,24 @@ class _StateLevelRead(torch.autograd.Function):
                 dg.copy_((read_grad * q_l).sum(-1))
                 mixed = q_l * g_l.unsqueeze(-1)
                 grad_sources.index_add_(2, pair_index, mixed.transpose(-1, -2) @ dy)
-        return grad_q[:, :, 1:], grad_gates[:, :, 1:], grad_sources, None
+        return grad_q, grad_gates, grad_sources, None
 
 
-def _odd_blocks(x: torch.Tensor, level: int) -> list[tuple[int, torch.Tensor]]:
-    """Views of the odd level-``l`` blocks of every pair of ``x`` [B, H, L, ...] (dim 2 indexed by
-    prefix length): ``(first pair, [B, H, pairs, 2^l, ...])`` for the whole pairs, then the partial
-    one at the end if it reaches its odd block."""
-    size = 1 << level
-    whole = x.shape[2] // (2 * size)
-    blocks = []
+def _readers(x: torch.Tensor, offset: int, size: int, period: int) -> list[tuple[int, torch.Tensor]]:
+    """Views of the reader windows ``[offset + p * period, + size)`` (``size <= period``) of ``x``
+    [B, H, T, ...]: ``(first window, [B, H, windows, size, ...])`` for the whole windows, then the last
+    one if the end of the sequence cuts it short. Level ``l``: ``offset = 2^l - 1``, ``size = 2^l``,
+    ``period = 2^(l+1)`` (bit ``l`` of ``t + 1`` set)."""
+    seq_len = x.shape[2]
+    whole = max(seq_len - offset, 0) // period
+    views = []
     if whole:
-        blocks.append((0, x[:, :, : whole * 2 * size].unflatten(2, (whole, 2 * size))[:, :, :, size:]))
-    if x.shape[2] > whole * 2 * size + size:
-        blocks.append((whole, x[:, :, whole * 2 * size + size :].unsqueeze(2)))
-    return blocks
+        windows = x[:, :, offset : offset + whole * period].unflatten(2, (whole, period))
+        views.append((0, windows[:, :, :, :size]))
+    start = offset + whole * period
+    if seq_len > start:
+        views.append((whole, x[:, :, start : start + size].unsqueeze(2)))
+    return views
 
 
 def chunk_log_mc(
