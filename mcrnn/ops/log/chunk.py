@@ -324,17 +324,24 @@ class _StateLevelRead(torch.autograd.Function):
         return grad_q, grad_gates, grad_sources, None
 
 
+#: most reader tokens per GEMM of :class:`_StateLevelRead` (bounds its buffers)
+READ_BLOCK_TOKENS = 2048
+
+
 def _readers(x: torch.Tensor, offset: int, size: int, period: int) -> list[tuple[int, torch.Tensor]]:
     """Views of the reader windows ``[offset + p * period, + size)`` (``size <= period``) of ``x``
-    [B, H, T, ...]: ``(first window, [B, H, windows, size, ...])`` for the whole windows, then the last
-    one if the end of the sequence cuts it short. Level ``l``: ``offset = 2^l - 1``, ``size = 2^l``,
-    ``period = 2^(l+1)`` (bit ``l`` of ``t + 1`` set)."""
+    [B, H, T, ...]: ``(first window, [B, H, windows, size, ...])`` for runs of whole windows of about
+    READ_BLOCK_TOKENS tokens, then the last window if the end of the sequence cuts it short. Level ``l``:
+    ``offset = 2^l - 1``, ``size = 2^l``, ``period = 2^(l+1)`` (bit ``l`` of ``t + 1`` set)."""
     seq_len = x.shape[2]
     whole = max(seq_len - offset, 0) // period
+    step = max(READ_BLOCK_TOKENS // size, 1)
     views = []
-    if whole:
-        windows = x[:, :, offset : offset + whole * period].unflatten(2, (whole, period))
-        views.append((0, windows[:, :, :, :size]))
+    for first in range(0, whole, step):
+        count = min(step, whole - first)
+        start = offset + first * period
+        windows = x[:, :, start : start + count * period].unflatten(2, (count, period))
+        views.append((first, windows[:, :, :, :size]))
     start = offset + whole * period
     if seq_len > start:
         views.append((whole, x[:, :, start : start + size].unsqueeze(2)))
