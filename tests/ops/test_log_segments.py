@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
+from mcrnn.ops.log import chunk as log_chunk
 from mcrnn.ops.log import fenwick_buckets
 
 TOL = dict(atol=1e-10, rtol=1e-10)
@@ -57,6 +58,68 @@ def test_parallel_matches_naive(aggregation, init, decay, chunk_size):
     got = torch.autograd.grad((fast * weight).sum(), leaves, allow_unused=True, materialize_grads=True)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def assert_matches_naive(x, **options):
+    """Fast path == token loop in float64: outputs and the gradients of every input."""
+    reference = run(x, backend="naive", **options)
+    fast = run(x, backend="torch", **options)
+    torch.testing.assert_close(fast, reference, **TOL)
+    leaves = [t for t in x.values() if t is not None]
+    weight = torch.randn_like(fast)
+    expected = torch.autograd.grad(
+        (reference * weight).sum(), leaves, allow_unused=True, materialize_grads=True
+    )
+    got = torch.autograd.grad((fast * weight).sum(), leaves, allow_unused=True, materialize_grads=True)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("aggregation,init,decay", CASES)
+def test_many_state_levels_in_blocks_match_naive(monkeypatch, aggregation, init, decay):
+    """T = 77 (not a power of two) in chunks of 4: levels 2..6 are state levels, read in GEMMs of at most
+    8 reader tokens, so whole-window runs, several runs per level and a cut last window all occur."""
+    monkeypatch.setattr(log_chunk, "READ_BLOCK_TOKENS", 8)
+    x = inputs(seq_len=77, seed=3, grad=True, decay=decay)
+    top_k = 2 if aggregation == "ssc" else None
+    assert_matches_naive(x, aggregation=aggregation, init=init, top_k=top_k, chunk_size=4)
+
+
+@pytest.mark.parametrize("init", ["checkpoint", "independent"])
+def test_router_query_defaults_to_q(init):
+    """u=None routes with q (the parallel path then reuses q's chunks for the router logits)."""
+    x = inputs(seq_len=45, seed=4, grad=True)
+    x["u"] = None
+    assert_matches_naive(x, aggregation="grm", init=init, chunk_size=8)
+
+
+def test_state_level_read_gradcheck(monkeypatch):
+    """The custom Function's analytic gradients (q, gates, sources) against finite differences: two
+    levels of 2-token chunks and the entering window, runs of 4 reader tokens, T = 13."""
+    monkeypatch.setattr(log_chunk, "READ_BLOCK_TOKENS", 4)
+    gen = torch.Generator().manual_seed(5)
+    seq_len, n_sources = 13, 7
+    q = torch.randn(1, 2, seq_len, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    gates = torch.rand(1, 2, seq_len, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    sources = torch.randn(1, 2, n_sources, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    levels = [
+        ((1, 2, 4), torch.tensor([0, 2, 4, 6])),  # level 1 over chunks of 2: pairs of one-chunk blocks
+        ((3, 4, 8), torch.tensor([1, 3])),  # level 2
+        ((2, 2, 2), torch.arange(6)),  # tokens of chunk m + 1 read state m
+    ]
+
+    def read(q, gates, sources):
+        return log_chunk._StateLevelRead.apply(q, gates, sources, levels)
+
+    assert torch.autograd.gradcheck(read, (q, gates, sources))
+
+
+def test_weighted_attention_gradcheck():
+    gen = torch.Generator().manual_seed(6)
+    scores, mix = (torch.randn(1, 2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, 2, 3, 4, 5, generator=gen, dtype=torch.float64)
+    tensors = tuple(t.requires_grad_() for t in (scores, mix, v))
+    assert torch.autograd.gradcheck(log_chunk._WeightedAttention.apply, tensors)
 
 
 @pytest.mark.parametrize("aggregation,init,decay", CASES)
