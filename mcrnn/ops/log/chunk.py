@@ -238,6 +238,7 @@ class _WeightedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
         scores, mix, v = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # arrives as a view of [B, T, H, Dv]: one copy, not one per matrix
         grad_weighted = grad_out @ v.transpose(-1, -2)
         grad_v = (scores * mix).transpose(-1, -2) @ grad_out
         return grad_weighted * mix, grad_weighted * scores, grad_v
@@ -307,6 +308,7 @@ class _StateLevelRead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
         q, gates, sources = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # as in _WeightedAttention.backward
         grad_q = torch.zeros_like(q)
         grad_gates = torch.zeros_like(gates)
         grad_sources = torch.zeros_like(sources)
