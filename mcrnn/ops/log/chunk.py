@@ -13,9 +13,11 @@ buckets partition the chunk's prefix: key ``j`` of the chunk lies in the bucket 
 **one** attention per chunk, ``sum_j W_{t,j} (q_t . k_j) v_j``, with ``W_{t,j} = g_{t,lvl}`` (times the
 bucket's decay) under ``independent`` and ``W_{t,j} = sum_{l <= lvl} g_{t,l}`` (each term decayed to
 its bucket's end) under ``checkpoint``, whose level-``l`` memory holds every token before the end of
-bucket ``l``, plus the state entering the chunk. Longer levels materialise one state per pair of blocks
-from the chunk scan and read it with a batched matmul. Cost: about ``log2(T/c)`` reads of
-``2 Dk Dv`` plus one intra-chunk attention per token.
+bucket ``l``, plus the state entering the chunk. A longer level ``l`` is read only by the tokens with
+bit ``l`` of ``L`` set, a run of ``2^l`` tokens per pair of blocks that all read one state (a prefix
+state from the chunk scan, or the block's own state): one GEMM per run in :class:`_StateLevelRead`,
+whose backward recomputes instead of storing per-level tensors. Cost per token: one intra-chunk
+attention plus about ``log2(T/c) / 2 + 1`` reads of ``2 Dk Dv`` (forward; backward twice that).
 """
 
 from __future__ import annotations
@@ -279,17 +281,20 @@ def _state_sources(chunks, prefix_ends, init, n_levels, seq_len) -> tuple[torch.
 
 
 class _StateLevelRead(torch.autograd.Function):
-    """``y_t = sum_l g_{t,l} q_t^T S_l(t)`` over the levels whose blocks are whole chunks.
+    """``y_t = sum_l g_{t,l} q_t^T S_l(t)`` over state levels: each a set of reader windows, all the
+    tokens of window ``p`` reading one state ``sources[index_p]``.
 
-    Token ``t`` reads level ``l`` when bit ``l`` of ``L = t + 1`` is set: ``L`` in the odd block of its
-    pair of level-``l`` blocks, every such token reading the state of the pair's even block. So per
-    level and pair one GEMM [2^l, Dk] @ [Dk, Dv] of exactly the tokens that read it (half of them;
-    the others have ``g = 0``), on strided views of the inputs (:func:`_readers`). Backward recomputes
-    ``X = g q`` per level and saves nothing per level: ``R = dy S^T``, ``dq += g R``,
-    ``dg = <R, q>``, ``dS[pair] += X^T dy``.
+    A level ``l`` whose blocks are whole chunks: token ``t`` reads it when bit ``l`` of ``L = t + 1`` is
+    set, i.e. ``L`` in the odd block of its pair of level-``l`` blocks, and reads the state of the pair's
+    even block; so the windows are ``[s + 2^l - 1, s + 2^(l+1) - 1)`` for the pairs ``[s, s + 2^(l+1))``
+    (half the tokens; the others have ``g = 0``). The state entering a chunk is one more such level, its
+    windows the chunks. Per run of windows one batched GEMM [2^l, Dk] @ [Dk, Dv] over strided views
+    (:func:`_readers`), nothing gathered per token. Backward recomputes ``X = g q`` window by window
+    and keeps nothing per level: ``R = dy S^T``, ``dq += g R``, ``dg = <R, q>``, ``dS[index] += X^T dy``.
 
     Inputs: ``q`` [B, H, T, Dk], ``gates`` [B, H, T, n], ``sources`` [B, H, N, Dk, Dv] and ``levels``:
-    per gate column ``(l, index)`` with ``index`` [pairs] long into ``N``. Output [B, H, T, Dv].
+    per gate column ``((offset, size, period), index)``, the windows of :func:`_readers` and ``index``
+    [windows] long into ``N``. Output [B, H, T, Dv].
     """
 
     @staticmethod
