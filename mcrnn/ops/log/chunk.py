@@ -109,24 +109,24 @@ def _level_logits(
     for level in range(chunk_levels):
         if level < n_levels:
             offset = sum(x.shape[-2] for x in contexts)
-            contexts.append(sums[..., ::2, :] / (1 << level if pooling == "mean" else 1))
             columns.append(offset + (torch.arange(chunk, device=u.device) >> (level + 1)))
+            contexts.append(sums[..., ::2, :])
         sums = sums.unflatten(-2, (-1, 2)).sum(-2)
     if n_levels > chunk_levels:  # sums: [B, H, n, 1, Dk] chunk sums; blocks of 2^j chunks from here
         sums = torch.nn.functional.pad(sums, (0, 0, 0, 0, 0, (1 << (n_levels - chunk_levels)) - n_chunks))
         chunk_index = torch.arange(n_chunks, device=u.device)
         for level in range(chunk_levels, n_levels):
-            offset = sum(x.shape[-2] for x in contexts)
-            even = sums[:, :, ::2][:, :, chunk_index >> (level - chunk_levels + 1)]
-            contexts.append(even / (1 << level if pooling == "mean" else 1))
-            columns.append(torch.full((chunk,), offset, device=u.device))
+            columns.append(torch.full((chunk,), sum(x.shape[-2] for x in contexts), device=u.device))
+            contexts.append(sums[:, :, ::2][:, :, chunk_index >> (level - chunk_levels + 1)])
             sums = sums.unflatten(2, (-1, 2)).sum(3)
-    scores = u @ torch.cat(contexts, -2).transpose(-1, -2)  # [B, H, n, c, contexts]
+    scores = u @ torch.cat(contexts, -2).transpose(-1, -2)  # [B, H, n, c, contexts], key sums
     # the entries of each row's levels, one flat index_select (its backward keeps no copy of scores)
     flat = (
         torch.stack(columns, -1) + scores.shape[-1] * torch.arange(chunk, device=u.device).unsqueeze(1)
     ).flatten()
     picked = scores.flatten(-2).index_select(-1, flat).unflatten(-1, (chunk, n_levels))
+    if pooling == "mean":  # level l pools blocks of 2^l keys
+        picked = picked / 2.0 ** torch.arange(n_levels, device=u.device, dtype=picked.dtype)
     return _tokens(picked, seq_len).transpose(1, 2)
 
 
@@ -332,7 +332,7 @@ class _StateLevelRead(torch.autograd.Function):
 
 
 #: most reader tokens per GEMM of :class:`_StateLevelRead` (bounds its buffers)
-READ_BLOCK_TOKENS = 2048
+READ_BLOCK_TOKENS = 8192
 
 
 def _readers(x: torch.Tensor, offset: int, size: int, period: int) -> list[tuple[int, torch.Tensor]]:
