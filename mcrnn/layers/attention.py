@@ -2,7 +2,8 @@
 
 ``y = W_o concat_h softmax(RoPE(q_h) RoPE(k_h)^T / sqrt(D) + causal mask) v_h`` with ``q, k, v = x W_{q,k,v}``
 (or, with ``conv_size = K > 0``, ``q, k, v = silu(causal_conv_K(x W_{q,k,v}))``, the short convolution of the
-MC layer: it hands every token its predecessors, the previous-token half of an induction head) and PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels where available). RoPE
+MC layer: it hands every token its predecessors, the previous-token half of an induction head) and
+PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels where available). RoPE
 (Su et al., 2021) rotates channel pairs ``(i, i + D/2)`` of ``q`` and ``k`` at absolute position ``p`` by
 ``p * theta^(-2i/D)``. The interface mirrors :class:`mcrnn.layers.MemoryCachingAttention`, so a model
 can stack either: ``forward(x, attention_mask=None, cache=None, use_cache=False) -> (y, cache)``.
@@ -55,7 +56,9 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def check_attention_options(hidden_size: int, num_heads: int, rope_theta: float, conv_size: object = 0) -> None:
+def check_attention_options(
+    hidden_size: int, num_heads: int, rope_theta: float, conv_size: object = 0
+) -> None:
     """Raise ``ValueError`` unless ``hidden_size / num_heads`` is an even head dim, ``rope_theta > 0`` and
     ``conv_size`` an int >= 0."""
     if hidden_size % num_heads != 0:
