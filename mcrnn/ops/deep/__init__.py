@@ -11,8 +11,16 @@ at the chunk-start weights ``theta_0``:
 Entry points (:mod:`.mc`): :func:`naive_deep_mc`, :func:`chunk_deep_mc`, :func:`recurrent_deep_mc`.
 """
 
+from mcrnn.ops.deep.log_recurrent import DeepFenwickCache
 from mcrnn.ops.deep.mc import chunk_deep_mc, naive_deep_mc, recurrent_deep_mc
 from mcrnn.ops.deep.network import layer_shapes
 from mcrnn.ops.deep.recurrent import DeepMemoryCache
 
-__all__ = ["DeepMemoryCache", "chunk_deep_mc", "layer_shapes", "naive_deep_mc", "recurrent_deep_mc"]
+__all__ = [
+    "DeepFenwickCache",
+    "DeepMemoryCache",
+    "chunk_deep_mc",
+    "layer_shapes",
+    "naive_deep_mc",
+    "recurrent_deep_mc",
+]

@@ -1,0 +1,277 @@
+"""Parallel deep-memory MC with the per-token Fenwick (log) segmentation (DESIGN.md §5), no token loop.
+
+Same model as :mod:`.log_naive`. Token ``t`` (prefix length ``L = t + 1``) reads one bucket per set bit
+``l`` of ``L``: the aligned block ``[s, s + 2^l)``, ``s = (L >> (l+1)) << (l+1)``, the even block of
+its pair of level-``l`` blocks; the lowest set bit is the online bucket (it ends at ``t``). So every
+read, online ones included, is a read of the weights at the end ``e = s + 2^l - 1`` of an even block,
+by the tokens ``e <= t < e + 2^l``, and the output is
+
+    y_t = sum_{l in bits(L)} g_{t,l} f_{theta_l(t)}(q_t)     (soup: f_{sum_l g_{t,l} theta_l(t)}(q_t)),
+
+with ``g`` from :func:`mcrnn.ops.segments.mixing_weights` (cached levels and the online one). Per level:
+
+- **block levels** (``2^l >= b``, the inner chunk): the block ends are chunk ends. ``checkpoint``: the
+  stream's weights there are the chunk-start weights of one chunk scan (:func:`.scan.chunk_scan`) of the
+  whole sequence. ``independent``: the even blocks of every block level, concatenated, are constant
+  segments of whole chunks with a restart at each, so one more chunk scan gives all their end weights.
+  The ``2^l`` reading tokens of a pair are one batched MLP read of its state.
+- **chunk levels** (``2^l < b``): a pair of blocks lies inside one chunk, so the read is the chunk's
+  attention-like read (:func:`.read.online_layer`) with the coefficients of row ``e`` instead of ``t``.
+  ``checkpoint``: the stream's chunk-start weights and gradient factors, coefficient rows gathered at
+  ``e``. ``independent``: the block restarts at the initial weights with zero momentum, so the factors
+  are the initial weights' key gradients and the coefficients those of the block alone (chunks of the
+  pair's ``2^{l+1}`` tokens, the second half not written).
+
+Cost per token: the scan (one, two under ``independent``), ``log2(b)`` chunk reads and about half of
+``log2(T / b)`` block reads; ``soup`` mixes every layer's pre-activations over the levels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mcrnn.ops.deep import network
+from mcrnn.ops.deep.chunk import chunk_coefficients, chunked, masked_rates
+from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
+from mcrnn.ops.deep.scan import ChunkEnd, chunk_scan
+from mcrnn.ops.log.chunk import fenwick_levels
+from mcrnn.ops.segments import mixing_weights
+
+
+def chunk_deep_log_memory_caching(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    memory: str,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    chunk_size: int,
+    aggregation: str,
+    init: str,
+    top_k: int | None,
+    pooling: str,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Output ``o`` [B, T, H, Dv] for validated [B, T, H, D] inputs (see module doc); ``chunk_size`` a
+    power of two, ``mask`` [B, T] bool (``None``: every token writes)."""
+    batch, seq_len = q.shape[:2]
+    gates = _level_gates(u, k, aggregation, top_k, pooling)  # [B, H, T, n]
+    n_levels = gates.shape[-1]
+    eta, alpha, beta, momentum_gate = masked_rates(eta, alpha, beta, mask)
+    rates = (eta, alpha, beta, momentum_gate)
+    initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
+    n_chunk_levels = min(chunk_size.bit_length() - 1, n_levels)
+    if init == "checkpoint":
+        levels = _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels)
+    else:
+        levels = [_fresh_chunk_level(memory, initial, k, v, rates, level) for level in range(n_chunk_levels)]
+        levels += _fresh_block_levels(memory, initial, k, v, rates, chunk_size, n_chunk_levels, n_levels)
+    qh = q.transpose(1, 2)  # [B, H, T, Dk]
+    if aggregation == "soup":
+        out = _soup(levels, qh, gates, len(params))
+    else:
+        out = sum(gates[..., i, None] * level.read(qh) for i, level in enumerate(levels))
+    return out.transpose(1, 2)
+
+
+def _level_gates(
+    u: torch.Tensor, k: torch.Tensor, aggregation: str, top_k: int | None, pooling: str
+) -> torch.Tensor:
+    """``g_{t,l}`` [B, H, T, n]: the aggregation weight of token t's level-l bucket (0 where bit l of
+    ``t + 1`` is clear); the router key of a bucket pools its keys (prefix-sum differences)."""
+    seq_len = u.shape[1]
+    active, start, end, low = fenwick_levels(seq_len, u.device)
+    n_levels = active.shape[1]
+    levels = torch.arange(n_levels, device=u.device)
+    sums = torch.nn.functional.pad(k.cumsum(1), (0, 0, 0, 0, 1, 0))  # [B, T + 1, H, Dk]
+    contexts = sums[:, end.clamp(max=seq_len)] - sums[:, start.clamp(max=seq_len)]  # [B, T, n, H, Dk]
+    if pooling == "mean":
+        contexts = contexts / (2.0**levels).to(k.dtype).view(1, 1, -1, 1, 1)
+    online = torch.nn.functional.one_hot(low, n_levels).bool()  # [T, n]
+    visible = (active & ~online).view(1, seq_len, 1, n_levels).expand(u.shape[0], -1, u.shape[2], -1)
+
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        per_level = torch.einsum("bthd,btnhd->bthn", u, contexts)
+        return per_level, per_level.gather(-1, low.view(1, -1, 1, 1).expand(*per_level.shape[:3], 1))[..., 0]
+
+    cached, online_gate, _ = mixing_weights(visible, logits, aggregation, top_k, u.dtype)
+    gates = cached + online_gate.unsqueeze(-1) * online.view(1, seq_len, 1, n_levels)
+    return gates.permute(0, 2, 1, 3)
+
+
+class _ChunkLevel:
+    """A level whose pairs of blocks lie inside chunks of ``size`` tokens: token t reads the weights at
+    its bucket's end through the chunk's attention-like read with that row's coefficients."""
+
+    def __init__(self, weights, momentum, inputs, deltas, coef: ChunkCoefficients, size: int) -> None:  # noqa: ANN001
+        self.weights, self.momentum, self.inputs, self.deltas = weights, momentum, inputs, deltas
+        self.coef, self.size = coef, size
+
+    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, d] -> chunk-major [n, B, H, c, d] (zero padded)."""
+        pad = -x.shape[2] % self.size
+        return torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(2, (-1, self.size)).permute(2, 0, 1, 3, 4)
+
+    def from_layout(self, y: torch.Tensor, seq_len: int) -> torch.Tensor:
+        return y.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
+
+    def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return online_layer(index, x, self.weights, self.momentum, self.inputs, self.deltas, self.coef)
+
+    def read(self, q: torch.Tensor) -> torch.Tensor:
+        """``f_{theta_l(t)}(q_t)`` [B, H, T, Dv] for ``q`` [B, H, T, Dk]."""
+        return self.from_layout(_mlp(self.layer, len(self.weights), self.to_layout(q)), q.shape[2])
+
+
+class _BlockLevel:
+    """A level of whole-chunk blocks: ``states`` (per layer ``[B, H, P, d_out, d_in]``, the weights at the
+    end of the even block of pair ``p``) read by the ``block`` tokens ``e <= t < e + block``."""
+
+    def __init__(self, states: list[torch.Tensor], block: int) -> None:
+        self.states, self.block = states, block
+
+    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, d] -> the reading tokens [B, H, P, block, d]: with ``x`` shifted one token later they
+        are the odd block of each pair."""
+        pairs = self.states[0].shape[2]
+        shifted = torch.nn.functional.pad(x, (0, 0, 1, 0))[:, :, : pairs * 2 * self.block]
+        shifted = torch.nn.functional.pad(shifted, (0, 0, 0, pairs * 2 * self.block - shifted.shape[2]))
+        return shifted.unflatten(2, (pairs, 2, self.block))[:, :, :, 1]
+
+    def from_layout(self, y: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """[B, H, P, block, d] -> [B, H, T, d], zero for the tokens that do not read the level."""
+        spread = torch.stack([torch.zeros_like(y), y], dim=3).flatten(2, 4)[:, :, 1 : seq_len + 1]
+        return torch.nn.functional.pad(spread, (0, 0, 0, seq_len - spread.shape[2]))
+
+    def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.states[index].transpose(-1, -2)
+
+    def read(self, q: torch.Tensor) -> torch.Tensor:
+        return self.from_layout(network.forward(self.states, self.to_layout(q)), q.shape[2])
+
+
+def _mlp(layer, depth: int, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """The memory network (:func:`network.forward`) with layer ``i`` applied as ``layer(i, a)``."""
+    a = x
+    for i in range(depth):
+        z = layer(i, a)
+        a = network.gelu(z) if i < depth - 1 else z
+    return a + x if depth > 1 else a
+
+
+def _soup(levels: Sequence, q: torch.Tensor, gates: torch.Tensor, depth: int) -> torch.Tensor:
+    """``f_{theta*_t}(q_t)``, ``theta*_t = sum_l g_{t,l} theta_l(t)``: each layer is linear in its weights,
+    so the mixed layer is the gate-weighted sum of the levels' layers on the mixed activation."""
+
+    def mixed(index: int, a: torch.Tensor) -> torch.Tensor:
+        seq_len = a.shape[2]
+        return sum(
+            gates[..., i, None] * level.from_layout(level.layer(index, level.to_layout(a)), seq_len)
+            for i, level in enumerate(levels)
+        )
+
+    return _mlp(mixed, depth, q)
+
+
+def _chunk_rates(rates: tuple, size: int) -> tuple[torch.Tensor, ...]:
+    """``(eta, alpha, beta, momentum_gate)`` [B, T, H] chunk-major ``[n, B, H, size]`` (padding: identity)."""
+    eta, alpha, beta, momentum_gate = rates
+    pad = -eta.shape[1] % size
+    return (
+        chunked(eta, pad, size, 0.0),
+        chunked(alpha, pad, size, 1.0),
+        None if beta is None else chunked(beta, pad, size, 1.0),
+        None if momentum_gate is None else chunked(momentum_gate, pad, size, 0.0),
+    )
+
+
+def _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels) -> list:  # noqa: ANN001
+    """``checkpoint``: every level from one chunk scan of the stream (see module doc)."""
+    seq_len = q.shape[1]
+    pad = -seq_len % chunk_size
+    kc, vc = chunked(k, pad, chunk_size, 0.0), chunked(v, pad, chunk_size, 0.0)
+    eta_c, alpha_c, beta_c, gate_c = _chunk_rates(rates, chunk_size)
+    n_chunks = kc.shape[0]
+    last = torch.full((n_chunks,), chunk_size - 1, device=q.device)
+    last[-1] = (seq_len - 1) % chunk_size
+    coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
+    scan = chunk_scan(memory, initial, kc, vc, ends, [], False)
+    _, start, end, _ = fenwick_levels(seq_len, q.device)
+    token = torch.arange(seq_len, device=q.device)
+    levels: list = []
+    for level in range(n_chunk_levels):
+        # row of each token's bucket end in its chunk (a token not reading the level: its own row)
+        row = torch.where(end[:, level] <= token + 1, end[:, level] - 1, token) % chunk_size
+        row = torch.nn.functional.pad(row, (0, pad)).view(n_chunks, 1, 1, chunk_size)
+        row = row.expand(*coef.retain.shape)
+        rows = ChunkCoefficients(
+            coef.retain.gather(-1, row),
+            coef.mix.gather(-2, row.unsqueeze(-1).expand(*coef.mix.shape)),
+            None if coef.carry is None else coef.carry.gather(-1, row),
+        )
+        levels.append(_ChunkLevel(scan.weights, scan.momentum, scan.inputs, scan.deltas, rows, chunk_size))
+    # the weights entering chunk j, j = 0..n (n: after the last token)
+    boundary = [torch.cat([w, f.unsqueeze(0)]) for w, f in zip(scan.weights, scan.final_weights, strict=True)]
+    for level in range(n_chunk_levels, n_levels):
+        block = 1 << level
+        ends_at = torch.arange(block, seq_len + 1, 2 * block, device=q.device)  # complete even blocks
+        states = [w[ends_at // chunk_size].permute(1, 2, 0, 3, 4) for w in boundary]
+        levels.append(_BlockLevel(states, block))
+    return levels
+
+
+def _fresh_chunk_level(memory, initial, k, v, rates, level) -> _ChunkLevel:  # noqa: ANN001
+    """``independent``, ``2^level < b``: the even block of each pair from the initial weights alone, its
+    end coefficients read by the whole pair (chunks of the pair's tokens)."""
+    size = 2 << level
+    pad = -k.shape[1] % size
+    kc, vc = chunked(k, pad, size, 0.0), chunked(v, pad, size, 0.0)
+    eta_c, alpha_c, beta_c, gate_c = (
+        None if x is None else x[..., : size // 2] for x in _chunk_rates(rates, size)
+    )
+    last = torch.full((kc.shape[0],), size // 2 - 1, device=k.device)
+    _, end = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
+    factors = network.key_gradients(memory, initial, kc, vc)
+    coef = ChunkCoefficients(
+        end.retain.unsqueeze(-1).expand(*end.retain.shape, size),
+        torch.nn.functional.pad(end.mix, (0, size // 2)).unsqueeze(-2),  # [n, B, H, 1, size]
+    )
+    return _ChunkLevel(initial, None, factors.inputs, factors.deltas, coef, size)
+
+
+def _fresh_block_levels(memory, initial, k, v, rates, chunk_size, first, n_levels) -> list[_BlockLevel]:  # noqa: ANN001
+    """``independent``, ``2^level >= b``: the complete even blocks of every such level, concatenated as
+    segments of whole chunks each restarting from the initial weights, in one chunk scan."""
+    seq_len = k.shape[1]
+    pad = -seq_len % chunk_size
+    kc, vc = chunked(k, pad, chunk_size, 0.0), chunked(v, pad, chunk_size, 0.0)
+    eta_c, alpha_c, beta_c, gate_c = _chunk_rates(rates, chunk_size)
+    last = torch.full((kc.shape[0],), chunk_size - 1, device=k.device)
+    _, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
+    chunks, points, counts = [], [], []
+    for level in range(first, n_levels):
+        block = 1 << level
+        starts = range(0, seq_len - block + 1, 2 * block)
+        counts.append(len(starts))
+        for s in starts:
+            points.append(len(chunks))
+            chunks.extend(range(s // chunk_size, (s + block) // chunk_size))
+    if not chunks:
+        return []
+    index = torch.tensor(chunks, device=k.device)
+    selected = ChunkEnd(*[x[index] for x in ends.tensors()])
+    scan = chunk_scan(memory, initial, kc[index], vc[index], selected, points[1:], True)
+    block_ends = [
+        torch.cat([c, f.unsqueeze(0)]) for c, f in zip(scan.cached, scan.final_weights, strict=True)
+    ]
+    per_level = [torch.split(w, counts) for w in block_ends]
+    return [
+        _BlockLevel([w[i].permute(1, 2, 0, 3, 4) for w in per_level], 1 << (first + i))
+        for i in range(len(counts))
+    ]
