@@ -84,8 +84,9 @@ def recurrent_deep_log(
     spec = cache.spec
     titans = cache.run_momentum is not None
     buckets, weights, key_sums = fenwick_buckets(cache.position), cache.bucket_weights, cache.bucket_key_sums
-    runs = dict(zip(cache.run_starts, zip(cache.run_weights, cache.run_momentum or [None] * len(cache.run_starts),
-                                          cache.run_chunk_starts, strict=True), strict=True))  # fmt: skip
+    momenta = cache.run_momentum or [None] * len(cache.run_starts)
+    states = zip(cache.run_weights, momenta, cache.run_chunk_starts, strict=True)
+    runs = dict(zip(cache.run_starts, states, strict=True))
     batch = q.shape[0]
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     outputs = []
