@@ -70,7 +70,7 @@ def chunk_deep_log_memory_caching(
     if init == "checkpoint":
         levels = _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels)
     else:
-        levels = [_fresh_chunk_level(memory, initial, k, v, rates, level) for level in range(n_chunk_levels)]
+        levels = _fresh_chunk_levels(memory, initial, k, v, rates, n_chunk_levels)
         levels += _fresh_block_levels(memory, initial, k, v, rates, chunk_size, n_chunk_levels, n_levels)
     qh = q.transpose(1, 2)  # [B, H, T, Dk]
     if aggregation == "soup":
@@ -90,7 +90,9 @@ def _level_gates(
     n_levels = active.shape[1]
     levels = torch.arange(n_levels, device=u.device)
     sums = torch.nn.functional.pad(k.cumsum(1), (0, 0, 0, 0, 1, 0))  # [B, T + 1, H, Dk]
-    contexts = sums[:, end.clamp(max=seq_len)] - sums[:, start.clamp(max=seq_len)]  # [B, T, n, H, Dk]
+    bounds = torch.stack([end, start]).clamp(max=seq_len).flatten()  # index_select: a cheap backward
+    ends, starts = sums.index_select(1, bounds).unflatten(1, (2, seq_len, n_levels)).unbind(1)
+    contexts = ends - starts  # [B, T, n, H, Dk]
     if pooling == "mean":
         contexts = contexts / (2.0**levels).to(k.dtype).view(1, 1, -1, 1, 1)
     online = torch.nn.functional.one_hot(low, n_levels).bool()  # [T, n]
@@ -106,20 +108,28 @@ def _level_gates(
 
 
 class _ChunkLevel:
-    """A level whose pairs of blocks lie inside chunks of ``size`` tokens: token t reads the weights at
-    its bucket's end through the chunk's attention-like read with that row's coefficients."""
+    """A level whose pairs of blocks lie inside chunks of ``size`` tokens: the tokens at ``positions`` of
+    each chunk (those that read the level) read the weights at their bucket's end through the chunk's
+    attention-like read with that row's coefficients ``coef`` (per read token)."""
 
-    def __init__(self, weights, momentum, inputs, deltas, coef: ChunkCoefficients, size: int) -> None:  # noqa: ANN001
+    def __init__(
+        self, weights, momentum, inputs, deltas, coef: ChunkCoefficients, size: int, positions
+    ) -> None:  # noqa: ANN001
         self.weights, self.momentum, self.inputs, self.deltas = weights, momentum, inputs, deltas
-        self.coef, self.size = coef, size
+        self.coef, self.size, self.positions = coef, size, positions
 
     def to_layout(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H, T, d] -> chunk-major [n, B, H, c, d] (zero padded)."""
-        pad = -x.shape[2] % self.size
-        return torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(2, (-1, self.size)).permute(2, 0, 1, 3, 4)
+        """[B, H, T, d] -> the read tokens, chunk-major [n, B, H, m, d] (zero padded)."""
+        pad = self.inputs[0].shape[0] * self.size - x.shape[2]
+        chunks = (
+            torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(2, (-1, self.size)).permute(2, 0, 1, 3, 4)
+        )
+        return chunks.index_select(-2, self.positions)
 
     def from_layout(self, y: torch.Tensor, seq_len: int) -> torch.Tensor:
-        return y.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
+        """[n, B, H, m, d] -> [B, H, T, d], zero for the tokens that do not read the level."""
+        full = y.new_zeros(*y.shape[:-2], self.size, y.shape[-1]).index_copy(-2, self.positions, y)
+        return full.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
 
     def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return online_layer(index, x, self.weights, self.momentum, self.inputs, self.deltas, self.coef)
@@ -127,6 +137,15 @@ class _ChunkLevel:
     def read(self, q: torch.Tensor) -> torch.Tensor:
         """``f_{theta_l(t)}(q_t)`` [B, H, T, Dv] for ``q`` [B, H, T, Dk]."""
         return self.from_layout(_mlp(self.layer, len(self.weights), self.to_layout(q)), q.shape[2])
+
+
+def _window(level: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens of a chunk of ``size`` that read level ``level``, ``e <= p < e + 2^level`` for the end
+    ``e`` of each even block, and that end for each: two LongTensors [size / 2]."""
+    block = 1 << level
+    pair_starts = torch.arange(0, size, 2 * block, device=device)
+    ends = (pair_starts + block - 1).repeat_interleave(block)
+    return ends + torch.arange(block, device=device).repeat(size // (2 * block)), ends
 
 
 class _BlockLevel:
@@ -179,10 +198,11 @@ def _soup(levels: Sequence, q: torch.Tensor, gates: torch.Tensor, depth: int) ->
     return _mlp(mixed, depth, q)
 
 
-def _chunk_rates(rates: tuple, size: int) -> tuple[torch.Tensor, ...]:
-    """``(eta, alpha, beta, momentum_gate)`` [B, T, H] chunk-major ``[n, B, H, size]`` (padding: identity)."""
+def _chunk_rates(rates: tuple, size: int, pad: int | None = None) -> tuple[torch.Tensor, ...]:
+    """``(eta, alpha, beta, momentum_gate)`` [B, T, H] chunk-major ``[n, B, H, size]``, padded by ``pad``
+    tokens (None: to whole chunks) that are identity steps."""
     eta, alpha, beta, momentum_gate = rates
-    pad = -eta.shape[1] % size
+    pad = -eta.shape[1] % size if pad is None else pad
     return (
         chunked(eta, pad, size, 0.0),
         chunked(alpha, pad, size, 1.0),
@@ -202,47 +222,60 @@ def _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, 
     last[-1] = (seq_len - 1) % chunk_size
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
     scan = chunk_scan(memory, initial, kc, vc, ends, [], False)
-    _, start, end, _ = fenwick_levels(seq_len, q.device)
-    token = torch.arange(seq_len, device=q.device)
     levels: list = []
     for level in range(n_chunk_levels):
-        # row of each token's bucket end in its chunk (a token not reading the level: its own row)
-        row = torch.where(end[:, level] <= token + 1, end[:, level] - 1, token) % chunk_size
-        row = torch.nn.functional.pad(row, (0, pad)).view(n_chunks, 1, 1, chunk_size)
-        row = row.expand(*coef.retain.shape)
-        rows = ChunkCoefficients(
-            coef.retain.gather(-1, row),
-            coef.mix.gather(-2, row.unsqueeze(-1).expand(*coef.mix.shape)),
-            None if coef.carry is None else coef.carry.gather(-1, row),
+        positions, rows = _window(level, chunk_size, q.device)
+        read_rows = ChunkCoefficients(
+            coef.retain.index_select(-1, rows),
+            coef.mix.index_select(-2, rows),
+            None if coef.carry is None else coef.carry.index_select(-1, rows),
         )
-        levels.append(_ChunkLevel(scan.weights, scan.momentum, scan.inputs, scan.deltas, rows, chunk_size))
+        levels.append(
+            _ChunkLevel(
+                scan.weights, scan.momentum, scan.inputs, scan.deltas, read_rows, chunk_size, positions
+            )
+        )
     # the weights entering chunk j, j = 0..n (n: after the last token)
     boundary = [torch.cat([w, f.unsqueeze(0)]) for w, f in zip(scan.weights, scan.final_weights, strict=True)]
     for level in range(n_chunk_levels, n_levels):
         block = 1 << level
         ends_at = torch.arange(block, seq_len + 1, 2 * block, device=q.device)  # complete even blocks
-        states = [w[ends_at // chunk_size].permute(1, 2, 0, 3, 4) for w in boundary]
+        states = [w.index_select(0, ends_at // chunk_size).permute(1, 2, 0, 3, 4) for w in boundary]
         levels.append(_BlockLevel(states, block))
     return levels
 
 
-def _fresh_chunk_level(memory, initial, k, v, rates, level) -> _ChunkLevel:  # noqa: ANN001
-    """``independent``, ``2^level < b``: the even block of each pair from the initial weights alone, its
-    end coefficients read by the whole pair (chunks of the pair's tokens)."""
-    size = 2 << level
-    pad = -k.shape[1] % size
-    kc, vc = chunked(k, pad, size, 0.0), chunked(v, pad, size, 0.0)
-    eta_c, alpha_c, beta_c, gate_c = (
-        None if x is None else x[..., : size // 2] for x in _chunk_rates(rates, size)
-    )
-    last = torch.full((kc.shape[0],), size // 2 - 1, device=k.device)
-    _, end = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
-    factors = network.key_gradients(memory, initial, kc, vc)
-    coef = ChunkCoefficients(
-        end.retain.unsqueeze(-1).expand(*end.retain.shape, size),
-        torch.nn.functional.pad(end.mix, (0, size // 2)).unsqueeze(-2),  # [n, B, H, 1, size]
-    )
-    return _ChunkLevel(initial, None, factors.inputs, factors.deltas, coef, size)
+def _fresh_chunk_levels(memory, initial, k, v, rates, n_chunk_levels) -> list[_ChunkLevel]:  # noqa: ANN001
+    """``independent``, ``2^level < b``: the even block of each pair from the initial weights alone (the
+    key gradients at the initial weights, once for every token), its end read by the pair's window;
+    chunks of the pair's ``2^{level+1}`` tokens."""
+    if n_chunk_levels == 0:
+        return []
+    widest = 2 << (n_chunk_levels - 1)
+    pad = -k.shape[1] % widest
+    tokens = [
+        torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)).transpose(1, 2) for x in (k, v)
+    ]  # [B, H, T', d]
+    factors = network.key_gradients(memory, initial, *tokens)
+    levels = []
+    for level in range(n_chunk_levels):
+        size, block = 2 << level, 1 << level
+        eta_c, alpha_c, beta_c, gate_c = (
+            None if x is None else x[..., :block] for x in _chunk_rates(rates, size, pad)
+        )
+        _, end = chunk_coefficients(eta_c, alpha_c, beta_c, torch.full((eta_c.shape[0],), block - 1), gate_c)
+
+        def even_blocks(x: torch.Tensor, size: int = size, block: int = block) -> torch.Tensor:
+            """[B, H, T', d] -> the even block of every pair, [n, B, H, block, d]."""
+            return x.unflatten(2, (-1, size))[:, :, :, :block].permute(2, 0, 1, 3, 4)
+
+        coef = ChunkCoefficients(
+            end.retain.unsqueeze(-1).expand(*end.retain.shape, block), end.mix.unsqueeze(-2)
+        )
+        positions = torch.arange(block - 1, size - 1, device=k.device)
+        inputs, deltas = [even_blocks(x) for x in factors.inputs], [even_blocks(x) for x in factors.deltas]
+        levels.append(_ChunkLevel(initial, None, inputs, deltas, coef, size, positions))
+    return levels
 
 
 def _fresh_block_levels(memory, initial, k, v, rates, chunk_size, first, n_levels) -> list[_BlockLevel]:  # noqa: ANN001
