@@ -61,30 +61,37 @@ def chunk_deep_log_memory_caching(
     """Output ``o`` [B, T, H, Dv] for validated [B, T, H, D] inputs (see module doc); ``chunk_size`` a
     power of two, ``mask`` [B, T] bool (``None``: every token writes)."""
     batch, seq_len = q.shape[:2]
-    gates = _level_gates(u, k, aggregation, top_k, pooling)  # [B, H, T, n]
+    cached_gates, online_gate, online_level = _level_gates(u, k, aggregation, top_k, pooling)
+    gates = cached_gates + online_gate.unsqueeze(-1) * online_level  # [B, H, T, n]
     n_levels = gates.shape[-1]
     eta, alpha, beta, momentum_gate = masked_rates(eta, alpha, beta, mask)
     rates = (eta, alpha, beta, momentum_gate)
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     n_chunk_levels = min(chunk_size.bit_length() - 1, n_levels)
+    qh = q.transpose(1, 2)  # [B, H, T, Dk]
+    if init == "checkpoint" and aggregation != "soup":  # the online read fused into the scan
+        levels, online = _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels)
+        out = online_gate.unsqueeze(-1) * online
+        return sum((cached_gates[..., i, None] * level.read(qh) for i, level in levels), out).transpose(1, 2)
     if init == "checkpoint":
-        levels = _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels)
+        levels, _ = _stream_levels(memory, initial, None, k, v, rates, chunk_size, n_chunk_levels, n_levels)
     else:
         levels = _fresh_chunk_levels(memory, initial, k, v, rates, n_chunk_levels)
         levels += _fresh_block_levels(memory, initial, k, v, rates, chunk_size, n_chunk_levels, n_levels)
-    qh = q.transpose(1, 2)  # [B, H, T, Dk]
+        levels = list(enumerate(levels))
     if aggregation == "soup":
         out = _soup(levels, qh, gates, len(params))
     else:
-        out = sum(gates[..., i, None] * level.read(qh) for i, level in enumerate(levels))
+        out = sum(gates[..., i, None] * level.read(qh) for i, level in levels)
     return out.transpose(1, 2)
 
 
 def _level_gates(
     u: torch.Tensor, k: torch.Tensor, aggregation: str, top_k: int | None, pooling: str
-) -> torch.Tensor:
-    """``g_{t,l}`` [B, H, T, n]: the aggregation weight of token t's level-l bucket (0 where bit l of
-    ``t + 1`` is clear); the router key of a bucket pools its keys (prefix-sum differences)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The aggregation weights of token t's cached buckets ``g_{t,l}`` [B, H, T, n] (0 where bit l of
+    ``t + 1`` is clear or l is the online level) and of its online bucket [B, H, T], and the online level
+    one-hot [T, n] (float); the router key of a bucket pools its keys (prefix-sum differences)."""
     seq_len = u.shape[1]
     active, start, end, low = fenwick_levels(seq_len, u.device)
     n_levels = active.shape[1]
@@ -103,8 +110,7 @@ def _level_gates(
         return per_level, per_level.gather(-1, low.view(1, -1, 1, 1).expand(*per_level.shape[:3], 1))[..., 0]
 
     cached, online_gate, _ = mixing_weights(visible, logits, aggregation, top_k, u.dtype)
-    gates = cached + online_gate.unsqueeze(-1) * online.view(1, seq_len, 1, n_levels)
-    return gates.permute(0, 2, 1, 3)
+    return cached.permute(0, 2, 1, 3), online_gate.transpose(1, 2), online.to(u.dtype)
 
 
 class _ChunkLevel:
@@ -139,13 +145,16 @@ class _ChunkLevel:
         return self.from_layout(_mlp(self.layer, len(self.weights), self.to_layout(q)), q.shape[2])
 
 
-def _window(level: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _window(
+    level: int, size: int, cached_only: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The tokens of a chunk of ``size`` that read level ``level``, ``e <= p < e + 2^level`` for the end
-    ``e`` of each even block, and that end for each: two LongTensors [size / 2]."""
+    ``e`` of each even block (``cached_only``: ``e < p``, the tokens that read it cached), and that end
+    for each: two LongTensors [m]."""
     block = 1 << level
-    pair_starts = torch.arange(0, size, 2 * block, device=device)
-    ends = (pair_starts + block - 1).repeat_interleave(block)
-    return ends + torch.arange(block, device=device).repeat(size // (2 * block)), ends
+    first = int(cached_only)
+    ends = torch.arange(block - 1, size, 2 * block, device=device).repeat_interleave(block - first)
+    return ends + torch.arange(first, block, device=device).repeat(size // (2 * block)), ends
 
 
 class _BlockLevel:
@@ -192,7 +201,7 @@ def _soup(levels: Sequence, q: torch.Tensor, gates: torch.Tensor, depth: int) ->
         seq_len = a.shape[2]
         return sum(
             gates[..., i, None] * level.from_layout(level.layer(index, level.to_layout(a)), seq_len)
-            for i, level in enumerate(levels)
+            for i, level in levels
         )
 
     return _mlp(mixed, depth, q)
@@ -211,38 +220,43 @@ def _chunk_rates(rates: tuple, size: int, pad: int | None = None) -> tuple[torch
     )
 
 
-def _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels) -> list:  # noqa: ANN001
-    """``checkpoint``: every level from one chunk scan of the stream (see module doc)."""
-    seq_len = q.shape[1]
+def _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels) -> tuple:  # noqa: ANN001
+    """``checkpoint``: every level from one chunk scan of the stream (see module doc), as
+    ``[(level, reader)]``. With queries ``q`` the scan also reads every token's own weights (the online
+    read, [B, H, T, Dv], returned second) and the levels are read only where they are cached; without
+    (``None``), the levels include their online reads."""
+    seq_len = k.shape[1]
     pad = -seq_len % chunk_size
     kc, vc = chunked(k, pad, chunk_size, 0.0), chunked(v, pad, chunk_size, 0.0)
     eta_c, alpha_c, beta_c, gate_c = _chunk_rates(rates, chunk_size)
     n_chunks = kc.shape[0]
-    last = torch.full((n_chunks,), chunk_size - 1, device=q.device)
+    last = torch.full((n_chunks,), chunk_size - 1, device=k.device)
     last[-1] = (seq_len - 1) % chunk_size
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
-    scan = chunk_scan(memory, initial, kc, vc, ends, [], False)
+    read = None if q is None else (chunked(q, pad, chunk_size, 0.0), coef)
+    scan = chunk_scan(memory, initial, kc, vc, ends, [], False, read=read, keep_states=True)
     levels: list = []
-    for level in range(n_chunk_levels):
-        positions, rows = _window(level, chunk_size, q.device)
+    for level in range(1 if q is not None else 0, n_chunk_levels):  # level 0 is only ever read online
+        positions, rows = _window(level, chunk_size, q is not None, k.device)
         read_rows = ChunkCoefficients(
             coef.retain.index_select(-1, rows),
             coef.mix.index_select(-2, rows),
             None if coef.carry is None else coef.carry.index_select(-1, rows),
         )
-        levels.append(
-            _ChunkLevel(
-                scan.weights, scan.momentum, scan.inputs, scan.deltas, read_rows, chunk_size, positions
-            )
+        reader = _ChunkLevel(
+            scan.weights, scan.momentum, scan.inputs, scan.deltas, read_rows, chunk_size, positions
         )
+        levels.append((level, reader))
     # the weights entering chunk j, j = 0..n (n: after the last token)
     boundary = [torch.cat([w, f.unsqueeze(0)]) for w, f in zip(scan.weights, scan.final_weights, strict=True)]
     for level in range(n_chunk_levels, n_levels):
         block = 1 << level
-        ends_at = torch.arange(block, seq_len + 1, 2 * block, device=q.device)  # complete even blocks
+        ends_at = torch.arange(block, seq_len + 1, 2 * block, device=k.device)  # complete even blocks
         states = [w.index_select(0, ends_at // chunk_size).permute(1, 2, 0, 3, 4) for w in boundary]
-        levels.append(_BlockLevel(states, block))
-    return levels
+        levels.append((level, _BlockLevel(states, block)))
+    if q is None:
+        return levels, None
+    return levels, scan.output.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
 
 
 def _fresh_chunk_levels(memory, initial, k, v, rates, n_chunk_levels) -> list[_ChunkLevel]:  # noqa: ANN001
