@@ -36,7 +36,7 @@ from mcrnn.ops.deep import network
 from mcrnn.ops.deep.chunk import chunk_coefficients, chunked, masked_rates
 from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
 from mcrnn.ops.deep.scan import ChunkEnd, chunk_scan
-from mcrnn.ops.log.chunk import fenwick_levels
+from mcrnn.ops.log.chunk import _level_logits, fenwick_levels
 from mcrnn.ops.segments import mixing_weights
 
 
@@ -70,19 +70,20 @@ def chunk_deep_log_memory_caching(
     n_chunk_levels = min(chunk_size.bit_length() - 1, n_levels)
     qh = q.transpose(1, 2)  # [B, H, T, Dk]
     if init == "checkpoint" and aggregation != "soup":  # the online read fused into the scan
-        levels, online = _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels)
-        out = online_gate.unsqueeze(-1) * online
-        return sum((cached_gates[..., i, None] * level.read(qh) for i, level in levels), out).transpose(1, 2)
+        readers, online = _stream_readers(
+            memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels
+        )
+        out = sum((reader.read(qh, cached_gates) for reader in readers), online_gate.unsqueeze(-1) * online)
+        return out.transpose(1, 2)
     if init == "checkpoint":
-        levels, _ = _stream_levels(memory, initial, None, k, v, rates, chunk_size, n_chunk_levels, n_levels)
+        readers, _ = _stream_readers(memory, initial, None, k, v, rates, chunk_size, n_chunk_levels, n_levels)
     else:
-        levels = _fresh_chunk_levels(memory, initial, k, v, rates, n_chunk_levels)
-        levels += _fresh_block_levels(memory, initial, k, v, rates, chunk_size, n_chunk_levels, n_levels)
-        levels = list(enumerate(levels))
+        readers = _fresh_chunk_readers(memory, initial, k, v, rates, n_chunk_levels)
+        readers += _fresh_block_readers(memory, initial, k, v, rates, chunk_size, n_chunk_levels, n_levels)
     if aggregation == "soup":
-        out = _soup(levels, qh, gates, len(params))
+        out = _mlp(lambda index, a: sum(r.mix_layer(index, a, gates) for r in readers), len(params), qh)
     else:
-        out = sum(gates[..., i, None] * level.read(qh) for i, level in levels)
+        out = sum(reader.read(qh, gates) for reader in readers)
     return out.transpose(1, 2)
 
 
@@ -91,58 +92,57 @@ def _level_gates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The aggregation weights of token t's cached buckets ``g_{t,l}`` [B, H, T, n] (0 where bit l of
     ``t + 1`` is clear or l is the online level) and of its online bucket [B, H, T], and the online level
-    one-hot [T, n] (float); the router key of a bucket pools its keys (prefix-sum differences)."""
+    one-hot [T, n] (float); the router key of a bucket pools its keys (one key sum per pair of blocks)."""
     seq_len = u.shape[1]
-    active, start, end, low = fenwick_levels(seq_len, u.device)
+    active, _, _, low = fenwick_levels(seq_len, u.device)
     n_levels = active.shape[1]
-    levels = torch.arange(n_levels, device=u.device)
-    sums = torch.nn.functional.pad(k.cumsum(1), (0, 0, 0, 0, 1, 0))  # [B, T + 1, H, Dk]
-    bounds = torch.stack([end, start]).clamp(max=seq_len).flatten()  # index_select: a cheap backward
-    ends, starts = sums.index_select(1, bounds).unflatten(1, (2, seq_len, n_levels)).unbind(1)
-    contexts = ends - starts  # [B, T, n, H, Dk]
-    if pooling == "mean":
-        contexts = contexts / (2.0**levels).to(k.dtype).view(1, 1, -1, 1, 1)
     online = torch.nn.functional.one_hot(low, n_levels).bool()  # [T, n]
     visible = (active & ~online).view(1, seq_len, 1, n_levels).expand(u.shape[0], -1, u.shape[2], -1)
 
     def logits() -> tuple[torch.Tensor, torch.Tensor]:
-        per_level = torch.einsum("bthd,btnhd->bthn", u, contexts)
+        per_level = torch.stack([_level_logits(u, k, 1 << level, pooling) for level in range(n_levels)], -1)
         return per_level, per_level.gather(-1, low.view(1, -1, 1, 1).expand(*per_level.shape[:3], 1))[..., 0]
 
     cached, online_gate, _ = mixing_weights(visible, logits, aggregation, top_k, u.dtype)
     return cached.permute(0, 2, 1, 3), online_gate.transpose(1, 2), online.to(u.dtype)
 
 
-class _ChunkLevel:
-    """A level whose pairs of blocks lie inside chunks of ``size`` tokens: the tokens at ``positions`` of
-    each chunk (those that read the level) read the weights at their bucket's end through the chunk's
-    attention-like read with that row's coefficients ``coef`` (per read token)."""
+class _ChunkReader:
+    """Reads of levels whose pairs of blocks lie inside chunks of ``size`` tokens: each read row is a token
+    at ``positions`` of every chunk reading level ``levels`` (per row) at its bucket's end, through the
+    chunk's attention-like read (:func:`.read.online_layer`) with that row's coefficients ``coef``. One
+    reader can hold several levels (rows of each), as long as they share the chunks' weights and factors."""
 
-    def __init__(
-        self, weights, momentum, inputs, deltas, coef: ChunkCoefficients, size: int, positions
-    ) -> None:  # noqa: ANN001
+    def __init__(self, weights, momentum, inputs, deltas, coef, size, positions, levels) -> None:  # noqa: ANN001
         self.weights, self.momentum, self.inputs, self.deltas = weights, momentum, inputs, deltas
-        self.coef, self.size, self.positions = coef, size, positions
+        self.coef, self.size, self.positions, self.levels = coef, size, positions, levels
 
-    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H, T, d] -> the read tokens, chunk-major [n, B, H, m, d] (zero padded)."""
+    def _chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, ...] -> chunk-major [n, B, H, size, ...] (zero padded)."""
         pad = self.inputs[0].shape[0] * self.size - x.shape[2]
-        chunks = (
-            torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(2, (-1, self.size)).permute(2, 0, 1, 3, 4)
-        )
-        return chunks.index_select(-2, self.positions)
+        x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 3) + (0, pad)).unflatten(2, (-1, self.size))
+        return x.permute(2, 0, 1, *range(3, x.dim()))
 
-    def from_layout(self, y: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """[n, B, H, m, d] -> [B, H, T, d], zero for the tokens that do not read the level."""
-        full = y.new_zeros(*y.shape[:-2], self.size, y.shape[-1]).index_copy(-2, self.positions, y)
+    def _scatter(self, y: torch.Tensor, gates: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """``sum`` over the rows of each token of ``g_{t, level} y_row``: [n, B, H, m, d] -> [B, H, T, d]."""
+        n_levels = gates.shape[-1]
+        row_gates = self._chunks(gates).flatten(-2).index_select(-1, self.positions * n_levels + self.levels)
+        full = y.new_zeros(*y.shape[:-2], self.size, y.shape[-1])
+        full = full.index_add(-2, self.positions, row_gates.unsqueeze(-1) * y)
         return full.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
 
     def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return online_layer(index, x, self.weights, self.momentum, self.inputs, self.deltas, self.coef)
 
-    def read(self, q: torch.Tensor) -> torch.Tensor:
-        """``f_{theta_l(t)}(q_t)`` [B, H, T, Dv] for ``q`` [B, H, T, Dk]."""
-        return self.from_layout(_mlp(self.layer, len(self.weights), self.to_layout(q)), q.shape[2])
+    def mix_layer(self, index: int, a: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """``sum_l g_{t,l} W_{index}(l, t) a_t`` over this reader's levels: [B, H, T, d_out]."""
+        rows = self._chunks(a).index_select(-2, self.positions)
+        return self._scatter(self.layer(index, rows), gates, a.shape[2])
+
+    def read(self, q: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """``sum_l g_{t,l} f_{theta_l(t)}(q_t)`` over this reader's levels, [B, H, T, Dv]."""
+        rows = self._chunks(q).index_select(-2, self.positions)
+        return self._scatter(_mlp(self.layer, len(self.weights), rows), gates, q.shape[2])
 
 
 def _window(
@@ -157,14 +157,15 @@ def _window(
     return ends + torch.arange(first, block, device=device).repeat(size // (2 * block)), ends
 
 
-class _BlockLevel:
-    """A level of whole-chunk blocks: ``states`` (per layer ``[B, H, P, d_out, d_in]``, the weights at the
-    end of the even block of pair ``p``) read by the ``block`` tokens ``e <= t < e + block``."""
+class _BlockReader:
+    """Reads of level ``level`` of whole-chunk blocks: ``states`` (per layer ``[B, H, P, d_out, d_in]``,
+    the weights at the end of the even block of pair ``p``) read by the ``2^level`` tokens
+    ``e <= t < e + 2^level``."""
 
-    def __init__(self, states: list[torch.Tensor], block: int) -> None:
-        self.states, self.block = states, block
+    def __init__(self, states: list[torch.Tensor], level: int) -> None:
+        self.states, self.level, self.block = states, level, 1 << level
 
-    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, T, d] -> the reading tokens [B, H, P, block, d]: with ``x`` shifted one token later they
         are the odd block of each pair."""
         pairs = self.states[0].shape[2]
@@ -172,16 +173,18 @@ class _BlockLevel:
         shifted = torch.nn.functional.pad(shifted, (0, 0, 0, pairs * 2 * self.block - shifted.shape[2]))
         return shifted.unflatten(2, (pairs, 2, self.block))[:, :, :, 1]
 
-    def from_layout(self, y: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """[B, H, P, block, d] -> [B, H, T, d], zero for the tokens that do not read the level."""
+    def _scatter(self, y: torch.Tensor, gates: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """[B, H, P, block, d] -> ``g_{t,level} y_t`` [B, H, T, d] (zero for the tokens not reading it)."""
         spread = torch.stack([torch.zeros_like(y), y], dim=3).flatten(2, 4)[:, :, 1 : seq_len + 1]
-        return torch.nn.functional.pad(spread, (0, 0, 0, seq_len - spread.shape[2]))
+        return gates[..., self.level, None] * torch.nn.functional.pad(
+            spread, (0, 0, 0, seq_len - spread.shape[2])
+        )
 
-    def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.states[index].transpose(-1, -2)
+    def mix_layer(self, index: int, a: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        return self._scatter(self._rows(a) @ self.states[index].transpose(-1, -2), gates, a.shape[2])
 
-    def read(self, q: torch.Tensor) -> torch.Tensor:
-        return self.from_layout(network.forward(self.states, self.to_layout(q)), q.shape[2])
+    def read(self, q: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        return self._scatter(network.forward(self.states, self._rows(q)), gates, q.shape[2])
 
 
 def _mlp(layer, depth: int, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -191,20 +194,6 @@ def _mlp(layer, depth: int, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         z = layer(i, a)
         a = network.gelu(z) if i < depth - 1 else z
     return a + x if depth > 1 else a
-
-
-def _soup(levels: Sequence, q: torch.Tensor, gates: torch.Tensor, depth: int) -> torch.Tensor:
-    """``f_{theta*_t}(q_t)``, ``theta*_t = sum_l g_{t,l} theta_l(t)``: each layer is linear in its weights,
-    so the mixed layer is the gate-weighted sum of the levels' layers on the mixed activation."""
-
-    def mixed(index: int, a: torch.Tensor) -> torch.Tensor:
-        seq_len = a.shape[2]
-        return sum(
-            gates[..., i, None] * level.from_layout(level.layer(index, level.to_layout(a)), seq_len)
-            for i, level in levels
-        )
-
-    return _mlp(mixed, depth, q)
 
 
 def _chunk_rates(rates: tuple, size: int, pad: int | None = None) -> tuple[torch.Tensor, ...]:
@@ -220,11 +209,11 @@ def _chunk_rates(rates: tuple, size: int, pad: int | None = None) -> tuple[torch
     )
 
 
-def _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels) -> tuple:  # noqa: ANN001
+def _stream_readers(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, n_levels) -> tuple:  # noqa: ANN001
     """``checkpoint``: every level from one chunk scan of the stream (see module doc), as
-    ``[(level, reader)]``. With queries ``q`` the scan also reads every token's own weights (the online
-    read, [B, H, T, Dv], returned second) and the levels are read only where they are cached; without
-    (``None``), the levels include their online reads."""
+    readers. With queries ``q`` the scan also reads every token's own weights (the online read,
+    [B, H, T, Dv], returned second) and the levels are read only where they are cached; without
+    (``None``), the levels include their online reads. The chunk levels share one reader."""
     seq_len = k.shape[1]
     pad = -seq_len % chunk_size
     kc, vc = chunked(k, pad, chunk_size, 0.0), chunked(v, pad, chunk_size, 0.0)
@@ -235,31 +224,44 @@ def _stream_levels(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels, 
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
     read = None if q is None else (chunked(q, pad, chunk_size, 0.0), coef)
     scan = chunk_scan(memory, initial, kc, vc, ends, [], False, read=read, keep_states=True)
-    levels: list = []
-    for level in range(1 if q is not None else 0, n_chunk_levels):  # level 0 is only ever read online
-        positions, rows = _window(level, chunk_size, q is not None, k.device)
+    windows = [
+        (*_window(level, chunk_size, q is not None, k.device), level)
+        for level in range(1 if q is not None else 0, n_chunk_levels)  # level 0 is only ever read online
+    ]
+    readers: list = []
+    if windows:
+        positions, rows = torch.cat([w[0] for w in windows]), torch.cat([w[1] for w in windows])
+        levels = torch.cat([torch.full_like(w[0], w[2]) for w in windows])
         read_rows = ChunkCoefficients(
             coef.retain.index_select(-1, rows),
             coef.mix.index_select(-2, rows),
             None if coef.carry is None else coef.carry.index_select(-1, rows),
         )
-        reader = _ChunkLevel(
-            scan.weights, scan.momentum, scan.inputs, scan.deltas, read_rows, chunk_size, positions
+        readers.append(
+            _ChunkReader(
+                scan.weights,
+                scan.momentum,
+                scan.inputs,
+                scan.deltas,
+                read_rows,
+                chunk_size,
+                positions,
+                levels,
+            )
         )
-        levels.append((level, reader))
     # the weights entering chunk j, j = 0..n (n: after the last token)
     boundary = [torch.cat([w, f.unsqueeze(0)]) for w, f in zip(scan.weights, scan.final_weights, strict=True)]
     for level in range(n_chunk_levels, n_levels):
         block = 1 << level
         ends_at = torch.arange(block, seq_len + 1, 2 * block, device=k.device)  # complete even blocks
         states = [w.index_select(0, ends_at // chunk_size).permute(1, 2, 0, 3, 4) for w in boundary]
-        levels.append((level, _BlockLevel(states, block)))
+        readers.append(_BlockReader(states, level))
     if q is None:
-        return levels, None
-    return levels, scan.output.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
+        return readers, None
+    return readers, scan.output.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
 
 
-def _fresh_chunk_levels(memory, initial, k, v, rates, n_chunk_levels) -> list[_ChunkLevel]:  # noqa: ANN001
+def _fresh_chunk_readers(memory, initial, k, v, rates, n_chunk_levels) -> list[_ChunkReader]:  # noqa: ANN001
     """``independent``, ``2^level < b``: the even block of each pair from the initial weights alone (the
     key gradients at the initial weights, once for every token), its end read by the pair's window;
     chunks of the pair's ``2^{level+1}`` tokens."""
@@ -288,11 +290,15 @@ def _fresh_chunk_levels(memory, initial, k, v, rates, n_chunk_levels) -> list[_C
         )
         positions = torch.arange(block - 1, size - 1, device=k.device)
         inputs, deltas = [even_blocks(x) for x in factors.inputs], [even_blocks(x) for x in factors.deltas]
-        levels.append(_ChunkLevel(initial, None, inputs, deltas, coef, size, positions))
+        levels.append(
+            _ChunkReader(
+                initial, None, inputs, deltas, coef, size, positions, torch.full_like(positions, level)
+            )
+        )
     return levels
 
 
-def _fresh_block_levels(memory, initial, k, v, rates, chunk_size, first, n_levels) -> list[_BlockLevel]:  # noqa: ANN001
+def _fresh_block_readers(memory, initial, k, v, rates, chunk_size, first, n_levels) -> list[_BlockReader]:  # noqa: ANN001
     """``independent``, ``2^level >= b``: the complete even blocks of every such level, concatenated as
     segments of whole chunks each restarting from the initial weights, in one chunk scan."""
     seq_len = k.shape[1]
@@ -319,6 +325,5 @@ def _fresh_block_levels(memory, initial, k, v, rates, chunk_size, first, n_level
     ]
     per_level = [torch.split(w, counts) for w in block_ends]
     return [
-        _BlockLevel([w[i].permute(1, 2, 0, 3, 4) for w in per_level], 1 << (first + i))
-        for i in range(len(counts))
+        _BlockReader([w[i].permute(1, 2, 0, 3, 4) for w in per_level], first + i) for i in range(len(counts))
     ]
