@@ -36,7 +36,7 @@ from mcrnn.ops.deep import network
 from mcrnn.ops.deep.chunk import chunk_coefficients, chunked, masked_rates
 from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
 from mcrnn.ops.deep.scan import ChunkEnd, chunk_scan
-from mcrnn.ops.log.chunk import _level_logits, fenwick_levels
+from mcrnn.ops.log.chunk import fenwick_levels
 from mcrnn.ops.segments import mixing_weights
 
 
@@ -100,8 +100,26 @@ def _level_gates(
     visible = (active & ~online).view(1, seq_len, 1, n_levels).expand(u.shape[0], -1, u.shape[2], -1)
 
     def logits() -> tuple[torch.Tensor, torch.Tensor]:
-        per_level = torch.stack([_level_logits(u, k, 1 << level, pooling) for level in range(n_levels)], -1)
-        return per_level, per_level.gather(-1, low.view(1, -1, 1, 1).expand(*per_level.shape[:3], 1))[..., 0]
+        # every token of a pair of level-l blocks reads the even block (cached or online): its key sum,
+        # from the block sums of the level below (padded once to whole top-level pairs)
+        span = 1 << n_levels  # > T
+        queries = torch.nn.functional.pad(u, (0, 0, 0, 0, 0, span - seq_len))
+        block_sums = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, span - seq_len))  # level 0: the keys
+        per_level = []
+        for level in range(n_levels):
+            if level:
+                block_sums = block_sums.unflatten(1, (-1, 2)).sum(2)
+            block = 1 << level
+            n_pairs = -(-seq_len // (2 * block))
+            context = block_sums.unflatten(1, (-1, 2))[:, :n_pairs, 0]  # [B, pairs, H, Dk]
+            if pooling == "mean":
+                context = context / block
+            pairs = queries[:, : n_pairs * 2 * block].unflatten(
+                1, (n_pairs, 2 * block)
+            )  # [B, pairs, 2 block, H, Dk]
+            per_level.append((pairs * context.unsqueeze(2)).sum(-1).flatten(1, 2)[:, :seq_len])
+        stacked = torch.stack(per_level, -1)  # [B, T, H, n]
+        return stacked, stacked.gather(-1, low.view(1, -1, 1, 1).expand(*stacked.shape[:3], 1))[..., 0]
 
     cached, online_gate, _ = mixing_weights(visible, logits, aggregation, top_k, u.dtype)
     return cached.permute(0, 2, 1, 3), online_gate.transpose(1, 2), online.to(u.dtype)
