@@ -267,13 +267,20 @@ def _stream_readers(memory, initial, q, k, v, rates, chunk_size, n_chunk_levels,
                 levels,
             )
         )
-    # the weights entering chunk j, j = 0..n (n: after the last token)
-    boundary = [torch.cat([w, f.unsqueeze(0)]) for w, f in zip(scan.weights, scan.final_weights, strict=True)]
-    for level in range(n_chunk_levels, n_levels):
-        block = 1 << level
-        ends_at = torch.arange(block, seq_len + 1, 2 * block, device=k.device)  # complete even blocks
-        states = [w.index_select(0, ends_at // chunk_size).permute(1, 2, 0, 3, 4) for w in boundary]
-        readers.append(_BlockReader(states, level))
+    # the weights entering chunk j, j = 0..n (n: after the last token), at the end of every complete even
+    # block of every block level (with q: only levels some token reads cached), gathered at once
+    levels = [level for level in range(n_chunk_levels, n_levels) if q is None or (1 << level) < seq_len]
+    ends_at = [torch.arange(1 << level, seq_len + 1, 2 << level, device=k.device) for level in levels]
+    if levels:
+        boundary = [
+            torch.cat([w, f.unsqueeze(0)]) for w, f in zip(scan.weights, scan.final_weights, strict=True)
+        ]
+        index = torch.cat(ends_at) // chunk_size
+        states = [
+            w.index_select(0, index).permute(1, 2, 0, 3, 4).split([len(e) for e in ends_at], 2)
+            for w in boundary
+        ]
+        readers += [_BlockReader([w[i] for w in states], level) for i, level in enumerate(levels)]
     if q is None:
         return readers, None
     return readers, scan.output.permute(1, 2, 0, 3, 4).flatten(2, 3)[:, :, :seq_len]
