@@ -18,12 +18,17 @@ with ``g`` from :func:`mcrnn.ops.segments.mixing_weights` (cached levels and the
 - **chunk levels** (``2^l < b``): a pair of blocks lies inside one chunk, so the read is the chunk's
   attention-like read (:func:`.read.online_layer`) with the coefficients of row ``e`` instead of ``t``.
   ``checkpoint``: the stream's chunk-start weights and gradient factors, coefficient rows gathered at
-  ``e``. ``independent``: the block restarts at the initial weights with zero momentum, so the factors
-  are the initial weights' key gradients and the coefficients those of the block alone (chunks of the
-  pair's ``2^{l+1}`` tokens, the second half not written).
+  ``e``; the rows of every chunk level go through one batched read. ``independent``: the block restarts
+  at the initial weights with zero momentum, so the factors are the initial weights' key gradients and
+  the coefficients those of the block alone (chunks of the pair's ``2^{l+1}`` tokens, the second half
+  not written).
 
-Cost per token: the scan (one, two under ``independent``), ``log2(b)`` chunk reads and about half of
-``log2(T / b)`` block reads; ``soup`` mixes every layer's pre-activations over the levels.
+Under ``checkpoint`` (but for ``soup``) the online read ``e = t`` is the scan's fused read of every
+token's own weights, and the levels are read only where they are cached. Each reader returns its
+gate-weighted reads; ``soup`` mixes, layer by layer, every reader's gate-weighted layer output on the
+mixed activation. Cost per token: the scan (one, two under ``independent``), about ``log2(b) - 1``
+chunk-level reads (``checkpoint``: about 2, half a read per level) and half a block read per level of
+``log2(T / b)``.
 """
 
 from __future__ import annotations
@@ -304,7 +309,8 @@ def _fresh_chunk_readers(memory, initial, k, v, rates, n_chunk_levels) -> list[_
         eta_c, alpha_c, beta_c, gate_c = (
             None if x is None else x[..., :block] for x in _chunk_rates(rates, size, pad)
         )
-        _, end = chunk_coefficients(eta_c, alpha_c, beta_c, torch.full((eta_c.shape[0],), block - 1), gate_c)
+        last = torch.full((eta_c.shape[0],), block - 1, device=k.device)
+        _, end = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
 
         def even_blocks(x: torch.Tensor, size: int = size, block: int = block) -> torch.Tensor:
             """[B, H, T', d] -> the even block of every pair, [n, B, H, block, d]."""
