@@ -108,7 +108,8 @@ def memory_caching(
             token-loop definition), ``torch`` (parallel PyTorch), ``triton`` (linear, swla).
         chunk_size: inner chunk; for matrix memories an upper bound the parallel path picks under
             (default 64), for deep memories the inner mini-batch ``b`` of the model (segments must be
-            multiples of it; None: the largest power of two <= 64 dividing them).
+            multiples of it; None: the largest power of two <= 64 dividing them; with
+            ``segmentation="log"`` a power of two, None: 64).
         check_inputs: check shapes, dtypes and gate ranges (one host sync); callers whose inputs are
             valid by construction (the layer) pass False.
 

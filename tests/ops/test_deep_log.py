@@ -106,6 +106,15 @@ def test_parallel_equals_definition_long(memory: str, init: str, aggregation: st
     assert_fast_equals_definition(inputs, **options(memory, aggregation, init, chunk_size))
 
 
+@pytest.mark.parametrize("memory,init", [("dla", "independent"), ("titans", "checkpoint")])
+def test_sum_pooling_matches_definition(memory: str, init: str) -> None:
+    inputs = make_inputs(memory, 21, depth=2, seed=8)
+    opts = {**options(memory, "grm", init, chunk_size=4), "pooling": "sum"}
+    out = memory_caching(**inputs, **opts)
+    torch.testing.assert_close(out, memory_caching(**inputs, backend="naive", **opts), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(out, memory_caching(**inputs, **{**opts, "pooling": "mean"}))
+
+
 @pytest.mark.parametrize("memory", ["dla", "titans"])
 def test_masked_tokens_match_definition(memory: str) -> None:
     inputs = make_inputs(memory, 13, depth=2, seed=3)
