@@ -330,31 +330,51 @@ def _fresh_chunk_readers(memory, initial, k, v, rates, n_chunk_levels) -> list[_
 
 
 def _fresh_block_readers(memory, initial, k, v, rates, chunk_size, first, n_levels) -> list[_BlockReader]:  # noqa: ANN001
-    """``independent``, ``2^level >= b``: the complete even blocks of every such level, concatenated as
-    segments of whole chunks each restarting from the initial weights, in one chunk scan."""
+    """``independent``, ``2^level >= b``: every complete even block ``[s, s + 2^level)`` is a run from the
+    initial weights; blocks of several levels starting at one ``s`` are prefixes of the longest one. So
+    one chunk scan runs the longest complete block of every start, concatenated as segments of whole
+    chunks each restarting from the initial weights, and a block's end weights are the weights entering
+    the run's chunk after it (or the run's end)."""
     seq_len = k.shape[1]
     pad = -seq_len % chunk_size
     kc, vc = chunked(k, pad, chunk_size, 0.0), chunked(v, pad, chunk_size, 0.0)
     eta_c, alpha_c, beta_c, gate_c = _chunk_rates(rates, chunk_size)
     last = torch.full((kc.shape[0],), chunk_size - 1, device=k.device)
     _, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
-    chunks, points, counts = [], [], []
-    for level in range(first, n_levels):
-        block = 1 << level
-        starts = range(0, seq_len - block + 1, 2 * block)
-        counts.append(len(starts))
-        for s in starts:
-            points.append(len(chunks))
-            chunks.extend(range(s // chunk_size, (s + block) // chunk_size))
+    blocks = {  # level -> starts of its complete even blocks
+        level: range(0, seq_len - (1 << level) + 1, 2 << level) for level in range(first, n_levels)
+    }
+    longest: dict[int, int] = {}  # start -> tokens of its run
+    for level, starts in blocks.items():
+        for start in starts:
+            longest[start] = max(longest.get(start, 0), 1 << level)
+    chunks, offsets = [], {}
+    for start, length in sorted(longest.items()):
+        offsets[start] = len(chunks)
+        chunks.extend(range(start // chunk_size, (start + length) // chunk_size))
     if not chunks:
         return []
     index = torch.tensor(chunks, device=k.device)
-    selected = ChunkEnd(*[x[index] for x in ends.tensors()])
-    scan = chunk_scan(memory, initial, kc[index], vc[index], selected, points[1:], True)
-    block_ends = [
-        torch.cat([c, f.unsqueeze(0)]) for c, f in zip(scan.cached, scan.final_weights, strict=True)
+    selected = ChunkEnd(*[x.index_select(0, index) for x in ends.tensors()])
+    points = [offsets[start] for start in sorted(longest)]
+    scan = chunk_scan(
+        memory, initial, kc.index_select(0, index), vc.index_select(0, index), selected, points[1:], True
+    )
+    # [chunk starts of every run..., run ends...]: a block ending inside its run ends where a chunk starts
+    run_index = {start: r for r, start in enumerate(sorted(longest))}
+    states = [
+        torch.cat([w, c, f.unsqueeze(0)])
+        for w, c, f in zip(scan.weights, scan.cached, scan.final_weights, strict=True)
     ]
-    per_level = [torch.split(w, counts) for w in block_ends]
-    return [
-        _BlockReader([w[i].permute(1, 2, 0, 3, 4) for w in per_level], first + i) for i in range(len(counts))
+    where = [
+        offsets[start] + (1 << level) // chunk_size
+        if (1 << level) < longest[start]
+        else len(chunks) + run_index[start]
+        for level, starts in blocks.items()
+        for start in starts
     ]
+    gathered = [
+        w.index_select(0, torch.tensor(where, device=k.device)).permute(1, 2, 0, 3, 4) for w in states
+    ]
+    per_level = [torch.split(w, [len(starts) for starts in blocks.values()], 2) for w in gathered]
+    return [_BlockReader([w[i] for w in per_level], level) for i, level in enumerate(blocks)]
