@@ -8,7 +8,9 @@ at the chunk-start weights ``theta_0``:
 - ``titans``: ``S_t = b_t S_{t-1} - eta_t grad ||f(k_t) - v_t||^2 (theta_0)``,
   ``theta_t = a_t theta_{t-1} + S_t``.
 
-Entry points (:mod:`.mc`): :func:`naive_deep_mc`, :func:`chunk_deep_mc`, :func:`recurrent_deep_mc`.
+Entry points (:mod:`.mc`): :func:`naive_deep_mc`, :func:`chunk_deep_mc`, :func:`recurrent_deep_mc`;
+with ``segmentation="log"`` they run :mod:`.log_naive`, :mod:`.log_chunk` and :mod:`.log_recurrent`
+(decoding from a :class:`DeepFenwickCache`).
 """
 
 from mcrnn.ops.deep.log_recurrent import DeepFenwickCache

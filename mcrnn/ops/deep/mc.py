@@ -11,6 +11,9 @@ returns ``(o [B, T, H, Dv] in q's dtype, cache or None)``:
 - :func:`chunk_deep_mc`: the chunk-parallel path, optionally with the decoding cache (its outputs come
   from the definition when an input holds a NaN/Inf, so that such a value never reaches earlier tokens);
 - :func:`recurrent_deep_mc`: token-by-token decoding from a :class:`DeepMemoryCache`.
+
+With ``spec.segmentation == "log"`` (DESIGN.md §5) the three run :mod:`.log_naive`, :mod:`.log_chunk`
+and :mod:`.log_recurrent` (the cache is then a :class:`DeepFenwickCache`).
 """
 
 from __future__ import annotations
