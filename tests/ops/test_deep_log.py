@@ -151,6 +151,21 @@ def test_decoding_equals_parallel(memory: str, aggregation: str, init: str, pref
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("init", ["checkpoint", "independent"])
+def test_masked_decoding_equals_parallel(init: str) -> None:
+    inputs = make_inputs("titans", 19, depth=2, seed=9)
+    inputs["mask"] = torch.rand(B, 19, generator=torch.Generator().manual_seed(10)) > 0.3
+    opts = options("titans", "grm", init, chunk_size=4)
+    full = memory_caching(**inputs, **opts)
+    out, cache = memory_caching(**time_slice(inputs, slice(0, 7)), output_cache=True, **opts)
+    outs = [out]
+    for t in range(7, 19):
+        out, cache = memory_caching(**time_slice(inputs, slice(t, t + 1)), memory="titans", cache=cache,
+                                    output_cache=True)  # fmt: skip
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
+
+
 def test_decoding_keeps_the_cache_passed_in_and_reorders() -> None:
     inputs = make_inputs("titans", 9, depth=2)
     opts = options("titans", "grm", "independent", chunk_size=2)
