@@ -214,6 +214,19 @@ def test_float32_close_to_float64(memory: str, init: str) -> None:
     assert ((out.double() - exact).abs().max() / exact.abs().max()).item() < 2e-6
 
 
+@pytest.mark.parametrize("init", ["checkpoint", "independent"])
+def test_nan_reaches_only_later_tokens_of_its_row(init: str) -> None:
+    inputs = make_inputs("titans", 13, depth=2, seed=11)
+    opts = options("titans", "grm", init, chunk_size=4)
+    clean = memory_caching(**inputs, **opts)
+    inputs["k"] = inputs["k"].clone()
+    inputs["k"][1, 6, 0, 0] = float("nan")
+    out = memory_caching(**inputs, **opts)  # the definition's outputs (a chunk would spread the NaN)
+    torch.testing.assert_close(out[0], clean[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[1, :6], clean[1, :6], rtol=1e-12, atol=1e-12)
+    assert out[1, 6:].isnan().any()
+
+
 def test_chunk_must_be_a_power_of_two() -> None:
     inputs = make_inputs("dla", 12, depth=1)
     with pytest.raises(ValueError, match="chunk_size must be a power of two for segmentation='log'"):
