@@ -3,6 +3,7 @@
 TINY = {"vocab_size": 37, "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 2}
 MIXERS = {
     "attention": {"mixer": "attention"},
+    "attention-conv": {"mixer": "attention", "attention_conv_size": 3},
     "base": {},
     "grm": {"segment_size": 4, "aggregation": "grm"},
     "ssc-sum": {"segment_size": 3, "aggregation": "ssc", "ssc_top_k": 1, "pooling": "sum"},

@@ -1,6 +1,7 @@
-"""Deep-memory benchmark: ``MemoryCachingAttention`` with ``dla``/``titans`` (base, grm, soup, ssc k=2)
-next to ``titans-pytorch``'s ``NeuralMemory`` (the optional ``bench`` extra) at the same width, heads
-and inner chunk, forward+backward on CPU float32 by default.
+"""Deep-memory benchmark: ``MemoryCachingAttention`` with ``dla``/``titans`` (base, grm, soup, ssc k=2,
+and grm over the log segmentation, i.e. Log-Linear++) next to ``titans-pytorch``'s ``NeuralMemory`` (the
+optional ``bench`` extra) at the same width, heads and inner chunk, forward+backward on CPU float32 by
+default.
 
 :func:`deep_suite` gives ``(name, case)`` pairs for the suite runner (cases of kind ``layer`` and
 ``titans_pytorch``, the latter built by :func:`build_titans_pytorch`), measured by ``mcrnn bench
@@ -21,6 +22,7 @@ VARIANTS = {
     "grm": {"aggregation": "grm"},
     "soup": {"aggregation": "soup"},
     "ssc_k2": {"aggregation": "ssc", "top_k": 2},
+    "log_grm": {"segment_size": None, "segmentation": "log", "aggregation": "grm"},
 }
 
 
@@ -38,7 +40,8 @@ def deep_suite(
     batch: int = 1,
     dtype: str = "float32",
 ) -> list[tuple[str, dict[str, Any]]]:
-    """``(name, case)`` pairs: ``{dla,titans}_{base,grm,soup,ssc_k2}`` per T, and ``titans_pytorch``."""
+    """``(name, case)`` pairs: ``{dla,titans}_{base,grm,soup,ssc_k2,log_grm}`` per T, and
+    ``titans_pytorch``."""
     shape = {"batch": batch, "hidden_size": hidden_size, "heads": heads, "dtype": dtype}
     cases = []
     for seq_len in seq_lens:

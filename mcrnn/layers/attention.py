@@ -1,7 +1,9 @@
 """Causal softmax attention with rotary position embeddings: the Transformer++ token mixer.
 
 ``y = W_o concat_h softmax(RoPE(q_h) RoPE(k_h)^T / sqrt(D) + causal mask) v_h`` with ``q, k, v = x W_{q,k,v}``
-and PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels where available). RoPE
+(or, with ``conv_size = K > 0``, ``q, k, v = silu(causal_conv_K(x W_{q,k,v}))``, the short convolution of the
+MC layer: it hands every token its predecessors, the previous-token half of an induction head) and
+PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels where available). RoPE
 (Su et al., 2021) rotates channel pairs ``(i, i + D/2)`` of ``q`` and ``k`` at absolute position ``p`` by
 ``p * theta^(-2i/D)``. The interface mirrors :class:`mcrnn.layers.MemoryCachingAttention`, so a model
 can stack either: ``forward(x, attention_mask=None, cache=None, use_cache=False) -> (y, cache)``.
@@ -9,22 +11,25 @@ can stack either: ``forward(x, attention_mask=None, cache=None, use_cache=False)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcrnn.layers.conv import ShortConvolution
 from mcrnn.layers.packing import run_documents
 
 
 @dataclass
 class AttentionCache:
-    """Keys and values seen so far, ``[B, H, T_past, D]`` each (RoPE already applied to the keys)."""
+    """Keys and values seen so far, ``[B, H, T_past, D]`` each (RoPE already applied to the keys), and the
+    short convolution's last ``K-1`` inputs per projection (``[B, K-1, hidden]``; empty without one)."""
 
     keys: torch.Tensor
     values: torch.Tensor
     key_mask: torch.Tensor | None = None  # [B, T_past] bool, True = real token; None = all real
+    conv: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def seq_len(self) -> int:
@@ -34,7 +39,10 @@ class AttentionCache:
         """The cache of batch rows ``indices`` (beam search, batch selection)."""
         indices = torch.as_tensor(indices, dtype=torch.long, device=self.keys.device)
         mask = None if self.key_mask is None else self.key_mask.index_select(0, indices)
-        return AttentionCache(self.keys.index_select(0, indices), self.values.index_select(0, indices), mask)
+        conv = {name: state.index_select(0, indices) for name, state in self.conv.items()}
+        return AttentionCache(
+            self.keys.index_select(0, indices), self.values.index_select(0, indices), mask, conv
+        )
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -48,14 +56,19 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def check_attention_options(hidden_size: int, num_heads: int, rope_theta: float) -> None:
-    """Raise ``ValueError`` unless ``hidden_size / num_heads`` is an even head dim and ``rope_theta > 0``."""
+def check_attention_options(
+    hidden_size: int, num_heads: int, rope_theta: float, conv_size: object = 0
+) -> None:
+    """Raise ``ValueError`` unless ``hidden_size / num_heads`` is an even head dim, ``rope_theta > 0`` and
+    ``conv_size`` an int >= 0."""
     if hidden_size % num_heads != 0:
         raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
     if (hidden_size // num_heads) % 2 != 0:
         raise ValueError(f"head dim hidden_size/num_heads={hidden_size // num_heads} must be even for RoPE")
     if not rope_theta > 0:
         raise ValueError(f"rope_theta must be > 0, got {rope_theta}")
+    if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
+        raise ValueError(f"conv_size must be an int >= 0 (0: no convolution), got {conv_size!r}")
 
 
 class Attention(nn.Module):
@@ -65,14 +78,21 @@ class Attention(nn.Module):
         hidden_size: model width; must be divisible by ``num_heads`` and give an even head dim.
         num_heads: attention heads ``H``; head dim ``D = hidden_size / H``.
         rope_theta: RoPE base ``theta``.
+        conv_size: kernel of a short causal convolution on q, k, v (0, the default: none).
         layer_idx: position in the stack (kept for symmetry with the MC layer).
     """
 
     def __init__(
-        self, hidden_size: int, num_heads: int, *, rope_theta: float = 10000.0, layer_idx: int | None = None
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        rope_theta: float = 10000.0,
+        conv_size: int = 0,
+        layer_idx: int | None = None,
     ) -> None:
         super().__init__()
-        check_attention_options(hidden_size, num_heads, rope_theta)
+        check_attention_options(hidden_size, num_heads, rope_theta, conv_size)
         self.head_dim = hidden_size // num_heads
         self.num_heads = num_heads
         self.rope_theta = rope_theta
@@ -81,6 +101,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.convs = nn.ModuleDict(
+            {name: ShortConvolution(hidden_size, conv_size) for name in "qkv"} if conv_size > 0 else {}
+        )
 
     def forward(
         self,
@@ -90,7 +113,8 @@ class Attention(nn.Module):
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, AttentionCache | None]:
-        """``x`` [B, T, hidden]; ``attention_mask`` [B, T] with 1 = real token (padded keys are ignored);
+        """``x`` [B, T, hidden]; ``attention_mask`` [B, T] with 1 = real token (padded keys are ignored; with
+        a convolution, padded positions enter it as zeros, which is exact for left padding);
         ``cu_seqlens`` [N + 1]: documents packed in ``x`` [1, T, hidden] attend only within themselves,
         with positions from 0 (training; no mask or cache).
 
@@ -103,9 +127,8 @@ class Attention(nn.Module):
         batch, seq_len, _ = x.shape
         past = cache.seq_len if cache is not None else 0
         shape = (batch, seq_len, self.num_heads, self.head_dim)
-        q = self.q_proj(x).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
+        q, k, v, conv_state = self._project(x, attention_mask, cache)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         positions = torch.arange(past, past + seq_len, device=x.device)
         q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
         key_mask = None
@@ -130,5 +153,20 @@ class Attention(nn.Module):
                 allowed = allowed | (torch.arange(total, device=x.device)[None, :] == positions[:, None])
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         y = self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
-        new_cache = AttentionCache(k, v, key_mask) if use_cache else None
+        new_cache = AttentionCache(k, v, key_mask, conv_state) if use_cache else None
         return y, new_cache
+
+    def _project(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, cache: AttentionCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``q, k, v`` [B, T, hidden] (through the short convolution when there is one) and its new state."""
+        projected = {"q": self.q_proj(x), "k": self.k_proj(x), "v": self.v_proj(x)}
+        if not self.convs:
+            return projected["q"], projected["k"], projected["v"], {}
+        if attention_mask is not None:  # pads enter the convolution as zeros
+            keep = attention_mask[:, -x.shape[1] :].unsqueeze(-1).to(x.dtype)
+            projected = {name: value * keep for name, value in projected.items()}
+        outputs, state = {}, {}
+        for name, value in projected.items():
+            outputs[name], state[name] = self.convs[name](value, None if cache is None else cache.conv[name])
+        return outputs["q"], outputs["k"], outputs["v"], state

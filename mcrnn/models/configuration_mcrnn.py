@@ -57,6 +57,9 @@ class MCConfig(PretrainedConfig):
             which segments must be multiples of).
         memory_expansion, memory_depth: MLP expansion and depth of deep memories.
         rope_theta: RoPE base of attention layers.
+        attention_conv_size: short causal convolution width on the q, k, v of attention layers (0, the
+            default, is the plain Transformer++; the MC layers' ``conv_size`` gives every recurrent model
+            one, and this gives attention the same previous-token features).
         norm_eps: RMSNorm epsilon of the blocks.
         initializer_range: std of the normal init of embeddings and linear layers outside MC layers.
         tie_word_embeddings: share the embedding and LM-head weights.
@@ -90,6 +93,7 @@ class MCConfig(PretrainedConfig):
         memory_expansion: int = 4,
         memory_depth: int = 2,
         rope_theta: float = 10000.0,
+        attention_conv_size: int = 0,
         norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
@@ -136,7 +140,7 @@ class MCConfig(PretrainedConfig):
         if spec.segment_lengths is not None:
             self.segment_lengths = list(spec.segment_lengths)
         if mixer == "attention" or (layer_mixers is not None and "attention" in layer_mixers):
-            check_attention_options(hidden_size, num_heads, rope_theta)
+            check_attention_options(hidden_size, num_heads, rope_theta, attention_conv_size)
         if not norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {norm_eps}")
         self.use_decay = use_decay
@@ -146,6 +150,7 @@ class MCConfig(PretrainedConfig):
         self.memory_expansion = memory_expansion
         self.memory_depth = memory_depth
         self.rope_theta = rope_theta
+        self.attention_conv_size = attention_conv_size
         self.norm_eps = norm_eps
         self.initializer_range = initializer_range
         self.use_cache = use_cache

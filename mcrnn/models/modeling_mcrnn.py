@@ -40,7 +40,11 @@ def build_mixer(config: MCConfig, layer_idx: int) -> nn.Module:
     """The token mixer of layer ``layer_idx``: an MC layer (MC off when no segmentation) or attention."""
     if config.mixer_of(layer_idx) == "attention":
         return Attention(
-            config.hidden_size, config.num_heads, rope_theta=config.rope_theta, layer_idx=layer_idx
+            config.hidden_size,
+            config.num_heads,
+            rope_theta=config.rope_theta,
+            conv_size=config.attention_conv_size,
+            layer_idx=layer_idx,
         )
     return MemoryCachingAttention.from_config(config, layer_idx)
 

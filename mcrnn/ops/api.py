@@ -14,7 +14,7 @@ from dataclasses import fields
 import torch
 
 from mcrnn.ops.cache import MemoryCache
-from mcrnn.ops.deep import DeepMemoryCache, chunk_deep_mc, naive_deep_mc, recurrent_deep_mc
+from mcrnn.ops.deep import DeepFenwickCache, DeepMemoryCache, chunk_deep_mc, naive_deep_mc, recurrent_deep_mc
 from mcrnn.ops.deep.network import check_params
 from mcrnn.ops.delta import chunk_delta_mc, naive_delta_mc, recurrent_delta_mc
 from mcrnn.ops.inputs import check_tensors, check_working_set
@@ -108,7 +108,8 @@ def memory_caching(
             token-loop definition), ``torch`` (parallel PyTorch), ``triton`` (linear, swla).
         chunk_size: inner chunk; for matrix memories an upper bound the parallel path picks under
             (default 64), for deep memories the inner mini-batch ``b`` of the model (segments must be
-            multiples of it; None: the largest power of two <= 64 dividing them).
+            multiples of it; None: the largest power of two <= 64 dividing them; with
+            ``segmentation="log"`` a power of two, None: 64).
         check_inputs: check shapes, dtypes and gate ranges (one host sync); callers whose inputs are
             valid by construction (the layer) pass False.
 
@@ -140,7 +141,11 @@ def memory_caching(
             check_working_set(len(spec.lengths(q.shape[1])), q, v)
     if cache is not None:
         _check_cache(cache, spec, memory, q, v)
-        if isinstance(cache, DeepMemoryCache) and chunk_size is not None and chunk_size != cache.chunk_size:
+        if (
+            isinstance(cache, (DeepMemoryCache, DeepFenwickCache))
+            and chunk_size is not None
+            and chunk_size != cache.chunk_size
+        ):
             raise ValueError(
                 f"chunk_size={chunk_size} differs from the cache's inner chunk {cache.chunk_size}"
             )
@@ -193,8 +198,10 @@ def _check_family_inputs(memory: str, inputs: dict[str, object]) -> None:
 
 def _check_cache(cache: MemoryCache, spec: MCSpec, memory: str, q: torch.Tensor, v: torch.Tensor) -> None:
     """The cache must be of the family, memory and shapes of this call."""
-    expected = DeepMemoryCache if memory in DEEP_MEMORIES else FenwickMemoryCache if spec.kind == "log" else (
-        MatrixMemoryCache)  # fmt: skip
+    if memory in DEEP_MEMORIES:
+        expected = DeepFenwickCache if spec.kind == "log" else DeepMemoryCache
+    else:
+        expected = FenwickMemoryCache if spec.kind == "log" else MatrixMemoryCache
     if not isinstance(cache, expected):
         raise TypeError(
             f"cache must be a {expected.__name__} for memory={memory!r}, got {type(cache).__name__}"

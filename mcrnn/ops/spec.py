@@ -164,14 +164,16 @@ def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> in
     ``init="checkpoint"``). For a deep
     memory (``dla``, ``titans``) the inner chunk ``b`` is part of the model (every gradient of a chunk
     is taken at the chunk-start weights, DESIGN.md §6), so segments must be multiples of it (all but
-    the last); ``chunk_size=None`` picks the largest power of two <= 64 that divides them.
+    the last); ``chunk_size=None`` picks the largest power of two <= 64 that divides them. With the log
+    segmentation a deep memory's chunk must be a power of two (None: 64), so that its chunks tile the
+    aligned buckets.
     """
     check_choice("memory", memory, MEMORIES)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
-    if spec.kind == "log" and memory not in ("linear", *DELTA_MEMORIES):
+    if spec.kind == "log" and memory == "swla":
         raise ValueError(
-            "segmentation='log' supports memory='linear', 'deltanet' or 'gated_deltanet', "
+            "segmentation='log' supports memory='linear', 'deltanet', 'gated_deltanet', 'dla' or 'titans', "
             f"got memory={memory!r}"
         )
     if spec.kind == "log" and memory in DELTA_MEMORIES and spec.init != "checkpoint":
@@ -186,6 +188,11 @@ def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> in
     )
     if chunk_size is None:  # a divisor of 64 is a power of two
         return math.gcd(DEFAULT_CHUNK_SIZE, *spans)
+    if spec.kind == "log" and chunk_size & (chunk_size - 1):
+        raise ValueError(
+            f"chunk_size must be a power of two for segmentation='log' with memory={memory!r} (the inner "
+            f"chunks must tile the aligned buckets), got {chunk_size}"
+        )
     if any(n % chunk_size for n in spans):
         name = "segment_size" if spec.kind == "constant" else "segment_lengths (all but the last)"
         raise ValueError(

@@ -40,7 +40,13 @@ TABLE = [
     ({"segment_size": 4, "segment_lengths": [4, 4]}, "give segment_size or segment_lengths, not both"),
     ({"segment_lengths": [0, 8]}, "segment_lengths must be a non-empty list of ints >= 1"),
     ({"segmentation": "log", "segment_size": 4}, "segmentation='log' takes no segment_size"),
-    ({"segmentation": "log", "memory": "dla"}, "segmentation='log' supports memory='linear', 'deltanet'"),
+    ({"segmentation": "log", "memory": "dla"}, None),
+    ({"segmentation": "log", "memory": "titans", "init": "independent", "aggregation": "soup"}, None),
+    ({"segmentation": "log", "memory": "swla"}, "segmentation='log' supports memory='linear', 'deltanet'"),
+    (
+        {"segmentation": "log", "memory": "dla", "chunk_size": 6},
+        "chunk_size must be a power of two for segmentation='log'",
+    ),
     ({"segmentation": "log", "memory": "gated_deltanet", "aggregation": "grm"}, None),
     (
         {"segmentation": "log", "memory": "deltanet", "init": "independent"},

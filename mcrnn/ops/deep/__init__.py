@@ -8,11 +8,21 @@ at the chunk-start weights ``theta_0``:
 - ``titans``: ``S_t = b_t S_{t-1} - eta_t grad ||f(k_t) - v_t||^2 (theta_0)``,
   ``theta_t = a_t theta_{t-1} + S_t``.
 
-Entry points (:mod:`.mc`): :func:`naive_deep_mc`, :func:`chunk_deep_mc`, :func:`recurrent_deep_mc`.
+Entry points (:mod:`.mc`): :func:`naive_deep_mc`, :func:`chunk_deep_mc`, :func:`recurrent_deep_mc`;
+with ``segmentation="log"`` they run :mod:`.log_naive`, :mod:`.log_chunk` and :mod:`.log_recurrent`
+(decoding from a :class:`DeepFenwickCache`).
 """
 
+from mcrnn.ops.deep.log_recurrent import DeepFenwickCache
 from mcrnn.ops.deep.mc import chunk_deep_mc, naive_deep_mc, recurrent_deep_mc
 from mcrnn.ops.deep.network import layer_shapes
 from mcrnn.ops.deep.recurrent import DeepMemoryCache
 
-__all__ = ["DeepMemoryCache", "chunk_deep_mc", "layer_shapes", "naive_deep_mc", "recurrent_deep_mc"]
+__all__ = [
+    "DeepFenwickCache",
+    "DeepMemoryCache",
+    "chunk_deep_mc",
+    "layer_shapes",
+    "naive_deep_mc",
+    "recurrent_deep_mc",
+]

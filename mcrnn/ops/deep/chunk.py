@@ -179,18 +179,13 @@ def chunk_deep_memory_caching(
     # chunk-major, padded to whole chunks: [n, B, H, c, ...]. Only the final chunk can
     # be partial (segments are multiples of chunk_size but the last); its padding has eta = 0 and comes
     # after every real token, and its end state is read at the last real token, so it changes nothing.
-    momentum_gate = None
-    if mask is not None:
-        keep = mask.unsqueeze(-1)  # [B, T, 1]
-        eta, alpha = torch.where(keep, eta, 0.0), torch.where(keep, alpha, 1.0)
-        if beta is not None:
-            beta, momentum_gate = torch.where(keep, beta, 1.0), keep.expand_as(beta).to(beta.dtype)
+    eta, alpha, beta, momentum_gate = masked_rates(eta, alpha, beta, mask)
     n_chunks = -(-seq_len // chunk_size)
     pad = n_chunks * chunk_size - seq_len
-    qc, kc, vc, eta_c = (_chunked(x, pad, chunk_size, 0.0) for x in (q, k, v, eta))
-    alpha_c = _chunked(alpha, pad, chunk_size, 1.0)
-    beta_c = _chunked(beta, pad, chunk_size, 1.0) if beta is not None else None
-    gate_c = _chunked(momentum_gate, pad, chunk_size, 0.0) if momentum_gate is not None else None
+    qc, kc, vc, eta_c = (chunked(x, pad, chunk_size, 0.0) for x in (q, k, v, eta))
+    alpha_c = chunked(alpha, pad, chunk_size, 1.0)
+    beta_c = chunked(beta, pad, chunk_size, 1.0) if beta is not None else None
+    gate_c = chunked(momentum_gate, pad, chunk_size, 0.0) if momentum_gate is not None else None
     last = torch.full((n_chunks,), chunk_size - 1, device=q.device)
     last[-1] = (seq_len - 1) % chunk_size
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
@@ -220,6 +215,20 @@ def chunk_deep_memory_caching(
     )
 
 
+def masked_rates(
+    eta: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(eta, alpha, beta, momentum_gate)`` [B, T, H] with every masked token an identity step: ``eta = 0``,
+    ``alpha = beta = 1`` and (titans) momentum gate 0 (``None`` without a mask or momentum)."""
+    if mask is None:
+        return eta, alpha, beta, None
+    keep = mask.unsqueeze(-1)  # [B, T, 1]
+    eta, alpha = torch.where(keep, eta, 0.0), torch.where(keep, alpha, 1.0)
+    if beta is None:
+        return eta, alpha, None, None
+    return eta, alpha, torch.where(keep, beta, 1.0), keep.expand_as(beta).to(beta.dtype)
+
+
 def _add_cached_reads(
     out: torch.Tensor,
     q: torch.Tensor,
@@ -243,7 +252,7 @@ def _add_cached_reads(
     return out
 
 
-def _chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:
+def chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:
     """``[B, T, H, ...]`` -> chunk-major ``[n, B, H, c, ...]`` (``T`` padded with ``value``)."""
     if pad:
         widths = [0, 0] * (x.dim() - 2) + [0, pad]
@@ -256,7 +265,7 @@ def _chunked_gates(
     gates: torch.Tensor, online_gate: torch.Tensor, pad: int, chunk_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Router gates ``[B, T, H, N]`` and ``[B, T, H]`` in the chunk-major layout (padding gets 0)."""
-    return _chunked(gates, pad, chunk_size, 0.0), _chunked(online_gate, pad, chunk_size, 0.0)
+    return chunked(gates, pad, chunk_size, 0.0), chunked(online_gate, pad, chunk_size, 0.0)
 
 
 def _split_fields(field: object, counts: Sequence[int]) -> list:

@@ -11,6 +11,9 @@ returns ``(o [B, T, H, Dv] in q's dtype, cache or None)``:
 - :func:`chunk_deep_mc`: the chunk-parallel path, optionally with the decoding cache (its outputs come
   from the definition when an input holds a NaN/Inf, so that such a value never reaches earlier tokens);
 - :func:`recurrent_deep_mc`: token-by-token decoding from a :class:`DeepMemoryCache`.
+
+With ``spec.segmentation == "log"`` (DESIGN.md §5) the three run :mod:`.log_naive`, :mod:`.log_chunk`
+and :mod:`.log_recurrent` (the cache is then a :class:`DeepFenwickCache`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from dataclasses import replace
 import torch
 
 from mcrnn.ops.deep.chunk import chunk_deep_memory_caching
+from mcrnn.ops.deep.log_chunk import chunk_deep_log_memory_caching
+from mcrnn.ops.deep.log_naive import naive_deep_log_memory_caching
+from mcrnn.ops.deep.log_recurrent import DeepFenwickCache, deep_fenwick_prefill, recurrent_deep_log
 from mcrnn.ops.deep.naive import naive_deep_memory_caching
 from mcrnn.ops.deep.recurrent import DeepMemoryCache, recurrent_deep_memory_caching
 from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
@@ -60,11 +66,13 @@ def naive_deep_mc(
 ) -> tuple[torch.Tensor, None]:
     """The definition (:mod:`mcrnn.ops.deep.naive`): ``o`` and no cache."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
-    out = naive_deep_memory_caching(
-        *inputs, spec.lengths(q.shape[1]), memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
-        chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
-        pooling=spec.pooling, mask=mask,
-    )  # fmt: skip
+    options = {"memory": memory, "params": params, "eta": eta, "alpha": alpha, "beta": beta,
+               "chunk_size": chunk_size, "aggregation": spec.aggregation, "init": spec.init,
+               "top_k": spec.top_k, "pooling": spec.pooling, "mask": mask}  # fmt: skip
+    if spec.kind == "log":
+        out = naive_deep_log_memory_caching(*inputs, **options)
+    else:
+        out = naive_deep_memory_caching(*inputs, spec.lengths(q.shape[1]), **options)
     return out.to(q.dtype), None
 
 
@@ -83,7 +91,7 @@ def chunk_deep_mc(
     chunk_size: int,
     output_cache: bool = False,
     mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, DeepMemoryCache | None]:
+) -> tuple[torch.Tensor, DeepMemoryCache | DeepFenwickCache | None]:
     """The chunk-parallel path (:mod:`mcrnn.ops.deep.chunk`): ``o`` and, with ``output_cache``, the cache."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
     out = None
@@ -94,6 +102,14 @@ def chunk_deep_mc(
                                beta=beta, chunk_size=chunk_size, mask=mask)  # fmt: skip
         if not output_cache:
             return out, None
+    if spec.kind == "log":
+        options = {"memory": memory, "params": params, "eta": eta, "alpha": alpha, "beta": beta,
+                   "chunk_size": chunk_size, "aggregation": spec.aggregation, "init": spec.init,
+                   "top_k": spec.top_k, "pooling": spec.pooling, "mask": mask}  # fmt: skip
+        if out is None:
+            with full_precision(q.device):
+                out = chunk_deep_log_memory_caching(*inputs, **options).to(q.dtype)
+        return out, deep_fenwick_prefill(spec, *inputs[1:3], **options) if output_cache else None
     lengths = spec.lengths(q.shape[1])
     with full_precision(q.device):
         result = chunk_deep_memory_caching(
@@ -132,17 +148,22 @@ def recurrent_deep_mc(
     v: torch.Tensor,
     u: torch.Tensor | None = None,
     *,
-    cache: DeepMemoryCache,
+    cache: DeepMemoryCache | DeepFenwickCache,
     params: Sequence[torch.Tensor],
     eta: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, DeepMemoryCache]:
+) -> tuple[torch.Tensor, DeepMemoryCache | DeepFenwickCache]:
     """Continue ``cache`` token by token (:mod:`mcrnn.ops.deep.recurrent`); the spec, memory and inner
     chunk are the cache's. Returns ``o`` and a new cache (``cache`` itself is not modified)."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
     spec = cache.spec
+    if isinstance(cache, DeepFenwickCache):
+        out, cache = recurrent_deep_log(
+            *inputs, cache, params=params, eta=eta, alpha=alpha, beta=beta, mask=mask
+        )
+        return out.to(q.dtype), cache
     cache = replace(
         cache, cached=list(cache.cached), context_sums=list(cache.context_sums),
         context_counts=list(cache.context_counts),

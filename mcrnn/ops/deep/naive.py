@@ -77,19 +77,10 @@ def naive_deep_memory_caching(
                 momentum = [torch.zeros_like(w) for w in initial] if momentum is not None else None
         if (t - starts[s]) % chunk_size == 0:
             chunk_start = weights
-        grads = _autograd_gradients(memory, chunk_start, k[:, t], v[:, t])
-        step = eta[:, t, :, None, None]
-        retain = alpha[:, t, :, None, None]
-        keep = None if mask is None else mask[:, t, None, None, None]  # [B, 1, 1, 1]
-        if momentum is not None:
-            new_momentum = [
-                beta[:, t, :, None, None] * m - step * g for m, g in zip(momentum, grads, strict=True)
-            ]
-            new_weights = [retain * w + m for w, m in zip(weights, new_momentum, strict=True)]
-            momentum = where_kept(keep, new_momentum, momentum)
-        else:
-            new_weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
-        weights = where_kept(keep, new_weights, weights)
+        keep = None if mask is None else mask[:, t]
+        weights, momentum = write_token(
+            memory, weights, momentum, chunk_start, k, v, eta, alpha, beta, keep, t
+        )
         query = q[:, t].unsqueeze(-2)  # [B, H, 1, Dk]
         g_cached = gates[:, t]  # [B, H, N]
         g_online = online_gate[:, t, :, None, None]
@@ -104,6 +95,37 @@ def naive_deep_memory_caching(
                 out = out + g_cached[:, :, i, None, None] * network.forward(state, query)
         outputs.append(out.squeeze(-2))
     return torch.stack(outputs, dim=1)
+
+
+def write_token(
+    memory: str,
+    weights: list[torch.Tensor],
+    momentum: list[torch.Tensor] | None,
+    chunk_start: list[torch.Tensor],
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    t: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Token ``t`` of the chunked rule: ``(theta_t, S_t)`` from ``(theta_{t-1}, S_{t-1})`` with the gradient
+    at ``chunk_start`` (``theta_0``); ``k, v`` [B, T, H, D], rates [B, T, H], ``keep`` [B] bool or None
+    (a token not kept is an identity step)."""
+    grads = _autograd_gradients(memory, chunk_start, k[:, t], v[:, t])
+    step = eta[:, t, :, None, None]
+    retain = alpha[:, t, :, None, None]
+    keep = None if keep is None else keep[:, None, None, None]  # [B, 1, 1, 1]
+    if momentum is not None:
+        new_momentum = [
+            beta[:, t, :, None, None] * m - step * g for m, g in zip(momentum, grads, strict=True)
+        ]
+        new_weights = [retain * w + m for w, m in zip(weights, new_momentum, strict=True)]
+        momentum = where_kept(keep, new_momentum, momentum)
+    else:
+        new_weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
+    return where_kept(keep, new_weights, weights), momentum
 
 
 def where_kept(

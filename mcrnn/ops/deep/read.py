@@ -51,22 +51,33 @@ def online_layer(
     deltas: Sequence[torch.Tensor],
     coef: ChunkCoefficients,
 ) -> torch.Tensor:
-    """``W_{l,t} x_t`` for every token of the chunk(s), ``x`` [..., c, d_in] -> [..., c, d_out].
+    """``W_{l,t} x_t`` for every token of the chunk(s), ``x`` [..., c, d_in] -> [..., c, d_out] (``weights``
+    per chunk, or one ``[B, H, d_out, d_in]`` set shared by chunks ``x`` [n, B, H, c, d_in]).
 
     The per-token ``A_t`` and ``P_t`` scale whichever side of their matmul is narrower.
     """
     retain = coef.retain.unsqueeze(-1)
     carry = None if momentum is None else coef.carry.unsqueeze(-1)
     if x.shape[-1] <= weights[layer].shape[-2]:
-        out = (retain * x) @ weights[layer].transpose(-1, -2)
+        out = _apply(weights[layer], retain * x)
         if carry is not None:
             out = add_matmul(out, carry * x, momentum[layer].transpose(-1, -2))
     else:
-        out = retain * (x @ weights[layer].transpose(-1, -2))
+        out = retain * _apply(weights[layer], x)
         if carry is not None:
             out = torch.addcmul(out, carry, x @ momentum[layer].transpose(-1, -2))
     scores = (x @ inputs[layer].transpose(-1, -2)) * coef.mix
     return add_matmul(out, scores, deltas[layer], alpha=-1.0)
+
+
+def _apply(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x W^T``: per chunk (``W`` [n, B, H, d_out, d_in], ``x`` [n, B, H, c, d_in]), or one ``W``
+    [B, H, d_out, d_in] for every chunk, as one matmul over all the chunks' rows (broadcasting ``W``
+    over the chunks would copy it once per chunk)."""
+    if weight.dim() == x.dim():
+        return x @ weight.transpose(-1, -2)
+    rows = x.permute(1, 2, 0, 3, 4).flatten(2, 3)  # [B, H, n * c, d_in]
+    return (rows @ weight.transpose(-1, -2)).unflatten(2, (x.shape[0], -1)).permute(2, 0, 1, 3, 4)
 
 
 def online_read(

@@ -118,19 +118,38 @@ def _write(
     mask: torch.Tensor | None,
 ) -> None:
     """One token of the chunked rule; ``k, v`` [B, H, D], gates [B, H], ``mask`` [B] (or ``None``)."""
-    terms = network.key_gradients(cache.memory, cache.chunk_start, k.unsqueeze(-2), v.unsqueeze(-2))
+    cache.weights, cache.momentum = write_step(
+        cache.memory, cache.weights, cache.momentum, cache.chunk_start, k, v, eta, alpha, beta, mask
+    )
+    cache.key_sum = cache.key_sum + k
+    cache.key_count += 1
+
+
+def write_step(
+    memory: str,
+    weights: list[torch.Tensor],
+    momentum: list[torch.Tensor] | None,
+    chunk_start: list[torch.Tensor],
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    mask: torch.Tensor | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """``(theta_t, S_t)`` after one token of the chunked rule, every gradient at ``chunk_start``
+    (per layer ``[B, H, d_out, d_in]``); ``k, v`` [B, H, D], rates [B, H], ``mask`` [B] (or ``None``)."""
+    terms = network.key_gradients(memory, chunk_start, k.unsqueeze(-2), v.unsqueeze(-2))
     grads = [d.transpose(-1, -2) @ a for d, a in zip(terms.deltas, terms.inputs, strict=True)]
     step, retain = eta[..., None, None], alpha[..., None, None]
     keep = None if mask is None else mask[:, None, None, None]
-    if cache.momentum is not None:
-        momentum = [beta[..., None, None] * m - step * g for m, g in zip(cache.momentum, grads, strict=True)]
-        weights = [retain * w + m for w, m in zip(cache.weights, momentum, strict=True)]
-        cache.momentum = where_kept(keep, momentum, cache.momentum)
+    if momentum is not None:
+        new_momentum = [beta[..., None, None] * m - step * g for m, g in zip(momentum, grads, strict=True)]
+        new_weights = [retain * w + m for w, m in zip(weights, new_momentum, strict=True)]
+        momentum = where_kept(keep, new_momentum, momentum)
     else:
-        weights = [retain * w - step * g for w, g in zip(cache.weights, grads, strict=True)]
-    cache.weights = where_kept(keep, weights, cache.weights)
-    cache.key_sum = cache.key_sum + k
-    cache.key_count += 1
+        new_weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
+    return where_kept(keep, new_weights, weights), momentum
 
 
 def _read(

@@ -94,17 +94,20 @@ def chunk_scan(
     cache_points: Sequence[int],
     reset: bool,
     read: tuple[torch.Tensor, ChunkCoefficients] | None = None,
+    keep_states: bool = False,
 ) -> ScanResult:
     """Run every chunk of ``keys``/``values`` ``[n, B, H, c, D]`` from ``initial`` (``[B, H, d_out, d_in]``
     per layer). ``cache_points`` (increasing chunk indices in ``[1, n)``) are the chunks that open a
     segment: the weights before each are returned in ``cached``, and with ``reset`` each restarts
     from ``initial`` with zero momentum. ``read = (query [n, B, H, c, Dk], coefficients)`` fuses the
-    online read into the scan (then the per-chunk states and factors are not returned)."""
+    online read into the scan (then the per-chunk states and factors are returned only with
+    ``keep_states``)."""
     points = tuple(int(p) for p in cache_points)
     if any(p <= 0 or p >= keys.shape[0] for p in points) or list(points) != sorted(set(points)):
         raise ValueError(f"cache_points must be increasing chunk indices in [1, n), got {list(points)}")
     depth, titans = len(initial), memory == "titans"
-    spec = (memory, points, bool(reset), depth, read is not None)
+    states = read is None or keep_states
+    spec = (memory, points, bool(reset), depth, read is not None, states)
     extra = [] if read is None else [read[0], *read[1].tensors()]
     # batch and heads merged, [n, B*H, ...]: every chunk's operands are plain 3-D batches
     batch, heads = keys.shape[1:3]
@@ -113,18 +116,17 @@ def chunk_scan(
     out = [_split_heads(x, batch, heads) for x in ChunkScan.apply(spec, *merged)]
     output = out.pop(0) if read is not None else None
     groups = [out[i : i + depth] for i in range(0, len(out), depth)]
-    if read is None:
-        weights = groups.pop(0)
-        momentum = groups.pop(0) if titans else None
+    weights = groups.pop(0) if states else None
+    momentum = groups.pop(0) if states and titans else None
     final_weights = groups.pop(0)
     final_momentum = groups.pop(0) if titans else None
     last_start, cached = groups.pop(0), groups.pop(0)
-    states = (final_weights, final_momentum, last_start, cached)
-    if read is not None:
-        return ScanResult(output, None, None, None, None, *states)
+    ends_and_cached = (final_weights, final_momentum, last_start, cached)
+    if not states:
+        return ScanResult(output, None, None, None, None, *ends_and_cached)
     factors = [x for group in groups for x in group]
     inputs, deltas = [keys, *factors[: depth - 1]], factors[depth - 1 :]
-    return ScanResult(None, weights, momentum, inputs, deltas, *states)
+    return ScanResult(output, weights, momentum, inputs, deltas, *ends_and_cached)
 
 
 def _buffers(keys: torch.Tensor, initial: Sequence[torch.Tensor]) -> network.KeyGradients:
@@ -180,7 +182,7 @@ class ChunkScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec: tuple, *tensors: torch.Tensor):  # noqa: ANN001, ANN205
-        memory, points, reset, depth, fused = spec
+        memory, points, reset, depth, fused, states = spec
         take = _Taker(list(tensors))
         titans = memory == "titans"
         initial, (keys, values), ends = take(depth), take(2), ChunkEnd(*take(5 if titans else 2))
@@ -246,16 +248,27 @@ class ChunkScan(torch.autograd.Function):
             *([query, *coef.tensors(), *read_pre] if fused else []),
         )  # fmt: skip
         last_start = [w[-1].clone() for w in starts_w]
-        if fused:
-            return (output, *final_w, *final_s, *last_start, *cached)
-        return (*starts_w, *starts_s, *final_w, *final_s, *last_start, *cached, *hidden, *terms.deltas)
+        read_out = [output] if fused else []
+        if not states:
+            return (*read_out, *final_w, *final_s, *last_start, *cached)
+        return (
+            *read_out,
+            *starts_w,
+            *starts_s,
+            *final_w,
+            *final_s,
+            *last_start,
+            *cached,
+            *hidden,
+            *terms.deltas,
+        )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: torch.Tensor | None):  # noqa: ANN001, ANN205
         """Reverse loop over chunks carrying ``dL/d(end state)``; per chunk, the adjoints of the read,
         the update and the key gradients, on tensors of one chunk (cache-sized)."""
-        memory, points, reset, depth, fused = ctx.spec
+        memory, points, reset, depth, fused, states = ctx.spec
         titans, hidden = memory == "titans", depth - 1
         take = _Taker(list(ctx.saved_tensors))
         initial, (keys, values) = take(depth), take(2)
@@ -269,11 +282,11 @@ class ChunkScan(torch.autograd.Function):
             read_pre = take(hidden)
         take_grad = _Taker(list(grads))
         g_output = take_grad(1)[0] if fused else None
-        g_starts_w = take_grad(0 if fused else depth)
-        g_starts_s = take_grad(0 if fused or not titans else depth)
+        g_starts_w = take_grad(depth if states else 0)
+        g_starts_s = take_grad(depth if states and titans else 0)
         g_final_w, g_final_s = take_grad(depth), take_grad(depth if titans else 0)
         g_last_start, g_cached = take_grad(depth), take_grad(depth)
-        g_inputs, g_deltas = take_grad(0 if fused else hidden), take_grad(0 if fused else depth)
+        g_inputs, g_deltas = take_grad(hidden if states else 0), take_grad(depth if states else 0)
 
         n_chunks = keys.shape[0]
         g_initial = [torch.zeros_like(w) for w in initial]
