@@ -8,6 +8,7 @@ MIXERS = {
     "grm": {"segment_size": 4, "aggregation": "grm"},
     "ssc-sum": {"segment_size": 3, "aggregation": "ssc", "ssc_top_k": 1, "pooling": "sum"},
     "log-grm": {"segmentation": "log", "aggregation": "grm"},
+    "swla-log": {"memory": "swla", "segmentation": "log", "aggregation": "grm"},
     "swla-independent": {"memory": "swla", "segment_size": 4, "init": "independent"},
     "dla-soup": {"memory": "dla", "segment_size": 4, "aggregation": "soup", "memory_expansion": 2},
     "titans-grm": {"memory": "titans", "segment_size": 4, "memory_expansion": 2},

@@ -160,7 +160,7 @@ def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> in
 
     For a matrix memory (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``) the chunk is an
     implementation detail: ``chunk_size`` (default 64) caps the chunk the parallel path picks, and any
-    segmentation works (the log segmentation for ``linear``, and for the delta rule with
+    segmentation works (the log segmentation for ``linear``, and for ``swla`` and the delta rule with
     ``init="checkpoint"``). For a deep
     memory (``dla``, ``titans``) the inner chunk ``b`` is part of the model (every gradient of a chunk
     is taken at the chunk-start weights, DESIGN.md §6), so segments must be multiples of it (all but
@@ -171,15 +171,10 @@ def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> in
     check_choice("memory", memory, MEMORIES)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
-    if spec.kind == "log" and memory == "swla":
-        raise ValueError(
-            "segmentation='log' supports memory='linear', 'deltanet', 'gated_deltanet', 'dla' or 'titans', "
-            f"got memory={memory!r}"
-        )
-    if spec.kind == "log" and memory in DELTA_MEMORIES and spec.init != "checkpoint":
+    if spec.kind == "log" and memory in ("swla", *DELTA_MEMORIES) and spec.init != "checkpoint":
         raise ValueError(
             f"segmentation='log' with memory={memory!r} supports init='checkpoint' only (an independent "
-            "bucket restarts the delta rule, which no merge of smaller buckets gives)"
+            "bucket restarts the memory, and its state is no merge of the smaller buckets' states)"
         )
     if memory in MATRIX_MEMORIES:
         return DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size

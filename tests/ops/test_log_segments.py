@@ -157,7 +157,7 @@ def test_log_differs_from_constant_segments():
     "kwargs,match",
     [
         ({"segment_size": 4}, "segmentation='log' takes no"),
-        ({"memory": "swla"}, "supports memory='linear'"),
+        ({"memory": "swla", "init": "independent"}, "supports init='checkpoint' only"),
         ({"segmentation": "fenwick"}, "segmentation must be one of"),
     ],
 )

@@ -42,7 +42,11 @@ TABLE = [
     ({"segmentation": "log", "segment_size": 4}, "segmentation='log' takes no segment_size"),
     ({"segmentation": "log", "memory": "dla"}, None),
     ({"segmentation": "log", "memory": "titans", "init": "independent", "aggregation": "soup"}, None),
-    ({"segmentation": "log", "memory": "swla"}, "segmentation='log' supports memory='linear', 'deltanet'"),
+    ({"segmentation": "log", "memory": "swla", "aggregation": "ssc", "top_k": 1}, None),
+    (
+        {"segmentation": "log", "memory": "swla", "init": "independent"},
+        "memory='swla' supports init='checkpoint' only",
+    ),
     (
         {"segmentation": "log", "memory": "dla", "chunk_size": 6},
         "chunk_size must be a power of two for segmentation='log'",

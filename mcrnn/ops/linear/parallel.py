@@ -85,7 +85,7 @@ def _torch_linear_mc(
     qh = heads_first(q)
     decay_h = None if log_decay is None else log_decay.transpose(1, 2)
     online, states = 0, 0
-    for write_k, write_v in _writes(k, v, memory, prev_gate, cur_gate, lengths, spec.init):
+    for write_k, write_v in write_streams(k, v, memory, prev_gate, cur_gate, lengths, spec.init):
         part_online, part_states = chunk_linear(
             qh, heads_first(write_k), heads_first(write_v), decay_h, lengths, spec.init, chunk_size
         )
@@ -145,7 +145,7 @@ def _triton_linear_mc(
     from mcrnn.ops.linear import triton as mc_triton
 
     online, states = 0, 0
-    for write_k, write_v in _writes(k, v, memory, prev_gate, cur_gate, lengths, spec.init):
+    for write_k, write_v in write_streams(k, v, memory, prev_gate, cur_gate, lengths, spec.init):
         part_online, part_states = mc_triton.chunk_linear(q, write_k, write_v, log_decay, lengths, spec.init)
         online, states = online + part_online, states + part_states
     contexts, online_context = segment_contexts(k, lengths, spec.pooling)
@@ -168,7 +168,7 @@ def _triton_linear_mc(
     return out, states
 
 
-def _writes(
+def write_streams(
     k: torch.Tensor,
     v: torch.Tensor,
     memory: str,

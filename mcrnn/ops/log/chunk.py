@@ -1,4 +1,7 @@
-"""Parallel MC with the per-token Fenwick (log) segmentation of DESIGN.md §5, ``linear`` memory.
+"""Parallel MC with the per-token Fenwick (log) segmentation of DESIGN.md §5, ``linear`` memory (and
+``swla`` under ``init="checkpoint"``: every bucket state is then a prefix state, linear in the two write
+streams ``(l_t k_t, v_t)`` and ``(b_t k_{t-1}, v_{t-1})``, so the output is the sum of one run per stream
+with the router on the keys ``k_t``).
 
 Token ``t`` (prefix length ``L = t + 1``) reads one bucket per set bit ``l`` of ``L``: the aligned
 dyadic block ``[s, s + 2^l)`` with ``s = (L >> (l+1)) << (l+1)``; the lowest set bit is the online
@@ -22,10 +25,13 @@ attention plus about ``log2(T/c) / 2 + 1`` reads of ``2 Dk Dv`` (forward; backwa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
 from mcrnn.ops.linear.chunk import chunk_states, split_chunks
+from mcrnn.ops.linear.parallel import write_streams
 from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
 from mcrnn.ops.segments import mixing_weights
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
@@ -54,8 +60,10 @@ def log_linear_mc(
     pooling: str,
     log_decay: torch.Tensor | None,
     chunk_size: int = 64,
+    router_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MC output [B, T, H, Dv] with Fenwick segmentation for [B, T, H, D] inputs (see module doc)."""
+    """MC output [B, T, H, Dv] with Fenwick segmentation for [B, T, H, D] inputs (see module doc); the
+    router pools ``router_keys`` [B, T, H, Dk] (None: the written keys ``k``)."""
     batch, seq_len, heads, _ = q.shape
     active, start, end, low = fenwick_levels(seq_len, q.device)
     n_levels = active.shape[1]
@@ -67,7 +75,8 @@ def log_linear_mc(
 
     def logits() -> tuple[torch.Tensor, torch.Tensor]:
         u_chunks = chunks.q if u is q else _chunked(u, chunk)
-        levels = _level_logits(u_chunks, _chunked(k, chunk), n_levels, pooling, seq_len)
+        keys = k if router_keys is None else router_keys
+        levels = _level_logits(u_chunks, _chunked(keys, chunk), n_levels, pooling, seq_len)
         return levels, levels.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
 
     cached_w, online_w, selected = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
@@ -363,18 +372,39 @@ def chunk_log_mc(
     *,
     spec: MCSpec,
     log_decay: torch.Tensor | None = None,
+    prev_gate: torch.Tensor | None = None,
+    cur_gate: torch.Tensor | None = None,
     output_cache: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, FenwickMemoryCache | None]:
-    """Parallel MC with the log segmentation (``linear`` memory; inputs as in
-    :func:`mcrnn.ops.memory_caching`, not re-checked): ``o`` [B, T, H, Dv] in ``q``'s dtype and, with
-    ``output_cache``, the decoding cache."""
-    (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
+    """Parallel MC with the log segmentation (``linear``, or ``swla`` when its gates ``prev_gate``,
+    ``cur_gate`` [B, T, H] are given; inputs as in :func:`mcrnn.ops.memory_caching`, not re-checked):
+    ``o`` [B, T, H, Dv] in ``q``'s dtype and, with ``output_cache``, the decoding cache."""
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, gates)
+    memory = "linear" if gates["cur_gate"] is None else "swla"
+    streams = write_streams(k, v, memory, gates["prev_gate"], gates["cur_gate"], [k.shape[1]], spec.init)
     log_decay = gates["log_decay"]
     with full_precision(q.device):
-        out = log_linear_mc(
-            q_c, k, v, u, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
-            pooling=spec.pooling, log_decay=log_decay, chunk_size=chunk_size,
-        )  # fmt: skip
-    cache = fenwick_prefill_cache(spec, k, v, log_decay) if output_cache else None
+        out = sum(
+            log_linear_mc(
+                q_c,
+                keys,
+                values,
+                u,
+                aggregation=spec.aggregation,
+                init=spec.init,
+                top_k=spec.top_k,
+                pooling=spec.pooling,
+                log_decay=log_decay,
+                chunk_size=chunk_size,
+                router_keys=k,
+            )  # fmt: skip
+            for keys, values in streams
+        )
+    cache = None
+    if output_cache:
+        cache = fenwick_prefill_cache(spec, k, v, log_decay, streams=streams)
+        if memory == "swla":
+            cache = replace(cache, memory="swla", prev_key=k[:, -1], prev_value=v[:, -1])
     return out.to(q.dtype), cache

@@ -24,9 +24,13 @@ def naive_log_mc(
     *,
     spec: MCSpec,
     log_decay: torch.Tensor | None = None,
+    prev_gate: torch.Tensor | None = None,
+    cur_gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, None]:
-    """The definition of MC with the log segmentation: ``o`` [B, T, H, Dv] (``q``'s dtype), no cache."""
-    inputs, gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
+    """The definition of MC with the log segmentation (``linear``; ``swla`` with its gates ``prev_gate``,
+    ``cur_gate`` [B, T, H]): ``o`` [B, T, H, Dv] (``q``'s dtype), no cache."""
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    inputs, gates, _ = to_compute_dtype(q, k, v, u, gates)
     return _token_loop(*inputs, spec=spec, **gates).to(q.dtype), None
 
 
@@ -38,12 +42,21 @@ def _token_loop(
     *,
     spec: MCSpec,
     log_decay: torch.Tensor | None,
+    prev_gate: torch.Tensor | None,
+    cur_gate: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Reference MC with the log segmentation over the ``linear`` memory: ``o`` [B, T, H, Dv]."""
+    """Reference MC with the log segmentation over the ``linear`` memory, ``M_t = a_t M_{t-1} + k_t v_t^T``,
+    or ``swla``, ``M_t = a_t M_{t-1} + b_t k_{t-1} v_{t-1}^T + l_t k_t v_t^T`` (``init="checkpoint"``:
+    every bucket state is the stream's state at its end): ``o`` [B, T, H, Dv]."""
 
     def step(state: torch.Tensor, b: int, t: int, h: int) -> torch.Tensor:
         decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
-        return decay * state + torch.outer(k[b, t, h], v[b, t, h])
+        write = torch.outer(k[b, t, h], v[b, t, h])
+        if cur_gate is not None:
+            write = cur_gate[b, t, h] * write
+            if t > 0:
+                write = write + prev_gate[b, t, h] * torch.outer(k[b, t - 1, h], v[b, t - 1, h])
+        return decay * state + write
 
     return fenwick_loop(q, k, u, v.shape[-1], step, spec)
 

@@ -7,7 +7,8 @@ the buckets smaller than ``2^j`` (the online one included) with the token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,8 +27,9 @@ class FenwickMemoryCache(MemoryCache):
         cached: [B, n, H, Dk, Dv]; cached_key_sums: [B, n, H, Dk]; cached_sizes: bucket sizes.
         cached_log_decay: [B, n, H] cumulative log decay at each cached bucket's end.
         log_decay_total: [B, H] cumulative log decay after the last token.
-        memory: ``linear``, or a delta-rule memory whose pseudo-values the buckets hold
-            (:mod:`mcrnn.ops.delta`).
+        memory: ``linear``, ``swla`` (buckets hold both write streams), or a delta-rule memory whose
+            pseudo-values the buckets hold (:mod:`mcrnn.ops.delta`).
+        prev_key, prev_value: [B, H, Dk], [B, H, Dv] the last token (``swla`` only, else None).
     """
 
     online: torch.Tensor
@@ -39,6 +41,8 @@ class FenwickMemoryCache(MemoryCache):
     cached_log_decay: torch.Tensor
     log_decay_total: torch.Tensor
     memory: str = "linear"
+    prev_key: torch.Tensor | None = None
+    prev_value: torch.Tensor | None = None
 
     @classmethod
     def empty(
@@ -76,14 +80,25 @@ def recurrent_log_mc(
     cache: FenwickMemoryCache,
     *,
     log_decay: torch.Tensor | None = None,
+    prev_gate: torch.Tensor | None = None,
+    cur_gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FenwickMemoryCache]:
-    """Continue ``cache`` over [B, T, H, D] inputs token by token (``u`` None: ``u = q``); returns ``o``
-    [B, T, H, Dv] and a new cache."""
+    """Continue ``cache`` over [B, T, H, D] inputs token by token (``u`` None: ``u = q``; ``swla``: its
+    gates [B, T, H], writing ``l_t k_t v_t^T + b_t k_{t-1} v_{t-1}^T``); returns ``o`` [B, T, H, Dv] and
+    a new cache."""
     u = q if u is None else u
     outputs = []
     for t in range(q.shape[1]):
         step_decay = None if log_decay is None else log_decay[:, t]
-        y, cache = fenwick_step(q[:, t], k[:, t], v[:, t], u[:, t], cache, log_decay=step_decay)
+        write = None
+        if cur_gate is not None:
+            write = cur_gate[:, t, :, None, None] * k[:, t].unsqueeze(-1) * v[:, t].unsqueeze(-2)
+            if cache.prev_key is not None:
+                previous = cache.prev_key.unsqueeze(-1) * cache.prev_value.unsqueeze(-2)
+                write = write + prev_gate[:, t, :, None, None] * previous
+        y, cache = fenwick_step(q[:, t], k[:, t], v[:, t], u[:, t], cache, log_decay=step_decay, write=write)
+        if cur_gate is not None:
+            cache = replace(cache, memory="swla", prev_key=k[:, t], prev_value=v[:, t])
         outputs.append(y)
     return torch.stack(outputs, dim=1), cache
 
@@ -96,11 +111,14 @@ def fenwick_step(
     cache: FenwickMemoryCache,
     *,
     log_decay: torch.Tensor | None,
+    write: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FenwickMemoryCache]:
     """One token of Fenwick-segmented MC over a linear memory (q, k, u: [B, H, Dk]; v: [B, H, Dv];
-    log_decay: [B, H] or None). Returns ``y`` [B, H, Dv] and a new cache."""
+    log_decay: [B, H] or None; ``write`` [B, H, Dk, Dv] the token's write, None: ``k v^T``; the router
+    pools ``k``). Returns ``y`` [B, H, Dv] and a new cache."""
     spec = cache.spec
-    write = k.unsqueeze(-1) * v.unsqueeze(-2)
+    if write is None:
+        write = k.unsqueeze(-1) * v.unsqueeze(-2)
     step_log_decay = torch.zeros_like(k[..., 0]) if log_decay is None else log_decay
     length = cache.position + 1
     merged_size = length & -length  # the new online bucket's size, 2^j
@@ -134,6 +152,8 @@ def fenwick_step(
         cached_log_decay=ends,
         log_decay_total=cache.log_decay_total + step_log_decay,
         memory=cache.memory,
+        prev_key=cache.prev_key,
+        prev_value=cache.prev_value,
     )
     n_cached = len(sizes)
     visible = torch.ones(q.shape[0], 1, q.shape[1], n_cached, dtype=torch.bool, device=q.device)
@@ -155,14 +175,20 @@ def fenwick_step(
 
 
 def fenwick_prefill_cache(
-    spec: MCSpec, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None
+    spec: MCSpec,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor | None,
+    streams: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> FenwickMemoryCache:
     """The decoding cache after the [B, T, H, D] tokens, built from whole-bucket sums.
 
     Bucket ``[s, e)`` sums its writes decayed to its end, ``W = sum_i exp(G_{e-1} - G_i) k_i v_i^T``
     (``G`` the cumulative log decay); under ``checkpoint`` the state chains across buckets,
-    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``.
+    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``. ``streams``: the (key, value) write streams whose
+    writes add up (None: ``[(k, v)]``); the router key sums are always of ``k``.
     """
+    streams = [(k, v)] if streams is None else streams
     batch, seq_len, heads, key_dim = k.shape
     cache = FenwickMemoryCache.empty(spec, batch, heads, key_dim, v.shape[-1], k.dtype, k.device)
     cum = torch.zeros(batch, seq_len, heads, dtype=k.dtype, device=k.device)
@@ -173,7 +199,10 @@ def fenwick_prefill_cache(
     buckets = fenwick_buckets(seq_len)
     for start, end in buckets:
         weight = (cum[:, end - 1 : end] - cum[:, start:end]).exp()  # [B, n, H]
-        state = torch.einsum("bnhk,bnhv->bhkv", k[:, start:end] * weight.unsqueeze(-1), v[:, start:end])
+        state = sum(
+            torch.einsum("bnhk,bnhv->bhkv", keys[:, start:end] * weight.unsqueeze(-1), values[:, start:end])
+            for keys, values in streams
+        )
         if spec.init == "checkpoint" and previous is not None:
             state = state + (cum[:, end - 1] - cum[:, start - 1]).exp()[..., None, None] * previous
         previous = state
