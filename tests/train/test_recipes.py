@@ -16,11 +16,11 @@ SHAPES = {
     "1.3b": (1.3e9, 18, 2048, 8, 7e-4, 100e9),
 }
 #: the rows every shape has: Transformer++, and each memory's base, + GRM, + SSC (+ Memory Soup for the
-#: deep memories), and Log-Linear++ (Fenwick segments + GRM) over the linear and the deep memories
+#: deep memories), and Log-Linear++ (Fenwick segments + GRM) over every memory
 ROWS = (
     "transformer", "swla", "swla_grm", "swla_ssc", "dla", "dla_grm", "dla_soup", "dla_ssc",
-    "titans", "titans_grm", "titans_soup", "titans_ssc", "linear_loglinear_pp", "dla_loglinear_pp",
-    "titans_loglinear_pp",
+    "titans", "titans_grm", "titans_soup", "titans_ssc", "linear_loglinear_pp", "swla_loglinear_pp",
+    "dla_loglinear_pp", "titans_loglinear_pp",
 )  # fmt: skip
 #: a nominal size names a shape (blocks x width x heads), shared by rows whose mixers differ: an MC layer
 #: has six d x d projections against attention's four (plus a deep memory's initial weights), so the
