@@ -1,0 +1,7 @@
+"""TODO."""
+
+NAME = "lm"
+
+
+def section(results, plot_dir, page_dir):
+    return []

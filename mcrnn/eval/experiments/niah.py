@@ -1,0 +1,7 @@
+"""TODO."""
+
+NAME = "niah"
+
+
+def section(results, plot_dir, page_dir):
+    return []

@@ -1,0 +1,7 @@
+"""TODO."""
+
+NAME = "ordering"
+
+
+def section(out):
+    return []

@@ -1,0 +1,7 @@
+"""TODO."""
+
+NAME = "post_training"
+
+
+def section(results, plot_dir, page_dir):
+    return []
