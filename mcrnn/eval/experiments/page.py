@@ -69,13 +69,14 @@ def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
             f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads{gpu}), "
             f"{m['platform']}, torch {m['torch']}.\n"
         )
-    total = sum(r["wall_seconds"] for r in results)
-    finished = sorted(r["finished"] for r in results)
-    lines.append(
-        f"Wall time: {total / 60:.1f} min over {len(results)} runs (sum of the runs; "
-        f"{min(r['wall_seconds'] for r in results):.0f}-{max(r['wall_seconds'] for r in results):.0f} s "
-        f"each), finished {finished[0]} to {finished[-1]}.\n"
-    )
+    if results:
+        total = sum(r["wall_seconds"] for r in results)
+        finished = sorted(r["finished"] for r in results)
+        lines.append(
+            f"Wall time: {total / 60:.1f} min over {len(results)} runs (sum of the runs; "
+            f"{min(r['wall_seconds'] for r in results):.0f}-{max(r['wall_seconds'] for r in results):.0f} s "
+            f"each), finished {finished[0]} to {finished[-1]}.\n"
+        )
     if failures:
         lines.append(f"Failed runs ({len(failures)}; rerunning the command retries them):\n")
         lines += [f"- `{f['key']}`: {f['error']}" for f in failures] + [""]
