@@ -24,7 +24,7 @@ from mcrnn.eval.experiments import EXPERIMENTS
 
 NAMES = (*EXPERIMENTS, "report")
 #: size flag (argparse dest) -> the Settings field it sets
-SIZE_FLAGS = ("widths", "width", "steps", "seq_len", "batch_size", "eval_examples", "lengths", "factors")
+SIZE_FLAGS = ("widths", "width", "steps", "seq_len", "batch_size", "eval_examples", "lengths", "factors", "data")
 
 EXAMPLES = """
   mcrnn experiment recall --quick
@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument(
         "--lengths", action=ExtendList, type=list_of(positive_int), help="S-NIAH context lengths (niah)"
     )
+    sizes.add_argument("--data", help="text file (lm, post-training)")
     sizes.add_argument(
         "--factors", action=ExtendList, type=list_of(positive_int),
         help="evaluation lengths as multiples of the training length (post-training)",
