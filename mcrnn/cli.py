@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("mcrnn.train.estimate", "parameters, memory per GPU, tokens/s and GPU-hours of a config"),
     "eval": ("mcrnn.eval.cli", "evaluate a trained model (MQAR, S-NIAH, perplexity, extrapolation)"),
     "demo": ("mcrnn.eval.demo", "train tiny models on MQAR and show MC closing the recall gap"),
-    "experiment": ("mcrnn.eval.experiments.cli", "reproducible experiments of the paper's claims, results page"),
+    "experiment": ("mcrnn.eval.experiments.cli", "reproducible experiments with a results page"),
 }
 
 

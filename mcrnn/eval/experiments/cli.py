@@ -24,7 +24,17 @@ from mcrnn.eval.experiments import EXPERIMENTS
 
 NAMES = (*EXPERIMENTS, "report")
 #: size flag (argparse dest) -> the Settings field it sets
-SIZE_FLAGS = ("widths", "width", "steps", "seq_len", "batch_size", "eval_examples", "lengths", "factors", "data")
+SIZE_FLAGS = (
+    "widths",
+    "width",
+    "steps",
+    "seq_len",
+    "batch_size",
+    "eval_examples",
+    "lengths",
+    "factors",
+    "data",
+)
 
 EXAMPLES = """
   mcrnn experiment recall --quick
@@ -51,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--models", action=ExtendList, type=list_of(str), default=None, help="a subset of the models"
     )
     sizes = parser.add_argument_group("size flags (replace the experiment's defaults)")
-    sizes.add_argument("--widths", action=ExtendList, type=list_of(positive_int), help="model widths (recall)")
+    sizes.add_argument(
+        "--widths", action=ExtendList, type=list_of(positive_int), help="model widths (recall)"
+    )
     sizes.add_argument("--width", type=positive_int, help="model width (niah, lm, post-training)")
     sizes.add_argument("--steps", type=positive_int, help="training steps per run")
     sizes.add_argument("--seq-len", type=positive_int, help="training length")
@@ -107,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
             if args.models is not None:
                 unknown = sorted(set(args.models) - set(module.MODEL_NAMES))
                 if unknown:
-                    raise ValueError(f"--models: unknown {unknown} for {args.name}; choose from {module.MODEL_NAMES}")
+                    raise ValueError(
+                        f"--models: unknown {unknown} for {args.name}; choose from {module.MODEL_NAMES}"
+                    )
                 runs = [r for r in runs if r.model in args.models]
             counts = execute(
                 runs, lambda r: module.work(r, settings, args.device), out, settings=settings,
@@ -115,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             failed = counts["failed"]
             print(f"{args.name}: {counts['done']} done, {counts['skipped']} skipped, {failed} failed")
-    page = Path(args.page) if args.page else (Path("docs/results.md") if args.name == "report" else out / "results.md")
+    page = (
+        Path(args.page)
+        if args.page
+        else (Path("docs/results.md") if args.name == "report" else out / "results.md")
+    )
     write_page(out, page)
     print(f"wrote {page}")
     return 1 if failed else 0

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from mcrnn.eval.experiments.runner import Run, count_params, matched_config, model_config, size_tag, train_model
+from mcrnn.eval.experiments.runner import (
+    Run,
+    count_params,
+    matched_config,
+    model_config,
+    size_tag,
+    train_model,
+)
 
 NAME = "lm"
 MODEL_NAMES = ("base", "grm", "ssc", "log", "dla-base", "dla-soup", "transformer")
@@ -122,7 +129,9 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
         labels.append(model)
         means.append(ppl[0])
     plot = plot_dir / "lm.png"
-    plot_bars(plot, labels, means, title="tinyshakespeare (bytes): validation perplexity", ylabel="perplexity")
+    plot_bars(
+        plot, labels, means, title="tinyshakespeare (bytes): validation perplexity", ylabel="perplexity"
+    )
     target = results[0]["metrics"]["param_target"]
     return [
         f"Validation perplexity (bytes) after training; parameter target {target:,} (the linear base RNN):\n",

@@ -83,10 +83,12 @@ def work(run: Run, s: Settings, device: str) -> dict:
     model, trained, seconds = train_model(config, data, steps=s.steps, batch_size=s.batch_size, lr=lr,
                                           seed=run.seed, device=device)  # fmt: skip
     with torch.no_grad():
-        scores = eval_niah(model, TASKS, sorted(s.lengths), num_examples=s.eval_examples, seed=2000 + run.seed,
-                           batch_size=8)  # fmt: skip
+        scores = eval_niah(
+            model, TASKS, sorted(s.lengths), num_examples=s.eval_examples, seed=2000 + run.seed, batch_size=8
+        )
     return {
-        "train_length": train_length, "accuracy": {t: {str(n): a for n, a in per.items()} for t, per in scores.items()},
+        "train_length": train_length,
+        "accuracy": {t: {str(n): a for n, a in per.items()} for t, per in scores.items()},
         "final_train_loss": sum(trained.losses[-10:]) / len(trained.losses[-10:]), "lr": lr,
         "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
         "train_tokens_per_second": trained.tokens_per_second,
@@ -115,7 +117,9 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
                 row[f"{task.replace('niah_', 'S-NIAH-')} @{n}"] = cell(stats, 2)
         rows.append(row)
         series[MODELS[model][0]] = {
-            n: metric_stats(runs, lambda r, n=n: sum(r["metrics"]["accuracy"][t][str(n)] for t in TASKS) / 3)[0]
+            n: metric_stats(runs, lambda r, n=n: sum(r["metrics"]["accuracy"][t][str(n)] for t in TASKS) / 3)[
+                0
+            ]
             for n in lengths
         }
     plot = plot_dir / "niah.png"

@@ -38,7 +38,9 @@ class Settings:
     eval_examples: int = 64
 
 
-QUICK = Settings(seq_len=16, factors=(1, 2), width=8, heads=2, segment=8, steps=2, batch_size=2, eval_examples=2)
+QUICK = Settings(
+    seq_len=16, factors=(1, 2), width=8, heads=2, segment=8, steps=2, batch_size=2, eval_examples=2
+)
 
 
 def plan(settings: Settings, seeds: list[int]) -> list[Run]:
@@ -62,19 +64,23 @@ def work(run: Run, s: Settings, device: str) -> dict:
         data = TextDataset(s.data, length, split="val")
         return Subset(data, range(min(s.eval_examples, len(data))))
 
-    metrics = {"params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
-               "train_tokens_per_second": trained.tokens_per_second, "trained_with_caching": run.model == "grm"}  # fmt: skip
-    if run.model == "grm":  # trained with caching: scored as trained
-        metrics["perplexity"] = eval_extrapolation(model, val, s.seq_len, factors=s.factors, metric="perplexity")
-    else:
-        switched = with_average_caching(model, s.segment)
-        metrics["switched_params"] = sum(p.numel() for p in switched.parameters())
-        metrics["switched_same_weights"] = switched.state_dict().keys() == model.state_dict().keys() and all(
-            torch.equal(a, b) for a, b in zip(switched.state_dict().values(), model.state_dict().values(), strict=True)
+    metrics = {
+        "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
+        "train_tokens_per_second": trained.tokens_per_second, "trained_with_caching": run.model == "grm",
+    }  # fmt: skip
+    average = None
+    if run.model != "grm":  # trained without caching: also scored with post-training average caching
+        average = s.segment
+        trained_weights = model.state_dict()
+        switched_model = with_average_caching(model, s.segment)
+        switched = switched_model.state_dict()
+        metrics["switched_params"] = sum(p.numel() for p in switched_model.parameters())
+        metrics["switched_same_weights"] = switched.keys() == trained_weights.keys() and all(
+            torch.equal(switched[name], tensor) for name, tensor in trained_weights.items()
         )
-        metrics["perplexity"] = eval_extrapolation(model, val, s.seq_len, factors=s.factors,
-                                                   average_segment_size=s.segment, metric="perplexity")  # fmt: skip
-    metrics["perplexity"] = {name: {str(n): v for n, v in per.items()} for name, per in metrics["perplexity"].items()}
+    scores = eval_extrapolation(model, val, s.seq_len, factors=s.factors, average_segment_size=average,
+                                metric="perplexity")  # fmt: skip
+    metrics["perplexity"] = {name: {str(n): v for n, v in per.items()} for name, per in scores.items()}
     return metrics
 
 
@@ -110,10 +116,14 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
         rows.append({"model": label, **{f"T={n}": cell(stats[n], 2) for n in lengths}})
         series[label] = {n: stats[n][0] for n in lengths}
     switched = [r for r in results if "switched_params" in r["metrics"]]
-    same = all(r["metrics"]["switched_same_weights"] and r["metrics"]["switched_params"] == r["metrics"]["params"]
-               for r in switched)  # fmt: skip
+    same = all(
+        r["metrics"]["switched_same_weights"] and r["metrics"]["switched_params"] == r["metrics"]["params"]
+        for r in switched
+    )
     plot = plot_dir / "post_training.png"
-    plot_lines(plot, series, title="byte perplexity vs evaluation length", xlabel="length", ylabel="perplexity")
+    plot_lines(
+        plot, series, title="byte perplexity vs evaluation length", xlabel="length", ylabel="perplexity"
+    )
     return [
         f"Validation byte perplexity at each length (trained at {lengths[0]}):\n",
         format_table(rows, ["model", *(f"T={n}" for n in lengths)]),
