@@ -94,12 +94,23 @@ def settings_of(module, args: argparse.Namespace):
     return replace(settings, **changes)
 
 
+def command_of(args: argparse.Namespace) -> str:
+    """The command that repeats this one: every option that changes a run, spelled out."""
+    parts = ["mcrnn", "experiment", args.name, *(["--quick"] if args.quick else [])]
+    parts += ["--seeds", *map(str, args.seeds), "--device", args.device, "--out", args.out]
+    for flag in ("threads", "models", *SIZE_FLAGS):
+        value = getattr(args, flag, None)
+        if value is not None:
+            parts += [f"--{flag.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+    return " ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from mcrnn.eval.experiments import experiment_module
     from mcrnn.eval.experiments.page import write_page
-    from mcrnn.eval.experiments.runner import command_line, execute
+    from mcrnn.eval.experiments.runner import execute
 
     if args.name not in NAMES:
         raise ValueError(f"unknown experiment {args.name!r}; choose from {', '.join(NAMES)}")
@@ -125,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 runs = [r for r in runs if r.model in args.models]
             counts = execute(
                 runs, lambda r: module.work(r, settings, args.device), out, settings=settings,
-                command=command_line(),
+                command=command_of(args),
             )  # fmt: skip
             failed = counts["failed"]
             print(f"{args.name}: {counts['done']} done, {counts['skipped']} skipped, {failed} failed")

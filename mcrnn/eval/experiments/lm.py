@@ -34,11 +34,11 @@ MODEL_NAMES = ("base", "grm", "ssc", "log", "dla-base", "dla-soup", "transformer
 class Settings:
     data: str = "../shared/data/tinyshakespeare.txt"
     seq_len: int = 128
-    width: int = 64
+    width: int = 48
     layers: int = 2
     heads: int = 4
     segment: int = 32
-    steps: int = 200
+    steps: int = 150
     batch_size: int = 16
     lr: float = 1e-2
     transformer_lr: float = 3e-3

@@ -28,11 +28,11 @@ class Settings:
     data: str = "../shared/data/tinyshakespeare.txt"
     seq_len: int = 64
     factors: tuple[int, ...] = (1, 2, 4, 8)
-    width: int = 64
+    width: int = 48
     layers: int = 2
     heads: int = 4
     segment: int = 16
-    steps: int = 250
+    steps: int = 200
     batch_size: int = 16
     lr: float = 1e-2
     eval_examples: int = 64

@@ -16,10 +16,9 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -194,8 +193,3 @@ def load_failures(out: Path, experiment: str) -> list[dict]:
     """Every recorded failure of ``experiment`` under ``out`` (sorted by key)."""
     folder = out / experiment / "failed"
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
-
-
-def command_line(argv: Iterable[str] | None = None) -> str:
-    """The exact command: ``mcrnn`` and its arguments."""
-    return " ".join(["mcrnn", *(sys.argv[1:] if argv is None else argv)])
