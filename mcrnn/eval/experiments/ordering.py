@@ -1,11 +1,11 @@
 """``ordering``: whether the paper's qualitative claims reproduced here, from the other experiments.
 
-Nothing is trained: each claim is checked on the means over seeds of the results of ``recall``, ``lm``
-and ``post-training`` under the same ``--out`` (each comparison is printed with its mean ± std; a
-difference within the spread is still counted by its sign, so read the numbers). A claim is
-``yes`` when every comparison holds, ``partly (k/n)`` when some do, ``no`` when none does, and
-``not run`` when its results are missing (a missing model only drops its own comparisons, which are
-listed).
+Nothing is trained: each claim is a list of comparisons of the ``recall``, ``lm`` and ``post-training``
+results under the same ``--out``, each printed with its mean ± std over seeds and its outcome: it
+*holds* or is *contradicted* when the means differ by more than the sum of the two standard deviations,
+else it is *within noise* (``>=`` holds unless contradicted). A claim reads ``yes`` / ``no`` / ``within
+noise`` when every comparison that ran agrees, ``mixed`` with the counts otherwise, and ``not run`` when
+its results are missing (a missing model drops only its own comparisons, listed as not run).
 """
 
 from __future__ import annotations
@@ -27,34 +27,47 @@ MC_PAIRS = (("grm", "base"), ("ssc", "base"), ("dla-grm", "dla-base"), ("dla-sou
 
 
 class Claim:
-    """Comparisons of one claim: each ``(text, holds or None when a side is missing)``."""
+    """Comparisons of one claim, each ``(text, outcome)``: ``holds``, ``contradicted``, ``within noise``
+    or ``not run``.
+
+    With means ``m`` and sample stds ``s`` over seeds and ``d`` the difference in the claimed direction
+    (``m_left - m_right`` for ``>`` and ``>=``, ``m_right - m_left`` for ``<``): a strict claim holds
+    when ``d > s_left + s_right``, is contradicted when ``d < -(s_left + s_right)`` and is within noise
+    otherwise; ``>=`` holds unless it is contradicted.
+    """
 
     def __init__(self) -> None:
-        self.checks: list[tuple[str, bool | None]] = []
+        self.checks: list[tuple[str, str]] = []
 
-    def compare(self, left, right, label_left: str, label_right: str, better: Callable[[float, float], bool],
-                sign: str, digits: int = 3) -> None:  # fmt: skip
-        """Record ``left <sign> right`` (``better(mean_left, mean_right)``; a tie does not hold); a None
-        side is missing."""
+    def compare(self, left, right, label_left: str, label_right: str, sign: str, digits: int = 3) -> None:
+        """Record ``left <sign> right`` (``sign`` in ``>``, ``>=``, ``<``; each side ``(mean, std, n)``
+        or None when it did not run)."""
         if left is None or right is None:
-            self.checks.append((f"{label_left} {sign} {label_right}: not run", None))
+            self.checks.append((f"{label_left} {sign} {label_right}: not run", "not run"))
             return
-        text = f"{label_left} {cell(left, digits)} {sign} {label_right} {cell(right, digits)}"
-        self.checks.append((text, better(left[0], right[0])))
+        d = right[0] - left[0] if sign == "<" else left[0] - right[0]
+        noise = left[1] + right[1]
+        if d < -noise:
+            outcome = "contradicted"
+        elif d > noise or sign == ">=":
+            outcome = "holds"
+        else:
+            outcome = "within noise"
+        text = f"{label_left} {cell(left, digits)} {sign} {label_right} {cell(right, digits)}: {outcome}"
+        self.checks.append((text, outcome))
 
     def verdict(self) -> str:
-        known = [holds for _, holds in self.checks if holds is not None]
-        if not known:
+        """``yes`` / ``no`` / ``within noise`` when every comparison that ran agrees, else the counts;
+        ``not run`` when none ran."""
+        ran = [outcome for _, outcome in self.checks if outcome != "not run"]
+        if not ran:
             return "not run"
-        if all(known):
-            return (
-                "yes"
-                if len(known) == len(self.checks)
-                else f"yes on what ran ({len(known)}/{len(self.checks)})"
-            )
-        if any(known):
-            return f"partly ({sum(known)}/{len(known)} hold)"
-        return "no"
+        missing = f" on what ran ({len(ran)}/{len(self.checks)})" if len(ran) < len(self.checks) else ""
+        words = {"holds": "yes", "contradicted": "no", "within noise": "within noise"}
+        if len(set(ran)) == 1:
+            return words[ran[0]] + missing
+        counts = ", ".join(f"{ran.count(o)} {o}" for o in words if o in ran)
+        return f"mixed ({counts}){missing}"
 
 
 def _stats(groups: dict, key, metric: Callable[[dict], float]):
@@ -74,27 +87,24 @@ def claims(out: Path) -> list[tuple[str, str, Claim]]:
     def ppl(model: str):
         return _stats(lm, model, lambda r: r["metrics"]["val_perplexity"])
 
-    higher, lower = (lambda a, b: a > b), (lambda a, b: a < b)
-    at_least = lambda a, b: a >= b  # noqa: E731
     mc = Claim()
     for width in widths:
         for model, base in MC_PAIRS:
-            mc.compare(acc(model, width), acc(base, width), f"{model} (w{width})", base, higher, ">")
+            mc.compare(acc(model, width), acc(base, width), f"{model} (w{width})", base, ">")
     for model, base in MC_PAIRS:
         if model in LM_MODELS and base in LM_MODELS:
-            mc.compare(ppl(model), ppl(base), f"{model} ppl", f"{base} ppl", lower, "<", digits=2)
+            mc.compare(ppl(model), ppl(base), f"{model} ppl", f"{base} ppl", "<", digits=2)
     order = Claim()
     for width in widths:
         for chain in RECALL_CHAINS:
             for upper, below in zip(chain[:-1], chain[1:], strict=True):
-                relation = at_least if below in ("dla-soup", "dla-ssc", "ssc") else higher
-                order.compare(acc(upper, width), acc(below, width), f"{upper} (w{width})", below, relation,
-                              ">=" if relation is at_least else ">")  # fmt: skip
+                sign = ">=" if below in ("dla-soup", "dla-ssc", "ssc") else ">"
+                order.compare(acc(upper, width), acc(below, width), f"{upper} (w{width})", below, sign)
     long_len = next((rs[0]["settings"]["long_len"] for rs in lm.values()), None)
     cheap = Claim()
     speed = lambda m: _stats(lm, m, lambda r: r["metrics"]["long_forward_tokens_per_second"])  # noqa: E731
     for other in ("grm", "log"):
-        cheap.compare(speed("ssc"), speed(other), "ssc tok/s", f"{other} tok/s", higher, ">", digits=0)
+        cheap.compare(speed("ssc"), speed(other), "ssc tok/s", f"{other} tok/s", ">", digits=0)
     extrapolation = Claim()
     for model in ("base", "dla-base"):
         runs = post.get(model)
@@ -109,7 +119,7 @@ def claims(out: Path) -> list[tuple[str, str, Claim]]:
                 )
 
             extrapolation.compare(score("average"), score("model"), f"{model} + average @{n}", "no caching",
-                                  lower, "<", digits=2)  # fmt: skip
+                                  "<", digits=2)  # fmt: skip
     return [
         ("MC > base RNN at equal state", "recall accuracy at each width; lm perplexity", mc),
         ("GRM >= Soup >= SSC > Log-Linear++ > base on recall", "recall accuracy at each width", order),

@@ -45,6 +45,7 @@ def write_page(out: Path, page: Path) -> None:
             lines.append("Not run yet.\n")
             continue
         lines += run_facts(results, failures)
+        lines += absent_runs(module, results, failures)
         if results:
             lines += module.section(results, plot_dir, page.parent)
     page.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,19 @@ def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
         lines.append(f"Failed runs ({len(failures)}; rerunning the command retries them):\n")
         lines += [f"- `{f['key']}`: {f['error']}" for f in failures] + [""]
     return lines
+
+
+def absent_runs(module, results: list[dict], failures: list[dict]) -> list[str]:
+    """The runs of the recorded settings and seeds that neither finished nor failed (not run yet)."""
+    seeds = sorted({r["seed"] for r in [*results, *failures]})
+    present = {r["key"] for r in [*results, *failures]}
+    absent = []
+    for values in {str(r["settings"]): r["settings"] for r in results}.values():
+        settings = module.Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        absent += [run.key for run in module.plan(settings, seeds) if run.key not in present]
+    if not absent:
+        return []
+    return [f"Not run yet ({len(absent)} runs; the command above runs them): " + ", ".join(absent) + "\n"]
 
 
 def relative(path: Path, start: Path) -> str:
