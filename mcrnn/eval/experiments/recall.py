@@ -95,10 +95,10 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
     plot = plot_dir / "recall.png"
     plot_lines(plot, series, title="MQAR accuracy vs width (mean over seeds)", xlabel="width",
                ylabel="accuracy")  # fmt: skip
-    settings = results[0]["settings"]
-    chance = 1 / (settings["vocab_size"] - settings["vocab_size"] // 2)
+    s = results[0]["settings"]
+    chance = 1 / (s["vocab_size"] - s["vocab_size"] // 2)
     return [
-        f"MQAR accuracy on held-out sequences ({settings['num_pairs']} pairs in {settings['seq_len']} tokens; "
+        f"MQAR accuracy on held-out sequences ({s['num_pairs']} pairs in {s['seq_len']} tokens; "
         f"guessing a value uniformly scores {chance:.3f}):\n",
         format_table(rows, ["model", *(f"width {w}" for w in widths), "params"]),
         "",
