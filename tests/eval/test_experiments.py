@@ -2,7 +2,7 @@
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -115,10 +115,12 @@ def test_bad_flag_value_is_an_argparse_error(capsys):
 
 
 def _fake(out, experiment, model, seed, metrics, size="w16.00000000", settings=None):
+    """A result file as the runner writes it: the experiment's default settings updated by ``settings``."""
     run = Run(experiment, model, size, seed)
+    settings = {**asdict(experiment_module(experiment).Settings()), **(settings or {})}
     write_json(result_path(out, run), {
         "experiment": experiment, "model": model, "size": size, "seed": seed, "key": run.key,
-        "metrics": metrics, "settings": settings or {"steps": 1}, "wall_seconds": 60.0 + seed,
+        "metrics": metrics, "settings": settings, "wall_seconds": 60.0 + seed,
         "machine": {"platform": "Linux-test", "cpu": "Test CPU", "cpu_count": 2, "torch_threads": 1,
                     "torch": "2.x", "gpu": None},
         "command": f"mcrnn experiment {experiment} --seeds 0 1 2",
@@ -144,12 +146,18 @@ def test_report_from_fake_results(tmp_path, capsys):
             _fake(out, "lm", model, seed, {**common, "val_perplexity": ppl + seed / 10,
                                            "long_forward_tokens_per_second": long_speed[model]},
                   settings={"long_len": 2048})  # fmt: skip
+    # one run at other settings: its own table, and the claims use the settings with the most runs
+    _fake(
+        out, "recall", "grm", 0, {"width": 16, "accuracy": 0.0, "params": 1000}, "w16.11111111", {"steps": 2}
+    )
     assert main(["experiment", "report", "--out", str(out), "--page", str(page)]) == 0
     text = page.read_text(encoding="utf-8")
     mean, std = mean_std([0.5, 0.6, 0.7])
     assert f"{mean:.3f} ± {std:.3f} (3)" == "0.600 ± 0.100 (3)" and "0.600 ± 0.100 (3)" in text
     assert "| linear + GRM " in text and "3.100 ± 0.100 (3)" in text  # lm perplexity of grm
     assert text.count("Not run yet.") == 2  # niah, post-training
+    assert "### Settings 1 of 2" in text and "### Settings 2 of 2" in text and "0.000 ± 0.000 (1)" in text
+    assert (page.parent / "results" / "settings-2" / "recall.png").is_file()
     assert "Wall time: 12.2 min over 12 runs" in text and "Test CPU (2 cores, 1 torch threads)" in text
     assert "    mcrnn experiment recall --seeds 0 1 2" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mcrnn.eval.experiments.lm import MODEL_NAMES as LM_MODELS
-from mcrnn.eval.experiments.runner import MODELS, load_results
+from mcrnn.eval.experiments.runner import MODELS, by_settings, load_results
 from mcrnn.eval.experiments.stats import by_group, cell, metric_stats
 
 NAME = "ordering"
@@ -74,12 +74,18 @@ def _stats(groups: dict, key, metric: Callable[[dict], float]):
     return metric_stats(groups[key], metric) if key in groups else None
 
 
+def main_settings(out: Path, experiment: str) -> list[dict]:
+    """The results of ``experiment`` at the settings with the most runs (none when it did not run)."""
+    groups = by_settings(load_results(out, experiment))
+    return groups[0] if groups else []
+
+
 def claims(out: Path) -> list[tuple[str, str, Claim]]:
     """``(claim, evidence, Claim)`` for each of the paper's claims, from the results under ``out``."""
-    recall = by_group(load_results(out, "recall"), lambda r: (r["model"], r["metrics"]["width"]))
+    recall = by_group(main_settings(out, "recall"), lambda r: (r["model"], r["metrics"]["width"]))
     widths = sorted({w for _, w in recall})
-    lm = by_group(load_results(out, "lm"), lambda r: r["model"])
-    post = by_group(load_results(out, "post-training"), lambda r: r["model"])
+    lm = by_group(main_settings(out, "lm"), lambda r: r["model"])
+    post = by_group(main_settings(out, "post-training"), lambda r: r["model"])
 
     def acc(model: str, width: int):
         return _stats(recall, (model, width), lambda r: r["metrics"]["accuracy"])

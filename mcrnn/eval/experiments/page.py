@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mcrnn.eval.experiments import EXPERIMENTS, experiment_module
-from mcrnn.eval.experiments.runner import load_failures, load_results
+from mcrnn.eval.experiments.runner import by_settings, load_failures, load_results
 
 HEADER = """# Experiment results
 
@@ -44,10 +44,18 @@ def write_page(out: Path, page: Path) -> None:
         if not results and not failures:
             lines.append("Not run yet.\n")
             continue
-        lines += run_facts(results, failures)
-        lines += absent_runs(module, results, failures)
-        if results:
-            lines += module.section(results, plot_dir, page.parent)
+        groups = by_settings(results)
+        grouped = {settings_hash(r["size"]) for r in results}
+        orphans = [f for f in failures if settings_hash(f["size"]) not in grouped]
+        if orphans:  # failed runs of settings with no finished run
+            lines += run_facts([], orphans)
+        for index, group in enumerate(groups):
+            if len(groups) > 1:
+                lines.append(f"### Settings {index + 1} of {len(groups)}\n")
+            ours = [f for f in failures if settings_hash(f["size"]) == settings_hash(group[0]["size"])]
+            lines += run_facts(group, ours) + absent_runs(module, group, ours)
+            plots = plot_dir if index == 0 else plot_dir / f"settings-{index + 1}"
+            lines += module.section(group, plots, page.parent)
     page.parent.mkdir(parents=True, exist_ok=True)
     tmp = page.with_name(f".{page.name}.tmp-{os.getpid()}")
     tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
@@ -60,7 +68,7 @@ def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
     settings = {str(r["settings"]): r["settings"] for r in results}
     for values in settings.values():
         lines.append("Settings: " + ", ".join(f"`{k}={v}`" for k, v in values.items()) + "\n")
-    commands = sorted({r["command"] for r in results})
+    commands = sorted({r["command"] for r in [*results, *failures]})
     lines.append("Commands (each run records the one that made it):\n")
     lines += [f"    {c}" for c in commands] + [""]
     machines = {str(r["machine"]): r["machine"] for r in results}
@@ -82,6 +90,11 @@ def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
         lines.append(f"Failed runs ({len(failures)}; rerunning the command retries them):\n")
         lines += [f"- `{f['key']}`: {f['error']}" for f in failures] + [""]
     return lines
+
+
+def settings_hash(size: str) -> str:
+    """The settings part of a run's size tag ``label.hash``."""
+    return size.rsplit(".", 1)[-1]
 
 
 def absent_runs(module, results: list[dict], failures: list[dict]) -> list[str]:

@@ -189,6 +189,14 @@ def load_results(out: Path, experiment: str) -> list[dict]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
 
 
+def by_settings(results: list[dict]) -> list[list[dict]]:
+    """``results`` split by their settings, the group with the most runs first."""
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        groups.setdefault(json.dumps(result["settings"], sort_keys=True), []).append(result)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
 def load_failures(out: Path, experiment: str) -> list[dict]:
     """Every recorded failure of ``experiment`` under ``out`` (sorted by key)."""
     folder = out / experiment / "failed"
