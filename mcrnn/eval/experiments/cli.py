@@ -1,7 +1,8 @@
 """Reproducible experiments of the paper's claims, resumable, with a results page.
 
 ``mcrnn experiment NAME`` runs every (model, size, seed) of experiment NAME that has no result yet in
-``--out/NAME/`` (a re-run skips finished runs; a failed run is reported and the others go on), then
+``--out/NAME/`` (a re-run skips finished runs; a failed run is reported, the others go on, and the exit
+status is 1), then
 writes the results page ``--out/results.md`` (tables of mean ± std over the seeds, plots, machine, wall
 time, exact commands) from every result under ``--out``. ``mcrnn experiment report`` only writes the
 page (default docs/results.md, plots next to it). ``ordering`` runs nothing: it is a table computed from
@@ -23,8 +24,8 @@ from mcrnn.cli import ExtendList, list_of, positive_int
 from mcrnn.eval.experiments import EXPERIMENTS
 
 NAMES = (*EXPERIMENTS, "report")
-#: size flag (argparse dest) -> the Settings field it sets
-SIZE_FLAGS = (
+#: options (argparse dests) that replace the Settings field of the same name
+SETTING_FLAGS = (
     "widths",
     "width",
     "steps",
@@ -84,7 +85,7 @@ def settings_of(module, args: argparse.Namespace):
     settings = module.QUICK if args.quick else module.Settings()
     known = {f.name for f in fields(settings)}
     changes = {}
-    for flag in SIZE_FLAGS:
+    for flag in SETTING_FLAGS:
         value = getattr(args, flag, None)
         if value is None:
             continue
@@ -98,7 +99,7 @@ def command_of(args: argparse.Namespace) -> str:
     """The command that repeats this one: every option that changes a run, spelled out."""
     parts = ["mcrnn", "experiment", args.name, *(["--quick"] if args.quick else [])]
     parts += ["--seeds", *map(str, args.seeds), "--device", args.device, "--out", args.out]
-    for flag in ("threads", "models", *SIZE_FLAGS):
+    for flag in ("threads", "models", *SETTING_FLAGS):
         value = getattr(args, flag, None)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
