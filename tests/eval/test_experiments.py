@@ -8,7 +8,7 @@ import pytest
 
 from mcrnn.cli import main
 from mcrnn.eval.experiments import EXPERIMENTS, experiment_module
-from mcrnn.eval.experiments.runner import Run, result_path
+from mcrnn.eval.experiments.runner import Run, count_params, matched_config, model_config, result_path
 from mcrnn.eval.experiments.stats import mean_std
 from mcrnn.eval.report import write_json
 
@@ -182,3 +182,11 @@ def test_mean_std_is_the_sample_deviation():
     assert mean_std([2.0]) == (2.0, 0.0)
     mean, std = mean_std([1.0, 2.0, 3.0, 6.0])
     assert mean == 3.0 and abs(std - (14 / 3) ** 0.5) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["transformer", "dla-soup", "grm"])
+def test_matched_config_is_within_half_a_swiglu_unit_of_the_target(name):
+    sizes = {"vocab_size": 257, "width": 16, "layers": 2, "heads": 4, "segment": 8}
+    target = count_params(model_config("base", **sizes))
+    params = count_params(matched_config(name, target, **sizes))
+    assert abs(params - target) <= 3 * 16 * 2 / 2, (params, target)
