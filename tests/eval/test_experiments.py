@@ -99,6 +99,7 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, ca
         (["experiment", "recall", "--lengths", "512"], "--lengths does not apply to experiment 'recall'"),
         (["experiment", "niah", "--widths", "8"], "--widths does not apply to experiment 'niah'"),
         (["experiment", "recall", "--models", "mamba"], "--models: unknown ['mamba']"),
+        (["experiment", "report", "--steps", "5"], "--steps does not apply to 'report': it trains nothing"),
     ],
 )
 def test_bad_experiment_or_flag_is_one_line(tmp_path, capsys, argv, message):

@@ -121,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda: no CUDA device is available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    trains = args.name != "report" and hasattr(experiment_module(args.name), "plan")
+    given = [flag for flag in ("models", *SETTING_FLAGS) if getattr(args, flag, None) is not None]
+    if given and not trains:
+        raise ValueError(f"--{given[0].replace('_', '-')} does not apply to {args.name!r}: it trains nothing")
     out = Path(args.out)
     failed = 0
     if args.name != "report":
