@@ -21,15 +21,16 @@ commands in each section; `mcrnn experiment --help`). Every number is the mean Â
 deviation over the seeds, with the number of seeds in parentheses; no seed is dropped. Settings were
 fixed before any result was seen.
 
-Sizes: the defaults are small, chosen so that each experiment runs in about 10-15 minutes with one torch
-thread per process on a shared 2-core CPU VM (the issue's 30-45 minute budget was cut so that all of them
-could run in one session, two at a time). The size flags (`--widths`, `--width`, `--steps`, `--seq-len`,
-`--batch-size`, ...) and `--device cuda` scale them up. At these sizes the models are far from converged:
-read the tables as what these settings give, not as the paper's numbers. In particular MQAR and S-NIAH
-have a long loss plateau (the demo's Transformer was still at 0.14 MQAR accuracy after 2000 steps, see
-the demo notes), so at the default budgets of `recall` and `niah` expect scores near chance, which the
-`ordering` table then reports as "within noise"; a run that can separate the models needs thousands of
-steps (`--steps`), e.g. on a GPU.
+Sizes: the defaults are small. They were sized, from step times measured on a lightly loaded 2-core CPU
+VM with one torch thread per process, to about 10-20 minutes each, so that all of them could run in one
+session two at a time (the issue's budget was 30-45 minutes each); on a VM shared with other jobs they
+take longer (each section's wall time is what they took on the machine it names). The size flags
+(`--widths`, `--width`, `--steps`, `--seq-len`, `--batch-size`, ...) and `--device cuda` scale them up.
+At these sizes the models are far from converged: read the tables as what these settings give, not as
+the paper's numbers. In particular MQAR and S-NIAH have a long loss plateau (the demo's Transformer was
+still at 0.14 MQAR accuracy after 2000 steps in the demo's MQAR sweeps), so at the default budgets of `recall`
+and `niah` expect scores near chance, which the `ordering` table then reports as "within noise"; a run
+that can separate the models needs thousands of steps (`--steps`), e.g. on a GPU.
 """
 
 
