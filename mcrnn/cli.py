@@ -1,4 +1,4 @@
-"""One entry point: ``mcrnn prepare-data|train|estimate|eval|bench|demo``.
+"""One entry point: ``mcrnn prepare-data|train|estimate|eval|bench|demo|experiment``.
 
 Each sub-command lives in its own package and exposes ``add_arguments(parser)``, ``run(args)`` and
 ``EXAMPLES`` (shown under ``--help``); this module wires them to argparse, importing a sub-command's
@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   mcrnn train --config cfg.yaml
   mcrnn eval --model runs/x/checkpoints/step_00002000 --task mqar niah
   mcrnn bench --suite ops
+  mcrnn experiment recall --quick
   mcrnn eval --help                 # every sub-command's options, defaults and examples
 """
 
@@ -42,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("mcrnn.train.estimate", "parameters, memory per GPU, tokens/s and GPU-hours of a config"),
     "eval": ("mcrnn.eval.cli", "evaluate a trained model (MQAR, S-NIAH, perplexity, extrapolation)"),
     "demo": ("mcrnn.eval.demo", "train tiny models on MQAR and show MC closing the recall gap"),
+    "experiment": ("mcrnn.eval.experiments.cli", "reproducible experiments with a results page"),
 }
 
 

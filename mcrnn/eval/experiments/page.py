@@ -1,0 +1,120 @@
+"""The results page: one section per experiment, built only from the result JSONs under ``out``.
+
+Each section says what ran (settings, the exact commands, the machine, the wall time) and shows the
+experiment's tables (every number the mean ± sample std over the seeds, with the seed count) and plots;
+runs that failed are listed with their error. PNG plots go to a folder named after the page (next to
+it: ``docs/results.md`` -> ``docs/results/``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mcrnn.eval.experiments import EXPERIMENTS, experiment_module
+from mcrnn.eval.experiments.runner import by_settings, load_failures, load_results
+
+HEADER = """# Experiment results
+
+Written by `mcrnn experiment report` from the per-run JSONs of `mcrnn experiment NAME` (see the
+commands in each section; `mcrnn experiment --help`). Every number is the mean ± sample standard
+deviation over the seeds, with the number of seeds in parentheses; no seed is dropped. Settings were
+fixed before any result was seen.
+
+Sizes: the defaults are small. They were sized, from step times measured on a lightly loaded 2-core CPU
+VM with one torch thread per process, to about 10-20 minutes each, so that all of them could run in one
+session two at a time (the issue's budget was 30-45 minutes each); on a VM shared with other jobs they
+take longer (each section's wall time is what they took on the machine it names). The size flags
+(`--widths`, `--width`, `--steps`, `--seq-len`, `--batch-size`, ...) and `--device cuda` scale them up.
+At these sizes the models are far from converged: read the tables as what these settings give, not as
+the paper's numbers. In particular MQAR and S-NIAH have a long loss plateau (the demo's Transformer was
+still at 0.14 MQAR accuracy after 2000 steps in the demo's MQAR sweeps), so at the default budgets of `recall`
+and `niah` expect scores near chance, which the `ordering` table then reports as "within noise"; a run
+that can separate the models needs thousands of steps (`--steps`), e.g. on a GPU.
+"""
+
+
+def write_page(out: Path, page: Path) -> None:
+    """Write ``page`` (Markdown) and its plots from the results under ``out``, atomically."""
+    plot_dir = page.parent / page.stem
+    lines = [HEADER]
+    for name in EXPERIMENTS:
+        module = experiment_module(name)
+        lines.append(f"## {name}\n")
+        lines.append(module.__doc__.strip().split("\n\n")[0].replace("\n", " ") + "\n")
+        if name == "ordering":
+            lines += module.section(out)
+            continue
+        results, failures = load_results(out, name), load_failures(out, name)
+        if not results and not failures:
+            lines.append("Not run yet.\n")
+            continue
+        groups = by_settings(results)
+        grouped = {settings_hash(r["size"]) for r in results}
+        orphans = [f for f in failures if settings_hash(f["size"]) not in grouped]
+        if orphans:  # failed runs of settings with no finished run
+            lines += run_facts([], orphans)
+        for index, group in enumerate(groups):
+            if len(groups) > 1:
+                lines.append(f"### Settings {index + 1} of {len(groups)}\n")
+            ours = [f for f in failures if settings_hash(f["size"]) == settings_hash(group[0]["size"])]
+            lines += run_facts(group, ours) + absent_runs(module, group, ours)
+            plots = plot_dir if index == 0 else plot_dir / f"settings-{index + 1}"
+            lines += module.section(group, plots, page.parent)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    tmp = page.with_name(f".{page.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    os.replace(tmp, page)
+
+
+def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
+    """Settings, commands, machines, wall time and failures of one experiment's runs."""
+    lines = []
+    settings = {str(r["settings"]): r["settings"] for r in results}
+    for values in settings.values():
+        lines.append("Settings: " + ", ".join(f"`{k}={v}`" for k, v in values.items()) + "\n")
+    commands = sorted({r["command"] for r in [*results, *failures]})
+    lines.append("Commands (each run records the one that made it):\n")
+    lines += [f"    {c}" for c in commands] + [""]
+    machines = {str(r["machine"]): r["machine"] for r in results}
+    for m in machines.values():
+        gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+        lines.append(
+            f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads{gpu}), "
+            f"{m['platform']}, torch {m['torch']}.\n"
+        )
+    if results:
+        total = sum(r["wall_seconds"] for r in results)
+        finished = sorted(r["finished"] for r in results)
+        lines.append(
+            f"Wall time: {total / 60:.1f} min over {len(results)} runs (sum of the runs; "
+            f"{min(r['wall_seconds'] for r in results):.0f}-{max(r['wall_seconds'] for r in results):.0f} s "
+            f"each), finished {finished[0]} to {finished[-1]}.\n"
+        )
+    if failures:
+        lines.append(f"Failed runs ({len(failures)}; rerunning the command retries them):\n")
+        lines += [f"- `{f['key']}`: {f['error']}" for f in failures] + [""]
+    return lines
+
+
+def settings_hash(size: str) -> str:
+    """The settings part of a run's size tag ``label.hash``."""
+    return size.rsplit(".", 1)[-1]
+
+
+def absent_runs(module, results: list[dict], failures: list[dict]) -> list[str]:
+    """The runs of the recorded settings and seeds that neither finished nor failed (not run yet)."""
+    seeds = sorted({r["seed"] for r in [*results, *failures]})
+    present = {r["key"] for r in [*results, *failures]}
+    absent = []
+    for values in {str(r["settings"]): r["settings"] for r in results}.values():
+        settings = module.Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        absent += [run.key for run in module.plan(settings, seeds) if run.key not in present]
+    if not absent:
+        return []
+    return [f"Not run yet ({len(absent)} runs; the command above runs them): " + ", ".join(absent) + "\n"]
+
+
+def relative(path: Path, start: Path) -> str:
+    """``path`` relative to the page's folder, for a Markdown link."""
+    return os.path.relpath(path, start)
