@@ -27,6 +27,7 @@ NAMES = (*EXPERIMENTS, "report")
 #: options (argparse dests) that replace the Settings field of the same name
 SETTING_FLAGS = (
     "widths",
+    "deep_widths",
     "width",
     "steps",
     "seq_len",
@@ -65,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument(
         "--widths", action=ExtendList, type=list_of(positive_int), help="model widths (recall)"
     )
+    sizes.add_argument(
+        "--deep-widths", action=ExtendList, type=list_of(positive_int),
+        help="the widths (of --widths) at which the deep memory runs (recall)",
+    )  # fmt: skip
     sizes.add_argument("--width", type=positive_int, help="model width (niah, lm, post-training)")
     sizes.add_argument("--steps", type=positive_int, help="training steps per run")
     sizes.add_argument("--seq-len", type=positive_int, help="training length")

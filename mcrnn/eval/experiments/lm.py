@@ -27,7 +27,7 @@ from mcrnn.eval.experiments.runner import (
 )
 
 NAME = "lm"
-MODEL_NAMES = ("base", "grm", "ssc", "log", "dla-base", "dla-soup", "transformer")
+MODEL_NAMES = ("base", "grm", "ssc", "log", "dla-base", "dla-soup", "transformer", "transformer-conv")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ MODELS: dict[str, tuple[str, dict]] = {
                                       "segment_size": "segment", "chunk_size": "segment"}),
     "dla-log": ("DLA Log-Linear++", {"memory": "dla", "aggregation": "grm", "segmentation": "log"}),
     "transformer": ("Transformer++", {"mixer": "attention"}),
+    "transformer-conv": ("Transformer++ + short conv", {"mixer": "attention", "attention_conv_size": 4}),
 }  # fmt: skip
 
 
