@@ -28,6 +28,8 @@ NAMES = (*EXPERIMENTS, "report")
 SETTING_FLAGS = (
     "widths",
     "deep_widths",
+    "attention_widths",
+    "plain_attention_widths",
     "width",
     "steps",
     "seq_len",
@@ -64,11 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sizes = parser.add_argument_group("size flags (replace the experiment's defaults)")
     sizes.add_argument(
-        "--widths", action=ExtendList, type=list_of(positive_int), help="model widths (recall)"
+        "--widths", action=ExtendList, type=list_of(positive_int), help="widths of the linear memory (recall)"
     )
     sizes.add_argument(
         "--deep-widths", action=ExtendList, type=list_of(positive_int),
-        help="the widths (of --widths) at which the deep memory runs (recall)",
+        help="widths of the deep memory (recall)",
+    )  # fmt: skip
+    sizes.add_argument(
+        "--attention-widths", action=ExtendList, type=list_of(positive_int),
+        help="widths of the Transformer++ with the short convolution (recall)",
+    )  # fmt: skip
+    sizes.add_argument(
+        "--plain-attention-widths", action=ExtendList, type=list_of(positive_int),
+        help="widths of the plain Transformer++ (recall)",
     )  # fmt: skip
     sizes.add_argument("--width", type=positive_int, help="model width (niah, lm, post-training)")
     sizes.add_argument("--steps", type=positive_int, help="training steps per run")
