@@ -38,8 +38,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -178,6 +179,44 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
     return record
 
 
+def summarize_seeds(records: dict[int, dict]) -> dict[str, dict]:
+    """Per model, the accuracies of every seed (``records[seed]`` is a :func:`run_demo` record), their
+    mean, sample standard deviation (0 for one seed), min and max."""
+    models = [name for name in DEMO_MODELS if all(name in record for record in records.values())]
+    summary = {}
+    for name in models:
+        by_seed = {seed: records[seed][name]["accuracy"] for seed in sorted(records)}
+        accuracies = list(by_seed.values())
+        summary[name] = {
+            "accuracy_by_seed": by_seed,
+            "mean": statistics.fmean(accuracies),
+            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "min": min(accuracies),
+            "max": max(accuracies),
+        }
+    return summary
+
+
+def run_seeds(settings: DemoSettings, seeds, out: Path, models=DEMO_MODELS, progress: bool = True) -> dict:
+    """:func:`run_demo` once per seed into ``out/seed<N>``; write ``out/summary.json`` (per model: the
+    accuracy of each seed, mean, std, min, max, see :func:`summarize_seeds`), print it and return it."""
+    from mcrnn.eval.report import format_table, write_json
+
+    seeds = list(dict.fromkeys(seeds))
+    records = {
+        seed: run_demo(replace(settings, seed=seed), out / f"seed{seed}", models, progress) for seed in seeds
+    }
+    summary = summarize_seeds(records)
+    write_json(out / "summary.json", {"seeds": seeds, "models": summary, "settings": asdict(settings)})
+    rows = [
+        {"model": name, "mean": r["mean"], "std": r["std"], "min": r["min"], "max": r["max"],
+         **{f"seed {seed}": acc for seed, acc in r["accuracy_by_seed"].items()}}
+        for name, r in summary.items()
+    ]  # fmt: skip
+    print(format_table(rows, list(rows[0])))
+    return summary
+
+
 def _cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
     try:
@@ -192,6 +231,7 @@ def _cpu_name() -> str:
 EXAMPLES = """
   mcrnn demo
   mcrnn demo --steps 200 --models base grm --out runs/demo_quick
+  mcrnn demo --seeds 0 1 2 --out runs/demo_seeds
 """
 
 
@@ -202,7 +242,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=positive_int, default=DemoSettings.steps, help="training steps per model"
     )
-    parser.add_argument("--seed", type=int, default=DemoSettings.seed, help="seed of data and weights")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=DemoSettings.seed, help="seed of data and weights")
+    seeds.add_argument(
+        "--seeds", action=ExtendList, type=list_of(int), default=None,
+        help="run once per seed into OUT/seed<N> and write OUT/summary.json (mean, std, min, max per model)",
+    )  # fmt: skip
     parser.add_argument(
         "--lr", type=float, default=DemoSettings.lr, help="peak learning rate of the recurrent models"
     )
@@ -222,6 +267,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; choose from {DEMO_MODELS}")
     settings = DemoSettings(steps=args.steps, seed=args.seed, lr=args.lr, transformer_lr=args.transformer_lr)
-    run_demo(settings, Path(args.out), args.models, progress=not args.no_progress)
-    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'demo.png'}")
+    out = Path(args.out)
+    if args.seeds:
+        run_seeds(settings, args.seeds, out, args.models, progress=not args.no_progress)
+        print(f"wrote {out / 'summary.json'} and {out}/seed<N>/")
+    else:
+        run_demo(settings, out, args.models, progress=not args.no_progress)
+        print(f"wrote {out / 'results.json'} and {out / 'demo.png'}")
     return 0
