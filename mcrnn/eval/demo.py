@@ -65,6 +65,8 @@ class DemoSettings:
     batch_size: int = 16
     lr: float = 1e-2
     transformer_lr: float = 3e-3
+    transformer_hidden_size: int = 64
+    transformer_conv_size: int = 4
     eval_examples: int = 512
     seed: int = 0
 
@@ -86,9 +88,13 @@ def model_config(name: str, s: DemoSettings):
             "ssc_top_k": s.ssc_top_k,
             "init": s.init,
         },
-        "transformer": {"mixer": "attention"},
+        "transformer": {
+            "mixer": "attention",
+            "hidden_size": s.transformer_hidden_size,
+            "attention_conv_size": s.transformer_conv_size,
+        },
     }
-    return MCConfig(**common, **mixers[name])
+    return MCConfig(**{**common, **mixers[name]})
 
 
 def state_floats(name: str, s: DemoSettings) -> int:
@@ -101,7 +107,7 @@ def state_floats(name: str, s: DemoSettings) -> int:
         "base": memory,
         "grm": memory * segments,
         "ssc": memory * (min(s.ssc_top_k, segments - 1) + 1),
-        "transformer": 2 * s.seq_len * s.hidden_size,
+        "transformer": 2 * s.seq_len * s.transformer_hidden_size,
     }[name]
 
 

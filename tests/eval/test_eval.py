@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from mcrnn.data import MQARConfig, MQARDataset
-from mcrnn.eval.demo import DEMO_MODELS, DemoSettings, run_demo, run_seeds, summarize_seeds
+from mcrnn.eval.demo import (
+    DEMO_MODELS,
+    DemoSettings,
+    model_config,
+    run_demo,
+    run_seeds,
+    state_floats,
+    summarize_seeds,
+)
 from mcrnn.eval.harness import eval_extrapolation, eval_mqar, eval_niah, with_average_caching
 from mcrnn.eval.report import format_table, write_json
 from mcrnn.models import MCConfig, MCForCausalLM
@@ -82,6 +90,17 @@ def test_demo_writes_results_for_every_model(tmp_path):
     for name in DEMO_MODELS:
         assert {"accuracy", "params", "train_seconds", "train_tokens_per_second"} <= set(results[name])
     assert (tmp_path / "demo.png").is_file()
+
+
+def test_demo_transformer_has_its_own_width_and_conv_the_mc_models_share_the_base_state():
+    settings = DemoSettings()
+    transformer = model_config("transformer", settings)
+    assert transformer.mixer == "attention" and transformer.hidden_size == settings.transformer_hidden_size
+    assert transformer.attention_conv_size == settings.transformer_conv_size > 0
+    base, grm, ssc = (model_config(name, settings) for name in ("base", "grm", "ssc"))
+    assert base.hidden_size == grm.hidden_size == ssc.hidden_size == settings.hidden_size
+    assert base.segment_size is None and grm.segment_size == ssc.segment_size == settings.segment_size
+    assert state_floats("transformer", settings) == 2 * settings.seq_len * settings.transformer_hidden_size
 
 
 def test_summarize_seeds_reports_every_seed_and_the_spread():
