@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from mcrnn.data import MQARConfig, MQARDataset
-from mcrnn.eval.demo import DEMO_MODELS, DemoSettings, run_demo
+from mcrnn.eval.demo import (
+    DEMO_MODELS,
+    DemoSettings,
+    model_config,
+    run_demo,
+    run_seeds,
+    state_floats,
+    summarize_seeds,
+)
 from mcrnn.eval.harness import eval_extrapolation, eval_mqar, eval_niah, with_average_caching
 from mcrnn.eval.report import format_table, write_json
 from mcrnn.models import MCConfig, MCForCausalLM
@@ -82,3 +90,37 @@ def test_demo_writes_results_for_every_model(tmp_path):
     for name in DEMO_MODELS:
         assert {"accuracy", "params", "train_seconds", "train_tokens_per_second"} <= set(results[name])
     assert (tmp_path / "demo.png").is_file()
+
+
+def test_demo_transformer_has_its_own_width_and_conv_the_mc_models_share_the_base_state():
+    settings = DemoSettings()
+    transformer = model_config("transformer", settings)
+    assert transformer.mixer == "attention" and transformer.hidden_size == settings.transformer_hidden_size
+    assert transformer.attention_conv_size == settings.transformer_conv_size > 0
+    base, grm, ssc = (model_config(name, settings) for name in ("base", "grm", "ssc"))
+    assert base.hidden_size == grm.hidden_size == ssc.hidden_size == settings.hidden_size
+    assert base.segment_size is None and grm.segment_size == ssc.segment_size == settings.segment_size
+    assert state_floats("transformer", settings) == 2 * settings.seq_len * settings.transformer_hidden_size
+
+
+def test_summarize_seeds_reports_every_seed_and_the_spread():
+    records = {2: {"base": {"accuracy": 0.2}}, 0: {"base": {"accuracy": 0.5}}, 1: {"base": {"accuracy": 0.8}}}
+    summary = summarize_seeds(records)
+    assert summary["base"]["accuracy_by_seed"] == {0: 0.5, 1: 0.8, 2: 0.2}
+    assert summary["base"]["mean"] == pytest.approx(0.5) and summary["base"]["std"] == pytest.approx(0.3)
+    assert (summary["base"]["min"], summary["base"]["max"]) == (0.2, 0.8)
+    assert summarize_seeds({0: {"base": {"accuracy": 0.5}}})["base"]["std"] == 0.0
+
+
+def test_demo_seeds_runs_each_seed_into_its_own_folder(tmp_path):
+    settings = DemoSettings(
+        vocab_size=32, num_pairs=4, seq_len=32, hidden_size=16, num_heads=2, num_layers=1, segment_size=8,
+        steps=2, batch_size=4, eval_examples=8,
+    )  # fmt: skip
+    summary = run_seeds(settings, [3, 5, 3], tmp_path, models=["base"], progress=False)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["seeds"] == [3, 5] and set(written["models"]) == {"base"}
+    for seed in (3, 5):
+        record = json.loads((tmp_path / f"seed{seed}" / "results.json").read_text())
+        assert record["settings"]["seed"] == seed
+        assert summary["base"]["accuracy_by_seed"][seed] == record["base"]["accuracy"]
