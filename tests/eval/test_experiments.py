@@ -191,3 +191,17 @@ def test_matched_config_is_within_half_a_swiglu_unit_of_the_target(name):
     target = count_params(model_config("base", **sizes))
     params = count_params(matched_config(name, target, **sizes))
     assert abs(params - target) <= 3 * 16 * 2 / 2, (params, target)
+
+
+def test_ordering_reads_the_default_settings_even_when_an_older_group_has_more_runs(tmp_path):
+    """Changed defaults leave the old runs on disk; the claims must come from the current settings."""
+    from mcrnn.eval.experiments.ordering import main_settings
+
+    out = tmp_path / "runs"
+    for seed in range(3):
+        for model in ("base", "grm"):
+            _fake(out, "recall", model, seed, {"width": 16, "accuracy": 0.9, "params": 1},
+                  size="w16.11111111", settings={"steps": 7})  # fmt: skip
+    _fake(out, "recall", "base", 0, {"width": 16, "accuracy": 0.1, "params": 1})
+    chosen = main_settings(out, "recall")
+    assert [r["metrics"]["accuracy"] for r in chosen] == [0.1]
