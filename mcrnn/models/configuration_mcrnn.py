@@ -5,7 +5,9 @@ Every field has a default, and an invalid value fails here, at construction, wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import inspect
+from collections.abc import Mapping, Sequence
 
 from transformers import PretrainedConfig
 
@@ -103,6 +105,7 @@ class MCConfig(PretrainedConfig):
         eos_token_id: int | None = None,
         **kwargs,
     ) -> None:
+        _check_misspelled(kwargs)
         check_positive_int("vocab_size", vocab_size)
         check_positive_int("num_hidden_layers", num_hidden_layers)
         check_layer_options(hidden_size, num_heads, head_dim, conv_size, memory_depth, memory_expansion)
@@ -178,3 +181,25 @@ class MCConfig(PretrainedConfig):
     def mixer_of(self, layer_idx: int) -> str:
         """The mixer type of layer ``layer_idx``."""
         return self.layer_mixers[layer_idx] if self.layer_mixers is not None else self.mixer
+
+
+def _check_misspelled(extra: Mapping[str, object]) -> None:
+    """Raise ``ValueError`` for an extra keyword that looks like a misspelt MCConfig field.
+
+    Hugging Face configs keep unknown keywords as attributes (saved configs carry keys such as
+    ``architectures`` or ``transformers_version``), so an unknown name alone is no error; but one that is
+    not a ``PretrainedConfig`` attribute and is close to a field of this config (``segmnet_size``) would
+    silently build another model (here: the base RNN).
+    """
+    fields = [
+        name for name in inspect.signature(MCConfig.__init__).parameters if name not in ("self", "kwargs")
+    ]
+    for name in extra:
+        if hasattr(PretrainedConfig, name) or name in _PRETRAINED_ATTRIBUTES:
+            continue
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"unknown MCConfig option {name!r}; did you mean {close[0]!r}?")
+
+
+_PRETRAINED_ATTRIBUTES = frozenset(PretrainedConfig().to_dict())

@@ -144,3 +144,24 @@ def test_unknown_forward_keywords_are_rejected() -> None:
     with pytest.raises(ValueError, match="no attention weights"):
         model(ids, output_attentions=True)
     model(ids, position_ids=torch.arange(5)[None], cache_position=torch.arange(5))  # what generate passes
+
+
+MISSPELT = [
+    ("segmnet_size", "segment_size"),
+    ("aggregaton", "aggregation"),
+    ("ssc_topk", "ssc_top_k"),
+    ("attention_conv", "attention_conv_size"),
+]
+
+
+@pytest.mark.parametrize("typo,meant", MISSPELT)
+def test_a_misspelt_option_is_an_error_not_another_model(typo, meant):
+    """Without the check ``MCConfig(segmnet_size=8)`` silently built the base RNN (HF keeps extra keys)."""
+    with pytest.raises(ValueError, match=f"unknown MCConfig option '{typo}'; did you mean '{meant}'"):
+        MCConfig(vocab_size=11, hidden_size=16, num_heads=2, **{typo: 4})
+
+
+def test_hugging_face_keys_and_unrelated_extras_still_load():
+    config = MCConfig(vocab_size=11, hidden_size=16, num_heads=2, architectures=["MCForCausalLM"],
+                      transformers_version="5.0", output_attentions=False, custom_note="kept")  # fmt: skip
+    assert config.custom_note == "kept" and config.architectures == ["MCForCausalLM"]
