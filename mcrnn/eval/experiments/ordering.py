@@ -10,9 +10,7 @@ its results are missing (a missing model drops only its own comparisons, listed 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from mcrnn.eval.experiments import experiment_module
@@ -80,9 +78,8 @@ def _stats(groups: dict, key, metric: Callable[[dict], float]):
 def main_settings(out: Path, experiment: str) -> list[dict]:
     """The results of ``experiment`` at its default settings, else at the settings with the most runs
     (none when it did not run)."""
-    groups = by_settings(load_results(out, experiment))
-    defaults = json.loads(json.dumps(asdict(experiment_module(experiment).Settings())))
-    return next((group for group in groups if group[0]["settings"] == defaults), groups[0] if groups else [])
+    groups = by_settings(load_results(out, experiment), experiment_module(experiment).Settings())
+    return groups[0] if groups else []
 
 
 def claims(out: Path) -> list[tuple[str, str, Claim]]:

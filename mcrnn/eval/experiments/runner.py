@@ -190,12 +190,16 @@ def load_results(out: Path, experiment: str) -> list[dict]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
 
 
-def by_settings(results: list[dict]) -> list[list[dict]]:
-    """``results`` split by their settings, the group with the most runs first."""
+def by_settings(results: list[dict], defaults: object = None) -> list[list[dict]]:
+    """``results`` split by their settings: the group at ``defaults`` (a Settings dataclass) first, then
+    by the number of runs."""
     groups: dict[str, list[dict]] = {}
     for result in results:
         groups.setdefault(json.dumps(result["settings"], sort_keys=True), []).append(result)
-    return sorted(groups.values(), key=len, reverse=True)
+    current = json.dumps(asdict(defaults), sort_keys=True) if defaults is not None else None
+    current = json.dumps(json.loads(current), sort_keys=True) if current else None  # tuples as lists
+    return sorted(groups.values(), key=lambda g: (json.dumps(g[0]["settings"], sort_keys=True) != current,
+                                                   -len(g)))  # fmt: skip
 
 
 def load_failures(out: Path, experiment: str) -> list[dict]:
