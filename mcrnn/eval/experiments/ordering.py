@@ -42,7 +42,10 @@ class Claim:
 
     def compare(self, left, right, label_left: str, label_right: str, sign: str, digits: int = 3) -> None:
         """Record ``left <sign> right`` (``sign`` in ``>``, ``>=``, ``<``; each side ``(mean, std, n)``
-        or None when it did not run)."""
+        or None when it did not run; when neither ran, e.g. a width outside both models' plans, nothing
+        is recorded)."""
+        if left is None and right is None:
+            return
         if left is None or right is None:
             self.checks.append((f"{label_left} {sign} {label_right}: not run", "not run"))
             return
