@@ -196,8 +196,7 @@ def by_settings(results: list[dict], defaults: object = None) -> list[list[dict]
     groups: dict[str, list[dict]] = {}
     for result in results:
         groups.setdefault(json.dumps(result["settings"], sort_keys=True), []).append(result)
-    current = json.dumps(asdict(defaults), sort_keys=True) if defaults is not None else None
-    current = json.dumps(json.loads(current), sort_keys=True) if current else None  # tuples as lists
+    current = json.dumps(asdict(defaults), sort_keys=True) if defaults is not None else None  # tuples: lists
     return sorted(groups.values(), key=lambda g: (json.dumps(g[0]["settings"], sort_keys=True) != current,
                                                    -len(g)))  # fmt: skip
 

@@ -80,6 +80,26 @@ class MatrixMemoryCache(MemoryCache):
         return self.key_sum / self.segment_tokens if self.spec.pooling == "mean" else self.key_sum
 
 
+def token_write(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cur_gate: torch.Tensor | None = None,
+    prev_gate: torch.Tensor | None = None,
+    prev_key: torch.Tensor | None = None,
+    prev_value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One token's write into a matrix memory, [B, H, Dk, Dv]: ``k v^T`` (``linear``; ``cur_gate`` None) or
+    ``swla``'s ``l_t k_t v_t^T + b_t k_{t-1} v_{t-1}^T`` (``cur_gate`` = l_t, ``prev_gate`` = b_t [B, H]; the
+    previous-token term only when ``prev_key``/``prev_value`` [B, H, D] are given)."""
+    write = k.unsqueeze(-1) * v.unsqueeze(-2)
+    if cur_gate is None:
+        return write
+    write = cur_gate[..., None, None] * write
+    if prev_key is not None:
+        write = write + prev_gate[..., None, None] * prev_key.unsqueeze(-1) * prev_value.unsqueeze(-2)
+    return write
+
+
 def recurrent_linear_mc(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -144,11 +164,9 @@ def recurrent_step(
         if spec.init == "independent":
             online = torch.zeros_like(online)
             prev_key = prev_value = None
-    write = k.unsqueeze(-1) * v.unsqueeze(-2)
-    if cache.memory == "swla":
-        write = cur_gate[..., None, None] * write
-        if prev_key is not None:
-            write = write + prev_gate[..., None, None] * prev_key.unsqueeze(-1) * prev_value.unsqueeze(-2)
+    swla = cache.memory == "swla"
+    write = token_write(k, v, cur_gate if swla else None, prev_gate, prev_key, prev_value)
+    if swla:
         prev_key, prev_value = k, v
     online = (online if decay is None else decay[..., None, None] * online) + write
     new_cache = replace(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from mcrnn.ops.cache import MemoryCache
+from mcrnn.ops.linear.recurrent import token_write
 from mcrnn.ops.log.buckets import fenwick_buckets
 from mcrnn.ops.segments import mixing_weights
 from mcrnn.ops.spec import MCSpec
@@ -92,10 +93,9 @@ def recurrent_log_mc(
         step_decay = None if log_decay is None else log_decay[:, t]
         write = None
         if cur_gate is not None:
-            write = cur_gate[:, t, :, None, None] * k[:, t].unsqueeze(-1) * v[:, t].unsqueeze(-2)
-            if cache.prev_key is not None:
-                previous = cache.prev_key.unsqueeze(-1) * cache.prev_value.unsqueeze(-2)
-                write = write + prev_gate[:, t, :, None, None] * previous
+            write = token_write(
+                k[:, t], v[:, t], cur_gate[:, t], prev_gate[:, t], cache.prev_key, cache.prev_value
+            )
         y, cache = fenwick_step(q[:, t], k[:, t], v[:, t], u[:, t], cache, log_decay=step_decay, write=write)
         if cur_gate is not None:
             cache = replace(cache, memory="swla", prev_key=k[:, t], prev_value=v[:, t])
