@@ -8,14 +8,14 @@ the buckets smaller than ``2^j`` (the online one included) with the token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from mcrnn.ops.cache import MemoryCache
-from mcrnn.ops.linear.recurrent import token_write
-from mcrnn.ops.log.buckets import fenwick_buckets
-from mcrnn.ops.segments import mixing_weights
+from mcrnn.ops.read.fenwick import fenwick_buckets
+from mcrnn.ops.read.matrix_cache import decayed
+from mcrnn.ops.read.segments import mixing_weights
 from mcrnn.ops.spec import MCSpec
 
 
@@ -47,9 +47,15 @@ class FenwickMemoryCache(MemoryCache):
 
     @classmethod
     def empty(
-        cls, spec: MCSpec, batch: int, heads: int, key_dim: int, value_dim: int, dtype: torch.dtype,
+        cls,
+        spec: MCSpec,
+        batch: int,
+        heads: int,
+        key_dim: int,
+        value_dim: int,
+        dtype: torch.dtype,
         device: torch.device,
-    ) -> FenwickMemoryCache:  # fmt: skip
+    ) -> FenwickMemoryCache:
         """Cache before the first token."""
         zeros = torch.zeros
         return cls(
@@ -73,52 +79,20 @@ class FenwickMemoryCache(MemoryCache):
         return tuple(self.online.shape)
 
 
-def recurrent_log_mc(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor | None,
-    cache: FenwickMemoryCache,
-    *,
-    log_decay: torch.Tensor | None = None,
-    prev_gate: torch.Tensor | None = None,
-    cur_gate: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, FenwickMemoryCache]:
-    """Continue ``cache`` over [B, T, H, D] inputs token by token (``u`` None: ``u = q``; ``swla``: its
-    gates [B, T, H], writing ``l_t k_t v_t^T + b_t k_{t-1} v_{t-1}^T``); returns ``o`` [B, T, H, Dv] and
-    a new cache."""
-    u = q if u is None else u
-    outputs = []
-    for t in range(q.shape[1]):
-        step_decay = None if log_decay is None else log_decay[:, t]
-        write = None
-        if cur_gate is not None:
-            write = token_write(
-                k[:, t], v[:, t], cur_gate[:, t], prev_gate[:, t], cache.prev_key, cache.prev_value
-            )
-        y, cache = fenwick_step(q[:, t], k[:, t], v[:, t], u[:, t], cache, log_decay=step_decay, write=write)
-        if cur_gate is not None:
-            cache = replace(cache, memory="swla", prev_key=k[:, t], prev_value=v[:, t])
-        outputs.append(y)
-    return torch.stack(outputs, dim=1), cache
-
-
 def fenwick_step(
     q: torch.Tensor,
     k: torch.Tensor,
-    v: torch.Tensor,
     u: torch.Tensor,
     cache: FenwickMemoryCache,
     *,
+    write: torch.Tensor,
     log_decay: torch.Tensor | None,
-    write: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FenwickMemoryCache]:
-    """One token of Fenwick-segmented MC over a linear memory (q, k, u: [B, H, Dk]; v: [B, H, Dv];
-    log_decay: [B, H] or None; ``write`` [B, H, Dk, Dv] the token's write, None: ``k v^T``; the router
-    pools ``k``). Returns ``y`` [B, H, Dv] and a new cache."""
+    """One token of Fenwick-segmented MC over a matrix memory: the binary-counter merge,
+    ``M_t = a_t M + write`` and the aggregated read (q, k, u: [B, H, Dk]; ``write`` [B, H, Dk, Dv] the
+    token's write, the family's rule; log_decay: [B, H] or None; the router pools ``k``). Returns ``y``
+    [B, H, Dv] and a new cache (the one passed in is not modified)."""
     spec = cache.spec
-    if write is None:
-        write = k.unsqueeze(-1) * v.unsqueeze(-2)
     step_log_decay = torch.zeros_like(k[..., 0]) if log_decay is None else log_decay
     length = cache.position + 1
     merged_size = length & -length  # the new online bucket's size, 2^j
@@ -136,10 +110,10 @@ def fenwick_step(
         keep = sum(size >= merged_size for size in sizes)
         if spec.init == "independent":
             decay_to_now = (cache.log_decay_total.unsqueeze(1) - ends[:, keep:]).exp()
-            online = online + (decay_to_now[..., None, None] * cached[:, keep:]).sum(1)
+            online = online + decayed(cached[:, keep:], decay_to_now).sum(1)
         key_sum = key_sum + key_sums[:, keep:].sum(1)
         cached, key_sums, ends, sizes = cached[:, :keep], key_sums[:, :keep], ends[:, :keep], sizes[:keep]
-    online = step_log_decay.exp()[..., None, None] * online + write
+    online = decayed(online, step_log_decay.exp()) + write
     new_cache = FenwickMemoryCache(
         spec=spec,
         position=length,
