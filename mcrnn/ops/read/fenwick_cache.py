@@ -26,8 +26,9 @@ class FenwickMemoryCache(MemoryCache):
     Attributes (besides ``spec`` and ``position``, see :mod:`mcrnn.ops.cache`):
         online: [B, H, Dk, Dv]; online_key_sum: [B, H, Dk]; online_size: tokens in the online bucket.
         cached: [B, n, H, Dk, Dv]; cached_key_sums: [B, n, H, Dk]; cached_sizes: bucket sizes.
-        cached_log_decay: [B, n, H] cumulative log decay at each cached bucket's end.
-        log_decay_total: [B, H] cumulative log decay after the last token.
+        cached_log_decay: [B, n, H] cumulative log decay at each cached bucket's end ([B, n, H, Dk] for a
+            per-key-channel decay).
+        log_decay_total: [B, H] ([B, H, Dk]) cumulative log decay after the last token.
         memory: ``linear``, ``swla`` (buckets hold both write streams), or a delta-rule memory whose
             pseudo-values the buckets hold (:mod:`mcrnn.ops.delta`).
         prev_key, prev_value: [B, H, Dk], [B, H, Dv] the last token (``swla`` only, else None).
@@ -55,9 +56,11 @@ class FenwickMemoryCache(MemoryCache):
         value_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        channel_decay: bool = False,
     ) -> FenwickMemoryCache:
-        """Cache before the first token."""
+        """Cache before the first token (``channel_decay``: the decay is per key channel, [B, H, Dk])."""
         zeros = torch.zeros
+        decay_dims = (heads, key_dim) if channel_decay else (heads,)
         return cls(
             spec=spec,
             position=0,
@@ -67,8 +70,8 @@ class FenwickMemoryCache(MemoryCache):
             cached=zeros(batch, 0, heads, key_dim, value_dim, dtype=dtype, device=device),
             cached_key_sums=zeros(batch, 0, heads, key_dim, dtype=dtype, device=device),
             cached_sizes=[],
-            cached_log_decay=zeros(batch, 0, heads, dtype=dtype, device=device),
-            log_decay_total=zeros(batch, heads, dtype=dtype, device=device),
+            cached_log_decay=zeros(batch, 0, *decay_dims, dtype=dtype, device=device),
+            log_decay_total=zeros(batch, *decay_dims, dtype=dtype, device=device),
         )
 
     @property
@@ -159,12 +162,16 @@ def fenwick_prefill_cache(
 
     Bucket ``[s, e)`` sums its writes decayed to its end, ``W = sum_i exp(G_{e-1} - G_i) k_i v_i^T``
     (``G`` the cumulative log decay); under ``checkpoint`` the state chains across buckets,
-    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``. ``streams``: the (key, value) write streams whose
-    writes add up (None: ``[(k, v)]``); the router key sums are always of ``k``.
+    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``. ``log_decay``: [B, T, H] (per head), [B, T, H, Dk] (per
+    key channel: ``exp(G)`` scales the keys channel by channel) or None. ``streams``: the (key, value) write
+    streams whose writes add up (None: ``[(k, v)]``); the router key sums are always of ``k``.
     """
     streams = [(k, v)] if streams is None else streams
     batch, seq_len, heads, key_dim = k.shape
-    cache = FenwickMemoryCache.empty(spec, batch, heads, key_dim, v.shape[-1], k.dtype, k.device)
+    channel_decay = log_decay is not None and log_decay.dim() == 4
+    cache = FenwickMemoryCache.empty(
+        spec, batch, heads, key_dim, v.shape[-1], k.dtype, k.device, channel_decay=channel_decay
+    )
     cum = torch.zeros(batch, seq_len, heads, dtype=k.dtype, device=k.device)
     if log_decay is not None:
         cum = log_decay.cumsum(1)
@@ -172,13 +179,14 @@ def fenwick_prefill_cache(
     previous = None
     buckets = fenwick_buckets(seq_len)
     for start, end in buckets:
-        weight = (cum[:, end - 1 : end] - cum[:, start:end]).exp()  # [B, n, H]
+        weight = (cum[:, end - 1 : end] - cum[:, start:end]).exp()  # [B, n, H] or [B, n, H, Dk]
+        weight = weight if channel_decay else weight.unsqueeze(-1)
         state = sum(
-            torch.einsum("bnhk,bnhv->bhkv", keys[:, start:end] * weight.unsqueeze(-1), values[:, start:end])
+            torch.einsum("bnhk,bnhv->bhkv", keys[:, start:end] * weight, values[:, start:end])
             for keys, values in streams
         )
         if spec.init == "checkpoint" and previous is not None:
-            state = state + (cum[:, end - 1] - cum[:, start - 1]).exp()[..., None, None] * previous
+            state = state + decayed(previous, (cum[:, end - 1] - cum[:, start - 1]).exp())
         previous = state
         states.append(state)
         key_sums.append(k[:, start:end].sum(1))
