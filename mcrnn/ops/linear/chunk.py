@@ -39,7 +39,9 @@ def chunk_size_for(lengths: Sequence[int], chunk_size: int) -> int:
 class Chunks:
     """Chunk-local pieces of decayed linear attention, [B, H, n chunks, c tokens, ...].
 
-    ``cum`` is the inclusive cumulative log decay inside each chunk (None without decay),
+    ``cum`` is the inclusive cumulative log decay inside each chunk (None without decay; [..., c, Dk] per
+    key channel for the vector-decay memories, whose ``chunk_decay`` is then [B, H, n, Dk] and which form
+    ``scores`` themselves: :func:`window_attention` takes a scalar decay only),
     ``scores = q k^T`` per chunk, ``local = sum_j exp(cum_last - cum_j) k_j v_j^T`` the chunk's own
     writes decayed to its end, and ``chunk_decay = exp(cum_last)`` (None without decay).
     ``finite_v`` is ``v`` with its NaN/Inf entries set to 0 and ``nonfinite_v`` is 1 at those entries,
@@ -190,18 +192,19 @@ def _chunk_scan(
     state before it does not reach the chunks after it.
 
     Args:
-        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``) or None; reset: [n] bool or None.
+        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``), [B, H, n, Dk] (a decay per key channel,
+            ``E_n = Diag(a_n) E_{n-1} + L_n``) or None; reset: [n] bool or None.
     """
     if chunk_decay is None and reset is None:
         return local.cumsum(2)
     state = local
-    decay = chunk_decay
+    decay = None if chunk_decay is None else chunk_decay.reshape(*chunk_decay.shape[:3], -1, 1)
     step = 1
     while step < span:
         earlier = torch.nn.functional.pad(state[:, :, :-step], (0, 0, 0, 0, step, 0))
         if decay is not None:
-            earlier = decay.unsqueeze(-1).unsqueeze(-1) * earlier
-            decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (step, 0), value=1.0)
+            earlier = decay * earlier
+            decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (0, 0, 0, 0, step, 0), value=1.0)
         if reset is not None:
             earlier = earlier.masked_fill(reset.view(1, 1, -1, 1, 1), 0.0)
             reset = reset | torch.nn.functional.pad(reset[:-step], (step, 0), value=False)

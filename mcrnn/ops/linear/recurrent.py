@@ -148,7 +148,8 @@ def recurrent_step(
     """One token of MC over a matrix memory.
 
     Args:
-        q, k, u: [B, H, Dk]; v: [B, H, Dv]; decay: [B, H] (``a_t``) or None; prev_gate/cur_gate:
+        q, k, u: [B, H, Dk]; v: [B, H, Dv]; decay: [B, H] (``a_t``), [B, H, Dk] (per key channel, ``gla``)
+        or None; prev_gate/cur_gate:
         [B, H] (``swla`` gates b_t, l_t).
 
     Returns: ``y`` [B, H, Dv] and the updated cache (a new object; the input cache is not modified).
@@ -168,7 +169,9 @@ def recurrent_step(
     write = token_write(k, v, cur_gate if swla else None, prev_gate, prev_key, prev_value)
     if swla:
         prev_key, prev_value = k, v
-    online = (online if decay is None else decay[..., None, None] * online) + write
+    if decay is not None:  # [B, H] (a scalar per head) or [B, H, Dk] (per key channel: Diag(a_t) M)
+        online = decay.reshape(*decay.shape[:2], -1, 1) * online
+    online = online + write
     new_cache = replace(
         cache,
         position=cache.position + 1,

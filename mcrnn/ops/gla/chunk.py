@@ -1,0 +1,172 @@
+"""The ``gla`` write rule, chunkwise: online reads and states at segment ends, no token loop.
+
+Per head, with a decay per key channel (fla's gated linear attention, ``gk``)::
+
+    M_t = Diag(exp(g_t)) M_{t-1} + k_t v_t^T,   o_t = q_t^T M_t        (g_t in R^Dk, finite, <= 0)
+
+Inside a chunk of ``c`` tokens entered with state ``S``, ``G_t = sum_{i<=t} g_i`` (in-chunk, per channel)::
+
+    o_t = (q_t * exp(G_t))^T S + sum_{j<=t} [sum_d q_t[d] k_j[d] exp(G_t[d] - G_j[d])] v_j
+    S'  = Diag(exp(G_c)) S + sum_j (k_j * exp(G_c - G_j)) v_j^T
+
+The pair weights ``exp(G_t - G_j)`` differ per channel, so ``q k^T`` cannot be decayed after the product
+as for a scalar decay, and factoring them as ``(q_t e^{G_t}) . (k_j e^{-G_j})`` overflows for strong
+decays. :func:`decayed_scores` never exponentiates a positive number: the chunk is cut in sub-chunks of
+``SUB_CHUNK`` tokens; a query reads the keys of earlier sub-chunks through the reference ``R`` = ``G`` at
+its sub-chunk's first token, ``(q_t e^{G_t - R}) . (k_j e^{R - G_j})`` (both factors <= 1), and the keys
+of its own sub-chunk through explicit [s, s, Dk] weights. The chunk-to-chunk states come from the scan
+of :mod:`mcrnn.ops.linear.chunk` with a per-channel chunk decay. The cached reads, routers and
+segmentation are the matrix memories' (:func:`mcrnn.ops.linear.parallel.mix_cached_reads`).
+
+No ``1/sqrt(Dk)`` scale is applied: fla's default ``scale = Dk ** -0.5`` is the caller's to put on ``q``.
+Tensors are heads-first ([B, H, T, D]) inside this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+
+from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
+from mcrnn.ops.linear.chunk import Chunks, chunk_size_for, chunk_states
+from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
+from mcrnn.ops.linear.recurrent import MatrixMemoryCache
+from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
+
+#: tokens per sub-chunk of :func:`decayed_scores` (its explicit [s, s, Dk] weights bound the memory)
+SUB_CHUNK = 16
+
+
+def chunk_gla_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    log_decay: torch.Tensor,
+    output_cache: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, MatrixMemoryCache | None]:
+    """Parallel MC over the ``gla`` memory (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked).
+
+    ``y_t = g_{t,s} q_t^T M_t + sum_{i < s} g_{t,i} q_t^T M(i)`` with the weights of
+    :func:`~mcrnn.ops.segments.router_gates` and the segments of ``spec`` (constant, explicit or none).
+
+    Args:
+        q, k, u: [B, T, H, Dk] (``u`` None: ``u = q``; ``q`` is not scaled); v: [B, T, H, Dv].
+        log_decay: [B, T, H, Dk] ``g_t`` (finite, <= 0), the log decay of each key channel.
+        chunk_size: the largest inner chunk (the path picks one dividing every segment but the last).
+
+    Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype (states accumulate in float32, float64 for float64
+    inputs) and, with ``output_cache``, the decoding cache (a ``MatrixMemoryCache``).
+    """
+    (qc, kc, vc, uc), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
+    lengths = spec.lengths(q.shape[1])
+    qh, kh, vh, decay_h = (heads_first(x) for x in (qc, kc, vc, gates["log_decay"]))
+    with full_precision(q.device):
+        online, states = chunk_gla(qh, kh, vh, decay_h, lengths, spec.init, chunk_size)
+        out = mix_cached_reads(qh, uc, kc, online, states, lengths, spec)
+    cache = prefill_cache(spec, "gla", states.transpose(1, 2), k, v, lengths) if output_cache else None
+    return out.to(q.dtype), cache
+
+
+def chunk_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    lengths: Sequence[int],
+    init: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked GLA inside segments (module docstring); ``init="independent"`` restarts from ``M = 0`` at
+    every segment start, ``"checkpoint"`` continues across segments.
+
+    Args:
+        q, k: [B, H, T, Dk]; v: [B, H, T, Dv]; log_decay: [B, H, T, Dk] (<= 0).
+        lengths: segment lengths summing to T.
+
+    Returns: ``online`` [B, H, T, Dv] with ``o_t = q_t^T M_t`` and ``states`` [B, H, N, Dk, Dv], the state
+    at the end of every segment.
+    """
+    seq_len = q.shape[2]
+    chunk = chunk_size_for(lengths, chunk_size)
+    finite = all_finite(q, k, v)
+    q, k, v, log_decay = (to_chunks(x, chunk) for x in (q, k, v, log_decay))
+    cum = log_decay.cumsum(-2)
+    last = cum[..., -1:, :]
+    chunks = Chunks(
+        q=q, finite_v=v, nonfinite_v=None, cum=cum, scores=decayed_scores(q, k, cum),
+        local=(k * (last - cum).exp()).transpose(-1, -2) @ v, chunk_decay=last.squeeze(-2).exp(),
+    )  # fmt: skip
+    firsts, lasts = segment_chunks(lengths, chunk, chunks.count)
+    ends, starts = chunk_states(chunks, firsts if init == "independent" else ())
+    online = causal_attend(chunks.scores, v, finite) + (q * cum.exp()) @ starts
+    return from_chunks(online, seq_len), ends[:, :, lasts]
+
+
+def decayed_scores(x: torch.Tensor, y: torch.Tensor, cum: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """``A_tj = sum_d x_t[d] y_j[d] exp(G_t[d] - G_j[d])`` for ``j <= t`` (``j < t`` when ``strict``), 0
+    elsewhere (selected, so a non-finite ``y_j`` after ``t`` never reaches row ``t``).
+
+    Args:
+        x, y: [..., c, Dk]; cum: [..., c, Dk] the in-chunk cumulative log decay ``G`` (non-increasing).
+
+    Returns: [..., c, c]. Every exponent is <= 0 (module docstring): earlier sub-chunks through the
+    reference at the query's sub-chunk start, the query's own sub-chunk through explicit weights.
+    """
+    chunk = x.shape[-2]
+    sub = math.gcd(chunk, SUB_CHUNK)
+    n_sub = chunk // sub
+    position = torch.arange(chunk, device=x.device)
+    reference = cum[..., ::sub, :]  # [..., n_sub, Dk]: G at each sub-chunk's first token
+    earlier = (position.unsqueeze(0) < (position[::sub]).unsqueeze(1)).unsqueeze(-1)  # [n_sub, c, 1]
+    exponent = (reference.unsqueeze(-2) - cum.unsqueeze(-3)).masked_fill(~earlier, -math.inf)
+    keys = torch.where(earlier, y.unsqueeze(-3) * exponent.exp(), 0.0)  # [..., n_sub, c, Dk]
+    queries = (x * (cum - reference.repeat_interleave(sub, -2)).exp()).unflatten(-2, (n_sub, sub))
+    across = (queries @ keys.transpose(-1, -2)).unflatten(-1, (n_sub, sub))  # [..., n_sub, s, n_sub, s]
+    causal = torch.ones(sub, sub, dtype=torch.bool, device=x.device).tril(-1 if strict else 0)
+    x_sub, y_sub, cum_sub = (t.unflatten(-2, (n_sub, sub)) for t in (x, y, cum))
+    weights = (cum_sub.unsqueeze(-2) - cum_sub.unsqueeze(-3)).masked_fill(~causal.unsqueeze(-1), -math.inf)
+    within = torch.einsum("...td,...jd,...tjd->...tj", x_sub, y_sub, weights.exp()).masked_fill(~causal, 0.0)
+    same = torch.eye(n_sub, dtype=torch.bool, device=x.device).view(n_sub, 1, n_sub, 1)
+    return torch.where(same, within.unsqueeze(-2), across).flatten(-2).flatten(-3, -2)
+
+
+def causal_attend(scores: torch.Tensor, values: torch.Tensor, finite: bool) -> torch.Tensor:
+    """``scores @ values`` per chunk ([..., c, c] lower triangular, [..., c, Dv]) where a non-finite
+    ``values_j`` reaches only the rows ``t >= j`` (NaN there, as the token loop gives): ``finite`` says
+    the inputs are all finite, else the product runs on the finite part and marks the rows it reaches."""
+    if finite:
+        return scores @ values
+    finite_values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    inside = torch.ones(scores.shape[-2:], dtype=scores.dtype, device=scores.device).tril()
+    reached = inside @ (values != finite_values).to(values.dtype)
+    return (scores @ finite_values).masked_fill(reached > 0, math.nan)
+
+
+def segment_chunks(lengths: Sequence[int], chunk: int, n_chunks: int) -> tuple[list[int], list[int]]:
+    """The first and the last chunk of every segment (chunks never straddle a segment boundary; the
+    last segment holds the rest, end padding included)."""
+    counts = [n // chunk for n in lengths[:-1]]
+    counts.append(n_chunks - sum(counts))
+    firsts = list(itertools.accumulate(counts[:-1], initial=0))
+    return firsts, [first + count - 1 for first, count in zip(firsts, counts, strict=True)]
+
+
+def to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[B, H, T, ...] -> [B, H, n, c, ...] padded with zeros at the end (zero keys write nothing, zero
+    log decays keep the state)."""
+    seq_len = x.shape[2]
+    n_chunks = -(-seq_len // chunk)
+    pad = [0, 0] * (x.dim() - 3) + [0, n_chunks * chunk - seq_len]
+    return torch.nn.functional.pad(x, pad).unflatten(2, (n_chunks, chunk))
+
+
+def from_chunks(x: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[B, H, n, c, ...] -> [B, H, T, ...], the end padding dropped."""
+    return x.flatten(2, 3)[:, :, :seq_len]
