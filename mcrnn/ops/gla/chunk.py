@@ -11,12 +11,11 @@ Inside a chunk of ``c`` tokens entered with state ``S``, ``G_t = sum_{i<=t} g_i`
 
 The pair weights ``exp(G_t - G_j)`` differ per channel, so ``q k^T`` cannot be decayed after the product
 as for a scalar decay, and factoring them as ``(q_t e^{G_t}) . (k_j e^{-G_j})`` overflows for strong
-decays. :func:`decayed_scores` never exponentiates a positive number: the chunk is cut in sub-chunks of
-``SUB_CHUNK`` tokens; a query reads the keys of earlier sub-chunks through the reference ``R`` = ``G`` at
-its sub-chunk's first token, ``(q_t e^{G_t - R}) . (k_j e^{R - G_j})`` (both factors <= 1), and the keys
-of its own sub-chunk through explicit [s, s, Dk] weights. The chunk-to-chunk states come from the scan
-of :mod:`mcrnn.ops.linear.chunk` with a per-channel chunk decay. The cached reads, routers and
-segmentation are the matrix memories' (:func:`mcrnn.ops.linear.parallel.mix_cached_reads`).
+decays. :func:`decayed_scores` never exponentiates a positive number: it halves the chunk recursively
+and factors each off-diagonal quadrant through the token between its halves (both factors <= 1). The
+chunk-to-chunk states come from the scan of :mod:`mcrnn.ops.linear.chunk` with a per-channel chunk
+decay. The cached reads, routers and segmentation are the matrix memories'
+(:func:`mcrnn.ops.linear.parallel.mix_cached_reads`).
 
 No ``1/sqrt(Dk)`` scale is applied: fla's default ``scale = Dk ** -0.5`` is the caller's to put on ``q``.
 Tensors are heads-first ([B, H, T, D]) inside this module.
@@ -35,9 +34,6 @@ from mcrnn.ops.linear.chunk import Chunks, chunk_size_for, chunk_states
 from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
 from mcrnn.ops.linear.recurrent import MatrixMemoryCache
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
-
-#: tokens per sub-chunk of :func:`decayed_scores` (its explicit [s, s, Dk] weights bound the memory)
-SUB_CHUNK = 16
 
 
 def chunk_gla_mc(
@@ -111,30 +107,89 @@ def chunk_gla(
 
 def decayed_scores(x: torch.Tensor, y: torch.Tensor, cum: torch.Tensor, strict: bool = False) -> torch.Tensor:
     """``A_tj = sum_d x_t[d] y_j[d] exp(G_t[d] - G_j[d])`` for ``j <= t`` (``j < t`` when ``strict``), 0
-    elsewhere (selected, so a non-finite ``y_j`` after ``t`` never reaches row ``t``).
+    elsewhere (exact zeros, so a non-finite ``y_j`` after ``t`` never reaches row ``t``).
 
     Args:
         x, y: [..., c, Dk]; cum: [..., c, Dk] the in-chunk cumulative log decay ``G`` (non-increasing).
 
-    Returns: [..., c, c]. Every exponent is <= 0 (module docstring): earlier sub-chunks through the
-    reference at the query's sub-chunk start, the query's own sub-chunk through explicit weights.
+    Returns: [..., c, c]. Built by halving: a block of ``2h`` tokens is its two halves' blocks on the
+    diagonal plus the quadrant ``t`` in the second half, ``j`` in the first, which factors through the
+    first half's last token ``m``: ``(x_t e^{G_t - G_m}) . (y_j e^{G_m - G_j})``, one GEMM with both
+    exponents <= 0 (``G`` is non-increasing). The ``1 x 1`` blocks are ``x_t . y_t`` (0 when ``strict``).
+    So every exponent is <= 0 and the work is ``log2(c)`` elementwise passes over [c, Dk] plus GEMMs,
+    not a [c, c, Dk] tensor. A chunk that is not a power of two is padded at its end (sliced off).
     """
     chunk = x.shape[-2]
-    sub = math.gcd(chunk, SUB_CHUNK)
-    n_sub = chunk // sub
-    position = torch.arange(chunk, device=x.device)
-    reference = cum[..., ::sub, :]  # [..., n_sub, Dk]: G at each sub-chunk's first token
-    earlier = (position.unsqueeze(0) < (position[::sub]).unsqueeze(1)).unsqueeze(-1)  # [n_sub, c, 1]
-    exponent = (reference.unsqueeze(-2) - cum.unsqueeze(-3)).masked_fill(~earlier, -math.inf)
-    keys = torch.where(earlier, y.unsqueeze(-3) * exponent.exp(), 0.0)  # [..., n_sub, c, Dk]
-    queries = (x * (cum - reference.repeat_interleave(sub, -2)).exp()).unflatten(-2, (n_sub, sub))
-    across = (queries @ keys.transpose(-1, -2)).unflatten(-1, (n_sub, sub))  # [..., n_sub, s, n_sub, s]
-    causal = torch.ones(sub, sub, dtype=torch.bool, device=x.device).tril(-1 if strict else 0)
-    x_sub, y_sub, cum_sub = (t.unflatten(-2, (n_sub, sub)) for t in (x, y, cum))
-    weights = (cum_sub.unsqueeze(-2) - cum_sub.unsqueeze(-3)).masked_fill(~causal.unsqueeze(-1), -math.inf)
-    within = torch.einsum("...td,...jd,...tjd->...tj", x_sub, y_sub, weights.exp()).masked_fill(~causal, 0.0)
-    same = torch.eye(n_sub, dtype=torch.bool, device=x.device).view(n_sub, 1, n_sub, 1)
-    return torch.where(same, within.unsqueeze(-2), across).flatten(-2).flatten(-3, -2)
+    size = 1 << (chunk - 1).bit_length()
+    if size != chunk:  # padded tokens: zero x, y and no decay
+        x, y = (torch.nn.functional.pad(t, (0, 0, 0, size - chunk)) for t in (x, y))
+        cum = torch.cat([cum, cum[..., -1:, :].expand(*cum.shape[:-2], size - chunk, cum.shape[-1])], -2)
+    scores = _DecayedScores.apply(x.contiguous(), y.contiguous(), cum.contiguous(), strict)
+    return scores[..., :chunk, :chunk]
+
+
+class _DecayedScores(torch.autograd.Function):
+    """:func:`decayed_scores` on a power-of-two chunk, level by level into one [..., c, c] buffer; the
+    backward recomputes each level's factors (nothing saved per level) and accumulates in place:
+    ``dL = dQ E``, ``dE = dQ^T L``, ``dx = dL e^{G_t - G_m}``, ``dy = dE e^{G_m - G_j}``, ``dG_t = dL L``,
+    ``dG_j = -dE E`` and ``dG_m`` the sum of both with the opposite signs."""
+
+    @staticmethod
+    def forward(ctx, x, y, cum, strict):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(x, y, cum)
+        ctx.strict = strict
+        scores = x.new_zeros(*x.shape[:-1], x.shape[-2])
+        if not strict:
+            scores.diagonal(dim1=-2, dim2=-1).copy_((x * y).sum(-1))
+        for half, (later, _), (earlier, _), _ in _levels(x, y, cum):
+            _quadrants(scores, half).copy_(later @ earlier.transpose(-1, -2))
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        x, y, cum = ctx.saved_tensors
+        grad = grad.contiguous()
+        grads = [torch.zeros_like(t) for t in (x, y, cum)]
+        if not ctx.strict:
+            diagonal = grad.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
+            grads[0] += diagonal * y
+            grads[1] += diagonal * x
+        for half, (later, later_decay), (earlier, earlier_decay), views in _levels(x, y, cum, *grads):
+            grad_x, grad_y, grad_cum = views
+            grad_quadrant = _quadrants(grad, half)
+            grad_later = grad_quadrant @ earlier
+            grad_earlier = grad_quadrant.transpose(-1, -2) @ later
+            grad_x[..., 1, :, :] += grad_later * later_decay
+            grad_y[..., 0, :, :] += grad_earlier * earlier_decay
+            from_later, from_earlier = grad_later * later, grad_earlier * earlier
+            grad_cum[..., 1, :, :] += from_later
+            grad_cum[..., 0, :, :] -= from_earlier
+            grad_cum[..., 0, -1:, :] += from_earlier.sum(-2, keepdim=True) - from_later.sum(-2, keepdim=True)
+        return *grads, None
+
+
+def _levels(x: torch.Tensor, y: torch.Tensor, cum: torch.Tensor, *grads: torch.Tensor):  # noqa: ANN202
+    """Per halving level ``h`` (1, 2, 4, ...): the second halves' ``(x_t e^{G_t - G_m}, e^{G_t - G_m})``,
+    the first halves' ``(y_j e^{G_m - G_j}, e^{G_m - G_j})`` [..., pairs, h, Dk] and ``grads`` viewed as
+    [..., pairs, 2, h, Dk]."""
+    size = x.shape[-2]
+    half = 1
+    while half < size:
+        xs, ys, gs, *views = (t.unflatten(-2, (size // (2 * half), 2, half)) for t in (x, y, cum, *grads))
+        reference = gs[..., 0, -1:, :]
+        later_decay = (gs[..., 1, :, :] - reference).exp()
+        earlier_decay = (reference - gs[..., 0, :, :]).exp()
+        yield half, (xs[..., 1, :, :] * later_decay, later_decay), (ys[..., 0, :, :] * earlier_decay,
+                                                                    earlier_decay), views
+        half *= 2
+
+
+def _quadrants(scores: torch.Tensor, half: int) -> torch.Tensor:
+    """The view [..., pairs, h, h] of [..., c, c] at rows in the second half, columns in the first half,
+    of every pair of ``h``-token blocks."""
+    pairs = scores.shape[-1] // (2 * half)
+    blocks = scores.unflatten(-1, (pairs, 2, half)).unflatten(-4, (pairs, 2, half))  # [..., P, 2, h, P, 2, h]
+    return blocks[..., 1, :, :, 0, :].diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
 
 
 def causal_attend(scores: torch.Tensor, values: torch.Tensor, finite: bool) -> torch.Tensor:
