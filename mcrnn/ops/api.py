@@ -1,7 +1,7 @@
 """``memory_caching(q, k, v, u, ...)``: one documented entry over every memory family.
 
 A thin dispatcher: it builds (or takes) the :class:`~mcrnn.ops.spec.MCSpec`, checks the inputs once,
-and calls the family's entry point (:mod:`mcrnn.ops.linear`, :mod:`mcrnn.ops.log`,
+and calls the family's entry point (:mod:`mcrnn.ops.linear`, :mod:`mcrnn.ops.delta`,
 :mod:`mcrnn.ops.deep`): the naive definition, the parallel path (PyTorch or Triton), or the recurrent
 step when a cache is passed in.
 """
@@ -18,8 +18,8 @@ from mcrnn.ops.deep import DeepFenwickCache, DeepMemoryCache, chunk_deep_mc, nai
 from mcrnn.ops.deep.network import check_params
 from mcrnn.ops.delta import chunk_delta_mc, naive_delta_mc, recurrent_delta_mc
 from mcrnn.ops.inputs import check_tensors, check_working_set
-from mcrnn.ops.linear import MatrixMemoryCache, chunk_linear_mc, naive_linear_mc, recurrent_linear_mc
-from mcrnn.ops.log import FenwickMemoryCache, chunk_log_mc, naive_log_mc, recurrent_log_mc
+from mcrnn.ops.linear import chunk_linear_mc, naive_linear_mc, recurrent_linear_mc
+from mcrnn.ops.read import FenwickMemoryCache, MatrixMemoryCache
 from mcrnn.ops.spec import DEEP_MEMORIES, DELTA_MEMORIES, MCSpec, check_choice, check_memory
 
 BACKENDS = ("auto", "naive", "torch", "triton")
@@ -156,8 +156,6 @@ def memory_caching(
         out, new_cache = _deep(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     elif memory in DELTA_MEMORIES:
         out, new_cache = _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
-    elif spec.kind == "log":
-        out, new_cache = _log(q, k, v, u, spec, gates, cache, output_cache, backend, chunk)
     else:
         out, new_cache = _matrix(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     return (out, new_cache) if output_cache else out
@@ -222,7 +220,7 @@ def _definition(naive, chunk, output_cache, *inputs, **options):  # noqa: ANN001
 
 def _matrix(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
     if cache is not None:
-        return recurrent_linear_mc(q, k, v, u, cache, **gates)
+        return recurrent_linear_mc(q, k, v, u, cache=cache, **gates)
     if backend == "naive":
         options = {"spec": spec, "memory": memory, **gates}
         return _definition(naive_linear_mc, chunk_linear_mc, output_cache, q, k, v, u, **options)
@@ -250,14 +248,6 @@ def _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     return chunk_delta_mc(
         q, k, v, u, spec=spec, memory=memory, **gates, output_cache=output_cache, chunk_size=chunk
     )
-
-
-def _log(q, k, v, u, spec, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
-    if cache is not None:
-        return recurrent_log_mc(q, k, v, u, cache, **gates)
-    if backend == "naive":
-        return _definition(naive_log_mc, chunk_log_mc, output_cache, q, k, v, u, spec=spec, **gates)
-    return chunk_log_mc(q, k, v, u, spec=spec, **gates, output_cache=output_cache, chunk_size=chunk)
 
 
 def _deep(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202

@@ -14,8 +14,9 @@ as for a scalar decay, and factoring them as ``(q_t e^{G_t}) . (k_j e^{-G_j})`` 
 decays. :func:`decayed_scores` never exponentiates a positive number: it halves the chunk recursively
 and factors each off-diagonal quadrant through the token between its halves (both factors <= 1). The
 chunk-to-chunk states come from the scan of :mod:`mcrnn.ops.linear.chunk` with a per-channel chunk
-decay. The cached reads, routers and segmentation are the matrix memories'
-(:func:`mcrnn.ops.linear.parallel.mix_cached_reads`).
+decay. The cached reads, routers and segmentation are the read side's (:mod:`mcrnn.ops.read`): this
+module supplies the online reads and the states at segment ends, and for the log segmentation a
+:class:`~mcrnn.ops.read.log.FenwickWrite` (:class:`ChannelChunks`).
 
 No ``1/sqrt(Dk)`` scale is applied: fla's default ``scale = Dk ** -0.5`` is the caller's to put on ``q``.
 Tensors are heads-first ([B, H, T, D]) inside this module.
@@ -26,14 +27,22 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
 from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
-from mcrnn.ops.linear.chunk import Chunks, chunk_size_for, chunk_states
-from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
-from mcrnn.ops.linear.recurrent import MatrixMemoryCache
+from mcrnn.ops.linear.chunk import chunk_size_for, chunk_states, heads_first
+from mcrnn.ops.read.fenwick import fenwick_chunk
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_prefill_cache
+from mcrnn.ops.read.log import fenwick_read
+from mcrnn.ops.read.matrix import mix_cached_reads
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, prefill_cache
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
+
+#: the largest inner chunk of the log (Fenwick) path, whose in-chunk bucket reads weigh every (query, key,
+#: channel) triple explicitly ([c, c, Dk] per chunk)
+LOG_CHUNK_SIZE = 16
 
 
 def chunk_gla_mc(
@@ -46,28 +55,57 @@ def chunk_gla_mc(
     log_decay: torch.Tensor,
     output_cache: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, MatrixMemoryCache | None]:
-    """Parallel MC over the ``gla`` memory (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked).
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache | None]:
+    """Parallel MC over the ``gla`` memory (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked),
+    every segmentation and init.
 
     ``y_t = g_{t,s} q_t^T M_t + sum_{i < s} g_{t,i} q_t^T M(i)`` with the weights of
-    :func:`~mcrnn.ops.segments.router_gates` and the segments of ``spec`` (constant, explicit or none).
+    :func:`~mcrnn.ops.read.segments.router_gates` and the segments of ``spec``; with ``segmentation="log"``
+    the Fenwick buckets of :mod:`mcrnn.ops.read.log` (:class:`ChannelChunks` is the write it reads).
 
     Args:
         q, k, u: [B, T, H, Dk] (``u`` None: ``u = q``; ``q`` is not scaled); v: [B, T, H, Dv].
         log_decay: [B, T, H, Dk] ``g_t`` (finite, <= 0), the log decay of each key channel.
-        chunk_size: the largest inner chunk (the path picks one dividing every segment but the last).
+        chunk_size: the largest inner chunk (the path picks one dividing every segment but the last; the
+            log path at most ``LOG_CHUNK_SIZE``).
 
     Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype (states accumulate in float32, float64 for float64
-    inputs) and, with ``output_cache``, the decoding cache (a ``MatrixMemoryCache``).
+    inputs) and, with ``output_cache``, the decoding cache (a ``FenwickMemoryCache`` for ``log``).
     """
     (qc, kc, vc, uc), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
+    log_decay = gates["log_decay"]
+    if spec.kind == "log":
+        with full_precision(q.device):
+            out = log_gla_mc(qc, uc, kc, vc, log_decay, spec=spec, chunk_size=chunk_size)
+        cache = None
+        if output_cache:
+            cache = replace(fenwick_prefill_cache(spec, kc, vc, log_decay), memory="gla")
+        return out.to(q.dtype), cache
     lengths = spec.lengths(q.shape[1])
-    qh, kh, vh, decay_h = (heads_first(x) for x in (qc, kc, vc, gates["log_decay"]))
+    qh, kh, vh, decay_h = (heads_first(x) for x in (qc, kc, vc, log_decay))
     with full_precision(q.device):
         online, states = chunk_gla(qh, kh, vh, decay_h, lengths, spec.init, chunk_size)
         out = mix_cached_reads(qh, uc, kc, online, states, lengths, spec)
     cache = prefill_cache(spec, "gla", states.transpose(1, 2), k, v, lengths) if output_cache else None
     return out.to(q.dtype), cache
+
+
+def log_gla_mc(
+    q: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    *,
+    spec: MCSpec,
+    chunk_size: int,
+) -> torch.Tensor:
+    """MC with the Fenwick segmentation over the writes ``k_t v_t^T`` [B, T, H, D] with the per-channel
+    decay ``log_decay`` [B, T, H, Dk] (both inits: a GLA bucket state is linear in its writes): ``o``
+    [B, T, H, Dv]; the router pools ``k``. The KDA path calls it with its pseudo-values as ``v``."""
+    chunk = fenwick_chunk(min(chunk_size, LOG_CHUNK_SIZE), q.shape[1])
+    write = split_channel_chunks(*(heads_first(x) for x in (q, k, v, log_decay)), chunk)
+    return fenwick_read(q, u, k, [write], spec=spec, finite=all_finite(q, k, v))
 
 
 def chunk_gla(
@@ -89,20 +127,84 @@ def chunk_gla(
     Returns: ``online`` [B, H, T, Dv] with ``o_t = q_t^T M_t`` and ``states`` [B, H, N, Dk, Dv], the state
     at the end of every segment.
     """
-    seq_len = q.shape[2]
-    chunk = chunk_size_for(lengths, chunk_size)
+    chunks = split_channel_chunks(q, k, v, log_decay, chunk_size_for(lengths, chunk_size))
+    firsts, lasts = segment_chunks(lengths, chunks.size, chunks.count)
+    ends, starts = chunk_states(chunks, firsts if init == "independent" else ())
+    online = causal_attend(decayed_scores(chunks.q, chunks.k, chunks.cum), chunks.v, chunks.finite)
+    online = online + (chunks.q * chunks.cum.exp()) @ starts
+    return from_chunks(online, q.shape[2]), ends[:, :, lasts]
+
+
+@dataclass
+class ChannelChunks:
+    """Chunk-local pieces of GLA, [B, H, n chunks, c tokens, ...]: ``q``, ``k`` [.., c, Dk], ``v``
+    [.., c, Dv], ``cum`` [.., c, Dk] the inclusive in-chunk cumulative log decay per channel, ``local =
+    sum_j (k_j * exp(G_c - G_j)) v_j^T`` the chunk's writes decayed to its end, ``chunk_decay =
+    exp(G_c)`` [B, H, n, Dk], and ``finite`` whether ``q, k, v`` are all finite. The
+    :class:`~mcrnn.ops.read.log.FenwickWrite` of the log path; :func:`chunk_states` scans it."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    cum: torch.Tensor
+    local: torch.Tensor
+    chunk_decay: torch.Tensor
+    finite: bool
+
+    @property
+    def size(self) -> int:
+        return self.q.shape[3]
+
+    @property
+    def count(self) -> int:
+        return self.q.shape[2]
+
+    def chunk_ends(self, restarts: Sequence[int] = ()) -> torch.Tensor:
+        """States [B, H, n, Dk, Dv] at the end of every chunk (:func:`chunk_states`)."""
+        return chunk_states(self, restarts)[0]
+
+    def bucket_reads(
+        self,
+        level: torch.Tensor,
+        reads: torch.Tensor,
+        weights: torch.Tensor,
+        last: torch.Tensor,
+        init: str,
+        finite: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The in-chunk reads of the Fenwick levels shorter than a chunk
+        (:meth:`mcrnn.ops.read.log.FenwickWrite.bucket_reads`): ``sum_j [sum_d q_t[d] k_j[d] W_tj[d]] v_j``
+        with ``W_tj[d] = sum_l g_{t,l} exp(G_{e_l}[d] - G_j[d])`` over ``j``'s level (``independent``) or
+        every level ``<= lvl(t, j)`` (``checkpoint``), ``e_l`` the end of ``t``'s level-``l`` bucket (every
+        exponent <= 0: ``j <= e_l``); explicit [c, c, Dk] weights per level."""
+        shape = weights.shape  # [B, H, n, c, s]
+        positions = last.flatten(1).expand(shape[:2] + (shape[2], shape[3] * shape[4]))
+        cum_last = self.cum.gather(-2, positions.unsqueeze(-1).expand(*positions.shape, self.cum.shape[-1]))
+        cum_last = cum_last.view(*shape, -1)  # [B, H, n, c, s, Dk] at each bucket's end
+        checkpoint = init == "checkpoint"
+        mix = 0.0
+        for lvl in range(shape[-1]):
+            in_memory = reads & ((level >= lvl) if checkpoint else (level == lvl))
+            exponent = cum_last[..., lvl, None, :] - self.cum.unsqueeze(-3)  # [B, H, n, c, c, Dk]
+            exponent = exponent.masked_fill(~in_memory.unsqueeze(-1), -math.inf)
+            mix = mix + weights[..., lvl, None, None] * exponent.exp()
+        scores = ((self.q.unsqueeze(-2) * mix) * self.k.unsqueeze(-3)).sum(-1).masked_fill(~reads, 0.0)
+        out = masked_attend(scores, reads, self.v, finite)
+        entering = self.q * (weights.unsqueeze(-1) * cum_last.exp()).sum(-2) if checkpoint else None
+        return out, entering
+
+
+def split_channel_chunks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, chunk: int
+) -> ChannelChunks:
+    """Pad [B, H, T, D] inputs at the end to whole chunks of ``chunk`` tokens (zero keys write nothing,
+    zero log decays keep the state) and form :class:`ChannelChunks`."""
     finite = all_finite(q, k, v)
     q, k, v, log_decay = (to_chunks(x, chunk) for x in (q, k, v, log_decay))
     cum = log_decay.cumsum(-2)
     last = cum[..., -1:, :]
-    chunks = Chunks(
-        q=q, finite_v=v, nonfinite_v=None, cum=cum, scores=decayed_scores(q, k, cum),
-        local=(k * (last - cum).exp()).transpose(-1, -2) @ v, chunk_decay=last.squeeze(-2).exp(),
-    )  # fmt: skip
-    firsts, lasts = segment_chunks(lengths, chunk, chunks.count)
-    ends, starts = chunk_states(chunks, firsts if init == "independent" else ())
-    online = causal_attend(chunks.scores, v, finite) + (q * cum.exp()) @ starts
-    return from_chunks(online, seq_len), ends[:, :, lasts]
+    local = (k * (last - cum).exp()).transpose(-1, -2) @ v
+    return ChannelChunks(q, k, v, cum, local, last.squeeze(-2).exp(), finite)
 
 
 def decayed_scores(x: torch.Tensor, y: torch.Tensor, cum: torch.Tensor, strict: bool = False) -> torch.Tensor:
@@ -194,13 +296,21 @@ def _quadrants(scores: torch.Tensor, half: int) -> torch.Tensor:
 
 def causal_attend(scores: torch.Tensor, values: torch.Tensor, finite: bool) -> torch.Tensor:
     """``scores @ values`` per chunk ([..., c, c] lower triangular, [..., c, Dv]) where a non-finite
-    ``values_j`` reaches only the rows ``t >= j`` (NaN there, as the token loop gives): ``finite`` says
-    the inputs are all finite, else the product runs on the finite part and marks the rows it reaches."""
+    ``values_j`` reaches only the rows ``t >= j`` (:func:`masked_attend` with the causal mask)."""
+    causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+    return masked_attend(scores, causal, values, finite)
+
+
+def masked_attend(
+    scores: torch.Tensor, reads: torch.Tensor, values: torch.Tensor, finite: bool
+) -> torch.Tensor:
+    """``scores @ values`` ([..., c, c] zero outside ``reads``, [..., c, Dv]) where a non-finite ``values_j``
+    reaches only the rows that read ``j`` (NaN there, as the token loop gives): ``finite`` says the inputs
+    are all finite, else the product runs on the finite part and marks the rows it reaches."""
     if finite:
         return scores @ values
     finite_values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    inside = torch.ones(scores.shape[-2:], dtype=scores.dtype, device=scores.device).tril()
-    reached = inside @ (values != finite_values).to(values.dtype)
+    reached = reads.to(values.dtype) @ (values != finite_values).to(values.dtype)
     return (scores @ finite_values).masked_fill(reached > 0, math.nan)
 
 

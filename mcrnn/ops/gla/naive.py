@@ -5,10 +5,9 @@ Per batch element and head, with a decay per key channel (fla's gated linear att
     M_t = Diag(exp(g_t)) M_{t-1} + k_t v_t^T,   g_t in R^Dk finite, <= 0
 
 read after the token is written, ``q_t^T M_t`` (no ``1/sqrt(Dk)`` scale: fla's default is the caller's
-to apply to ``q``). Segments, contexts, inits and the aggregation are those of the matrix memories'
-definition (:func:`mcrnn.ops.linear.naive.segment_loop`, :func:`mcrnn.ops.log.naive.fenwick_loop`); only
-the step below is GLA's. A GLA state is linear in its writes, so the log segmentation works under both
-inits.
+to apply to ``q``). That write rule is all this module holds: the segmentation (constant, explicit, none
+or log, both inits: a GLA state is linear in its writes), the router and the aggregation are the token
+loops of :mod:`mcrnn.ops.read.reference`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.inputs import to_compute_dtype
-from mcrnn.ops.linear.naive import segment_loop
-from mcrnn.ops.log.naive import fenwick_loop
+from mcrnn.ops.read.reference import token_loop
 from mcrnn.ops.spec import MCSpec
 
 
@@ -40,16 +38,10 @@ def naive_gla_mc(
     (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay})
     log_decay = gates["log_decay"]
 
-    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool = False) -> torch.Tensor:
+    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool) -> torch.Tensor:
         return gla_step(state, k[b, t, h], v[b, t, h], log_decay[b, t, h])
 
-    if spec.kind == "log":
-        out = fenwick_loop(q_c, k, u, v.shape[-1], step, spec)
-    else:
-        lengths = spec.lengths(q.shape[1])
-        options = (spec.aggregation, spec.init, spec.top_k, spec.pooling)
-        out = segment_loop(q_c, k, u, v.shape[-1], lengths, step, *options)
-    return out.to(q.dtype), None
+    return token_loop(q_c, k, u, v.shape[-1], step, spec).to(q.dtype), None
 
 
 def gla_step(

@@ -1,15 +1,17 @@
 """Decoding MC over the ``gla`` memory: one token at a time.
 
-The GLA write ``M_t = Diag(a_t) M_{t-1} + k_t v_t^T`` is a matrix-memory write with a vector decay, so
-the decode step is the matrix memories' (:func:`mcrnn.ops.linear.recurrent.recurrent_step` on a
-:class:`~mcrnn.ops.linear.MatrixMemoryCache`) with ``decay = exp(g_t)`` [B, H, Dk].
+The family's part is the token's write ``k_t v_t^T`` and its decay ``Diag(exp(g_t))`` [B, H, Dk]; the
+segment bookkeeping, the state update and the aggregated read are the read side's steps
+(:func:`mcrnn.ops.read.matrix_cache.recurrent_step` on a :class:`~mcrnn.ops.read.MatrixMemoryCache`,
+:func:`mcrnn.ops.read.fenwick_cache.fenwick_step` on a :class:`~mcrnn.ops.read.FenwickMemoryCache`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from mcrnn.ops.linear.recurrent import MatrixMemoryCache, recurrent_step
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
 
 
 def recurrent_gla_mc(
@@ -18,9 +20,9 @@ def recurrent_gla_mc(
     v: torch.Tensor,
     u: torch.Tensor | None = None,
     *,
-    cache: MatrixMemoryCache,
+    cache: MatrixMemoryCache | FenwickMemoryCache,
     log_decay: torch.Tensor,
-) -> tuple[torch.Tensor, MatrixMemoryCache]:
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache]:
     """Continue ``cache`` over [B, T, H, D] inputs token by token (the decoding path, not training).
 
     Args:
@@ -33,7 +35,12 @@ def recurrent_gla_mc(
     outputs = []
     for t in range(q.shape[1]):
         q_t, k_t, v_t, u_t = (x[:, t].to(dtype) for x in (q, k, v, u))
-        decay = log_decay[:, t].to(dtype).exp()
-        y, cache = recurrent_step(q_t, k_t, v_t, u_t, cache, decay=decay, prev_gate=None, cur_gate=None)
+        step_log_decay = log_decay[:, t].to(dtype)
+        write = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+        if isinstance(cache, FenwickMemoryCache):
+            y, cache = fenwick_step(q_t, k_t, u_t, cache, write=write, log_decay=step_log_decay)
+        else:
+            decay = step_log_decay.exp()
+            y, cache = recurrent_step(q_t, k_t, u_t, open_token(cache), write=write, decay=decay)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

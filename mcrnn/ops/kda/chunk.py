@@ -22,15 +22,24 @@ Tensors are heads-first ([B, H, T, D]) inside this module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from mcrnn.ops.delta.parallel import _chunk_recurrence
-from mcrnn.ops.gla.chunk import causal_attend, decayed_scores, from_chunks, segment_chunks, to_chunks
+from mcrnn.ops.delta.chunk import _chunk_recurrence
+from mcrnn.ops.gla.chunk import (
+    causal_attend,
+    decayed_scores,
+    from_chunks,
+    log_gla_mc,
+    segment_chunks,
+    to_chunks,
+)
 from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
-from mcrnn.ops.linear.chunk import chunk_size_for
-from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
-from mcrnn.ops.linear.recurrent import MatrixMemoryCache
+from mcrnn.ops.linear.chunk import chunk_size_for, heads_first
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_prefill_cache
+from mcrnn.ops.read.matrix import mix_cached_reads
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, prefill_cache
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
 
 
@@ -45,11 +54,13 @@ def chunk_kda_mc(
     beta: torch.Tensor,
     output_cache: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, MatrixMemoryCache | None]:
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache | None]:
     """Parallel MC over the ``kda`` memory (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked).
 
     ``y_t = g_{t,s} q_t^T M_t + sum_{i < s} g_{t,i} q_t^T M(i)`` with the weights of
-    :func:`~mcrnn.ops.segments.router_gates` and the segments of ``spec`` (constant, explicit or none).
+    :func:`~mcrnn.ops.read.segments.router_gates` and the segments of ``spec``. With the log segmentation
+    (``init="checkpoint"``) every bucket state is a prefix state ``M_t = Diag(a_t) M_{t-1} + k_t w_t^T``,
+    so the Fenwick read of ``gla`` (:func:`mcrnn.ops.gla.chunk.log_gla_mc`) runs on the pseudo-values.
 
     Args:
         q, k, u: [B, T, H, Dk] (``u`` None: ``u = q``; ``q`` is not scaled); v: [B, T, H, Dv].
@@ -57,16 +68,24 @@ def chunk_kda_mc(
         chunk_size: the largest inner chunk (the path picks one dividing every segment but the last).
 
     Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype (states accumulate in float32, float64 for float64
-    inputs) and, with ``output_cache``, the decoding cache (a ``MatrixMemoryCache``).
+    inputs) and, with ``output_cache``, the decoding cache (a ``FenwickMemoryCache`` for ``log``).
     """
     (qc, kc, vc, uc), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay, "beta": beta})
+    log_decay = gates["log_decay"]
+    qh, kh, vh, decay_h = (heads_first(x) for x in (qc, kc, vc, log_decay))
+    beta_h = gates["beta"].transpose(1, 2)
+    if spec.kind == "log":  # checkpoint: every bucket state is a prefix state
+        with full_precision(q.device):
+            _, _, pseudo_v = chunk_kda(qh, kh, vh, beta_h, decay_h, [q.shape[1]], "checkpoint", chunk_size)
+            pseudo_v = pseudo_v.transpose(1, 2)
+            out = log_gla_mc(qc, uc, kc, pseudo_v, log_decay, spec=spec, chunk_size=chunk_size)
+        cache = None
+        if output_cache:
+            cache = replace(fenwick_prefill_cache(spec, kc, pseudo_v, log_decay), memory="kda")
+        return out.to(q.dtype), cache
     lengths = spec.lengths(q.shape[1])
-    qh = heads_first(qc)
-    decay_h, beta_h = heads_first(gates["log_decay"]), gates["beta"].transpose(1, 2)
     with full_precision(q.device):
-        online, states, _ = chunk_kda(
-            qh, heads_first(kc), heads_first(vc), beta_h, decay_h, lengths, spec.init, chunk_size
-        )
+        online, states, _ = chunk_kda(qh, kh, vh, beta_h, decay_h, lengths, spec.init, chunk_size)
         out = mix_cached_reads(qh, uc, kc, online, states, lengths, spec)
     cache = prefill_cache(spec, "kda", states.transpose(1, 2), k, v, lengths) if output_cache else None
     return out.to(q.dtype), cache

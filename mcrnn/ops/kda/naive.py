@@ -5,10 +5,9 @@ caller's to apply)::
 
     M'_t = Diag(exp(g_t)) M_{t-1},   M_t = M'_t + b_t k_t (v_t - M'_t^T k_t)^T
 
-read after the token is written, ``q_t^T M_t``. Segments, contexts, inits and the aggregation are
-those of the matrix memories' definition (:func:`mcrnn.ops.linear.naive.segment_loop`,
-:func:`mcrnn.ops.log.naive.fenwick_loop`); only the step below is KDA's. As for the delta rule
-(DESIGN.md §6), the log segmentation is defined under ``init="checkpoint"`` only.
+read after the token is written, ``q_t^T M_t``. That write rule is all this module holds: the
+segmentation, the router and the aggregation are the token loops of :mod:`mcrnn.ops.read.reference`. As
+for the delta rule (DESIGN.md §6), the log segmentation is defined under ``init="checkpoint"`` only.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.inputs import to_compute_dtype
-from mcrnn.ops.linear.naive import segment_loop
-from mcrnn.ops.log.naive import fenwick_loop
+from mcrnn.ops.read.reference import token_loop
 from mcrnn.ops.spec import MCSpec
 
 
@@ -41,16 +39,10 @@ def naive_kda_mc(
     (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay, "beta": beta})
     log_decay, beta = gates["log_decay"], gates["beta"]
 
-    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool = False) -> torch.Tensor:
+    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool) -> torch.Tensor:
         return kda_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], log_decay[b, t, h])
 
-    if spec.kind == "log":
-        out = fenwick_loop(q_c, k, u, v.shape[-1], step, spec)
-    else:
-        lengths = spec.lengths(q.shape[1])
-        options = (spec.aggregation, spec.init, spec.top_k, spec.pooling)
-        out = segment_loop(q_c, k, u, v.shape[-1], lengths, step, *options)
-    return out.to(q.dtype), None
+    return token_loop(q_c, k, u, v.shape[-1], step, spec).to(q.dtype), None
 
 
 def kda_step(
