@@ -3,8 +3,11 @@
 
 - ``gla``: ``g = logsigmoid(x W_g + b_g) / 16`` (fla's GLA ``gk`` with ``gate_logit_normalizer=16``; full
   rank here, fla's is a rank-16 product);
-- ``kda``: ``g = -exp(A_log) * softplus(x W_f + dt_bias)`` (fla's KDA gate: ``A_log`` [H] starts at
-  ``log U(1, 16)``, ``dt_bias`` [H * Dk] at the inverse softplus of ``dt``, log-uniform in [1e-3, 1e-1]).
+- ``kda``: ``g = -exp(A_log) * softplus(x W_f + dt_bias)`` (fla's KDA gate). fla starts ``A_log`` [H] at
+  ``log U(1, 16)`` and ``dt_bias`` [H * Dk] at the inverse softplus of ``dt``, log-uniform in [1e-3, 1e-1];
+  here both are uniform draws over the same ranges, ``A_log ~ U(0, log 16)`` and ``dt_bias ~
+  U(softplus^-1(1e-3), softplus^-1(1e-1))`` (about log-uniform ``dt``), so that they are ``torch.nn.init``
+  calls, which ``from_pretrained`` skips for loaded weights.
 """
 
 from __future__ import annotations
@@ -31,14 +34,11 @@ class ChannelDecay(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """PyTorch's default for the projection; fla's init for ``A_log`` and ``dt_bias`` (``kda``)."""
+        """PyTorch's default for the projection; ``A_log`` and ``dt_bias`` over fla's ranges (``kda``)."""
         self.proj.reset_parameters()
         if self.memory == "kda":
-            with torch.no_grad():
-                self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1.0, 16.0).log())
-                low, high = math.log(1e-3), math.log(1e-1)
-                dt = (torch.rand_like(self.dt_bias) * (high - low) + low).exp().clamp(min=1e-4)
-                self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+            nn.init.uniform_(self.A_log, 0.0, math.log(16.0))
+            nn.init.uniform_(self.dt_bias, _inverse_softplus(1e-3), _inverse_softplus(1e-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.proj(x)
@@ -48,3 +48,8 @@ class ChannelDecay(nn.Module):
             return nn.functional.logsigmoid(logits) / GATE_NORMALIZER
         rate = nn.functional.softplus(logits + self.dt_bias.view(self.num_heads, self.head_dim))
         return -self.A_log.exp().unsqueeze(-1) * rate
+
+
+def _inverse_softplus(value: float) -> float:
+    """``x`` with ``softplus(x) = value`` (> 0)."""
+    return math.log(math.expm1(value))
