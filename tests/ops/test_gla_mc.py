@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from mcrnn.ops import MCSpec
+from mcrnn.ops import FenwickMemoryCache, MatrixMemoryCache, MCSpec, memory_caching
 from mcrnn.ops.gla import chunk_gla_mc, naive_gla_mc, recurrent_gla_mc
 from mcrnn.ops.gla.chunk import decayed_scores
 
@@ -26,6 +26,7 @@ SEGMENTATIONS = {
     "constant4": {"segment_size": 4},
     "one_token": {"segment_size": 1},
     "explicit": {"segment_lengths": (3, 1, 6, 2)},
+    "log": {"segmentation": "log"},
 }
 
 
@@ -107,8 +108,9 @@ def test_one_segment_is_plain_gla_with_gradients():
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_chunk_matches_naive(aggregation, init, segmentation, seq_len):
-    """Every aggregation x init x segmentation, Dk=5 != Dv=3, gradients of q, k, v, u and g; the chunk
-    capped at 8 so T=37 runs several chunks (and a padded last one)."""
+    """Every aggregation x init x segmentation (log: both inits), Dk=5 != Dv=3, gradients of q, k, v, u and
+    g; the chunk capped at 8 so T=37 runs several chunks (and a padded last one; log: levels read from the
+    chunk scan)."""
     inputs = make_inputs(seq_len=seq_len, seed=seq_len)
     assert_chunk_matches_naive(inputs, spec_for(aggregation, init, segmentation), chunk_size=8)
 
@@ -153,14 +155,16 @@ def test_gates_at_range_ends(decay):
         torch.testing.assert_close(run(inputs, "torch", MCSpec()), want, **TOL)
 
 
+@pytest.mark.parametrize("segmentation", ["constant4", "log"])
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("aggregation", ["grm", "ssc", "residual", "average"])
 @pytest.mark.parametrize("prefill", [3, 4, 8, 9])
-def test_prefill_then_decode_matches_parallel(aggregation, init, prefill):
-    """DESIGN.md §7.7: prefills ending mid-segment (3, 9) and exactly on a boundary (4, 8), then one
-    token at a time, equal the parallel pass; the final caches agree."""
+def test_prefill_then_decode_matches_parallel(aggregation, init, prefill, segmentation):
+    """DESIGN.md §7.7: prefills ending mid-segment (3, 9) and exactly on a boundary (4, 8; for log a
+    power of two, where the Fenwick buckets merge), then one token at a time, equal the parallel pass;
+    the final caches agree."""
     inputs = make_inputs(seq_len=13)
-    spec = spec_for(aggregation, init, "constant4")
+    spec = spec_for(aggregation, init, segmentation)
     q, k, v, u, g = (inputs[n] for n in ("q", "k", "v", "u", "log_decay"))
     full, full_cache = chunk_gla_mc(q, k, v, u, spec=spec, log_decay=g, output_cache=True)
     head = (x[:, :prefill] for x in (q, k, v, u))
@@ -174,6 +178,7 @@ def test_prefill_then_decode_matches_parallel(aggregation, init, prefill):
     torch.testing.assert_close(cache.online, full_cache.online, **TOL)
     torch.testing.assert_close(cache.cached, full_cache.cached, **TOL)
     assert cache.memory == "gla" and cache.position == 13
+    assert isinstance(cache, FenwickMemoryCache if segmentation == "log" else MatrixMemoryCache)
 
 
 @pytest.mark.parametrize("name", ["q", "k", "v", "u"])
@@ -207,3 +212,27 @@ def test_float32_against_float64():
     got = run({name: x.float() for name, x in inputs.items()}, "torch", spec)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, **FLOAT32_TOL)
+
+
+def test_public_op_dispatches_and_checks():
+    """``memory_caching(memory="gla")`` runs the definition (``naive``) and the chunk path (``auto``,
+    ``torch``) to one result, decodes from its cache, and rejects a per-head decay, a positive one and the
+    Triton backend with one-line errors naming the argument."""
+    inputs = make_inputs(seq_len=9)
+    spec = spec_for("grm", "checkpoint", "constant4")
+    outs = [memory_caching(**inputs, memory="gla", spec=spec, backend=b) for b in ("naive", "torch", "auto")]
+    torch.testing.assert_close(outs[0], outs[1], **TOL)
+    torch.testing.assert_close(outs[2], outs[1], atol=0, rtol=0)
+    head = {name: x[:, :5] for name, x in inputs.items()}
+    _, cache = memory_caching(**head, memory="gla", spec=spec, output_cache=True)
+    tail = {name: x[:, 5:] for name, x in inputs.items()}
+    torch.testing.assert_close(memory_caching(**tail, memory="gla", cache=cache), outs[1][:, 5:], **TOL)
+    per_head = {**inputs, "log_decay": inputs["log_decay"][..., 0]}
+    with pytest.raises(ValueError, match=r"log_decay must be \[B,T,H,Dk\]"):
+        memory_caching(**per_head, memory="gla")
+    with pytest.raises(ValueError, match="log_decay must be finite and <= 0"):
+        memory_caching(**{**inputs, "log_decay": -inputs["log_decay"] + 0.1}, memory="gla")
+    with pytest.raises(ValueError, match="backend='triton' runs the linear and swla memories"):
+        memory_caching(**inputs, memory="gla", backend="triton")
+    with pytest.raises(ValueError, match=r"memory='gla' needs \['log_decay'\]"):
+        memory_caching(**{**inputs, "log_decay": None}, memory="gla")
