@@ -234,7 +234,7 @@ class _DecayedScores(torch.autograd.Function):
     """:func:`decayed_scores` on a power-of-two chunk, level by level into one [..., c, c] buffer; the
     backward recomputes each level's factors (nothing saved per level) and accumulates in place:
     ``dL = dQ E``, ``dE = dQ^T L``, ``dx = dL e^{G_t - G_m}``, ``dy = dE e^{G_m - G_j}``, ``dG_t = dL L``,
-    ``dG_j = -dE E`` and ``dG_m`` the sum of both with the opposite signs."""
+    ``dG_j = -dE E``; the reference ``G_m`` cancels in ``Q = L E^T``, so it takes no gradient."""
 
     @staticmethod
     def forward(ctx, x, y, cum, strict):  # noqa: ANN001 - autograd signature
@@ -266,7 +266,6 @@ class _DecayedScores(torch.autograd.Function):
             from_later, from_earlier = grad_later * later, grad_earlier * earlier
             grad_cum[..., 1, :, :] += from_later
             grad_cum[..., 0, :, :] -= from_earlier
-            grad_cum[..., 0, -1:, :] += from_earlier.sum(-2, keepdim=True) - from_later.sum(-2, keepdim=True)
         return *grads, None
 
 
