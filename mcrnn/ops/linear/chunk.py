@@ -229,9 +229,7 @@ def chunk_size_for(lengths: Sequence[int], chunk_size: int) -> int:
 class Chunks:
     """Chunk-local pieces of decayed linear attention, [B, H, n chunks, c tokens, ...].
 
-    ``cum`` is the inclusive cumulative log decay inside each chunk (None without decay; [..., c, Dk] per
-    key channel for the vector-decay memories, whose ``chunk_decay`` is then [B, H, n, Dk] and which form
-    ``scores`` themselves: :func:`window_attention` takes a scalar decay only),
+    ``cum`` is the inclusive cumulative log decay inside each chunk (None without decay),
     ``scores = q k^T`` per chunk, ``local = sum_j exp(cum_last - cum_j) k_j v_j^T`` the chunk's own
     writes decayed to its end, and ``chunk_decay = exp(cum_last)`` (None without decay).
     ``finite_v`` is ``v`` with its NaN/Inf entries set to 0 and ``nonfinite_v`` is 1 at those entries,
@@ -396,8 +394,10 @@ def chunk_linear(
 def chunk_states(chunks: Chunks, restarts: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the end of every chunk and entering every chunk, [B, H, n, Dk, Dv] each.
 
-    ``restarts``: the chunks where the state restarts from zero (a restart discards the earlier
-    state, a non-finite one included).
+    ``chunks``: :class:`Chunks`, or any chunks with its ``local``, ``chunk_decay`` (per head, or per key
+    channel [B, H, n, Dk] as :class:`mcrnn.ops.gla.chunk.ChannelChunks`) and ``count``. ``restarts``: the
+    chunks where the state restarts from zero (a restart discards the earlier state, a non-finite one
+    included).
     """
     n_chunks = chunks.count
     bounds = sorted({0, *restarts, n_chunks})
