@@ -8,6 +8,10 @@ One small frozen dataclass per family, named after it, holding exactly the tenso
   (``b = prev_gate``, ``l = cur_gate`` in [0, 1]);
 - ``DeltaNet(beta)``: ``M_t = (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T`` (writing strength ``b = beta``);
 - ``GatedDeltaNet(log_decay, beta)``: ``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T``;
+- ``GLA(log_decay)``: ``M_t = Diag(a_t) M_{t-1} + k_t v_t^T``, ``a_t = exp(log_decay_t)`` [B, T, H, Dk]
+  (gated linear attention: a decay per key channel);
+- ``KDA(log_decay, beta)``: ``M_t = M'_t + b_t k_t (v_t - M'^T_t k_t)^T``, ``M'_t = Diag(a_t) M_{t-1}``
+  (Kimi Delta Attention: the gated delta rule with a decay per key channel);
 - ``DLA(params, eta, alpha, mask)``: ``theta_t = a_t theta_{t-1} - eta_t grad(-<f(k_t), v_t>)``;
 - ``Titans(params, eta, alpha, momentum, mask)``: ``S_t = b_t S_{t-1} - eta_t grad ||f(k_t) - v_t||^2``,
   ``theta_t = a_t theta_{t-1} + S_t`` (``b = momentum``).
@@ -76,6 +80,24 @@ class GatedDeltaNet(MemoryInputs):
 
 
 @dataclass(frozen=True, eq=False)
+class GLA(MemoryInputs):
+    """``gla``: ``log_decay`` [B, T, H, Dk] finite, <= 0, a decay per key channel (required)."""
+
+    name: ClassVar[str] = "gla"
+    log_decay: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class KDA(MemoryInputs):
+    """``kda``: ``log_decay`` [B, T, H, Dk] finite, <= 0, a decay per key channel, and the writing strength
+    ``beta`` [B, T, H] in [0, 1] (keys expected L2-normalised)."""
+
+    name: ClassVar[str] = "kda"
+    log_decay: torch.Tensor
+    beta: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
 class DLA(MemoryInputs):
     """``dla`` (deep linear attention): the initial weights ``params`` (one [H, d_out, d_in] per layer, see
     :func:`mcrnn.ops.deep.layer_shapes`), step size ``eta >= 0`` and retention ``alpha`` in [0, 1], each
@@ -103,7 +125,7 @@ class Titans(MemoryInputs):
 
 #: the dataclass of every family, by ``memory`` string
 FAMILIES: dict[str, type[MemoryInputs]] = {
-    cls.name: cls for cls in (Linear, SWLA, DeltaNet, GatedDeltaNet, DLA, Titans)
+    cls.name: cls for cls in (Linear, SWLA, DeltaNet, GatedDeltaNet, GLA, KDA, DLA, Titans)
 }
 
 

@@ -394,8 +394,10 @@ def chunk_linear(
 def chunk_states(chunks: Chunks, restarts: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the end of every chunk and entering every chunk, [B, H, n, Dk, Dv] each.
 
-    ``restarts``: the chunks where the state restarts from zero (a restart discards the earlier
-    state, a non-finite one included).
+    ``chunks``: :class:`Chunks`, or any chunks with its ``local``, ``chunk_decay`` (per head, or per key
+    channel [B, H, n, Dk] as :class:`mcrnn.ops.gla.chunk.ChannelChunks`) and ``count``. ``restarts``: the
+    chunks where the state restarts from zero (a restart discards the earlier state, a non-finite one
+    included).
     """
     n_chunks = chunks.count
     bounds = sorted({0, *restarts, n_chunks})
@@ -423,18 +425,19 @@ def _chunk_scan(
     state before it does not reach the chunks after it.
 
     Args:
-        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``) or None; reset: [n] bool or None.
+        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``), [B, H, n, Dk] (a decay per key channel,
+            ``E_n = Diag(a_n) E_{n-1} + L_n``) or None; reset: [n] bool or None.
     """
     if chunk_decay is None and reset is None:
         return local.cumsum(2)
     state = local
-    decay = chunk_decay
+    decay = None if chunk_decay is None else chunk_decay.reshape(*chunk_decay.shape[:3], -1, 1)
     step = 1
     while step < span:
         earlier = torch.nn.functional.pad(state[:, :, :-step], (0, 0, 0, 0, step, 0))
         if decay is not None:
-            earlier = decay.unsqueeze(-1).unsqueeze(-1) * earlier
-            decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (step, 0), value=1.0)
+            earlier = decay * earlier
+            decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (0, 0, 0, 0, step, 0), value=1.0)
         if reset is not None:
             earlier = earlier.masked_fill(reset.view(1, 1, -1, 1, 1), 0.0)
             reset = reset | torch.nn.functional.pad(reset[:-step], (step, 0), value=False)
