@@ -55,6 +55,15 @@ class MemoryCache:
         }
         return replace(self, **changes)
 
+    def to_dtype(self: CacheT, dtype: torch.dtype) -> CacheT:
+        """This cache with its floating tensors in ``dtype`` (the decode steps accumulate in float32 or
+        float64 whatever the inputs' dtype); itself when nothing changes."""
+        names = [f.name for f in fields(self) if f.name not in ("spec", "position")]
+        changes = {name: _cast(getattr(self, name), dtype) for name in names}
+        if all(changes[name] is getattr(self, name) for name in changes):
+            return self
+        return replace(self, **changes)
+
     def check_compatible(self, batch: int, heads: int, key_dim: int, value_dim: int) -> None:
         """Raise ``ValueError`` when the cache was built for other B, H, Dk or Dv than the inputs."""
         expected = self.shape_signature()
@@ -87,4 +96,14 @@ def _take(value: Any, indices: torch.Tensor) -> Any:
         return value.index_select(0, indices.to(value.device))
     if isinstance(value, list):
         return [_take(item, indices) for item in value]
+    return value
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with every floating tensor in ``dtype`` (lists recursed; unchanged ones kept)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list):
+        cast = [_cast(item, dtype) for item in value]
+        return value if all(a is b for a, b in zip(cast, value, strict=True)) else cast
     return value
