@@ -43,9 +43,7 @@ class MemoryCache:
 
     def reorder(self: CacheT, indices: torch.Tensor) -> CacheT:
         """A cache whose row ``b`` is row ``indices[b]`` of this one (``indices``: LongTensor [B'])."""
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        if indices.dim() != 1:
-            raise ValueError(f"indices must be 1-D [B'], got shape {tuple(indices.shape)}")
+        indices = batch_indices(indices)
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.batch_size):
             raise ValueError(f"indices must lie in [0, {self.batch_size}), got {indices.tolist()}")
         changes = {
@@ -77,6 +75,17 @@ class MemoryCache:
     def shape_signature(self) -> tuple[int, int, int, int]:
         """``(B, H, Dk, Dv)`` the cache was built for."""
         raise NotImplementedError
+
+
+def batch_indices(indices: object) -> torch.Tensor:
+    """``indices`` (a tensor or sequence of ints) as a 1-D LongTensor [B'] of batch rows; ``TypeError`` for
+    anything not integer (floats would be truncated silently), ``ValueError`` when not 1-D."""
+    tensor = torch.as_tensor(indices)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"indices must be integers (batch rows), got dtype {tensor.dtype}")
+    if tensor.dim() != 1:
+        raise ValueError(f"indices must be 1-D [B'], got shape {tuple(tensor.shape)}")
+    return tensor.long()
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
