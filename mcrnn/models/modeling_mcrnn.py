@@ -172,7 +172,7 @@ class MCModel(MCPreTrainedModel):
             past = 0 if cache is None else cache.get_seq_length()
             check_attention_mask(attention_mask, *hidden.shape[:2], past)
             attention_mask = attention_mask[:, -hidden.shape[1] :]
-            if bool(attention_mask.all()):
+            if not torch.compiler.is_compiling() and bool(attention_mask.all()):
                 attention_mask = None
         if use_cache and cache is None:
             cache = MCCache(len(self.layers))
@@ -274,9 +274,14 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
 
 
 def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    """``ValueError`` unless ``input_ids`` is [B, T] (B, T >= 1) with every id in ``[0, vocab_size)``."""
+    """``ValueError`` unless ``input_ids`` is [B, T] (B, T >= 1) with every id in ``[0, vocab_size)``.
+
+    The range check reads the ids on the host (one sync); inside ``torch.compile`` it is skipped, so a
+    compiled forward has no graph break (an id out of range then fails in the embedding lookup)."""
     if input_ids.dim() != 2 or 0 in input_ids.shape:
         raise ValueError(f"input_ids must be [B, T] with B, T >= 1, got shape {tuple(input_ids.shape)}")
+    if torch.compiler.is_compiling():
+        return
     low, high = (int(x) for x in torch.stack([input_ids.min(), input_ids.max()]).tolist())
     if low < 0 or high >= vocab_size:
         raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range [{low}, {high}]")
