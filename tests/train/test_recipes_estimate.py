@@ -72,9 +72,16 @@ def test_activation_model_against_a_step_measured_on_the_cpu(mixer):
     length and depth: within 15% (measured: docs/scaling.md)."""
     config = MCConfig(**{**SMALL, "num_hidden_layers": 3, **mixer})
     found = estimate(
-        config, seq_len=512, micro_batch_size=3, gpus=1, gpu=GPUS["h100"], mfu=0.4, tokens=1e9,
-        precision="fp32", checkpointing=False,
-    )  # fmt: skip
+        config,
+        seq_len=512,
+        micro_batch_size=3,
+        gpus=1,
+        gpu=GPUS["h100"],
+        mfu=0.4,
+        tokens=1e9,
+        precision="fp32",
+        checkpointing=False,
+    )
     measured = measure_cpu_step(config, seq_len=512, micro_batch_size=3, precision="fp32")
     modelled = found.activations + found.head_saved
     assert modelled == pytest.approx(measured["saved_bytes"], rel=0.15)
