@@ -109,3 +109,32 @@ def test_write_docs_without_markers_leaves_the_file(tmp_path):
     with pytest.raises(ValueError, match="has no line"):
         write_docs(doc, ["| x |"])
     assert doc.read_text(encoding="utf-8") == "text\n"
+
+
+def test_refit_measures_each_config_in_its_own_process_and_saves_the_fits(tmp_path, capsys):
+    """``--refit`` end to end on a small config: the fit is the one measured in this process, the fits
+    file lists every YAML under the folder, and the table is rendered from it."""
+    folder = tmp_path / "configs"
+    (folder / "small").mkdir(parents=True)
+    text = (PAPER / "760m" / "titans_grm.yaml").read_text(encoding="utf-8")
+    for key, value in (
+        ("hidden_size: 1536", "hidden_size: 32"),
+        ("num_heads: 16", "num_heads: 2"),
+        ("num_hidden_layers: 24", "num_hidden_layers: 2"),
+        ("vocab_size: 32000", "vocab_size: 64"),
+        ("segment_size: 256", "segment_size: 16"),
+        ("seq_len: 4096", "seq_len: 64"),
+    ):
+        text = text.replace(key, value)
+    (folder / "small" / "titans_grm.yaml").write_text(text, encoding="utf-8")
+    assert main(["estimate", "--table", str(folder), "--refit"]) == 0
+    fits = load_fits(folder)
+    assert [row["config"] for row in fits] == ["small/titans_grm.yaml"] and fits[0]["precision"] == "bf16"
+    setup = setup_of(folder / "small" / "titans_grm.yaml", gpus=32)
+    here = measure_block_activations(setup.config, "bf16")
+    committed = BlockActivations(fits[0]["fixed"], fits[0]["per_token"], fits[0]["per_state_read"])
+    assert committed.bytes_per_token(setup.config, 64) == pytest.approx(
+        here.bytes_per_token(setup.config, 64)
+    )
+    assert capsys.readouterr().out.splitlines()[-3:] == render_table(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [FITS, "small"]  # no temporary file left
