@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mcrnn.cli import positive_int
+from mcrnn.utils.arguments import positive_int
 
 EXAMPLES = """
   mcrnn train --config cfg.yaml
@@ -26,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     start.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="delete the run already in out_dir (metrics, checkpoints, logs) and start afresh",
-    )  # fmt: skip
+    )
     parser.add_argument("--out-dir", help="override train.out_dir")
     parser.add_argument("--steps", type=positive_int, help="override train.steps")
 

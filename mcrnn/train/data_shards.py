@@ -169,11 +169,18 @@ def prepare_shards(
     if not shards:
         raise ValueError(f"inputs {[str(p) for p in files]} hold no documents")
     index = {
-        "format": FORMAT, "version": 1, "dtype": dtype.name, "tokenizer": str(tokenizer),
-        "vocab_size": int(tok.vocab_size), "eos_id": int(tok.eos_id), "field": field,
-        "sources": [str(p) for p in files], "shards": shards,
-        "tokens": sum(s["tokens"] for s in shards), "documents": sum(s["documents"] for s in shards),
-    }  # fmt: skip
+        "format": FORMAT,
+        "version": 1,
+        "dtype": dtype.name,
+        "tokenizer": str(tokenizer),
+        "vocab_size": int(tok.vocab_size),
+        "eos_id": int(tok.eos_id),
+        "field": field,
+        "sources": [str(p) for p in files],
+        "shards": shards,
+        "tokens": sum(s["tokens"] for s in shards),
+        "documents": sum(s["documents"] for s in shards),
+    }
     _write_atomic(out / INDEX_FILE, (json.dumps(index, indent=1) + "\n").encode())
     return index
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mcrnn.cli import positive_int
+from mcrnn.utils.arguments import positive_int
 
 
 @dataclass(frozen=True)

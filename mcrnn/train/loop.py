@@ -39,7 +39,7 @@ from mcrnn.train.options import TrainOptions
 from mcrnn.train.sampler import rank_micro_batches
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -202,7 +202,7 @@ def write_loss_plot(metrics_path: Path) -> Path | None:
     if importlib.util.find_spec("matplotlib") is None:
         print(f"note: matplotlib is not installed; no loss plot next to {metrics_path}", file=sys.stderr)
         return None
-    from mcrnn.eval.report import plot_lines
+    from mcrnn.utils.plots import plot_lines
 
     series: dict[str, dict[int, float]] = {"train loss": {}, "eval loss": {}}
     for record in read_metrics(metrics_path):
@@ -228,6 +228,213 @@ def hf_tokenizer(dataset: Dataset) -> PreTrainedTokenizerBase | None:
     return to_hf() if to_hf is not None else None
 
 
+def micro_batch_size(options: TrainOptions, world: int) -> int:
+    """Sequences per forward pass and process: ``micro_batch_size`` or ``batch_size / world``; an error
+    names the option when the global batch does not split evenly."""
+    per_rank, rem = divmod(options.batch_size, world)
+    if rem:
+        raise ValueError(f"batch_size={options.batch_size} must be divisible by the world size {world}")
+    micro = options.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ValueError(f"batch_size / world = {per_rank} must be a multiple of micro_batch_size={micro}")
+    return micro
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share: options, process context, the model (as given, and wrapped for
+    DDP/FSDP2), optimizer and schedule, data, and what the run has produced so far."""
+
+    options: TrainOptions
+    ctx: D.DistContext
+    model: nn.Module
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    micro: int
+    amp_dtype: torch.dtype | None
+    train_data: Dataset
+    eval_data: Dataset | None
+    tokenizer: PreTrainedTokenizerBase | None
+    result: TrainResult = field(default_factory=TrainResult)
+    lineage: list[str] = field(default_factory=list)
+    metrics: MetricsWriter | None = None
+
+    @property
+    def config(self) -> PretrainedConfig | None:
+        return getattr(self.model, "config", None)
+
+    def say(self, line: str) -> None:
+        if self.ctx.is_main:
+            print(line, flush=True)
+
+
+def _start_run(
+    model: nn.Module, train_data: Dataset, eval_data: Dataset | None, options: TrainOptions
+) -> _Run:
+    """Join the processes, check batch and vocabulary, seed, place and wrap the model, and build the
+    optimizer and the learning-rate schedule."""
+    ctx = D.setup(options.device)
+    micro = micro_batch_size(options, ctx.world)
+    check_vocab(model, train_data)
+    config = getattr(model, "config", None)
+    tokenizer = hf_tokenizer(train_data)
+    if tokenizer is not None and config is not None and config.eos_token_id is None:
+        config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id  # generation stops there
+    torch.manual_seed(options.seed)
+    if options.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    model.to(ctx.device)
+    wrapped = D.wrap(model, ctx, options.parallel)
+    optimizer = build_optimizer(wrapped, options)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, options))
+    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and ctx.device.type == "cuda")
+    return _Run(
+        options=options,
+        ctx=ctx,
+        model=model,
+        wrapped=wrapped,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        micro=micro,
+        amp_dtype=torch.bfloat16 if use_bf16 else None,
+        train_data=train_data,
+        eval_data=eval_data,
+        tokenizer=tokenizer,
+    )
+
+
+def _resume(run: _Run) -> int | None:
+    """Load the newest checkpoint of ``out_dir`` into the run; returns its step (0 without one), or None
+    when that checkpoint is already at ``steps`` (``run.result`` then names it)."""
+    path = latest_checkpoint(run.options.out_dir)
+    if path is None:
+        run.say(f"no checkpoint in {run.options.out_dir}; starting from step 0")
+        return 0
+    config = run.config
+    if config is not None and (changed := config_differences(config, path)):
+        raise ValueError(
+            f"the model config differs from the checkpoint's ({path / CONFIG_FILE}) in "
+            f"{', '.join(changed)}; restore the model section or train into a new out_dir"
+        )
+    weights, state = read_checkpoint(path, getattr(config, "tie_word_embeddings", False))
+    start = int(state["step"])
+    if start >= run.options.steps:
+        run.say(f"finished at step {start}, nothing to do ({path}; steps={run.options.steps})")
+        run.result = TrainResult(start_step=start, checkpoint=str(path))
+        return None
+    run.say(f"resuming from step {start} ({path})")
+    _restore(path, weights, state, run.wrapped, run.optimizer, run.scheduler, run.ctx)
+    run.lineage = read_run_info(path)["lineage"]
+    return start
+
+
+def _save(run: _Run, step: int) -> None:
+    """Checkpoint ``step`` (model, optimizer, schedule, RNG; written by the main process)."""
+    model_state = D.model_state(run.wrapped)
+    opt_state = D.optimizer_state(run.wrapped, run.optimizer)
+    ctx = run.ctx
+    if ctx.is_main:
+        trainer_state = {
+            "step": step,
+            "optimizer": opt_state,
+            "scheduler": run.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
+            "world_size": ctx.world,
+        }
+        saved = save_checkpoint(
+            run.options.out_dir,
+            step,
+            model_state,
+            run.config,
+            trainer_state,
+            run.options.keep_checkpoints,
+            lineage=run.lineage,
+            data=data_kind(run.train_data),
+            model_class=type(run.model),
+            tokenizer=run.tokenizer,
+        )
+        run.lineage = read_run_info(saved)["lineage"]
+        run.result.checkpoint = str(saved)
+    D.barrier(ctx)
+
+
+def _evaluate(run: _Run, step: int) -> None:
+    """Score the eval data (when there is some) and record it in the result and the metrics."""
+    if run.eval_data is None:
+        return
+    scores = evaluate_lm(
+        run.wrapped,
+        run.eval_data,
+        batch_size=run.micro,
+        max_batches=run.options.eval_batches,
+        device=run.ctx.device,
+        autocast_dtype=run.amp_dtype,
+    )
+    record = {"step": step, **{f"eval_{k}": v for k, v in scores.items()}}
+    run.result.evals.append(record)
+    run.metrics.write(record)
+
+
+def _optimizer_step(run: _Run, step: int) -> tuple[float, float, int]:
+    """One optimizer step over the global batch of ``step``; returns (loss, gradient norm before
+    clipping or NaN without clipping, tokens read by all processes)."""
+    options, ctx = run.options, run.ctx
+    batches = rank_micro_batches(
+        run.train_data, step, options.batch_size, run.micro, ctx.rank, ctx.world, options.seed
+    )
+    loss = _accumulate_gradients(run.wrapped, batches, ctx, run.amp_dtype)
+    grad_norm = float("nan")
+    if options.grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), options.grad_clip))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, sum(b["input_ids"].numel() for b in batches) * ctx.world
+
+
+def _run_steps(run: _Run, start: int) -> None:
+    """Steps ``start .. steps - 1`` with their logging, evaluations and checkpoints, then the final
+    evaluation, checkpoint and loss plot."""
+    options, result = run.options, run.result
+    bar = None
+    if options.progress and run.ctx.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=options.steps, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
+    run.wrapped.train()
+    tokens_seen, started = 0, time.perf_counter()
+    try:
+        for step in range(start, options.steps):
+            loss, grad_norm, tokens = _optimizer_step(run, step)
+            tokens_seen += tokens
+            result.losses.append(loss)
+            tok_s = tokens_seen / max(time.perf_counter() - started, 1e-9)
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+            if done % options.log_every == 0 or done == options.steps:
+                lr = run.scheduler.get_last_lr()[0]
+                record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tok_s}
+                run.metrics.write({"step": done, **record})
+            if options.eval_every and done % options.eval_every == 0 and done != options.steps:
+                _evaluate(run, done)
+            if options.out_dir and options.save_every and done % options.save_every == 0:
+                _save(run, done)
+        result.train_seconds = time.perf_counter() - started
+        result.tokens_per_second = tokens_seen / max(result.train_seconds, 1e-9)
+        _evaluate(run, options.steps)
+        if options.out_dir and not (options.save_every and options.steps % options.save_every == 0):
+            _save(run, options.steps)
+        if run.metrics.path is not None:
+            write_loss_plot(run.metrics.path)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def train(
     model: nn.Module,
     train_data: Dataset,
@@ -246,139 +453,22 @@ def train(
     outputs. Returns a :class:`TrainResult`; checkpoints, metrics and ``loss.png`` go to ``out_dir``.
     """
     check_out_dir(options.out_dir, resume, overwrite)
-    ctx = D.setup(options.device)
-    per_rank, rem = divmod(options.batch_size, ctx.world)
-    if rem:
-        raise ValueError(f"batch_size={options.batch_size} must be divisible by the world size {ctx.world}")
-    micro = options.micro_batch_size or per_rank
-    if per_rank % micro:
-        raise ValueError(f"batch_size / world = {per_rank} must be a multiple of micro_batch_size={micro}")
     if (options.save_every or resume) and not options.out_dir:
         raise ValueError("out_dir is required to save or resume checkpoints")
-    check_vocab(model, train_data)
-    config = getattr(model, "config", None)
-    tokenizer = hf_tokenizer(train_data)
-    if tokenizer is not None and config is not None and config.eos_token_id is None:
-        config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id  # generation stops there
-    torch.manual_seed(options.seed)
-    if options.activation_checkpointing:
-        enable_activation_checkpointing(model)
-    model.to(ctx.device)
-    wrapped = D.wrap(model, ctx, options.parallel)
-    optimizer = build_optimizer(wrapped, options)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, options))
-    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and ctx.device.type == "cuda")
-    amp_dtype = torch.bfloat16 if use_bf16 else None
-
-    if overwrite and options.out_dir and ctx.is_main:
+    run = _start_run(model, train_data, eval_data, options)
+    if overwrite and options.out_dir and run.ctx.is_main:
         remove_run_outputs(options.out_dir)
-    D.barrier(ctx)
-
-    def say(line: str) -> None:
-        if ctx.is_main:
-            print(line, flush=True)
-
-    start, lineage = 0, []
-    path = latest_checkpoint(options.out_dir) if resume else None
-    if resume and path is None:
-        say(f"no checkpoint in {options.out_dir}; starting from step 0")
-    if path is not None:
-        if config is not None and (changed := config_differences(config, path)):
-            raise ValueError(
-                f"the model config differs from the checkpoint's ({path / CONFIG_FILE}) in "
-                f"{', '.join(changed)}; restore the model section or train into a new out_dir"
-            )
-        weights, state = read_checkpoint(path, getattr(config, "tie_word_embeddings", False))
-        start = int(state["step"])
-        if start >= options.steps:
-            say(f"finished at step {start}, nothing to do ({path}; steps={options.steps})")
-            return TrainResult(start_step=start, checkpoint=str(path))
-        say(f"resuming from step {start} ({path})")
-        _restore(path, weights, state, wrapped, optimizer, scheduler, ctx)
-        lineage = read_run_info(path)["lineage"]
-    metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
-    result = TrainResult(start_step=start)
-
-    def checkpoint(step: int) -> None:
-        model_state = D.model_state(wrapped)
-        opt_state = D.optimizer_state(wrapped, optimizer)
-        if ctx.is_main:
-            trainer_state = {
-                "step": step,
-                "optimizer": opt_state,
-                "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
-                "world_size": ctx.world,
-            }
-            saved = save_checkpoint(
-                options.out_dir, step, model_state, config, trainer_state, options.keep_checkpoints,
-                lineage=lineage, data=data_kind(train_data), model_class=type(model), tokenizer=tokenizer,
-            )  # fmt: skip
-            lineage[:] = read_run_info(saved)["lineage"]
-            result.checkpoint = str(saved)
-        D.barrier(ctx)
-
-    def evaluate(step: int) -> None:
-        if eval_data is None:
-            return
-        scores = evaluate_lm(
-            wrapped, eval_data, batch_size=micro, max_batches=options.eval_batches, device=ctx.device,
-            autocast_dtype=amp_dtype,
-        )  # fmt: skip
-        record = {"step": step, **{f"eval_{k}": v for k, v in scores.items()}}
-        result.evals.append(record)
-        metrics.write(record)
-
-    bar = None
-    if options.progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=options.steps, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
-    wrapped.train()
-    tokens_seen, started = 0, time.perf_counter()
+    D.barrier(run.ctx)
+    start = _resume(run) if resume else 0
+    if start is None:
+        return run.result
+    run.result.start_step = start
+    run.metrics = MetricsWriter(options.out_dir, run.ctx.is_main, start)
     try:
-        for step in range(start, options.steps):
-            batches = rank_micro_batches(
-                train_data, step, options.batch_size, micro, ctx.rank, ctx.world, options.seed
-            )
-            loss = _accumulate_gradients(wrapped, batches, ctx, amp_dtype)
-            tokens_seen += sum(b["input_ids"].numel() for b in batches) * ctx.world
-            if options.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), options.grad_clip))
-            else:
-                grad_norm = float("nan")
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(loss)
-            elapsed = time.perf_counter() - started
-            tok_s = tokens_seen / max(elapsed, 1e-9)
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
-            if done % options.log_every == 0 or done == options.steps:
-                metrics.write(
-                    {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                     "tokens_per_second": tok_s}
-                )  # fmt: skip
-            if options.eval_every and done % options.eval_every == 0 and done != options.steps:
-                evaluate(done)
-            if options.out_dir and options.save_every and done % options.save_every == 0:
-                checkpoint(done)
-        result.train_seconds = time.perf_counter() - started
-        result.tokens_per_second = tokens_seen / max(result.train_seconds, 1e-9)
-        evaluate(options.steps)
-        if options.out_dir and not (options.save_every and options.steps % options.save_every == 0):
-            checkpoint(options.steps)
-        if metrics.path is not None:
-            write_loss_plot(metrics.path)
+        _run_steps(run, start)
     finally:
-        if bar is not None:
-            bar.close()
-        metrics.close()
-    return result
+        run.metrics.close()
+    return run.result
 
 
 def _restore(path, weights, state, wrapped, optimizer, scheduler, ctx) -> None:  # noqa: ANN001
