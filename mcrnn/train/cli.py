@@ -2,7 +2,8 @@
 
 Writes ``metrics.jsonl``, ``loss.png`` and ``checkpoints/step_<N>/`` into ``train.out_dir``. A fresh run
 into a folder that already holds a run is refused: continue it with ``--resume`` or replace it with
-``--overwrite``. Several processes: ``torchrun --nproc_per_node=N -m mcrnn train ...``.
+``--overwrite``. One training runs per folder (``out_dir/train.lock``). Several processes:
+``torchrun --nproc_per_node=N -m mcrnn train ...``.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset, TextDataset
 from mcrnn.models import MCConfig, MCForCausalLM
 from mcrnn.train.data_shards import TokenShardDataset
+from mcrnn.train.lock import check_free
 from mcrnn.train.loop import TrainResult, check_out_dir, train
 from mcrnn.train.options import TrainOptions
 
@@ -154,7 +155,8 @@ def run_config(
 ) -> TrainResult:
     """Build the model, data and options of a parsed config and train (see :func:`train`)."""
     options = build_options(raw, overrides)
-    check_out_dir(options.out_dir, resume, overwrite)  # before the data is read, which may take long
+    check_free(options.out_dir)  # before the data is read, which may take long
+    check_out_dir(options.out_dir, resume, overwrite)
     model_config = build_model_config(raw["model"])
     train_data = build_dataset(raw["data"], "train")
     eval_spec = raw.get("eval_data")

@@ -15,7 +15,8 @@ import math
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from mcrnn.train.checkpoint import (
     save_checkpoint,
 )
 from mcrnn.train.evaluate import evaluate_lm, lm_logits
+from mcrnn.train.lock import OutDirBusy, OutDirLock
 from mcrnn.train.options import TrainOptions
 from mcrnn.train.sampler import rank_micro_batches
 
@@ -270,11 +272,14 @@ class _Run:
 
 
 def _start_run(
-    model: nn.Module, train_data: Dataset, eval_data: Dataset | None, options: TrainOptions
+    model: nn.Module,
+    train_data: Dataset,
+    eval_data: Dataset | None,
+    options: TrainOptions,
+    ctx: D.DistContext,
 ) -> _Run:
-    """Join the processes, check batch and vocabulary, seed, place and wrap the model, and build the
-    optimizer and the learning-rate schedule."""
-    ctx = D.setup(options.device)
+    """Check batch and vocabulary, seed, place and wrap the model, and build the optimizer and the
+    learning-rate schedule."""
     micro = micro_batch_size(options, ctx.world)
     check_vocab(model, train_data)
     config = getattr(model, "config", None)
@@ -452,23 +457,44 @@ def train(
     ``out_dir`` that holds a run is refused unless ``overwrite=True``, which first deletes that run's
     outputs. Returns a :class:`TrainResult`; checkpoints, metrics and ``loss.png`` go to ``out_dir``.
     """
-    check_out_dir(options.out_dir, resume, overwrite)
     if (options.save_every or resume) and not options.out_dir:
         raise ValueError("out_dir is required to save or resume checkpoints")
-    run = _start_run(model, train_data, eval_data, options)
-    if overwrite and options.out_dir and run.ctx.is_main:
-        remove_run_outputs(options.out_dir)
-    D.barrier(run.ctx)
-    start = _resume(run) if resume else 0
-    if start is None:
-        return run.result
-    run.result.start_step = start
-    run.metrics = MetricsWriter(options.out_dir, run.ctx.is_main, start)
-    try:
-        _run_steps(run, start)
-    finally:
-        run.metrics.close()
+    ctx = D.setup(options.device)
+    with hold_out_dir(options.out_dir, ctx):
+        check_out_dir(options.out_dir, resume, overwrite)
+        run = _start_run(model, train_data, eval_data, options, ctx)
+        if overwrite and options.out_dir and ctx.is_main:
+            remove_run_outputs(options.out_dir)
+        D.barrier(ctx)
+        start = _resume(run) if resume else 0
+        if start is None:
+            return run.result
+        run.result.start_step = start
+        run.metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
+        try:
+            _run_steps(run, start)
+        finally:
+            run.metrics.close()
     return run.result
+
+
+@contextmanager
+def hold_out_dir(out_dir: str | None, ctx: D.DistContext) -> Iterator[None]:
+    """Hold ``out_dir`` for the run (:class:`~mcrnn.train.lock.OutDirLock`, taken by the main process);
+    every process stops when the main one cannot take it, none waits on a barrier for ever."""
+    with ExitStack() as stack:
+        error = None
+        try:
+            stack.enter_context(OutDirLock(out_dir if ctx.is_main else None))
+        except (OSError, ValueError) as err:
+            error = err
+        if ctx.distributed:
+            failed = D.all_reduce_sum(torch.tensor(float(error is not None), device=ctx.device), ctx)
+            if error is None and failed.item():
+                raise OutDirBusy(f"out_dir {out_dir}: the main process could not hold it (see its error)")
+        if error is not None:
+            raise error
+        yield
 
 
 def _restore(path, weights, state, wrapped, optimizer, scheduler, ctx) -> None:  # noqa: ANN001
