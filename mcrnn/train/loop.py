@@ -225,9 +225,17 @@ def data_kind(dataset: Dataset) -> str:
 
 def hf_tokenizer(dataset: Dataset) -> PreTrainedTokenizerBase | None:
     """The ``transformers`` form of the dataset's tokenizer (``tokenizer.to_hf()``), saved with every
-    checkpoint; None for data without a tokenizer (MQAR) or a tokenizer without that form."""
-    to_hf = getattr(getattr(dataset, "tokenizer", None), "to_hf", None)
-    return to_hf() if to_hf is not None else None
+    checkpoint; None for data without a tokenizer (MQAR) or a tokenizer without that form, and, with a
+    warning, when the tokenizer cannot be loaded (token shards name theirs in their index)."""
+    try:
+        to_hf = getattr(getattr(dataset, "tokenizer", None), "to_hf", None)
+        return to_hf() if to_hf is not None else None
+    except (OSError, ValueError) as err:  # e.g. token shards whose Hugging Face tokenizer is gone
+        print(
+            f"warning: checkpoints will carry no tokenizer ({' '.join(str(err).split())[:200]})",
+            file=sys.stderr,
+        )
+        return None
 
 
 def micro_batch_size(options: TrainOptions, world: int) -> int:
