@@ -6,8 +6,8 @@ registered for Auto classes, as mcrnn's are, so that ``AutoModelForCausalLM.from
 trust_remote_code=True)`` loads it in a process that never imported mcrnn), the tokenizer's files when
 one is given (``AutoTokenizer.from_pretrained(folder)``), ``trainer_state.pt`` (optimizer, scheduler,
 step = data position, RNG states; read back with ``torch.load(weights_only=True)``) and ``run.json`` (the
-step, the kind of training data, and the run's ``lineage``: the names of its checkpoints still kept,
-oldest first).
+step, the kind of training data and the ``data:`` section that built it, and the run's ``lineage``: the
+names of its checkpoints still kept, oldest first).
 
 A checkpoint is written into a temporary folder, every file and the folder are fsynced, the folder is
 renamed into place and the parent fsynced; then ``checkpoints/latest`` (a one-line file) is replaced the
@@ -140,13 +140,15 @@ def save_checkpoint(
     data: str | None = None,
     model_class: type | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    data_config: dict | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and durably; returns its folder.
 
     ``lineage`` names the earlier kept checkpoints of this run (oldest first; from the ``run.json`` of
     the checkpoint it resumed from); after the save, all but the newest ``keep`` of ``lineage + [this]``
     are deleted. No other folder is touched. ``data`` names the kind of training data (``text``,
-    ``mqar``, ...), recorded for evaluation. ``config`` and ``model_class`` (the class of the model
+    ``mqar``, ...), recorded for evaluation, and ``data_config`` the config section that built it
+    (compared on resume). ``config`` and ``model_class`` (the class of the model
     whose state is saved) get their code files and ``auto_map`` written (:func:`write_config_and_code`);
     ``tokenizer`` is written with its ``save_pretrained``.
     """
@@ -158,6 +160,8 @@ def save_checkpoint(
     kept = [name for name in (lineage or []) if name != final.name] + [final.name]
     deleted, kept = kept[:-keep], kept[-keep:]
     info = {"step": step, "data": data, "lineage": kept}
+    if data_config is not None:
+        info["data_config"] = data_config
     try:
         tmp.mkdir()
         _write_folder(tmp, model_state, config, trainer_state, info, model_class, tokenizer)

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="delete the run already in out_dir (metrics, checkpoints, logs) and start afresh",
     )
+    parser.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="with --resume: continue although the data section differs from the checkpoint's",
+    )
     parser.add_argument("--out-dir", help="override train.out_dir")
     parser.add_argument("--steps", type=positive_int, help="override train.steps")
 
@@ -42,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("out_dir", args.out_dir), ("steps", args.steps)) if v is not None}
     try:
         result = run_config(
-            raw, resume=args.resume, overwrite=getattr(args, "overwrite", False), overrides=overrides
+            raw,
+            resume=args.resume,
+            overwrite=getattr(args, "overwrite", False),
+            overrides=overrides,
+            allow_data_change=args.allow_data_change,
         )
     except KeyboardInterrupt:
         print("interrupted: the last complete checkpoint is intact; continue with --resume", file=sys.stderr)

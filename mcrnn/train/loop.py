@@ -30,6 +30,7 @@ from mcrnn.data import IGNORE_INDEX
 from mcrnn.train import distributed as D
 from mcrnn.train.checkpoint import (
     CONFIG_FILE,
+    RUN_FILE,
     latest_checkpoint,
     read_checkpoint,
     read_run_info,
@@ -113,9 +114,14 @@ _CONFIG_METADATA = (
 
 def check_out_dir(out_dir: str | None, resume: bool, overwrite: bool) -> None:
     """Refuse to start a fresh run where one already wrote its outputs, unless told to continue it
-    (``resume``) or to replace it (``overwrite``)."""
+    (``resume``) or to replace it (``overwrite``), and to resume where there is no checkpoint."""
     if resume and overwrite:
         raise ValueError("give resume (--resume) or overwrite (--overwrite), not both")
+    if resume and out_dir and latest_checkpoint(out_dir) is None:
+        raise ValueError(
+            f"nothing to resume: {out_dir} holds no complete checkpoint; start without resume (--resume), "
+            "with overwrite (--overwrite) if it holds an earlier run's files"
+        )
     if not out_dir or resume or overwrite:
         return
     found = [name for name in RUN_OUTPUTS if (Path(out_dir) / name).exists()]
@@ -142,6 +148,13 @@ def config_differences(config, checkpoint: Path) -> list[str]:
     saved = type(config).from_json_file(checkpoint / CONFIG_FILE).to_dict()
     current = config.to_dict()
     keys = sorted((set(saved) | set(current)) - set(_CONFIG_METADATA))
+    return [f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
+
+
+def section_differences(saved: dict, current: dict) -> list[str]:
+    """``key (saved value -> current value)`` for every key of two config sections that differs (a
+    missing key counts as None)."""
+    keys = sorted(set(saved) | set(current), key=str)
     return [f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
 
 
@@ -266,6 +279,8 @@ class _Run:
     train_data: Dataset
     eval_data: Dataset | None
     tokenizer: PreTrainedTokenizerBase | None
+    data_config: dict | None = None
+    allow_data_change: bool = False
     result: TrainResult = field(default_factory=TrainResult)
     lineage: list[str] = field(default_factory=list)
     metrics: MetricsWriter | None = None
@@ -318,18 +333,24 @@ def _start_run(
 
 
 def _resume(run: _Run) -> int | None:
-    """Load the newest checkpoint of ``out_dir`` into the run; returns its step (0 without one), or None
-    when that checkpoint is already at ``steps`` (``run.result`` then names it)."""
+    """Load the newest checkpoint of ``out_dir`` into the run (refusing a changed model, or a changed
+    data section unless ``allow_data_change``); returns its step, or None when that checkpoint is already
+    at ``steps`` (``run.result`` then names it)."""
     path = latest_checkpoint(run.options.out_dir)
-    if path is None:
-        run.say(f"no checkpoint in {run.options.out_dir}; starting from step 0")
-        return 0
     config = run.config
     if config is not None and (changed := config_differences(config, path)):
         raise ValueError(
             f"the model config differs from the checkpoint's ({path / CONFIG_FILE}) in "
             f"{', '.join(changed)}; restore the model section or train into a new out_dir"
         )
+    saved_data = read_run_info(path).get("data_config")
+    if run.data_config is not None and saved_data is not None and not run.allow_data_change:
+        if changed := section_differences(saved_data, run.data_config):
+            raise ValueError(
+                f"the data section differs from the checkpoint's ({path / RUN_FILE}) in "
+                f"{', '.join(changed)}; restore it, or continue on the new data with allow_data_change "
+                "(--allow-data-change)"
+            )
     weights, state = read_checkpoint(path, getattr(config, "tie_word_embeddings", False))
     start = int(state["step"])
     if start >= run.options.steps:
@@ -365,6 +386,7 @@ def _save(run: _Run, step: int) -> None:
             run.options.keep_checkpoints,
             lineage=run.lineage,
             data=data_kind(run.train_data),
+            data_config=run.data_config,
             model_class=type(run.model),
             tokenizer=run.tokenizer,
         )
@@ -456,14 +478,20 @@ def train(
     eval_data: Dataset | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    data_config: dict | None = None,
+    allow_data_change: bool = False,
 ) -> TrainResult:
     """Train ``model`` (an :class:`~mcrnn.models.MCForCausalLM` or any module returning ``.logits``).
 
     With ``resume=True`` the newest complete checkpoint in ``options.out_dir`` is loaded (model,
     optimizer, scheduler, step, RNG) and the run continues so that its losses equal those of an
-    uninterrupted run; a run already at ``options.steps`` or beyond does nothing. A fresh run into an
-    ``out_dir`` that holds a run is refused unless ``overwrite=True``, which first deletes that run's
-    outputs. Returns a :class:`TrainResult`; checkpoints, metrics and ``loss.png`` go to ``out_dir``.
+    uninterrupted run; a run already at ``options.steps`` or beyond does nothing; without a checkpoint
+    it is an error. A fresh run into an ``out_dir`` that holds a run is refused unless
+    ``overwrite=True``, which first deletes that run's outputs. ``data_config`` (the config's ``data:``
+    section) is recorded in every checkpoint's ``run.json``; resuming with a different one is refused,
+    naming the changed keys, unless ``allow_data_change``. The run holds ``out_dir``
+    (:mod:`mcrnn.train.lock`). Returns a :class:`TrainResult`; checkpoints, metrics and ``loss.png`` go
+    to ``out_dir``.
     """
     if (options.save_every or resume) and not options.out_dir:
         raise ValueError("out_dir is required to save or resume checkpoints")
@@ -471,6 +499,7 @@ def train(
     with hold_out_dir(options.out_dir, ctx):
         check_out_dir(options.out_dir, resume, overwrite)
         run = _start_run(model, train_data, eval_data, options, ctx)
+        run.data_config, run.allow_data_change = data_config, allow_data_change
         if overwrite and options.out_dir and ctx.is_main:
             remove_run_outputs(options.out_dir)
         D.barrier(ctx)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -95,16 +97,30 @@ class TrainOptions:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainOptions:
-        """Build from a mapping, rejecting unknown keys by name."""
+    def from_dict(cls, values: dict, section: str = "train") -> TrainOptions:
+        """Build from a mapping; an unknown key is an error naming the closest valid one."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train option(s) {unknown}; known: {sorted(known)}")
+        for key in values:
+            if key not in known:
+                raise unknown_key_error(section, key, known)
         return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def unknown_key_error(section: str, key: object, known: Iterable[str]) -> ValueError:
+    """``<section>: unknown key 'x'; did you mean 'y'?`` with the closest valid key (difflib); without
+    a close one, the valid keys when there are few, else their number."""
+    known = sorted(known)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    if close:
+        hint = f"did you mean {close[0]!r}?"
+    elif len(known) <= 8:
+        hint = f"valid keys: {', '.join(known)}"
+    else:
+        hint = f"no valid key is close to it (there are {len(known)})"
+    return ValueError(f"{section}: unknown key {key!r}; {hint}")
 
 
 def _int_at_least(name: str, value: object, low: int) -> None:
