@@ -265,13 +265,15 @@ def micro_batch_size(options: TrainOptions, world: int) -> int:
 
 @dataclass
 class _Run:
-    """What the steps of one run share: options, process context, the model (as given, and wrapped for
-    DDP/FSDP2), optimizer and schedule, data, and what the run has produced so far."""
+    """What the steps of one run share: options, process context, the model (as given, wrapped for
+    DDP/FSDP2, and that compiled for the training forward with ``compile``), optimizer and schedule,
+    data, and what the run has produced so far."""
 
     options: TrainOptions
     ctx: D.DistContext
     model: nn.Module
     wrapped: nn.Module
+    compiled: nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     micro: int
@@ -314,6 +316,7 @@ def _start_run(
         enable_activation_checkpointing(model)
     model.to(ctx.device)
     wrapped = D.wrap(model, ctx, options.parallel)
+    compiled = torch.compile(wrapped, backend=options.compile_backend) if options.compile else None
     optimizer = build_optimizer(wrapped, options)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, options))
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and ctx.device.type == "cuda")
@@ -322,6 +325,7 @@ def _start_run(
         ctx=ctx,
         model=model,
         wrapped=wrapped,
+        compiled=compiled,
         optimizer=optimizer,
         scheduler=scheduler,
         micro=micro,
@@ -419,7 +423,7 @@ def _optimizer_step(run: _Run, step: int) -> tuple[float, float, int]:
     batches = rank_micro_batches(
         run.train_data, step, options.batch_size, run.micro, ctx.rank, ctx.world, options.seed
     )
-    loss = _accumulate_gradients(run.wrapped, batches, ctx, run.amp_dtype)
+    loss = _accumulate_gradients(run.wrapped, batches, ctx, run.amp_dtype, forward=run.compiled)
     grad_norm = float("nan")
     if options.grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), options.grad_clip))
@@ -553,9 +557,12 @@ def _accumulate_gradients(
     batches: list[dict[str, torch.Tensor]],
     ctx: D.DistContext,
     amp_dtype: torch.dtype | None,
+    *,
+    forward: nn.Module | None = None,
 ) -> float:
     """Backward of ``sum CE / tokens`` over this step's micro-batches (all processes' tokens count,
-    so the gradient equals one big batch's); returns the step's mean loss over every process."""
+    so the gradient equals one big batch's); returns the step's mean loss over every process. The
+    logits come from ``forward`` (``wrapped`` compiled) when given, else from ``wrapped``."""
     count = torch.tensor(
         float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)), device=ctx.device
     )
@@ -566,7 +573,7 @@ def _accumulate_gradients(
         sync = i == len(batches) - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
         with wrapped.no_sync() if not sync else nullcontext():
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = lm_logits(wrapped, ids, batch.get("doc_start"))
+                logits = lm_logits(forward if forward is not None else wrapped, ids, batch.get("doc_start"))
             ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
             (ce * ctx.world / count).backward()
         loss_sum += ce.detach()

@@ -39,6 +39,10 @@ class TrainOptions:
         activation_checkpointing: recompute every block's activations in the backward instead of keeping
             them (``model.activation_checkpointing_enable()``, non-reentrant, so it composes with FSDP2):
             activation memory drops to about one block input per block, for about one more forward pass.
+        compile: run the training forward under ``torch.compile`` (the model as given is compiled once;
+            checkpoints hold the uncompiled module's state dict, so they load into an uncompiled model;
+            evaluation runs uncompiled). compile_backend: ``torch.compile``'s ``backend``
+            (``inductor``; ``aot_eager`` compiles faster and generates no code, for tests).
     """
 
     steps: int = 1000
@@ -63,6 +67,8 @@ class TrainOptions:
     device: str = "auto"
     progress: bool = True
     activation_checkpointing: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "keep_checkpoints", "log_every"):
@@ -89,7 +95,11 @@ class TrainOptions:
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        for name in ("progress", "activation_checkpointing"):
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ValueError(
+                f"compile_backend must be a torch.compile backend name, got {self.compile_backend!r}"
+            )
+        for name in ("progress", "activation_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name, allowed in (("precision", PRECISIONS), ("parallel", PARALLELS), ("device", DEVICES)):
