@@ -3,6 +3,7 @@
 warns with its numbers."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,21 @@ def test_a_val_split_of_one_window_warns_with_its_numbers(tmp_path, capsys):
         f"warning: the val split of {tmp_path / 'shards'} is 1 window of 8 tokens (val_fraction=0.001 of 43 "
         "windows): its loss and perplexity are noise; raise val_fraction or add data"
     ]
+
+
+def test_shards_whose_tokenizer_is_gone_train_with_a_warning(tmp_path, capsys):
+    from transformers import PreTrainedTokenizerFast
+
+    source = ByteTokenizer().to_hf()
+    assert isinstance(source, PreTrainedTokenizerFast)
+    source.save_pretrained(tmp_path / "tok")
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    prepare_shards([tmp_path / "corpus.txt"], tmp_path / "shards", tokenizer=str(tmp_path / "tok"))
+    for file in (tmp_path / "tok").iterdir():
+        file.unlink()
+    (tmp_path / "tok").rmdir()
+    capsys.readouterr()
+    checkpoint = _train_from_shards(tmp_path / "shards", tmp_path / "run", 257)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoints will carry no tokenizer (")
+    assert not list(Path(checkpoint).glob("tokenizer*"))
