@@ -34,8 +34,9 @@ from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset, TextDat
 from mcrnn.models import MCConfig, MCForCausalLM
 from mcrnn.train.data_shards import TokenShardDataset
 from mcrnn.train.lock import check_free
-from mcrnn.train.loop import TrainResult, check_out_dir, train
+from mcrnn.train.loop import TrainResult, train
 from mcrnn.train.options import TrainOptions, unknown_key_error
+from mcrnn.train.out_dir import check_out_dir
 
 SECTIONS = ("model", "data", "eval_data", "train")
 #: data.type -> the constructor its parameters go to (NIAH also takes ``tokenizer``)

@@ -9,14 +9,10 @@ so the gradient equals that of one process on the whole batch, whatever the spli
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,8 +33,9 @@ from mcrnn.train.checkpoint import (
     save_checkpoint,
 )
 from mcrnn.train.evaluate import evaluate_lm, lm_logits
-from mcrnn.train.lock import OutDirBusy, OutDirLock
+from mcrnn.train.metrics import MetricsWriter, write_loss_plot
 from mcrnn.train.options import TrainOptions
+from mcrnn.train.out_dir import check_out_dir, hold_out_dir, remove_run_outputs
 from mcrnn.train.sampler import rank_micro_batches
 
 if TYPE_CHECKING:
@@ -99,8 +96,6 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     enable({"use_reentrant": False})
 
 
-#: what a run writes into ``out_dir``; a folder holding any of them holds a run
-RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "loss.png")
 #: config entries that describe the file, not the model (ignored when a resume compares configs)
 _CONFIG_METADATA = (
     "transformers_version",
@@ -110,36 +105,6 @@ _CONFIG_METADATA = (
     "torch_dtype",
     "auto_map",
 )
-
-
-def check_out_dir(out_dir: str | None, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a fresh run where one already wrote its outputs, unless told to continue it
-    (``resume``) or to replace it (``overwrite``), and to resume where there is no checkpoint."""
-    if resume and overwrite:
-        raise ValueError("give resume (--resume) or overwrite (--overwrite), not both")
-    if resume and out_dir and latest_checkpoint(out_dir) is None:
-        raise ValueError(
-            f"nothing to resume: {out_dir} holds no complete checkpoint; start without resume (--resume), "
-            "with overwrite (--overwrite) if it holds an earlier run's files"
-        )
-    if not out_dir or resume or overwrite:
-        return
-    found = [name for name in RUN_OUTPUTS if (Path(out_dir) / name).exists()]
-    if found:
-        raise ValueError(
-            f"out_dir {out_dir} already holds a run ({', '.join(found)}); continue it with --resume or "
-            "replace it with --overwrite"
-        )
-
-
-def remove_run_outputs(out_dir: str) -> None:
-    """Delete what an earlier run wrote into ``out_dir`` (:data:`RUN_OUTPUTS`), nothing else."""
-    for name in RUN_OUTPUTS:
-        path = Path(out_dir) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 def config_differences(config, checkpoint: Path) -> list[str]:
@@ -156,78 +121,6 @@ def section_differences(saved: dict, current: dict) -> list[str]:
     missing key counts as None)."""
     keys = sorted(set(saved) | set(current), key=str)
     return [f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of ``metrics.jsonl``; a torn last line (a write cut by a kill) is dropped with a
-    warning naming the file, a bad line elsewhere is an error naming the file and line."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number < len(lines):
-                raise ValueError(f"invalid JSON at {path}:{number} ({err})") from err
-            print(f"warning: dropped the torn last line {number} of {path}: {line[:60]!r}", file=sys.stderr)
-    return records
-
-
-class MetricsWriter:
-    """JSON lines in ``<out_dir>/metrics.jsonl`` (and TensorBoard scalars when it is installed)."""
-
-    def __init__(self, out_dir: str | None, enabled: bool, resume_step: int) -> None:
-        self.path = Path(out_dir) / "metrics.jsonl" if out_dir and enabled else None
-        self.tb = None
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # drop lines past the step we resume from, so the log reads as one run
-            kept = [record for record in read_metrics(self.path) if record["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def write_loss_plot(metrics_path: Path) -> Path | None:
-    """``loss.png`` next to ``metrics.jsonl``: training (and evaluation) loss against the step.
-
-    Skipped, with a note, when matplotlib is not installed; returns the plot's path or None.
-    """
-    if importlib.util.find_spec("matplotlib") is None:
-        print(f"note: matplotlib is not installed; no loss plot next to {metrics_path}", file=sys.stderr)
-        return None
-    from mcrnn.utils.plots import plot_lines
-
-    series: dict[str, dict[int, float]] = {"train loss": {}, "eval loss": {}}
-    for record in read_metrics(metrics_path):
-        for key, name in (("loss", "train loss"), ("eval_loss", "eval loss")):
-            if isinstance(record.get(key), (int, float)):
-                series[name][record["step"]] = record[key]
-    path = metrics_path.with_name("loss.png")
-    series = {name: points for name, points in series.items() if points}
-    plot_lines(path, series, title="loss", xlabel="step", ylabel="loss", log_x=False)
-    return path
 
 
 def data_kind(dataset: Dataset) -> str:
@@ -517,25 +410,6 @@ def train(
         finally:
             run.metrics.close()
     return run.result
-
-
-@contextmanager
-def hold_out_dir(out_dir: str | None, ctx: D.DistContext) -> Iterator[None]:
-    """Hold ``out_dir`` for the run (:class:`~mcrnn.train.lock.OutDirLock`, taken by the main process);
-    every process stops when the main one cannot take it, none waits on a barrier for ever."""
-    with ExitStack() as stack:
-        error = None
-        try:
-            stack.enter_context(OutDirLock(out_dir if ctx.is_main else None))
-        except (OSError, ValueError) as err:
-            error = err
-        if ctx.distributed:
-            failed = D.all_reduce_sum(torch.tensor(float(error is not None), device=ctx.device), ctx)
-            if error is None and failed.item():
-                raise OutDirBusy(f"out_dir {out_dir}: the main process could not hold it (see its error)")
-        if error is not None:
-            raise error
-        yield
 
 
 def _restore(path, weights, state, wrapped, optimizer, scheduler, ctx) -> None:  # noqa: ANN001
