@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mcrnn.cli import positive_int
+from mcrnn.utils.arguments import positive_int
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from mcrnn.cli import ExtendList, list_of, positive_int
 from mcrnn.eval.experiments import EXPERIMENTS
 from mcrnn.eval.experiments.runner import check_data
+from mcrnn.utils.arguments import ExtendList, list_of, positive_int
 
 NAMES = (*EXPERIMENTS, "report")
 #: options (argparse dests) that replace the Settings field of the same name
