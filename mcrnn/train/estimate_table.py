@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from mcrnn.train.checkpoint import atomic_write_text
 from mcrnn.train.estimate import GPU, GPUS, BlockActivations, estimate_setup, setup_of
 
 #: the fits of a folder's configs, in the table's row order
@@ -44,13 +44,6 @@ def load_fits(folder: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"--table: no {FITS} in {folder} (make it with --refit)")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` under a temporary name, then rename it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def measure_fit(config: Path, precision: str) -> dict:
@@ -82,7 +75,7 @@ def refit(folder: Path, log=print) -> list[dict]:
             fit = measure_fit(folder / name, "fp32")
         fitted[name] = {"config": name, **fit}
         log(f"{name}: {fit}")
-        write_atomically(path, json.dumps([fitted[n] for n in listed if n in fitted], indent=1) + "\n")
+        atomic_write_text(path, json.dumps([fitted[n] for n in listed if n in fitted], indent=1) + "\n")
     return [fitted[n] for n in listed]
 
 
@@ -123,7 +116,7 @@ def write_docs(doc: Path, table: list[str]) -> None:
     docs_block(doc)  # the markers are there
     lines = Path(doc).read_text(encoding="utf-8").splitlines()
     begin, end = lines.index(BEGIN), lines.index(END)
-    write_atomically(Path(doc), "\n".join([*lines[: begin + 1], *table, *lines[end:]]) + "\n")
+    atomic_write_text(Path(doc), "\n".join([*lines[: begin + 1], *table, *lines[end:]]) + "\n")
 
 
 def run_table(args: argparse.Namespace) -> int:

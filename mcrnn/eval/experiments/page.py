@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mcrnn.eval.experiments import EXPERIMENTS, experiment_module
 from mcrnn.eval.experiments.runner import at_settings, by_settings, load_failures, load_results
+from mcrnn.train.checkpoint import atomic_write_text
 
 HEADER = """# Experiment results
 
@@ -61,9 +62,7 @@ def write_page(out: Path, page: Path, current: dict[str, object] | None = None) 
             continue
         lines += experiment_sections(module, out, page, current[name])
     page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_name(f".{page.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    os.replace(tmp, page)
+    atomic_write_text(page, "\n".join(lines).rstrip() + "\n")
 
 
 def experiment_sections(module, out: Path, page: Path, current: object) -> list[str]:
