@@ -141,8 +141,8 @@ def test_unknown_forward_keywords_are_rejected() -> None:
     ids = torch.randint(0, VOCAB, (1, 5))
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['atention_mask'\]"):
         model(ids, atention_mask=torch.ones_like(ids))
-    with pytest.raises(ValueError, match="no attention weights"):
-        model(ids, output_attentions=True)
+    out = model(ids, output_attentions=True)  # no attention weights, as transformers' recurrent models
+    assert out.attentions is None and out.logits.shape == (1, 5, VOCAB)
     model(ids, position_ids=torch.arange(5)[None], cache_position=torch.arange(5))  # what generate passes
 
 
@@ -165,3 +165,11 @@ def test_hugging_face_keys_and_unrelated_extras_still_load():
     config = MCConfig(vocab_size=11, hidden_size=16, num_heads=2, architectures=["MCForCausalLM"],
                       transformers_version="5.0", output_attentions=False, custom_note="kept")  # fmt: skip
     assert config.custom_note == "kept" and config.architectures == ["MCForCausalLM"]
+
+
+def test_top_k_for_ssc_points_to_ssc_top_k():
+    """``MCConfig(aggregation="ssc", top_k=2)`` said "needs top_k, got None" about the top_k it was given."""
+    with pytest.raises(
+        ValueError, match=r"ssc top-k ssc_top_k \(top_k is generate\(\)'s sampling option\), got top_k=2"
+    ):
+        MCConfig(vocab_size=11, hidden_size=16, num_heads=2, segment_size=4, aggregation="ssc", top_k=2)

@@ -158,6 +158,7 @@ def recurrent_deep_mc(
     """Continue ``cache`` token by token (:mod:`mcrnn.ops.deep.recurrent`); the spec, memory and inner
     chunk are the cache's. Returns ``o`` and a new cache (``cache`` itself is not modified)."""
     inputs, params, (eta, alpha, beta) = _cast(q, k, v, u, params, (eta, alpha, beta))
+    cache = cache.to_dtype(inputs[0].dtype)  # float32 states for a bf16/fp16 cache too
     spec = cache.spec
     if isinstance(cache, DeepFenwickCache):
         out, cache = recurrent_deep_log(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from mcrnn.ops.cache import MemoryCache
+from mcrnn.ops.inputs import full_precision, to_compute_dtype
 from mcrnn.ops.segments import router_gates
 from mcrnn.ops.spec import MCSpec
 
@@ -115,23 +116,29 @@ def recurrent_linear_mc(
     ``u`` None: ``u = q``).
 
     Segments open where ``cache.spec.starts_segment(position)``; the gates are [B, T, H] as in
-    :func:`mcrnn.ops.memory_caching`. Returns ``o`` [B, T, H, Dv] and a new cache.
+    :func:`mcrnn.ops.memory_caching`. The step accumulates in float32 (float64 for float64 inputs or
+    cache) as the parallel path does, whatever the inputs' dtype: the new cache holds states in that
+    dtype. Returns ``o`` [B, T, H, Dv] in ``q``'s dtype and a new cache.
     """
-    u = q if u is None else u
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    (q_c, k, v, u), gates, dtype = to_compute_dtype(q, k, v, u, gates, cache.online)
+    log_decay, prev_gate, cur_gate = gates["log_decay"], gates["prev_gate"], gates["cur_gate"]
+    cache = cache.to_dtype(dtype)
     outputs = []
-    for t in range(q.shape[1]):
-        y, cache = recurrent_step(
-            q[:, t],
-            k[:, t],
-            v[:, t],
-            u[:, t],
-            cache,
-            decay=None if log_decay is None else log_decay[:, t].exp(),
-            prev_gate=None if prev_gate is None else prev_gate[:, t],
-            cur_gate=None if cur_gate is None else cur_gate[:, t],
-        )
-        outputs.append(y)
-    return torch.stack(outputs, dim=1), cache
+    with full_precision(q.device):
+        for t in range(q.shape[1]):
+            y, cache = recurrent_step(
+                q_c[:, t],
+                k[:, t],
+                v[:, t],
+                u[:, t],
+                cache,
+                decay=None if log_decay is None else log_decay[:, t].exp(),
+                prev_gate=None if prev_gate is None else prev_gate[:, t],
+                cur_gate=None if cur_gate is None else cur_gate[:, t],
+            )
+            outputs.append(y)
+    return torch.stack(outputs, dim=1).to(q.dtype), cache
 
 
 def recurrent_step(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from mcrnn.ops.cache import MemoryCache
+from mcrnn.ops.inputs import full_precision, to_compute_dtype
 from mcrnn.ops.linear.recurrent import token_write
 from mcrnn.ops.log.buckets import fenwick_buckets
 from mcrnn.ops.segments import mixing_weights
@@ -85,22 +86,29 @@ def recurrent_log_mc(
     cur_gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FenwickMemoryCache]:
     """Continue ``cache`` over [B, T, H, D] inputs token by token (``u`` None: ``u = q``; ``swla``: its
-    gates [B, T, H], writing ``l_t k_t v_t^T + b_t k_{t-1} v_{t-1}^T``); returns ``o`` [B, T, H, Dv] and
-    a new cache."""
-    u = q if u is None else u
+    gates [B, T, H], writing ``l_t k_t v_t^T + b_t k_{t-1} v_{t-1}^T``); returns ``o`` [B, T, H, Dv] in
+    ``q``'s dtype and a new cache. As the parallel path, the step accumulates in float32 (float64 for
+    float64 inputs or cache) whatever the inputs' dtype; the new cache holds states in that dtype."""
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    (q_c, k, v, u), gates, dtype = to_compute_dtype(q, k, v, u, gates, cache.online)
+    log_decay, prev_gate, cur_gate = gates["log_decay"], gates["prev_gate"], gates["cur_gate"]
+    cache = cache.to_dtype(dtype)
     outputs = []
-    for t in range(q.shape[1]):
-        step_decay = None if log_decay is None else log_decay[:, t]
-        write = None
-        if cur_gate is not None:
-            write = token_write(
-                k[:, t], v[:, t], cur_gate[:, t], prev_gate[:, t], cache.prev_key, cache.prev_value
+    with full_precision(q.device):
+        for t in range(q.shape[1]):
+            step_decay = None if log_decay is None else log_decay[:, t]
+            write = None
+            if cur_gate is not None:
+                write = token_write(
+                    k[:, t], v[:, t], cur_gate[:, t], prev_gate[:, t], cache.prev_key, cache.prev_value
+                )
+            y, cache = fenwick_step(
+                q_c[:, t], k[:, t], v[:, t], u[:, t], cache, log_decay=step_decay, write=write
             )
-        y, cache = fenwick_step(q[:, t], k[:, t], v[:, t], u[:, t], cache, log_decay=step_decay, write=write)
-        if cur_gate is not None:
-            cache = replace(cache, memory="swla", prev_key=k[:, t], prev_value=v[:, t])
-        outputs.append(y)
-    return torch.stack(outputs, dim=1), cache
+            if cur_gate is not None:
+                cache = replace(cache, memory="swla", prev_key=k[:, t], prev_value=v[:, t])
+            outputs.append(y)
+    return torch.stack(outputs, dim=1).to(q.dtype), cache
 
 
 def fenwick_step(
