@@ -138,11 +138,6 @@ class MCConfig(PretrainedConfig):
         self.init = init
         self.ssc_top_k = ssc_top_k
         self.pooling = pooling
-        if aggregation == "ssc" and ssc_top_k is None and "top_k" in kwargs:
-            raise ValueError(
-                f"MCConfig names the ssc top-k ssc_top_k (top_k is generate()'s sampling option), got "
-                f"top_k={kwargs['top_k']!r}"
-            )
         spec = self.mc_spec  # checks the MC options with the layer's and the op's code
         check_memory(spec, memory, chunk_size)
         if spec.segment_lengths is not None:

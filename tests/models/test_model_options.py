@@ -166,10 +166,3 @@ def test_hugging_face_keys_and_unrelated_extras_still_load():
                       transformers_version="5.0", output_attentions=False, custom_note="kept")  # fmt: skip
     assert config.custom_note == "kept" and config.architectures == ["MCForCausalLM"]
 
-
-def test_top_k_for_ssc_points_to_ssc_top_k():
-    """``MCConfig(aggregation="ssc", top_k=2)`` said "needs top_k, got None" about the top_k it was given."""
-    with pytest.raises(
-        ValueError, match=r"ssc top-k ssc_top_k \(top_k is generate\(\)'s sampling option\), got top_k=2"
-    ):
-        MCConfig(vocab_size=11, hidden_size=16, num_heads=2, segment_size=4, aggregation="ssc", top_k=2)
