@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from mcrnn.layers.mc_attention import MemoryCachingAttention
+from mcrnn.models import MCConfig
 from mcrnn.ops import MCSpec
 from mcrnn.ops.spec import check_choice, check_memory
 from mcrnn.retrofit.families import Family, family_of
@@ -15,6 +16,8 @@ from mcrnn.retrofit.router import LearnedRouter
 
 #: the key of the MC settings in ``config.json`` (the keywords of :func:`add_memory_caching`)
 CONFIG_KEY = "mcrnn_memory_caching"
+#: where an mcrnn model keeps its config fields from before the retrofit
+MCRNN_CONFIG = "_mcrnn_retrofit_config"
 ROUTERS = ("query", "learned")
 SUPPORTED = (
     "gated DeltaNet (qwen3_5, qwen3_5_moe, qwen3_next, olmo_hybrid), Mamba2 mixers (mamba2, bamba, "
@@ -48,7 +51,9 @@ def add_memory_caching(
             (:mod:`mcrnn.retrofit.router`; train them with :func:`freeze_backbone`). Not for mcrnn models.
         layers: the layer indices (the host's ``layer_idx``) to change; None: every supported layer.
 
-    Returns: ``model``, its ``config.mcrnn_memory_caching`` set to these keywords (saved with it).
+    Returns: ``model``, its ``config.mcrnn_memory_caching`` set to these keywords (saved with it); an
+    mcrnn model gets its own ``MCConfig`` fields instead (``aggregation``, ``segment_size``, ...,
+    ``separate_router=False`` for ``router="query"``), so its saved folder is a plain MC model.
     """
     settings = {
         "segment_size": segment_size,
@@ -59,10 +64,7 @@ def add_memory_caching(
         "router": router,
         "layers": None if layers is None else list(layers),
     }
-    spec = MCSpec.from_options(
-        segment_size=segment_size, segmentation=segmentation, aggregation=aggregation, init=init, top_k=top_k
-    )
-    check_choice("router", router, ROUTERS)
+    spec = check_settings(settings)
     if any(ATTRIBUTE in module.__dict__ for module in model.modules()):
         raise ValueError("the model already has memory caching: call remove_memory_caching(model) first")
     found = supported_layers(model)
@@ -76,18 +78,46 @@ def add_memory_caching(
         if unknown:
             raise ValueError(f"layers {unknown} are no supported recurrent layers; those are {sorted(found)}")
     chosen = {index: found[index] for index in (found if layers is None else layers)}
+    mcrnn_model = any(family is None for _, family in chosen.values())
     for module, family in chosen.values():
         check_memory(spec, family.memory if family is not None else module.memory)
-        if family is None and router == "learned":
-            raise ValueError("router='learned' is for transformers layers (mcrnn models learn a router)")
+    if mcrnn_model and router == "learned":
+        raise ValueError("router='learned' is for transformers layers (mcrnn models learn a router)")
+    if mcrnn_model and (layers is not None or not isinstance(getattr(model, "config", None), MCConfig)):
+        raise ValueError("an mcrnn model takes MC on all its layers (layers=None), set through its MCConfig")
     for index, (module, family) in chosen.items():
         if family is None:
             install_mcrnn(module, spec, router)
         else:
             install(module, family, index, spec, router)
-    if getattr(model, "config", None) is not None:
+    if mcrnn_model:  # its own config fields say it: save_pretrained writes an MC model
+        new_fields = mcrnn_fields(spec, router)
+        model.__dict__[MCRNN_CONFIG] = {name: getattr(model.config, name) for name in new_fields}
+        for name, value in new_fields.items():
+            setattr(model.config, name, value)
+    elif getattr(model, "config", None) is not None:
         setattr(model.config, CONFIG_KEY, settings)
     return model
+
+
+def check_settings(settings: dict) -> MCSpec:
+    """The spec of :func:`add_memory_caching`'s keywords (one-line errors naming the bad one)."""
+    check_choice("router", settings["router"], ROUTERS)
+    names = ("segment_size", "segmentation", "aggregation", "init", "top_k")
+    return MCSpec.from_options(**{name: settings[name] for name in names})
+
+
+def mcrnn_fields(spec: MCSpec, router: str) -> dict[str, object]:
+    """The :class:`~mcrnn.models.MCConfig` fields of ``spec`` (``router="query"``: no router projection)."""
+    fields = {
+        "aggregation": spec.aggregation,
+        "segment_size": spec.segment_size,
+        "segment_lengths": spec.segment_lengths,
+        "segmentation": spec.segmentation,
+        "init": spec.init,
+        "ssc_top_k": spec.top_k,
+    }
+    return {**fields, "separate_router": False} if router == "query" else fields
 
 
 def remove_memory_caching(model: nn.Module) -> nn.Module:
@@ -98,6 +128,8 @@ def remove_memory_caching(model: nn.Module) -> nn.Module:
         raise ValueError("the model has no memory caching to remove")
     for module in changed:
         uninstall(module)
+    for name, value in model.__dict__.pop(MCRNN_CONFIG, {}).items():
+        setattr(model.config, name, value)
     if getattr(model, "config", None) is not None and hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)
     return model

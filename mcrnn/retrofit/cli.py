@@ -35,18 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
     import mcrnn  # noqa: F401  (registers mcrnn's model classes, for mcrnn folders)
     from mcrnn.retrofit import add_memory_caching
+    from mcrnn.retrofit.api import check_settings
     from mcrnn.retrofit.hub import save_retrofitted
 
+    names = ("segment_size", "segmentation", "aggregation", "init", "top_k", "router")
+    settings = {name: getattr(args, name) for name in names}
+    check_settings(settings)  # before the (possibly long) load
     model = transformers.AutoModelForCausalLM.from_pretrained(args.src)
-    add_memory_caching(
-        model,
-        segment_size=args.segment_size,
-        segmentation=args.segmentation,
-        aggregation=args.aggregation,
-        init=args.init,
-        top_k=args.top_k,
-        router=args.router,
-    )
+    add_memory_caching(model, **settings)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.src)
     except (OSError, ValueError, KeyError):  # a folder without a tokenizer (e.g. MQAR checkpoints)

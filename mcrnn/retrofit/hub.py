@@ -19,7 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
-from mcrnn.retrofit.api import CONFIG_KEY, add_memory_caching
+from mcrnn.retrofit.api import CONFIG_KEY, MCRNN_CONFIG, add_memory_caching
+from mcrnn.retrofit.patch import reinstate
 
 MODULE = "modeling_mcrnn_retrofit"
 SOURCE = '''"""{host} with Memory Caching: written by `mcrnn retrofit` (needs the mcrnn package installed)."""
@@ -34,7 +35,8 @@ from mcrnn.retrofit.hub import with_memory_caching
 
 def with_memory_caching(host: type) -> type:
     """A subclass of the transformers model class ``host`` that applies ``config.mcrnn_memory_caching``
-    at construction (so ``from_pretrained`` loads router weights into it)."""
+    at construction (so ``from_pretrained`` loads router weights into it) and makes sure it is still
+    on when ``from_pretrained`` returns."""
 
     class WithMemoryCaching(host):  # type: ignore[misc, valid-type]
         def __init__(self, config, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
@@ -43,14 +45,28 @@ def with_memory_caching(host: type) -> type:
             if settings:
                 add_memory_caching(self, **settings)
 
+        @classmethod
+        def is_custom_code(cls) -> bool:
+            """The host's answer: the subclass writes no weight in place, and transformers initialises
+            custom code's non-persistent buffers differently (e.g. Falcon-H1's ``mup_vector`` stays empty)."""
+            return host.is_custom_code()
+
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):  # noqa: ANN002, ANN003, ANN206
+            model = super().from_pretrained(*args, **kwargs)
+            reinstate(model)  # after transformers' kernelize, which drops instance forwards
+            return model
+
     WithMemoryCaching.__name__ = WithMemoryCaching.__qualname__ = f"{host.__name__}WithMemoryCaching"
     return WithMemoryCaching
 
 
 def save_retrofitted(model: nn.Module, out: str | os.PathLike, tokenizer: object | None = None) -> Path:
     """Write ``model`` (with MC added) and its tokenizer to the folder ``out``, atomically: a temporary
-    folder beside it is filled, then renamed (an existing ``out`` is replaced only then)."""
-    if not hasattr(model.config, CONFIG_KEY):
+    folder beside it is filled, then renamed (an existing ``out`` is replaced only then). An mcrnn
+    model is saved as it is (its ``MCConfig`` carries the MC settings)."""
+    mcrnn_model = MCRNN_CONFIG in model.__dict__
+    if not mcrnn_model and not hasattr(model.config, CONFIG_KEY):
         raise ValueError("the model has no memory caching: call add_memory_caching(model, ...) first")
     host = type(model)
     while host.__name__.endswith("WithMemoryCaching"):
@@ -62,13 +78,8 @@ def save_retrofitted(model: nn.Module, out: str | os.PathLike, tokenizer: object
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        name = f"{host.__name__}WithMemoryCaching"
-        source = SOURCE.format(host=host.__name__, module=host.__module__, name=name)
-        (staging / f"{MODULE}.py").write_text(source)
-        config_path = staging / "config.json"
-        config = json.loads(config_path.read_text())
-        config["auto_map"] = {**config.get("auto_map", {}), "AutoModelForCausalLM": f"{MODULE}.{name}"}
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if not mcrnn_model:
+            _add_model_code(staging, host)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -76,3 +87,14 @@ def save_retrofitted(model: nn.Module, out: str | os.PathLike, tokenizer: object
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _add_model_code(folder: Path, host: type) -> None:
+    """``modeling_mcrnn_retrofit.py`` and the ``auto_map`` entry that loads it."""
+    name = f"{host.__name__}WithMemoryCaching"
+    source = SOURCE.format(host=host.__name__, module=host.__module__, name=name)
+    (folder / f"{MODULE}.py").write_text(source)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {**config.get("auto_map", {}), "AutoModelForCausalLM": f"{MODULE}.{name}"}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

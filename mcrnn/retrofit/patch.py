@@ -55,6 +55,8 @@ class LayerRetrofit:
     call: Call | None = None
     #: the globals the patched forward runs with (the host module's, with the cores replaced)
     forward_globals: dict[str, Any] = field(default_factory=dict)
+    #: the layer's instance forward (see :func:`reinstate`)
+    forward: Callable | None = None
 
     def read(
         self, layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: dict
@@ -216,8 +218,19 @@ def install(layer: nn.Module, family: Family, layer_idx: int, spec: MCSpec, rout
         reference = next(layer.parameters())
         router_module = LearnedRouter(*router_shape(layer, family)).to(reference.device, reference.dtype)
         layer.add_module(ROUTER, router_module)
+    retrofit.forward = forward
     layer.forward = forward
     setattr(layer, ATTRIBUTE, retrofit)
+
+
+def reinstate(model: nn.Module) -> None:
+    """Put back instance forwards that were dropped: transformers' ``from_pretrained`` runs the
+    ``kernels`` package's ``kernelize`` when it is installed, which pops every instance ``forward`` of a
+    layer class it knows (e.g. ``Qwen3_5GatedDeltaNet``)."""
+    for module in model.modules():
+        retrofit = module.__dict__.get(ATTRIBUTE)
+        if isinstance(retrofit, LayerRetrofit) and "forward" not in module.__dict__:
+            module.forward = retrofit.forward
 
 
 def install_mcrnn(layer: MemoryCachingAttention, spec: MCSpec, router: str) -> None:

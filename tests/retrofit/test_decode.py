@@ -13,7 +13,16 @@ from mcrnn.retrofit import add_memory_caching
 IDS = torch.randint(2, VOCAB, (2, 34), generator=torch.Generator().manual_seed(3))
 #: bamba is left out: its own (unretrofitted) decode differs from its full forward in transformers 5.25
 #: at these sizes (about 0.9 in the logits), so no MC decode can match
-FAMILIES = ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "olmo_hybrid", "mamba2", "falcon_h1"]
+FAMILIES = [
+    "qwen3_5_text",
+    "qwen3_5_moe_text",
+    "qwen3_next",
+    "olmo_hybrid",
+    "mamba2",
+    "falcon_h1",
+    "granitemoehybrid",
+    "nemotron_h",
+]
 SPECS = [
     {"segment_size": 8, "aggregation": "grm"},
     {"segment_size": 5, "aggregation": "ssc", "top_k": 2, "init": "independent"},

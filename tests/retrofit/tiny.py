@@ -50,14 +50,32 @@ CONFIGS = {
     "mamba2": {"num_heads": 4, "head_dim": 16, "state_size": 8, "n_groups": 2, "expand": 2, "chunk_size": 8},
     "bamba": {**SSD, "attn_layer_indices": [1]},
     "falcon_h1": {**SSD, "mamba_d_ssm": 64},
+    "granitemoehybrid": {
+        **SSD,
+        "layer_types": ["mamba", "attention"],
+        "num_local_experts": 2,
+        "num_experts_per_tok": 1,
+    },
+    "nemotron_h": {
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 16,
+        "n_groups": 2,
+        "ssm_state_size": 8,
+        "expand": 2,
+        "chunk_size": 8,
+        "layers_block_type": ["mamba", "attention"],
+        "head_dim": 16,
+    },
 }
 DELTA_FAMILIES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "olmo_hybrid")
-SSD_FAMILIES = ("mamba2", "bamba", "falcon_h1")
+SSD_FAMILIES = ("mamba2", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h")
 
 
-def tiny_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> transformers.PreTrainedModel:
+def tiny_model(
+    name: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides: object
+) -> transformers.PreTrainedModel:
     """A random ``name`` causal LM (eval mode) whose recurrent layer matters to the logits."""
-    options = {**COMMON, **CONFIGS[name]}
+    options = {**COMMON, **CONFIGS[name], **overrides}
     if name == "mamba2":
         for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
             options.pop(key)
