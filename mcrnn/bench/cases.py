@@ -68,8 +68,10 @@ def _op(case: dict[str, Any]):
 
 def _gates(case: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The gates [B, T, H] named in ``case["gates"]`` as the layer makes them from random activations
-    ``z``: ``log_decay = logsigmoid(z) / 16``, ``beta = sigmoid(z)``; they require grad."""
+    ``z``: ``log_decay = logsigmoid(z) / 16`` ([B, T, H, D], one per key channel, for the memories
+    ``gla``/``kda``), ``beta = sigmoid(z)``; they require grad."""
     from mcrnn.layers.deep_memory import GATE_NORMALIZER
+    from mcrnn.ops.spec import CHANNEL_DECAY_MEMORIES
 
     device, dtype = _device_dtype(case)
     gen = torch.Generator(device=device).manual_seed(1)
@@ -79,7 +81,9 @@ def _gates(case: dict[str, Any]) -> dict[str, torch.Tensor]:
     for name in case.get("gates", ()):
         if name not in makers:
             raise ValueError(f"unknown gate {name!r} in a bench case; expected one of {sorted(makers)}")
-        z = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        per_channel = name == "log_decay" and case.get("options", {}).get("memory") in CHANNEL_DECAY_MEMORIES
+        size = (*shape, case["head_dim"]) if per_channel else shape
+        z = torch.randn(size, generator=gen, device=device, dtype=torch.float32)
         gates[name] = makers[name](z).to(dtype).requires_grad_()
     return gates
 

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             title = "MC op, forward+backward, B=1 H=4 D=64"
         elif suite == "delta":
             cases = delta_suite(tuple(args.seq_lens), args.segment_size, device=args.device)
-            baselines = ("linear_base", "gdn_base", "sdpa")
+            baselines = ("linear_base", "linear_decay_base", "gdn_base", "sdpa")
             title = "MC over the gated delta rule, forward+backward, B=1 H=4 D=64"
         elif suite == "retrofit":
             cases = retrofit_suite(tuple(requested_lens or (4096,)), args.segment_size)

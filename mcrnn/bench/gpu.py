@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from mcrnn.bench.suites import GPU_SEQ_LENS
 from mcrnn.bench.timing import timed_runs
 from mcrnn.ops import MCSpec, memory_caching
-from mcrnn.ops.segments import segment_index
+from mcrnn.ops.read.segments import segment_index
 
 INNER_CHUNK = 64
 FWD_BWD = 3.0

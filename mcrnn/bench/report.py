@@ -29,7 +29,8 @@ def ratio_table(rows: list[dict[str, Any]], baselines: tuple[str, ...]) -> str:
     for row in rows:
         by_len[row["seq_len"]][row["name"]] = row
     header = f"{'T':>6}  {'case':<16}{'tokens/s':>12}{'median ms':>11}{'peak MiB':>10}"
-    header += "".join(f"{'x ' + b:>12}" for b in baselines)
+    widths = [max(12, len(b) + 4) for b in baselines]  # a long baseline name keeps its column apart
+    header += "".join(f"{'x ' + b:>{w}}" for b, w in zip(baselines, widths, strict=True))
     lines = [header, "-" * len(header)]
     for seq_len in sorted(by_len):
         for name, row in by_len[seq_len].items():
@@ -38,10 +39,11 @@ def ratio_table(rows: list[dict[str, Any]], baselines: tuple[str, ...]) -> str:
                 continue
             line = f"{seq_len:>6}  {name:<16}{row['tokens_per_s']:>12.0f}{row['median_s'] * 1e3:>11.1f}"
             line += f"{row['peak_mib']:>10.0f}"
-            for base in baselines:
+            for base, width in zip(baselines, widths, strict=True):
                 other = by_len[seq_len].get(base)
                 ok = other is not None and "error" not in other
-                line += f"{row['tokens_per_s'] / other['tokens_per_s']:>12.2f}" if ok else f"{'-':>12}"
+                ratio = f"{row['tokens_per_s'] / other['tokens_per_s']:.2f}" if ok else "-"
+                line += f"{ratio:>{width}}"
             lines.append(line)
     return "\n".join(lines)
 

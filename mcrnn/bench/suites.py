@@ -3,8 +3,9 @@
 - ``ops``: forward+backward of the matrix-memory op (base = one segment, residual, grm, ssc k=2/4,
   and grm over log (Fenwick) segments, the paper's Log-Linear++) next to causal SDPA with the same
   B, H, D, across a sweep of T (issue 2's speed targets).
-- ``delta``: forward+backward of MC over the gated delta rule (base, grm, ssc k=2) next to our linear
-  base (without and with decay) and causal SDPA, B=1, H=4, D=64 (issue 15's speed targets).
+- ``delta``: forward+backward of MC over the gated delta rule (base, grm, ssc k=2) and the one-segment
+  bases of the per-channel-decay memories (``gla``, ``kda``) next to our linear base (without and with
+  decay) and causal SDPA, B=1, H=4, D=64 (issue 15's and issue 21's speed targets).
 - ``peer``: our layer against the public ``memory-caching`` 0.1.0 layer (a per-token Python loop)
   at d_model 256, 4 heads, segment 64, T=2048, for every aggregation (needs the ``bench`` extra).
 """
@@ -68,6 +69,8 @@ def delta_suite(
             {**gated, "segment_size": segment_size, "aggregation": "ssc", "top_k": 2},
             ("log_decay", "beta"),
         ),
+        "gla_base": ({"memory": "gla"}, ("log_decay",)),  # log_decay [B, T, H, D]: one per key channel
+        "kda_base": ({"memory": "kda"}, ("log_decay", "beta")),
     }
     shape = {"batch": batch, "heads": heads, "head_dim": head_dim, "device": device, "dtype": dtype}
     cases = []

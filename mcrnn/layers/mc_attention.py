@@ -2,7 +2,8 @@
 
     q, k, v, u = proj(x);  q, k, v = silu(causal_conv_4(q, k, v));  q, k = q/|q|, k/|k|  (per head)
     log_decay = logsigmoid(x W_a) / 16                       (use_decay: linear, swla; always: gated_deltanet)
-    beta = sigmoid(x W_b)                                    (deltanet, gated_deltanet: the writing strength)
+    log_decay = ChannelDecay(x)  [B, T, H, Dk]               (gla, kda: a decay per key channel, fla's gates)
+    beta = sigmoid(x W_b)                                    (deltanet, gated_deltanet, kda: writing strength)
     o = memory_caching(q, k, v, u, ...)                      (mcrnn.ops)
     y = W_o [RMSNorm(o) * silu(x W_g)]
 
@@ -18,12 +19,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from mcrnn.layers.channel_decay import ChannelDecay
 from mcrnn.layers.conv import ShortConvolution
 from mcrnn.layers.deep_memory import GATE_NORMALIZER, DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.layers.packing import run_documents
 from mcrnn.ops import MCSpec, MemoryCache, memory_caching
-from mcrnn.ops.spec import DEEP_MEMORIES, DELTA_MEMORIES, check_memory, check_positive_int
+from mcrnn.ops.spec import (
+    CHANNEL_DECAY_MEMORIES,
+    DEEP_MEMORIES,
+    DELTA_MEMORIES,
+    check_memory,
+    check_positive_int,
+)
 
 
 @dataclass
@@ -90,7 +98,9 @@ class MemoryCachingAttention(nn.Module):
             (the default): MC off, the layer is the base RNN.
         memory: ``linear``, ``swla``, a delta-rule memory ``deltanet``/``gated_deltanet`` (with a
             writing strength ``beta = sigmoid(x W_b)``; ``gated_deltanet`` always decays, ``deltanet``
-            never, ``use_decay`` is unused), or a deep memory ``dla``/``titans`` (its weights and rates
+            never, ``use_decay`` is unused), ``gla``/``kda`` (a decay per key channel,
+            :class:`~mcrnn.layers.channel_decay.ChannelDecay`, always on; ``kda`` with ``beta`` as the delta
+            rule; ``use_decay`` is unused), or a deep memory ``dla``/``titans`` (its weights and rates
             live in :class:`mcrnn.layers.deep_memory.DeepMemory`; ``use_decay`` is then unused).
         memory_expansion, memory_depth: hidden width ``E * head_dim`` and depth of a deep memory.
         use_decay: data-dependent decay ``a_t`` of ``linear``/``swla`` (else plain linear attention).
@@ -159,7 +169,11 @@ class MemoryCachingAttention(nn.Module):
             )
         decays = memory == "gated_deltanet" or (use_decay and memory in ("linear", "swla"))
         self.decay_proj = nn.Linear(hidden_size, num_heads) if decays else None
-        self.beta_proj = nn.Linear(hidden_size, num_heads) if memory in DELTA_MEMORIES else None
+        self.channel_decay = None
+        if memory in CHANNEL_DECAY_MEMORIES:
+            self.channel_decay = ChannelDecay(hidden_size, num_heads, head_dim, memory)
+        writes_with_strength = memory in DELTA_MEMORIES or memory == "kda"
+        self.beta_proj = nn.Linear(hidden_size, num_heads) if writes_with_strength else None
         self.swla_proj = nn.Linear(hidden_size, 2 * num_heads) if memory == "swla" else None
         self.gate_proj = nn.Linear(hidden_size, inner, bias=False)
         self.out_norm = GatedRMSNorm(head_dim, eps=norm_eps)
@@ -283,6 +297,8 @@ class MemoryCachingAttention(nn.Module):
         log_decay = None
         if self.decay_proj is not None:
             log_decay = nn.functional.logsigmoid(_at_least_fp32(self.decay_proj(x))) / GATE_NORMALIZER
+        if self.channel_decay is not None:
+            log_decay = self.channel_decay(x)
         gates = {}
         if self.swla_proj is not None:
             prev_gate, cur_gate = torch.sigmoid(_at_least_fp32(self.swla_proj(x))).chunk(2, dim=-1)
@@ -293,8 +309,8 @@ class MemoryCachingAttention(nn.Module):
             keep = keep.to(k.dtype)
             k = k * keep[..., None, None]
             v = v * keep[..., None, None]
-            if log_decay is not None:
-                log_decay = log_decay * keep[..., None]
+            if log_decay is not None:  # [B, T, H] or, per key channel, [B, T, H, Dk]
+                log_decay = log_decay * keep.view(*keep.shape, *[1] * (log_decay.dim() - 2))
             gates = {name: gate * keep[..., None] for name, gate in gates.items()}
         gates = {"log_decay": log_decay, **gates}
         if self.deep is not None:

@@ -42,7 +42,8 @@ class MCConfig(PretrainedConfig):
         head_dim: head dim of the MC layers (None: ``hidden_size // num_heads``).
         intermediate_size: SwiGLU width; None -> ``8/3 * hidden_size`` rounded up to a multiple of 32.
         mixer / layer_mixers: see above; ``layer_mixers`` has one entry per layer (a hybrid).
-        memory: ``linear``, ``swla``, ``deltanet``, ``gated_deltanet``, ``dla`` or ``titans``.
+        memory: ``linear``, ``swla``, ``deltanet``, ``gated_deltanet``, ``gla``, ``kda`` (a decay per key
+            channel), ``dla`` or ``titans``.
         aggregation: ``residual``, ``grm``, ``soup``, ``ssc`` or ``average``.
         segment_size: constant segment length C, or None.
         segment_lengths: explicit segment lengths (an alternative to ``segment_size``), or None.
@@ -52,7 +53,8 @@ class MCConfig(PretrainedConfig):
         ssc_top_k: cached memories read by ``ssc`` (required for it; the layer's ``top_k``, renamed so
             that it never collides with the sampling option ``top_k`` of ``generate``).
         pooling: router-context pooling, ``mean`` or ``sum``.
-        use_decay: data-dependent decay of the linear and swla memories (gated_deltanet always decays).
+        use_decay: data-dependent decay of the linear and swla memories (gated_deltanet, gla and kda
+            always decay).
         conv_size: short causal convolution width (0 disables it).
         separate_router: a router projection ``u = x W_u`` (else ``u = q``).
         chunk_size: inner chunk (None: the library's choice; for deep memories the inner mini-batch,

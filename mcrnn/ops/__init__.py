@@ -2,9 +2,11 @@
 
 - :func:`memory_caching`: the documented entry over every family (validates once, dispatches);
 - :class:`MCSpec`: the segmentation, aggregation, top-k, initialisation and pooling, validated once;
-- per family, ``naive_*`` / ``chunk_*`` / ``recurrent_*`` entry points returning ``(o, cache or None)``:
-  :mod:`mcrnn.ops.linear` (matrix memories), :mod:`mcrnn.ops.log` (log segmentation),
-  :mod:`mcrnn.ops.deep` (MLP memories);
+- per family (one folder per write rule), ``naive_*`` / ``chunk_*`` / ``recurrent_*`` entry points returning
+  ``(o, cache or None)``, each for every segmentation: :mod:`mcrnn.ops.linear` (``linear``, ``swla``),
+  :mod:`mcrnn.ops.delta` (``deltanet``, ``gated_deltanet``), :mod:`mcrnn.ops.deep` (``dla``, ``titans``);
+- :mod:`mcrnn.ops.read`: the read side every family shares (segments, Fenwick buckets, router, cached
+  reads, the matrix caches and their decode steps);
 - :class:`MemoryCache`: the decoding-cache protocol (spec inside, ``[B, N, H, ...]``, ``reorder``).
 
 Importing this package does not import ``transformers``.
@@ -13,8 +15,7 @@ Importing this package does not import ``transformers``.
 from mcrnn.ops.api import memory_caching
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import DeepMemoryCache
-from mcrnn.ops.linear import MatrixMemoryCache
-from mcrnn.ops.log import FenwickMemoryCache
+from mcrnn.ops.read import FenwickMemoryCache, MatrixMemoryCache
 from mcrnn.ops.spec import MCSpec
 
 __all__ = [

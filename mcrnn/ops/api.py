@@ -1,7 +1,7 @@
 """``memory_caching(q, k, v, u, ...)``: one documented entry over every memory family.
 
 A thin dispatcher: it builds (or takes) the :class:`~mcrnn.ops.spec.MCSpec`, checks the inputs once,
-and calls the family's entry point (:mod:`mcrnn.ops.linear`, :mod:`mcrnn.ops.log`,
+and calls the family's entry point (:mod:`mcrnn.ops.linear`, :mod:`mcrnn.ops.delta`,
 :mod:`mcrnn.ops.deep`): the naive definition, the parallel path (PyTorch or Triton), or the recurrent
 step when a cache is passed in.
 """
@@ -17,10 +17,19 @@ from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import DeepFenwickCache, DeepMemoryCache, chunk_deep_mc, naive_deep_mc, recurrent_deep_mc
 from mcrnn.ops.deep.network import check_params
 from mcrnn.ops.delta import chunk_delta_mc, naive_delta_mc, recurrent_delta_mc
+from mcrnn.ops.gla import chunk_gla_mc, naive_gla_mc, recurrent_gla_mc
 from mcrnn.ops.inputs import check_tensors, check_working_set
-from mcrnn.ops.linear import MatrixMemoryCache, chunk_linear_mc, naive_linear_mc, recurrent_linear_mc
-from mcrnn.ops.log import FenwickMemoryCache, chunk_log_mc, naive_log_mc, recurrent_log_mc
-from mcrnn.ops.spec import DEEP_MEMORIES, DELTA_MEMORIES, MCSpec, check_choice, check_memory
+from mcrnn.ops.kda import chunk_kda_mc, naive_kda_mc, recurrent_kda_mc
+from mcrnn.ops.linear import chunk_linear_mc, naive_linear_mc, recurrent_linear_mc
+from mcrnn.ops.read import FenwickMemoryCache, MatrixMemoryCache
+from mcrnn.ops.spec import (
+    CHANNEL_DECAY_MEMORIES,
+    DEEP_MEMORIES,
+    DELTA_MEMORIES,
+    MCSpec,
+    check_choice,
+    check_memory,
+)
 
 BACKENDS = ("auto", "naive", "torch", "triton")
 #: the per-token tensors each memory family takes, besides q, k, v, u
@@ -29,13 +38,21 @@ FAMILY_INPUTS = {
     "swla": ("log_decay", "prev_gate", "cur_gate"),
     "deltanet": ("beta",),
     "gated_deltanet": ("log_decay", "beta"),
+    "gla": ("log_decay",),
+    "kda": ("log_decay", "beta"),
     "dla": ("params", "eta", "alpha", "mask"),
     "titans": ("params", "eta", "alpha", "beta", "mask"),
 }
 #: inputs a family cannot run without
 REQUIRED_INPUTS = {"swla": ("prev_gate", "cur_gate"), "deltanet": ("beta",),
-                   "gated_deltanet": ("log_decay", "beta"), "dla": ("params", "eta", "alpha"),
+                   "gated_deltanet": ("log_decay", "beta"), "gla": ("log_decay",),
+                   "kda": ("log_decay", "beta"), "dla": ("params", "eta", "alpha"),
                    "titans": ("params", "eta", "alpha", "beta")}  # fmt: skip
+#: the entry points (naive, chunk, recurrent) of the memories with a decay per key channel
+CHANNEL_DECAY_ENTRIES = {
+    "gla": (naive_gla_mc, chunk_gla_mc, recurrent_gla_mc),
+    "kda": (naive_kda_mc, chunk_kda_mc, recurrent_kda_mc),
+}
 
 
 def memory_caching(
@@ -81,7 +98,10 @@ def memory_caching(
     (``a_t = exp(log_decay_t)``, 1 if None) and ``swla``:
     ``M_t = a_t M_{t-1} + b_t k_{t-1} v_{t-1}^T + l_t k_t v_t^T`` (``b = prev_gate``, ``l = cur_gate``);
     the delta rule ``deltanet``/``gated_deltanet``: ``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T``
-    (``a_t = exp(log_decay_t)``, 1 for ``deltanet``; ``b = beta``);
+    (``a_t = exp(log_decay_t)``, 1 for ``deltanet``; ``b = beta``); with a decay per key channel (fla's
+    conventions; ``q`` is not scaled, fla's default ``Dk ** -0.5`` is the caller's) ``gla``:
+    ``M_t = Diag(a_t) M_{t-1} + k_t v_t^T`` and ``kda``: ``M_t = M'_t + b_t k_t (v_t - M'^T_t k_t)^T`` with
+    ``M'_t = Diag(a_t) M_{t-1}`` (``a_t = exp(log_decay_t)`` [Dk]);
     an MLP read for the deep memories ``dla``/``titans`` (see :mod:`mcrnn.ops.deep`). ``c_i`` pools
     segment i's keys (mean or sum); the online context pools the current segment's keys up to ``t``.
 
@@ -92,16 +112,16 @@ def memory_caching(
             ``segmentation``, ``aggregation``, ``init``, ``top_k``, ``pooling``; None: the spec's
             default, i.e. one segment, ``grm``, ``checkpoint``, ``mean``), not both. With a ``cache``
             the spec is the cache's; keywords given must agree with it.
-        memory: ``linear | swla | deltanet | gated_deltanet | dla | titans``.
+        memory: ``linear | swla | deltanet | gated_deltanet | gla | kda | dla | titans``.
         log_decay: [B, T, H] log of the decay ``a_t`` (finite, <= 0) or None (linear, swla; required
-            for gated_deltanet).
+            for gated_deltanet); [B, T, H, Dk], one per key channel, for gla and kda (required).
         prev_gate, cur_gate: [B, T, H] the ``swla`` gates ``b_t, l_t`` in [0, 1].
         params, eta, alpha, beta: deep memories' initial weights (one [H, d_out, d_in] per layer, see
             :func:`mcrnn.ops.deep.layer_shapes`), step size >= 0, retention in [0, 1] and (Titans)
             momentum in [0, 1], each [B, T, H]; mask: [B, T] bool, the tokens that write (a masked
             token, e.g. padding, is an identity step: no write, retention or momentum change). For
-            ``deltanet``/``gated_deltanet`` ``beta`` [B, T, H] in [0, 1] is the writing strength ``b_t``
-            (required).
+            ``deltanet``/``gated_deltanet``/``kda`` ``beta`` [B, T, H] in [0, 1] is the writing strength
+            ``b_t`` (required).
         cache: continue decoding from this cache (token by token, the recurrent form).
         output_cache: also return the cache after the last token.
         backend: ``auto`` (Triton on CUDA when it supports the inputs, else PyTorch), ``naive`` (the
@@ -128,12 +148,14 @@ def memory_caching(
     if check_inputs:
         _check_family_inputs(memory, inputs)
         per_token = {name: inputs[name] for name in FAMILY_INPUTS[memory] if name not in ("params", "mask")}
-        check_tensors(q, k, v, u, per_token)
+        check_tensors(q, k, v, u, per_token, ("log_decay",) if memory in CHANNEL_DECAY_MEMORIES else ())
         if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != tuple(q.shape[:2])):
             raise ValueError(f"mask must be a bool [B, T]={tuple(q.shape[:2])} tensor or None")
         if params is not None:
             check_params(params, q.shape[2], q.shape[3], v.shape[-1])
-        if backend == "triton" and (memory in DEEP_MEMORIES + DELTA_MEMORIES or spec.kind == "log"):
+        if backend == "triton" and (
+            memory in DEEP_MEMORIES + DELTA_MEMORIES + CHANNEL_DECAY_MEMORIES or spec.kind == "log"
+        ):
             raise ValueError(
                 "backend='triton' runs the linear and swla memories with constant or explicit segments"
             )
@@ -156,8 +178,8 @@ def memory_caching(
         out, new_cache = _deep(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     elif memory in DELTA_MEMORIES:
         out, new_cache = _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
-    elif spec.kind == "log":
-        out, new_cache = _log(q, k, v, u, spec, gates, cache, output_cache, backend, chunk)
+    elif memory in CHANNEL_DECAY_MEMORIES:
+        out, new_cache = _channel(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     else:
         out, new_cache = _matrix(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     return (out, new_cache) if output_cache else out
@@ -222,7 +244,7 @@ def _definition(naive, chunk, output_cache, *inputs, **options):  # noqa: ANN001
 
 def _matrix(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
     if cache is not None:
-        return recurrent_linear_mc(q, k, v, u, cache, **gates)
+        return recurrent_linear_mc(q, k, v, u, cache=cache, **gates)
     if backend == "naive":
         options = {"spec": spec, "memory": memory, **gates}
         return _definition(naive_linear_mc, chunk_linear_mc, output_cache, q, k, v, u, **options)
@@ -252,12 +274,13 @@ def _delta(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk)
     )
 
 
-def _log(q, k, v, u, spec, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
+def _channel(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202
+    naive, parallel, recurrent = CHANNEL_DECAY_ENTRIES[memory]
     if cache is not None:
-        return recurrent_log_mc(q, k, v, u, cache, **gates)
+        return recurrent(q, k, v, u, cache=cache, **gates)
     if backend == "naive":
-        return _definition(naive_log_mc, chunk_log_mc, output_cache, q, k, v, u, spec=spec, **gates)
-    return chunk_log_mc(q, k, v, u, spec=spec, **gates, output_cache=output_cache, chunk_size=chunk)
+        return _definition(naive, parallel, output_cache, q, k, v, u, spec=spec, **gates)
+    return parallel(q, k, v, u, spec=spec, **gates, output_cache=output_cache, chunk_size=chunk)
 
 
 def _deep(q, k, v, u, spec, memory, gates, cache, output_cache, backend, chunk):  # noqa: ANN001, ANN202

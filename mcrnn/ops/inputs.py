@@ -8,7 +8,7 @@ skip both with ``check_inputs=False``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
@@ -29,8 +29,10 @@ def check_tensors(
     v: torch.Tensor,
     u: torch.Tensor | None,
     gates: Mapping[str, torch.Tensor | None],
+    channel_gates: Collection[str] = (),
 ) -> None:
-    """Check ``q, k, u`` [B, T, H, Dk], ``v`` [B, T, H, Dv] and the gates [B, T, H].
+    """Check ``q, k, u`` [B, T, H, Dk], ``v`` [B, T, H, Dv] and the gates [B, T, H] (the ones named in
+    ``channel_gates``: [B, T, H, Dk], a value per key channel).
 
     Raises ``TypeError`` for non-tensors and non-floating dtypes and ``ValueError`` for wrong ranks,
     empty dimensions, mismatched B/T/H/Dk, mixed dtypes of ``q, k, v, u`` or devices, and gates
@@ -63,8 +65,10 @@ def check_tensors(
     if len(set(dtypes.values())) > 1:
         raise TypeError(f"q, k, v and u must share one dtype, got {dtypes}")
     for name, tensor in gates.items():
-        if tensor is not None and tuple(tensor.shape) != (batch, seq_len, heads):
-            raise ValueError(f"{name} must be [B,T,H]={batch, seq_len, heads}, got {tuple(tensor.shape)}")
+        expected = (batch, seq_len, heads, key_dim) if name in channel_gates else (batch, seq_len, heads)
+        if tensor is not None and tuple(tensor.shape) != expected:
+            layout = "[B,T,H,Dk]" if name in channel_gates else "[B,T,H]"
+            raise ValueError(f"{name} must be {layout}={expected}, got {tuple(tensor.shape)}")
     devices = {t.device for t in named.values() if t is not None}
     if len(devices) > 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")

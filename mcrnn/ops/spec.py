@@ -23,7 +23,10 @@ POOLINGS = ("mean", "sum")
 SEGMENTATIONS = ("constant", "log")
 #: delta-rule matrix memories (``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T``, DESIGN.md §6)
 DELTA_MEMORIES = ("deltanet", "gated_deltanet")
-MATRIX_MEMORIES = ("linear", "swla", *DELTA_MEMORIES)
+#: matrix memories with a decay per key channel, ``log_decay`` [B, T, H, Dk] (``gla``: gated linear
+#: attention, ``kda``: Kimi Delta Attention, the delta rule after a per-channel decay; DESIGN.md §6)
+CHANNEL_DECAY_MEMORIES = ("gla", "kda")
+MATRIX_MEMORIES = ("linear", "swla", *DELTA_MEMORIES, *CHANNEL_DECAY_MEMORIES)
 DEEP_MEMORIES = ("dla", "titans")
 MEMORIES = MATRIX_MEMORIES + DEEP_MEMORIES
 #: the largest inner chunk the parallel paths use when none is given
@@ -158,10 +161,10 @@ class MCSpec:
 def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> int:
     """Check that ``memory`` supports ``spec``; return the inner chunk size it runs with.
 
-    For a matrix memory (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``) the chunk is an
-    implementation detail: ``chunk_size`` (default 64) caps the chunk the parallel path picks, and any
-    segmentation works (the log segmentation for ``linear``, and for ``swla`` and the delta rule with
-    ``init="checkpoint"``). For a deep
+    For a matrix memory (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``, ``gla``, ``kda``) the chunk
+    is an implementation detail: ``chunk_size`` (default 64) caps the chunk the parallel path picks, and any
+    segmentation works (the log segmentation for ``linear`` and ``gla``, and for ``swla``, the delta rule
+    and ``kda`` with ``init="checkpoint"``). For a deep
     memory (``dla``, ``titans``) the inner chunk ``b`` is part of the model (every gradient of a chunk
     is taken at the chunk-start weights, DESIGN.md §6), so segments must be multiples of it (all but
     the last); ``chunk_size=None`` picks the largest power of two <= 64 that divides them. With the log
@@ -171,7 +174,7 @@ def check_memory(spec: MCSpec, memory: str, chunk_size: int | None = None) -> in
     check_choice("memory", memory, MEMORIES)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
-    if spec.kind == "log" and memory in ("swla", *DELTA_MEMORIES) and spec.init != "checkpoint":
+    if spec.kind == "log" and memory in ("swla", "kda", *DELTA_MEMORIES) and spec.init != "checkpoint":
         raise ValueError(
             f"segmentation='log' with memory={memory!r} supports init='checkpoint' only (an independent "
             "bucket restarts the memory, and its state is no merge of the smaller buckets' states)"

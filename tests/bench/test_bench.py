@@ -19,6 +19,14 @@ def test_ops_cases_step(name, case):
     assert tokens == 40
 
 
+@pytest.mark.parametrize("name,case", delta_suite(seq_lens=(40,), segment_size=16, heads=2, head_dim=8))
+def test_delta_cases_step(name, case):
+    """Every case of the delta suite builds and steps; gla/kda get a log decay per key channel."""
+    step, tokens = build(case)
+    step()
+    assert tokens == 40
+
+
 def test_unknown_gate_in_a_case():
     case = {**delta_suite(seq_lens=(8,), heads=1, head_dim=4)[0][1], "gates": ["eta"]}
     with pytest.raises(ValueError, match="unknown gate 'eta'"):

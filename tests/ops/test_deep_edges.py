@@ -15,7 +15,7 @@ import torch
 
 from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import layer_shapes
-from mcrnn.ops.deep.chunk import GateProducts
+from mcrnn.ops.deep.coefficients import GateProducts
 
 B, H, T = 2, 2, 13
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
-from mcrnn.ops.log import chunk as log_chunk
-from mcrnn.ops.log import fenwick_buckets
+from mcrnn.ops.linear import chunk as linear_chunk
+from mcrnn.ops.read import log as log_chunk
+from mcrnn.ops.read.fenwick import fenwick_buckets
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 
@@ -119,7 +120,7 @@ def test_weighted_attention_gradcheck():
     scores, mix = (torch.randn(1, 2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2))
     v = torch.randn(1, 2, 3, 4, 5, generator=gen, dtype=torch.float64)
     tensors = tuple(t.requires_grad_() for t in (scores, mix, v))
-    assert torch.autograd.gradcheck(log_chunk._WeightedAttention.apply, tensors)
+    assert torch.autograd.gradcheck(linear_chunk._WeightedAttention.apply, tensors)
 
 
 @pytest.mark.parametrize("aggregation,init,decay", CASES)

@@ -26,6 +26,14 @@ TABLE = [
     ({"memory": "swla", "segment_size": 2, "init": "independent", "pooling": "sum"}, None),
     ({"memory": "deltanet", "segment_size": 3, "chunk_size": 4}, None),
     ({"memory": "gated_deltanet", "segment_lengths": [3, 5], "aggregation": "ssc", "top_k": 1}, None),
+    ({"memory": "gla", "segment_size": 3, "init": "independent", "aggregation": "average"}, None),
+    ({"memory": "kda", "segment_lengths": [3, 5], "aggregation": "ssc", "top_k": 1}, None),
+    ({"segmentation": "log", "memory": "gla", "init": "independent"}, None),
+    ({"segmentation": "log", "memory": "kda", "aggregation": "residual"}, None),
+    (
+        {"segmentation": "log", "memory": "kda", "init": "independent"},
+        "memory='kda' supports init='checkpoint' only",
+    ),
     ({"memory": "dla", "segment_size": 8}, None),
     ({"memory": "dla", "segment_size": 6}, None),
     ({"memory": "titans", "segment_size": 8, "chunk_size": 4, "aggregation": "soup"}, None),
@@ -73,7 +81,9 @@ def _op(options: dict) -> None:
     q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
     if memory == "swla":
         options.update(prev_gate=torch.rand(B, T, H), cur_gate=torch.rand(B, T, H))
-    if memory in ("deltanet", "gated_deltanet"):
+    if memory in ("gla", "kda"):
+        options["log_decay"] = -torch.rand(B, T, H, D)  # one per key channel
+    if memory in ("deltanet", "gated_deltanet", "kda"):
         options["beta"] = torch.rand(B, T, H)
         if memory == "gated_deltanet":
             options["log_decay"] = -torch.rand(B, T, H)

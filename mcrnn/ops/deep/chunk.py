@@ -54,84 +54,17 @@ from dataclasses import dataclass
 import torch
 
 from mcrnn.ops.deep import network
+from mcrnn.ops.deep.coefficients import chunk_coefficients, chunked, masked_rates
+from mcrnn.ops.deep.log_chunk import chunk_deep_log_memory_caching
+from mcrnn.ops.deep.log_recurrent import DeepFenwickCache, run_starts
+from mcrnn.ops.deep.naive import cast_inputs, naive_deep_mc
 from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
-from mcrnn.ops.deep.scan import ChunkEnd, ScanResult, chunk_scan
-from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
-
-
-class GateProducts(torch.autograd.Function):
-    """Products of a gate over the token ranges of a chunk, differentiated without dividing by a gate.
-
-    For gates ``x`` [..., c] (in [0, 1]) returns the prefix products and the decay matrix
-
-        A_t = prod_{r<=t} x_r  [..., c],    D[t, j] = prod_{j<r<=t} x_r (j <= t), else 0  [..., c, c]
-
-    (``D[t, t] = 1``), both formed by cumulative products (no logarithms: a zero gate is exact).
-    The product over a range with ``x_m`` left out splits at ``m``: ``dD[t, j]/dx_m = D[t, m]
-    D[m - 1, j]`` and ``dA_t/dx_m = D[t, m] A_{m - 1}`` (``j < m <= t``; ``A_{-1} = 1``,
-    ``D[-1, .] = 0``), so with ``G_A = dL/dA`` and ``G_D = dL/dD``
-
-        dL/dx_m = A_{m-1} (D^T G_A)_m + sum_j (D^T G_D)[m, j] D[m - 1, j],
-
-    two batched matmuls, exact to rounding for any gate, zero included (autograd through
-    ``exp(cumsum(log x))`` divides by ``x`` and cancels terms of size 1 to form terms of size ``x``).
-    """
-
-    @staticmethod
-    def forward(ctx, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        size = gates.shape[-1]
-        upper = torch.ones(size, size, dtype=torch.bool, device=gates.device).triu()  # j >= t
-        factors = torch.where(upper, 1.0, gates.unsqueeze(-1))  # [t, j]: x_t where t > j
-        decay = torch.cumprod(factors, dim=-2).masked_fill_(upper.triu(1), 0.0)
-        prefix = torch.cumprod(gates, dim=-1)
-        ctx.save_for_backward(prefix, decay)
-        return prefix, decay
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_prefix: torch.Tensor, g_decay: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        prefix, decay = ctx.saved_tensors
-        before = torch.nn.functional.pad(prefix[..., :-1], (1, 0), value=1.0)  # A_{m-1}
-        above = torch.nn.functional.pad(decay[..., :-1, :], (0, 0, 1, 0))  # D[m-1, j]
-        g_gates = (decay.transpose(-1, -2) @ g_decay).mul_(above).sum(-1)
-        return g_gates.add_((g_prefix.unsqueeze(-2) @ decay).squeeze(-2).mul_(before))
-
-
-def chunk_coefficients(
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
-    last: torch.Tensor,
-    momentum_gate: torch.Tensor | None = None,
-) -> tuple[ChunkCoefficients, ChunkEnd]:
-    """Coefficients for gates ``[n, B, H, c]`` (see the module docstring) and each chunk's end.
-
-    ``last`` [n] is the index of each chunk's last real token (``c - 1`` but in a padded final chunk).
-    ``momentum_gate`` [n, B, H, c] (titans; ``None``: 1) scales the momentum a token adds to the
-    weights, ``theta_t = a_t theta_{t-1} + m_t S_t``: then ``P_t = sum_{j<=t} (A_t/A_j) m_j B_j`` and
-    ``M = D_A diag(m) D_B`` (a masked token has ``m = 0``, ``a = b = 1``, ``eta = 0``: an identity step).
-    """
-    retain, decay_a = GateProducts.apply(alpha)
-    carry = decay_b = momentum_retain = None
-    if beta is None:
-        mix = decay_a * eta.unsqueeze(-2)
-    else:
-        momentum_retain, decay_b = GateProducts.apply(beta)
-        into = decay_a if momentum_gate is None else decay_a * momentum_gate.unsqueeze(-2)
-        carry = (into @ momentum_retain.unsqueeze(-1)).squeeze(-1)
-        mix = (into @ decay_b) * eta.unsqueeze(-2)
-    pick = last.view(-1, 1, 1, 1).expand(*eta.shape[:-1], 1)
-
-    def at(x: torch.Tensor) -> torch.Tensor:  # [n, B, H, c] -> [n, B, H] at each chunk's end
-        return x.gather(-1, pick).squeeze(-1)
-
-    def row(x: torch.Tensor) -> torch.Tensor:  # [n, B, H, c, c] -> [n, B, H, c], row ``last``
-        return x.gather(-2, pick.unsqueeze(-1).expand(*x.shape[:-2], 1, x.shape[-1])).squeeze(-2)
-
-    if beta is None:
-        return ChunkCoefficients(retain, mix), ChunkEnd(at(retain), row(mix))
-    end = ChunkEnd(at(retain), row(mix), at(carry), at(momentum_retain), row(decay_b * eta.unsqueeze(-2)))
-    return ChunkCoefficients(retain, mix, carry), end
+from mcrnn.ops.deep.recurrent import DeepMemoryCache
+from mcrnn.ops.deep.scan import ScanResult, chunk_scan
+from mcrnn.ops.inputs import all_finite, full_precision
+from mcrnn.ops.read.fenwick import fenwick_buckets
+from mcrnn.ops.read.segments import router_gates, segment_contexts, segment_index
+from mcrnn.ops.spec import MCSpec
 
 
 @dataclass
@@ -215,20 +148,6 @@ def chunk_deep_memory_caching(
     )
 
 
-def masked_rates(
-    eta: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``(eta, alpha, beta, momentum_gate)`` [B, T, H] with every masked token an identity step: ``eta = 0``,
-    ``alpha = beta = 1`` and (titans) momentum gate 0 (``None`` without a mask or momentum)."""
-    if mask is None:
-        return eta, alpha, beta, None
-    keep = mask.unsqueeze(-1)  # [B, T, 1]
-    eta, alpha = torch.where(keep, eta, 0.0), torch.where(keep, alpha, 1.0)
-    if beta is None:
-        return eta, alpha, None, None
-    return eta, alpha, torch.where(keep, beta, 1.0), keep.expand_as(beta).to(beta.dtype)
-
-
 def _add_cached_reads(
     out: torch.Tensor,
     q: torch.Tensor,
@@ -250,15 +169,6 @@ def _add_cached_reads(
             read = gates[:, :, bounds[i] :, i, None] * network.forward(state, qh[:, :, bounds[i] :])
             out = out + torch.nn.functional.pad(read, (0, 0, bounds[i], 0))
     return out
-
-
-def chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:
-    """``[B, T, H, ...]`` -> chunk-major ``[n, B, H, c, ...]`` (``T`` padded with ``value``)."""
-    if pad:
-        widths = [0, 0] * (x.dim() - 2) + [0, pad]
-        x = torch.nn.functional.pad(x, widths, value=value)
-    x = x.unflatten(1, (-1, chunk_size))  # [B, n, c, H, ...]
-    return x.permute(1, 0, 3, 2, *range(4, x.dim())).contiguous()
 
 
 def _chunked_gates(
@@ -354,3 +264,120 @@ def _sparse_cached_read(
     read = torch.where(valid.unsqueeze(-1), weight * network.forward(state, picked), 0.0)
     index = (order + end).unsqueeze(-1).expand_as(read)
     return out.scatter_add(2, index, read)
+
+
+def chunk_deep_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None = None,
+    chunk_size: int,
+    output_cache: bool = False,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, DeepMemoryCache | DeepFenwickCache | None]:
+    """The chunk-parallel path (:mod:`mcrnn.ops.deep.chunk`): ``o`` and, with ``output_cache``, the cache."""
+    inputs, params, (eta, alpha, beta) = cast_inputs(q, k, v, u, params, (eta, alpha, beta))
+    out = None
+    if not all_finite(*inputs, eta, alpha, beta):
+        # the chunk products would carry a later token's NaN/Inf to earlier tokens of its chunk (0 * NaN);
+        # the token-loop definition is causal by construction (slow, but only for such inputs)
+        out, _ = naive_deep_mc(q, k, v, u, spec=spec, memory=memory, params=params, eta=eta, alpha=alpha,
+                               beta=beta, chunk_size=chunk_size, mask=mask)  # fmt: skip
+        if not output_cache:
+            return out, None
+    if spec.kind == "log":
+        options = {"memory": memory, "params": params, "eta": eta, "alpha": alpha, "beta": beta,
+                   "chunk_size": chunk_size, "aggregation": spec.aggregation, "init": spec.init,
+                   "top_k": spec.top_k, "pooling": spec.pooling, "mask": mask}  # fmt: skip
+        if out is None:
+            with full_precision(q.device):
+                out = chunk_deep_log_memory_caching(*inputs, **options).to(q.dtype)
+        return out, deep_fenwick_prefill(spec, *inputs[1:3], **options) if output_cache else None
+    lengths = spec.lengths(q.shape[1])
+    with full_precision(q.device):
+        result = chunk_deep_memory_caching(
+            *inputs, lengths, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
+            chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
+            pooling=spec.pooling, mask=mask,
+        )  # fmt: skip
+    if out is None:
+        out = result.output.to(q.dtype)
+    if not output_cache:
+        return out, None
+    keys = inputs[1]
+    ends = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    sums = [keys[:, a:b].sum(1) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    cache = DeepMemoryCache(
+        spec=spec,
+        position=q.shape[1],
+        memory=memory,
+        chunk_size=chunk_size,
+        weights=result.weights,
+        momentum=result.momentum,
+        chunk_start=result.chunk_start,
+        key_sum=sums[-1],
+        key_count=lengths[-1],
+        segment_start=ends[-2],
+        cached=result.cached,
+        context_sums=sums[:-1],
+        context_counts=lengths[:-1],
+    )
+    return out, cache
+
+
+def deep_fenwick_prefill(
+    spec: MCSpec,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    memory: str,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    chunk_size: int,
+    mask: torch.Tensor | None = None,
+    **_: object,
+) -> DeepFenwickCache:
+    """The decoding cache after the [B, T, H, D] tokens: each bucket's weights and each growing run's
+    state from the chunk path over the run's tokens (``O(log T)`` runs of at most ``T`` tokens)."""
+    seq_len = k.shape[1]
+
+    def run(start: int, end: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor]]:
+        part = slice(start, end)
+        keys = k[:, part]
+        with full_precision(k.device):
+            result = chunk_deep_memory_caching(
+                keys, keys, v[:, part], keys, [end - start], memory=memory, params=params, eta=eta[:, part],
+                alpha=alpha[:, part], beta=None if beta is None else beta[:, part], chunk_size=chunk_size,
+                aggregation="grm", init=spec.init, top_k=None, pooling=spec.pooling,
+                mask=None if mask is None else mask[:, part],
+            )  # fmt: skip
+        return result.weights, result.momentum, result.chunk_start
+
+    buckets = fenwick_buckets(seq_len)
+    origin = (lambda start: 0) if spec.init == "checkpoint" else (lambda start: start)
+    starts = [s for s in run_starts(seq_len, spec.init) if s < seq_len]
+    runs = {s: run(s, seq_len) for s in starts}
+    bucket_weights = [
+        runs[origin(s)][0] if e == seq_len and origin(s) in runs else run(origin(s), e)[0] for s, e in buckets
+    ]
+    return DeepFenwickCache(
+        spec=spec,
+        position=seq_len,
+        memory=memory,
+        chunk_size=chunk_size,
+        bucket_weights=bucket_weights,
+        bucket_key_sums=[k[:, s:e].sum(1) for s, e in buckets],
+        run_starts=starts,
+        run_weights=[runs[s][0] for s in starts],
+        run_momentum=[runs[s][1] for s in starts] if memory == "titans" else None,
+        run_chunk_starts=[runs[s][2] for s in starts],
+    )

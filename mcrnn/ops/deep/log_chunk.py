@@ -8,7 +8,7 @@ by the tokens ``e <= t < e + 2^l``, and the output is
 
     y_t = sum_{l in bits(L)} g_{t,l} f_{theta_l(t)}(q_t)     (soup: f_{sum_l g_{t,l} theta_l(t)}(q_t)),
 
-with ``g`` from :func:`mcrnn.ops.segments.mixing_weights` (cached levels and the online one). Per level:
+with ``g`` from :func:`mcrnn.ops.read.segments.mixing_weights` (cached levels and the online one). Per level:
 
 - **block levels** (``2^l >= b``, the inner chunk): the block ends are chunk ends. ``checkpoint``: the
   stream's weights there are the chunk-start weights of one chunk scan (:func:`.scan.chunk_scan`) of the
@@ -38,11 +38,11 @@ from collections.abc import Sequence
 import torch
 
 from mcrnn.ops.deep import network
-from mcrnn.ops.deep.chunk import chunk_coefficients, chunked, masked_rates
+from mcrnn.ops.deep.coefficients import chunk_coefficients, chunked, masked_rates
 from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
 from mcrnn.ops.deep.scan import ChunkEnd, chunk_scan
-from mcrnn.ops.log.chunk import fenwick_levels
-from mcrnn.ops.segments import mixing_weights
+from mcrnn.ops.read.fenwick import fenwick_levels
+from mcrnn.ops.read.segments import mixing_weights
 
 
 def chunk_deep_log_memory_caching(

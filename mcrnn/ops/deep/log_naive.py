@@ -27,9 +27,9 @@ from collections.abc import Sequence
 import torch
 
 from mcrnn.ops.deep import network
-from mcrnn.ops.deep.naive import write_token
-from mcrnn.ops.log.buckets import fenwick_buckets
-from mcrnn.ops.segments import mixing_weights
+from mcrnn.ops.deep.rule import write_token
+from mcrnn.ops.read.fenwick import fenwick_buckets
+from mcrnn.ops.read.segments import mixing_weights
 
 
 def naive_deep_log_memory_caching(

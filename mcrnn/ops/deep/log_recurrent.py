@@ -1,4 +1,5 @@
-"""Decoding deep-memory MC with the Fenwick (log) segmentation (DESIGN.md §5), and its prefill cache.
+"""Decoding deep-memory MC with the Fenwick (log) segmentation (DESIGN.md §5); the prefill cache is built by
+:func:`mcrnn.ops.deep.chunk.deep_fenwick_prefill`.
 
 After ``L`` tokens the buckets are the binary digits of ``L`` (:func:`fenwick_buckets`); the last is
 the online memory. A deep state is not additive, so two buckets cannot be merged by adding their
@@ -24,12 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from mcrnn.ops.cache import MemoryCache
-from mcrnn.ops.deep.chunk import chunk_deep_memory_caching
 from mcrnn.ops.deep.log_naive import read_buckets
-from mcrnn.ops.deep.recurrent import write_step
-from mcrnn.ops.inputs import full_precision
-from mcrnn.ops.log.buckets import fenwick_buckets
-from mcrnn.ops.spec import MCSpec
+from mcrnn.ops.deep.rule import write_step
+from mcrnn.ops.read.fenwick import fenwick_buckets
 
 
 @dataclass
@@ -133,54 +131,3 @@ def recurrent_deep_log(
         run_chunk_starts=[runs[s][2] for s in starts],
     )
     return torch.stack(outputs, dim=1), new_cache
-
-
-def deep_fenwick_prefill(
-    spec: MCSpec,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    memory: str,
-    params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
-    chunk_size: int,
-    mask: torch.Tensor | None = None,
-    **_: object,
-) -> DeepFenwickCache:
-    """The decoding cache after the [B, T, H, D] tokens: each bucket's weights and each growing run's
-    state from the chunk path over the run's tokens (``O(log T)`` runs of at most ``T`` tokens)."""
-    seq_len = k.shape[1]
-
-    def run(start: int, end: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor]]:
-        part = slice(start, end)
-        keys = k[:, part]
-        with full_precision(k.device):
-            result = chunk_deep_memory_caching(
-                keys, keys, v[:, part], keys, [end - start], memory=memory, params=params, eta=eta[:, part],
-                alpha=alpha[:, part], beta=None if beta is None else beta[:, part], chunk_size=chunk_size,
-                aggregation="grm", init=spec.init, top_k=None, pooling=spec.pooling,
-                mask=None if mask is None else mask[:, part],
-            )  # fmt: skip
-        return result.weights, result.momentum, result.chunk_start
-
-    buckets = fenwick_buckets(seq_len)
-    origin = (lambda start: 0) if spec.init == "checkpoint" else (lambda start: start)
-    starts = [s for s in run_starts(seq_len, spec.init) if s < seq_len]
-    runs = {s: run(s, seq_len) for s in starts}
-    bucket_weights = [
-        runs[origin(s)][0] if e == seq_len and origin(s) in runs else run(origin(s), e)[0] for s, e in buckets
-    ]
-    return DeepFenwickCache(
-        spec=spec,
-        position=seq_len,
-        memory=memory,
-        chunk_size=chunk_size,
-        bucket_weights=bucket_weights,
-        bucket_key_sums=[k[:, s:e].sum(1) for s, e in buckets],
-        run_starts=starts,
-        run_weights=[runs[s][0] for s in starts],
-        run_momentum=[runs[s][1] for s in starts] if memory == "titans" else None,
-        run_chunk_starts=[runs[s][2] for s in starts],
-    )

@@ -23,7 +23,7 @@ chunk and segment boundaries and for the router contexts (which pool every key).
 
 MC: at the first token of segment ``s > 1`` the online weights are cached (momentum is not);
 ``init="independent"`` restarts from the initial weights with zero momentum. The aggregations are
-those of DESIGN.md §3 with gates from :func:`mcrnn.ops.segments.router_gates`; ``soup`` mixes the
+those of DESIGN.md §3 with gates from :func:`mcrnn.ops.read.segments.router_gates`; ``soup`` mixes the
 weights per layer, ``W*_l = sum_i g_i W_l(i) + g_s W_{l,t}``, and reads the mixed network once.
 """
 
@@ -34,7 +34,11 @@ from collections.abc import Sequence
 import torch
 
 from mcrnn.ops.deep import network
-from mcrnn.ops.segments import router_gates, segment_contexts, segment_index
+from mcrnn.ops.deep.log_naive import naive_deep_log_memory_caching
+from mcrnn.ops.deep.rule import write_token
+from mcrnn.ops.inputs import to_compute_dtype
+from mcrnn.ops.read.segments import router_gates, segment_contexts, segment_index
+from mcrnn.ops.spec import MCSpec
 
 
 def naive_deep_memory_caching(
@@ -97,51 +101,45 @@ def naive_deep_memory_caching(
     return torch.stack(outputs, dim=1)
 
 
-def write_token(
-    memory: str,
-    weights: list[torch.Tensor],
-    momentum: list[torch.Tensor] | None,
-    chunk_start: list[torch.Tensor],
+Rates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def cast_inputs(
+    q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    u: torch.Tensor | None,
+    params: Sequence[torch.Tensor],
+    rates: Rates,
+) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor], Rates]:
+    """Inputs, weights and rates in the accumulation dtype (``u = q`` when None)."""
+    eta, alpha, beta = rates
+    inputs, gates, dtype = to_compute_dtype(q, k, v, u, {"eta": eta, "alpha": alpha, "beta": beta}, *params)
+    return inputs, [w.to(dtype) for w in params], tuple(gates.values())
+
+
+def naive_deep_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str,
+    params: Sequence[torch.Tensor],
     eta: torch.Tensor,
     alpha: torch.Tensor,
-    beta: torch.Tensor | None,
-    keep: torch.Tensor | None,
-    t: int,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Token ``t`` of the chunked rule: ``(theta_t, S_t)`` from ``(theta_{t-1}, S_{t-1})`` with the gradient
-    at ``chunk_start`` (``theta_0``); ``k, v`` [B, T, H, D], rates [B, T, H], ``keep`` [B] bool or None
-    (a token not kept is an identity step)."""
-    grads = _autograd_gradients(memory, chunk_start, k[:, t], v[:, t])
-    step = eta[:, t, :, None, None]
-    retain = alpha[:, t, :, None, None]
-    keep = None if keep is None else keep[:, None, None, None]  # [B, 1, 1, 1]
-    if momentum is not None:
-        new_momentum = [
-            beta[:, t, :, None, None] * m - step * g for m, g in zip(momentum, grads, strict=True)
-        ]
-        new_weights = [retain * w + m for w, m in zip(weights, new_momentum, strict=True)]
-        momentum = where_kept(keep, new_momentum, momentum)
+    beta: torch.Tensor | None = None,
+    chunk_size: int,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, None]:
+    """The definition (:mod:`mcrnn.ops.deep.naive`): ``o`` and no cache."""
+    inputs, params, (eta, alpha, beta) = cast_inputs(q, k, v, u, params, (eta, alpha, beta))
+    options = {"memory": memory, "params": params, "eta": eta, "alpha": alpha, "beta": beta,
+               "chunk_size": chunk_size, "aggregation": spec.aggregation, "init": spec.init,
+               "top_k": spec.top_k, "pooling": spec.pooling, "mask": mask}  # fmt: skip
+    if spec.kind == "log":
+        out = naive_deep_log_memory_caching(*inputs, **options)
     else:
-        new_weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
-    return where_kept(keep, new_weights, weights), momentum
-
-
-def where_kept(
-    keep: torch.Tensor | None, new: list[torch.Tensor], old: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """``new`` where ``keep`` (``None``: everywhere), else ``old``, per layer."""
-    if keep is None:
-        return new
-    return [torch.where(keep, n, o) for n, o in zip(new, old, strict=True)]
-
-
-def _autograd_gradients(
-    memory: str, weights: list[torch.Tensor], k: torch.Tensor, v: torch.Tensor
-) -> list[torch.Tensor]:
-    """``grad_theta l(theta; k, v)`` at ``weights`` [B, H, ...] by autograd, keeping the graph."""
-    with torch.enable_grad():
-        at = [w if w.requires_grad else w.detach().requires_grad_() for w in weights]
-        loss = network.inner_loss(memory, network.forward(at, k.unsqueeze(-2)), v.unsqueeze(-2)).sum()
-        return list(torch.autograd.grad(loss, at, create_graph=True))
+        out = naive_deep_memory_caching(*inputs, spec.lengths(q.shape[1]), **options)
+    return out.to(q.dtype), None

@@ -12,14 +12,16 @@ from the first token of the stream. A masked token leaves the weights and the mo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import network
-from mcrnn.ops.deep.naive import where_kept
-from mcrnn.ops.segments import router_gates
+from mcrnn.ops.deep.log_recurrent import DeepFenwickCache, recurrent_deep_log
+from mcrnn.ops.deep.naive import cast_inputs
+from mcrnn.ops.deep.rule import write_step
+from mcrnn.ops.read.segments import router_gates
 
 
 @dataclass
@@ -125,33 +127,6 @@ def _write(
     cache.key_count += 1
 
 
-def write_step(
-    memory: str,
-    weights: list[torch.Tensor],
-    momentum: list[torch.Tensor] | None,
-    chunk_start: list[torch.Tensor],
-    k: torch.Tensor,
-    v: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
-    mask: torch.Tensor | None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """``(theta_t, S_t)`` after one token of the chunked rule, every gradient at ``chunk_start``
-    (per layer ``[B, H, d_out, d_in]``); ``k, v`` [B, H, D], rates [B, H], ``mask`` [B] (or ``None``)."""
-    terms = network.key_gradients(memory, chunk_start, k.unsqueeze(-2), v.unsqueeze(-2))
-    grads = [d.transpose(-1, -2) @ a for d, a in zip(terms.deltas, terms.inputs, strict=True)]
-    step, retain = eta[..., None, None], alpha[..., None, None]
-    keep = None if mask is None else mask[:, None, None, None]
-    if momentum is not None:
-        new_momentum = [beta[..., None, None] * m - step * g for m, g in zip(momentum, grads, strict=True)]
-        new_weights = [retain * w + m for w, m in zip(weights, new_momentum, strict=True)]
-        momentum = where_kept(keep, new_momentum, momentum)
-    else:
-        new_weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
-    return where_kept(keep, new_weights, weights), momentum
-
-
 def _read(
     cache: DeepMemoryCache,
     q: torch.Tensor,
@@ -184,3 +159,36 @@ def _read(
     for i, state in enumerate(cache.cached):
         out = out + gates[:, :, i, None, None] * network.forward(state, query)
     return out.squeeze(-2)
+
+
+def recurrent_deep_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    cache: DeepMemoryCache | DeepFenwickCache,
+    params: Sequence[torch.Tensor],
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, DeepMemoryCache | DeepFenwickCache]:
+    """Continue ``cache`` token by token (:mod:`mcrnn.ops.deep.recurrent`); the spec, memory and inner
+    chunk are the cache's. Returns ``o`` and a new cache (``cache`` itself is not modified)."""
+    inputs, params, (eta, alpha, beta) = cast_inputs(q, k, v, u, params, (eta, alpha, beta))
+    spec = cache.spec
+    if isinstance(cache, DeepFenwickCache):
+        out, cache = recurrent_deep_log(
+            *inputs, cache, params=params, eta=eta, alpha=alpha, beta=beta, mask=mask
+        )
+        return out.to(q.dtype), cache
+    cache = replace(
+        cache, cached=list(cache.cached), context_sums=list(cache.context_sums),
+        context_counts=list(cache.context_counts),
+    )  # fmt: skip
+    out, cache = recurrent_deep_memory_caching(
+        *inputs, cache, params=params, eta=eta, alpha=alpha, beta=beta, aggregation=spec.aggregation,
+        init=spec.init, top_k=spec.top_k, pooling=spec.pooling, mask=mask,
+    )  # fmt: skip
+    return out.to(q.dtype), cache

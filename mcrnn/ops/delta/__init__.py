@@ -7,11 +7,13 @@ the recurrence itself (the definition, not just a fast path) grows without bound
 
 Three entry points of one signature shape, each returning ``(o, cache or None)``:
 :func:`naive_delta_mc` (the token-loop definition), :func:`chunk_delta_mc` (the chunkwise WY / UT form
-in PyTorch) and :func:`recurrent_delta_mc` (decoding from a :class:`~mcrnn.ops.linear.MatrixMemoryCache`).
+in PyTorch) and :func:`recurrent_delta_mc` (decoding), each for every segmentation (``log`` with
+``init="checkpoint"``). The family holds only the write rule; the reads, router, segmentation and caches
+are the shared read side, :mod:`mcrnn.ops.read`.
 """
 
+from mcrnn.ops.delta.chunk import chunk_delta_mc
 from mcrnn.ops.delta.naive import naive_delta_mc
-from mcrnn.ops.delta.parallel import chunk_delta_mc
 from mcrnn.ops.delta.recurrent import recurrent_delta_mc
 
 __all__ = ["chunk_delta_mc", "naive_delta_mc", "recurrent_delta_mc"]

@@ -9,7 +9,7 @@ At the first token of a segment the online state is pushed to the cache with its
 (the pooled keys of the segment, as for ``linear``); ``init="independent"`` then restarts it from
 zero, ``init="checkpoint"`` continues the recurrence unchanged. The online memory is read after the
 token is written, ``q_t^T M_t``, and the reads are combined by
-:func:`mcrnn.ops.linear.naive.aggregate`.
+:func:`mcrnn.ops.read.reference.aggregate` (the token loops of :mod:`mcrnn.ops.read.reference`).
 
 With the log segmentation (``init="checkpoint"`` only) token ``t`` reads the Fenwick buckets of its
 prefix (DESIGN.md §5); a bucket's state is the delta-rule state at its end, its context pools its keys.
@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.inputs import to_compute_dtype
-from mcrnn.ops.linear.naive import segment_loop
-from mcrnn.ops.log.naive import fenwick_loop
+from mcrnn.ops.read.reference import token_loop
 from mcrnn.ops.spec import MCSpec
 
 
@@ -48,17 +47,11 @@ def naive_delta_mc(
     (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, {"log_decay": log_decay, "beta": beta})
     log_decay, beta = gates["log_decay"], gates["beta"]
 
-    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool = False) -> torch.Tensor:
+    def step(state: torch.Tensor, b: int, t: int, h: int, segment_start: bool) -> torch.Tensor:
         decay = torch.exp(log_decay[b, t, h]) if log_decay is not None else 1.0
         return _delta_step(state, k[b, t, h], v[b, t, h], beta[b, t, h], decay)
 
-    if spec.kind == "log":
-        out = fenwick_loop(q_c, k, u, v.shape[-1], step, spec)
-    else:
-        lengths = spec.lengths(q.shape[1])
-        out = segment_loop(q_c, k, u, v.shape[-1], lengths, step, spec.aggregation, spec.init, spec.top_k,
-                           spec.pooling)  # fmt: skip
-    return out.to(q.dtype), None
+    return token_loop(q_c, k, u, v.shape[-1], step, spec).to(q.dtype), None
 
 
 def _delta_step(

@@ -4,20 +4,22 @@ The delta write is a linear write of the pseudo-value ``w_t = b_t (v_t - a_t M_{
 
     a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T = a_t M_{t-1} + k_t w_t^T
 
-so the decode step keeps exactly the :class:`~mcrnn.ops.linear.MatrixMemoryCache` of ``linear``
+so the decode step keeps exactly the :class:`~mcrnn.ops.read.matrix_cache.MatrixMemoryCache` of ``linear``
 (online state, cached states and contexts, the current segment's key sum and token count) and runs
-its step (:func:`mcrnn.ops.linear.recurrent.recurrent_step`) on ``w_t``; ``M_{t-1}`` is the zero
-state at a segment start under ``init="independent"``. With the log segmentation (``checkpoint``) the
-:class:`~mcrnn.ops.log.FenwickMemoryCache` keeps the prefix state online, and the Fenwick step
-(:func:`mcrnn.ops.log.recurrent.fenwick_step`) runs on ``w_t`` the same way.
+the shared step (:func:`mcrnn.ops.read.matrix_cache.recurrent_step`) on the write ``k_t w_t^T``;
+``M_{t-1}`` is the zero state at a segment start under ``init="independent"``
+(:func:`~mcrnn.ops.read.matrix_cache.open_token`).
+With the log segmentation (``checkpoint``) the :class:`~mcrnn.ops.read.fenwick_cache.FenwickMemoryCache`
+keeps the prefix state online, and the Fenwick step (:func:`mcrnn.ops.read.fenwick_cache.fenwick_step`)
+takes the same write.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mcrnn.ops.linear.recurrent import MatrixMemoryCache, recurrent_step
-from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_step
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
 
 
 def recurrent_delta_mc(
@@ -43,19 +45,18 @@ def recurrent_delta_mc(
     outputs = []
     for t in range(q.shape[1]):
         q_t, k_t, v_t, u_t = (x[:, t].to(dtype) for x in (q, k, v, u))
-        decay = None if log_decay is None else log_decay[:, t].to(dtype).exp()
-        restarts = cache.spec.init == "independent" and cache.spec.starts_segment(cache.position)
-        previous = torch.zeros_like(cache.online) if restarts else cache.online
-        predicted = torch.einsum("bhk,bhkv->bhv", k_t, previous)
+        step_log_decay = None if log_decay is None else log_decay[:, t].to(dtype)
+        decay = None if step_log_decay is None else step_log_decay.exp()
+        if isinstance(cache, MatrixMemoryCache):
+            cache = open_token(cache)  # the state this token writes into: zero after an independent restart
+        predicted = torch.einsum("bhk,bhkv->bhv", k_t, cache.online)  # M_{t-1}^T k_t
         if decay is not None:
             predicted = decay.unsqueeze(-1) * predicted
         pseudo_v = beta[:, t].to(dtype).unsqueeze(-1) * (v_t - predicted)
+        write = k_t.unsqueeze(-1) * pseudo_v.unsqueeze(-2)
         if isinstance(cache, FenwickMemoryCache):  # checkpoint: the online state is the prefix state
-            step_decay = None if log_decay is None else log_decay[:, t].to(dtype)
-            y, cache = fenwick_step(q_t, k_t, pseudo_v, u_t, cache, log_decay=step_decay)
+            y, cache = fenwick_step(q_t, k_t, u_t, cache, write=write, log_decay=step_log_decay)
         else:
-            y, cache = recurrent_step(
-                q_t, k_t, pseudo_v, u_t, cache, decay=decay, prev_gate=None, cur_gate=None
-            )
+            y, cache = recurrent_step(q_t, k_t, u_t, cache, write=write, decay=decay)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

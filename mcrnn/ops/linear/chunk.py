@@ -1,15 +1,19 @@
-"""Parallel PyTorch path for MC over matrix memories: chunked matmuls and scans, no token loop.
+"""MC over the matrix memories with additive writes (``linear``, ``swla``), parallel: ``chunk_linear_mc``.
 
-MC over a matrix memory splits into three pieces (each a function here):
+The write rule, ``M_t = a_t M_{t-1} + sum_w k_w v_w^T`` (per-head decay ``a_t = exp(log_decay_t)``), runs
+as decayed linear attention in chunks, no token loop:
 
-1. :func:`chunk_linear`: decayed linear attention inside segments, giving the online read
-   ``q_t^T M_t`` for every token and the states ``M(i)`` at segment ends;
-2. :func:`~mcrnn.ops.segments.router_gates`: the aggregation weights;
-3. :func:`cached_read` (dense, for ``residual``/``grm``/``soup``/``average``) or
-   :func:`selected_read` (only the ``top_k`` chosen states, for ``ssc``):
-   ``sum_{i < s(t)} g_{t,i} q_t^T M(i)``.
+1. :func:`chunk_linear`: the online read ``q_t^T M_t`` for every token and the states ``M(i)`` at segment
+   ends (:class:`Chunks`: the chunk-local pieces, :func:`chunk_states`: the chunk-to-chunk scan);
+2. the read side (:mod:`mcrnn.ops.read`) adds the router weights and the reads of the cached states
+   (:func:`~mcrnn.ops.read.matrix.mix_cached_reads`), or, for ``segmentation="log"``, the Fenwick read
+   (:func:`~mcrnn.ops.read.log.fenwick_read`), for which :class:`Chunks` is the
+   :class:`~mcrnn.ops.read.log.FenwickWrite` (its chunk-end states and in-chunk bucket reads).
 
-Tensors are handled heads-first ([B, H, T, D]) inside this module.
+``swla`` is linear in its two writes ``(l_t k_t, v_t)`` and ``(b_t k_{t-1}, v_{t-1})``
+(:func:`write_streams`), so it runs the same pieces once per stream. Tensors are heads-first
+([B, H, T, D]) inside the chunk pieces. ``backend="triton"`` runs the same computation on the kernels
+of :mod:`.triton`.
 """
 
 from __future__ import annotations
@@ -17,15 +21,201 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from mcrnn.ops.inputs import all_finite
-from mcrnn.ops.segments import segment_index
+from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
+from mcrnn.ops.read.fenwick import fenwick_chunk
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_prefill_cache
+from mcrnn.ops.read.log import fenwick_read
+from mcrnn.ops.read.matrix import mix_cached_reads
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, prefill_cache
+from mcrnn.ops.read.segments import router_gates, segment_contexts, segment_index
+from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
 
-#: target number of query tokens per block of the cached reads (bounds the read buffers)
-READ_BLOCK_TOKENS = 256
+
+def chunk_linear_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None = None,
+    *,
+    spec: MCSpec,
+    memory: str = "linear",
+    log_decay: torch.Tensor | None = None,
+    prev_gate: torch.Tensor | None = None,
+    cur_gate: torch.Tensor | None = None,
+    output_cache: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    backend: str = "torch",
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache | None]:
+    """Parallel MC over ``linear``/``swla`` (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked),
+    every segmentation.
+
+    ``y_t = g_{t,s} q_t^T M_t + sum_{i < s} g_{t,i} q_t^T M(i)`` with the weights of
+    :func:`~mcrnn.ops.read.segments.router_gates` and the segments of ``spec``; with ``segmentation="log"``
+    the Fenwick buckets of :mod:`mcrnn.ops.read.log` (``swla``: ``init="checkpoint"`` only).
+
+    Args:
+        backend: ``torch`` (states accumulate in float32, float64 for float64 inputs) or ``triton``
+            (the kernels, inputs in their own dtype, float32 accumulation; not for ``log``).
+        chunk_size: the largest inner chunk of the PyTorch path (it picks one dividing the segments).
+
+    Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype and, with ``output_cache``, the decoding cache (a
+    :class:`FenwickMemoryCache` for ``log``).
+    """
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    if spec.kind == "log":
+        (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, gates)
+        streams = write_streams(k, v, memory, gates["prev_gate"], gates["cur_gate"], [k.shape[1]], spec.init)
+        with full_precision(q.device):
+            out = log_linear_mc(q_c, u, k, streams, gates["log_decay"], spec=spec, chunk_size=chunk_size)
+        cache = None
+        if output_cache:
+            cache = fenwick_prefill_cache(spec, k, v, gates["log_decay"], streams=streams)
+            if memory == "swla":
+                cache = replace(cache, memory="swla", prev_key=k[:, -1], prev_value=v[:, -1])
+        return out.to(q.dtype), cache
+    lengths = spec.lengths(q.shape[1])
+    if backend == "triton":
+        out, states = _triton_linear_mc(
+            q, k, v, q if u is None else u, lengths, spec=spec, memory=memory, **gates
+        )
+    else:
+        inputs, gates, _ = to_compute_dtype(q, k, v, u, gates)
+        with full_precision(q.device):
+            out, states = _torch_linear_mc(
+                *inputs, lengths, spec=spec, memory=memory, **gates, chunk_size=chunk_size
+            )
+    cache = prefill_cache(spec, memory, states, k, v, lengths) if output_cache else None
+    return out.to(q.dtype), cache
+
+
+def heads_first(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, H, ...] -> [B, H, T, ...] (contiguous)."""
+    return x.transpose(1, 2).contiguous()
+
+
+def _torch_linear_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    lengths: Sequence[int],
+    *,
+    spec: MCSpec,
+    memory: str,
+    log_decay: torch.Tensor | None,
+    prev_gate: torch.Tensor | None,
+    cur_gate: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked online memory + gated reads of cached states: ``o`` [B, T, H, Dv] and the segment-end
+    states [B, N, H, Dk, Dv]. ``swla`` is linear in its two writes, so it runs the chunked kernel on
+    ``(l_t k_t, v_t)`` and ``(b_t k_{t-1}, v_{t-1})`` with the same decay and sums."""
+    qh = heads_first(q)
+    decay_h = None if log_decay is None else log_decay.transpose(1, 2)
+    online, states = 0, 0
+    for write_k, write_v in write_streams(k, v, memory, prev_gate, cur_gate, lengths, spec.init):
+        part_online, part_states = chunk_linear(
+            qh, heads_first(write_k), heads_first(write_v), decay_h, lengths, spec.init, chunk_size
+        )
+        online, states = online + part_online, states + part_states
+    return mix_cached_reads(qh, u, k, online, states, lengths, spec), states.transpose(1, 2)
+
+
+def log_linear_mc(
+    q: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    streams: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    log_decay: torch.Tensor | None,
+    *,
+    spec: MCSpec,
+    chunk_size: int,
+) -> torch.Tensor:
+    """MC with the Fenwick segmentation over the additive writes ``streams`` ((key, value) [B, T, H, D] pairs
+    with the shared decay ``log_decay`` [B, T, H] or None): ``o`` [B, T, H, Dv]; the router pools ``k``."""
+    chunk = fenwick_chunk(chunk_size, q.shape[1])
+    qh = heads_first(q)
+    decay_h = None if log_decay is None else log_decay.transpose(1, 2)
+    writes = [
+        split_chunks(qh, heads_first(keys), heads_first(values), decay_h, chunk) for keys, values in streams
+    ]
+    finite = all_finite(q, k, *(x for stream in streams for x in stream), log_decay)
+    return fenwick_read(q, u, k, writes, spec=spec, finite=finite)
+
+
+def _triton_linear_mc(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    lengths: Sequence[int],
+    *,
+    spec: MCSpec,
+    memory: str,
+    log_decay: torch.Tensor | None,
+    prev_gate: torch.Tensor | None,
+    cur_gate: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same computation as :func:`_torch_linear_mc` on the Triton kernels ([B, T, H, D] layout,
+    inputs in their own dtype; the kernels accumulate in float32). ``grm``/``soup`` use the read with
+    the router softmax fused in; the other aggregations read with precomputed gates."""
+    from mcrnn.ops.linear import triton as mc_triton
+
+    online, states = 0, 0
+    for write_k, write_v in write_streams(k, v, memory, prev_gate, cur_gate, lengths, spec.init):
+        part_online, part_states = mc_triton.chunk_linear(q, write_k, write_v, log_decay, lengths, spec.init)
+        online, states = online + part_online, states + part_states
+    contexts, online_context = segment_contexts(k, lengths, spec.pooling)
+    if len(lengths) == 1:
+        out = online
+    elif spec.aggregation in ("grm", "soup"):
+        online_logit = (u * online_context).sum(-1)
+        out = mc_triton.grm_read(q, u, contexts, online, online_logit, states, lengths)
+    else:
+        seg = segment_index(lengths, q.device)
+        cached, online_gate, selected = router_gates(
+            u, contexts, online_context, seg, spec.aggregation, spec.top_k
+        )
+        out = online * online_gate.unsqueeze(-1).to(online.dtype)
+        if selected is None:
+            out = out + mc_triton.cached_read(q, cached.to(q.dtype), states, lengths)
+        else:
+            weights = cached.gather(-1, selected).to(q.dtype)
+            out = out + mc_triton.ssc_read(q, selected, weights, states, lengths)
+    return out, states
+
+
+def write_streams(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    memory: str,
+    prev_gate: torch.Tensor | None,
+    cur_gate: torch.Tensor | None,
+    lengths: Sequence[int],
+    init: str,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rank-one writes of a step as (key, value) streams [B, T, H, D] with a shared decay.
+
+    ``linear``: ``k_t v_t^T``. ``swla`` is linear in its two writes: ``(l_t k_t, v_t)`` and
+    ``(b_t k_{t-1}, v_{t-1})``, so MC over it is the sum of two runs of the linear kernel.
+    """
+    if memory == "linear":
+        return [(k, v)]
+    prev_k, prev_v = _previous_token(k, lengths, init), _previous_token(v, lengths, init)
+    return [(k * cur_gate.unsqueeze(-1), v), (prev_k * prev_gate.unsqueeze(-1), prev_v)]
+
+
+def _previous_token(x: torch.Tensor, lengths: Sequence[int], init: str) -> torch.Tensor:
+    """``x_{t-1}`` along time of [B, T, H, D]; zero at t=0 and, for ``independent``, at segment starts."""
+    shifted = torch.nn.functional.pad(x[:, :-1], (0, 0, 0, 0, 1, 0))
+    if init == "independent" and len(lengths) > 1:
+        starts = torch.tensor(list(lengths[:-1]), device=x.device).cumsum(0)
+        shifted = shifted.index_fill(1, starts, 0.0)
+    return shifted
 
 
 def chunk_size_for(lengths: Sequence[int], chunk_size: int) -> int:
@@ -62,6 +252,49 @@ class Chunks:
     @property
     def count(self) -> int:
         return self.q.shape[2]
+
+    def chunk_ends(self, restarts: Sequence[int] = ()) -> torch.Tensor:
+        """States [B, H, n, Dk, Dv] at the end of every chunk (:func:`chunk_states`); the Fenwick read's
+        :class:`~mcrnn.ops.read.log.FenwickWrite`."""
+        return chunk_states(self, restarts)[0]
+
+    def bucket_reads(
+        self,
+        level: torch.Tensor,
+        reads: torch.Tensor,
+        weights: torch.Tensor,
+        last: torch.Tensor,
+        init: str,
+        finite: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The in-chunk reads of the Fenwick levels shorter than a chunk
+        (:meth:`mcrnn.ops.read.log.FenwickWrite.bucket_reads`): one attention per chunk,
+        ``sum_j W_{t,j} (q_t . k_j) v_j``, ``W_{t,j}`` the weight of ``j``'s level (``independent``) or of
+        every level ``<= lvl(t, j)`` (``checkpoint``), each decayed from ``j`` to its bucket's end."""
+        shape = weights.shape
+        index = level.clamp(min=0).expand(shape[:3] + level.shape)
+        checkpoint = init == "checkpoint"
+        if self.cum is None:
+            table = weights.cumsum(-1) if checkpoint else weights
+            mix = table.gather(-1, index).masked_fill(~reads, 0.0)
+            entering = table[..., -1:] if checkpoint else None
+        else:
+            positions = last.flatten(1).expand(shape[:2] + (shape[2], shape[3] * shape[4]))
+            cum_last = self.cum.gather(-1, positions).view(shape)  # cumulative log decay at each bucket's end
+            mix = 0.0
+            for lvl in range(shape[-1]):
+                in_memory = reads & ((level >= lvl) if checkpoint else (level == lvl))
+                exponent = cum_last[..., lvl, None] - self.cum.unsqueeze(-2)
+                mix = mix + weights[..., lvl, None] * exponent.masked_fill(~in_memory, float("-inf")).exp()
+            entering = (weights * cum_last.exp()).sum(-1, keepdim=True) if checkpoint else None
+        if finite:
+            out = _WeightedAttention.apply(self.scores, mix, self.finite_v)
+        else:  # a NaN/Inf outside what a token reads never reaches it; inside, its entries are NaN
+            out = _WeightedAttention.apply(self.scores.masked_fill(~reads, 0.0), mix, self.finite_v)
+            if self.nonfinite_v is not None:
+                hits = reads.to(self.nonfinite_v.dtype) @ self.nonfinite_v
+                out = out.masked_fill(hits > 0, float("nan"))
+        return out, None if entering is None else self.q * entering
 
 
 def split_chunks(
@@ -161,8 +394,10 @@ def chunk_linear(
 def chunk_states(chunks: Chunks, restarts: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the end of every chunk and entering every chunk, [B, H, n, Dk, Dv] each.
 
-    ``restarts``: the chunks where the state restarts from zero (a restart discards the earlier
-    state, a non-finite one included).
+    ``chunks``: :class:`Chunks`, or any chunks with its ``local``, ``chunk_decay`` (per head, or per key
+    channel [B, H, n, Dk] as :class:`mcrnn.ops.gla.chunk.ChannelChunks`) and ``count``. ``restarts``: the
+    chunks where the state restarts from zero (a restart discards the earlier state, a non-finite one
+    included).
     """
     n_chunks = chunks.count
     bounds = sorted({0, *restarts, n_chunks})
@@ -190,18 +425,19 @@ def _chunk_scan(
     state before it does not reach the chunks after it.
 
     Args:
-        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``) or None; reset: [n] bool or None.
+        local: [B, H, n, Dk, Dv]; chunk_decay: [B, H, n] (``a_n``), [B, H, n, Dk] (a decay per key channel,
+            ``E_n = Diag(a_n) E_{n-1} + L_n``) or None; reset: [n] bool or None.
     """
     if chunk_decay is None and reset is None:
         return local.cumsum(2)
     state = local
-    decay = chunk_decay
+    decay = None if chunk_decay is None else chunk_decay.reshape(*chunk_decay.shape[:3], -1, 1)
     step = 1
     while step < span:
         earlier = torch.nn.functional.pad(state[:, :, :-step], (0, 0, 0, 0, step, 0))
         if decay is not None:
-            earlier = decay.unsqueeze(-1).unsqueeze(-1) * earlier
-            decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (step, 0), value=1.0)
+            earlier = decay * earlier
+            decay = decay * torch.nn.functional.pad(decay[:, :, :-step], (0, 0, 0, 0, step, 0), value=1.0)
         if reset is not None:
             earlier = earlier.masked_fill(reset.view(1, 1, -1, 1, 1), 0.0)
             reset = reset | torch.nn.functional.pad(reset[:-step], (step, 0), value=False)
@@ -210,182 +446,22 @@ def _chunk_scan(
     return state
 
 
-def _read_blocks(lengths: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Query blocks ``(start, end, n_visible)`` made of whole segments, about READ_BLOCK_TOKENS long;
-    ``n_visible`` is the number of cached states the block's last segment can read."""
-    blocks = []
-    start = position = 0
-    for index, length in enumerate(lengths):
-        position += length
-        if position - start >= READ_BLOCK_TOKENS or index == len(lengths) - 1:
-            if index > 0:
-                blocks.append((start, position, index))
-            start = position
-    return blocks
+class _WeightedAttention(torch.autograd.Function):
+    """``(S * W) @ V`` per chunk, saving ``S``, ``W``, ``V`` but not the product (recomputed in backward):
+    ``dV = (S * W)^T dy``, ``dS = (dy V^T) * W``, ``dW = (dy V^T) * S``.
 
-
-class _CachedRead(torch.autograd.Function):
-    """``y_t = sum_{i} g_{t,i} q_t^T M(i) = vec(g_t (x) q_t) @ [M(1); ...; M(n)]``, block by block.
-
-    Each block of query tokens forms ``X = g (x) q`` [B, H, C, n*Dk] and does one GEMM with the
-    stacked states; backward recomputes ``X`` instead of saving it, so memory stays at one block:
-    ``dX = dy M^T``, ``dq_t = sum_i g_{t,i} dX_{t,i}``, ``dg_{t,i} = <dX_{t,i}, q_t>``, ``dM = X^T dy``.
+    Inputs: ``scores`` and ``mix`` [B, H, n, c, c], ``v`` [B, H, n, c, Dv]. Output [B, H, n, c, Dv].
     """
 
     @staticmethod
-    def forward(ctx, q, gates, states, blocks):  # noqa: ANN001 - autograd signature
-        ctx.save_for_backward(q, gates, states)
-        ctx.blocks = blocks
-        batch, heads, seq_len, key_dim = q.shape
-        out = q.new_zeros(batch, heads, seq_len, states.shape[-1])
-        for start, end, n_visible in blocks:
-            mixed = gates[:, :, start:end, :n_visible, None] * q[:, :, start:end, None, :]
-            out[:, :, start:end] = mixed.flatten(-2) @ states[:, :, :n_visible].flatten(2, 3)
-        return out
+    def forward(ctx, scores, mix, v):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(scores, mix, v)
+        return (scores * mix) @ v
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
-        q, gates, states = ctx.saved_tensors
-        grad_q = torch.zeros_like(q)
-        grad_gates = torch.zeros_like(gates)
-        grad_states = torch.zeros_like(states)
-        key_dim = q.shape[-1]
-        for start, end, n_visible in ctx.blocks:
-            block_q = q[:, :, start:end]
-            block_g = gates[:, :, start:end, :n_visible]
-            block_dy = grad_out[:, :, start:end]
-            stacked = states[:, :, :n_visible].flatten(2, 3)  # [B, H, n*Dk, Dv]
-            grad_mixed = (block_dy @ stacked.transpose(-1, -2)).unflatten(-1, (n_visible, key_dim))
-            grad_q[:, :, start:end] = (block_g.unsqueeze(-1) * grad_mixed).sum(-2)
-            grad_gates[:, :, start:end, :n_visible] = (grad_mixed * block_q.unsqueeze(-2)).sum(-1)
-            mixed = (block_g.unsqueeze(-1) * block_q.unsqueeze(-2)).flatten(-2)
-            grad_states[:, :, :n_visible] += (mixed.transpose(-1, -2) @ block_dy).unflatten(
-                2, (n_visible, key_dim)
-            )
-        return grad_q, grad_gates, grad_states, None
-
-
-def cached_read(q: torch.Tensor, gates: torch.Tensor, states: torch.Tensor, lengths: Sequence[int]):
-    """``y_t = sum_{i < s(t)} g_{t,i} q_t^T M(i)`` for every token.
-
-    Args:
-        q: [B, H, T, Dk]; gates: [B, H, T, N] (must be 0 for ``i >= s(t)``); states: [B, H, N, Dk, Dv].
-
-    Returns: [B, H, T, Dv]. A non-finite entry of ``M(i)[:, d]`` makes ``y_t[d]`` NaN for the tokens
-    that read ``M(i)`` (``s(t) > i``) and for no other: the block GEMMs, which give a token a zero
-    gate for the states it cannot see, run on the finite part of the states.
-    """
-    if all_finite(states):
-        return _CachedRead.apply(q, gates, states, _read_blocks(lengths))
-    finite = torch.nan_to_num(states, nan=0.0, posinf=0.0, neginf=0.0)
-    out = _CachedRead.apply(q, gates, finite, _read_blocks(lengths))
-    # non-finite entries per value column among the first i states: [B, H, N + 1, Dv]
-    seen = torch.nn.functional.pad(torch.cumsum((states != finite).any(-2), dim=2), (0, 0, 1, 0))
-    reads = seen[:, :, segment_index(lengths, q.device)]  # among the states token t reads
-    return out.masked_fill(reads > 0, float("nan"))
-
-
-class _SelectedRead(torch.autograd.Function):
-    """``y_t = sum_j w_{t,j} q_t^T M(idx_{t,j})`` touching only the selected states.
-
-    The (token, slot) pairs are grouped by the state they read; for each cached state ``i`` the
-    rows of every (b, h) that chose it are gathered into a padded [B*H, P_i, Dk] batch and multiplied
-    by ``M(i)`` in one ``bmm`` (P_i = the most rows any (b, h) sends to state i). Work is
-    ``2 * T * k * Dk * Dv`` per head, as for a gathered read, with a Python loop over states only.
-
-    Every pair's read lands in its own slot of a [P + 1, Dv] buffer (plain writes, no scatter-add) and
-    the ``k`` slots of a token are summed at the end; the backward does the same for ``dq``.
-
-    Inputs are flat: ``rows`` [R + 1, Dk] (the query rows plus one zero row that padding points at),
-    ``weights`` [P + 1] (the P = R * k pair weights plus one zero), ``states`` [B*H, N, Dk, Dv].
-    Output: [R, Dv].
-    """
-
-    @staticmethod
-    def forward(ctx, rows, weights, states, plan):  # noqa: ANN001 - autograd signature
-        ctx.save_for_backward(rows, weights, states)
-        ctx.plan = plan
-        n_rows, n_pairs = rows.shape[0] - 1, weights.shape[0] - 1
-        reads = rows.new_zeros(n_pairs + 1, states.shape[-1])
-        for state, pair_index, row_index in plan:
-            picked = rows[row_index] * weights[pair_index].unsqueeze(-1)  # [BH, P, Dk]
-            reads[pair_index] = picked @ states[:, state]
-        return reads[:n_pairs].view(n_rows, n_pairs // n_rows, -1).sum(1)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001
-        rows, weights, states = ctx.saved_tensors
-        n_rows, n_pairs = rows.shape[0] - 1, weights.shape[0] - 1
-        grad_out = torch.cat([grad_out, grad_out.new_zeros(1, grad_out.shape[-1])])
-        grad_pair_rows = rows.new_zeros(n_pairs + 1, rows.shape[-1])
-        grad_weights = torch.zeros_like(weights)
-        grad_states = torch.zeros_like(states)
-        for state, pair_index, row_index in ctx.plan:
-            picked_q = rows[row_index]  # [BH, P, Dk]
-            picked_dy = grad_out[row_index]  # [BH, P, Dv]
-            picked_w = weights[pair_index].unsqueeze(-1)
-            grad_read = picked_dy @ states[:, state].transpose(-1, -2)  # [BH, P, Dk]
-            grad_pair_rows[pair_index] = picked_w * grad_read
-            grad_weights[pair_index] = (grad_read * picked_q).sum(-1)
-            grad_states[:, state] += (picked_q * picked_w).transpose(-1, -2) @ picked_dy
-        grad_weights[-1] = 0.0  # the padding slot
-        grad_rows = grad_pair_rows[:n_pairs].view(n_rows, n_pairs // n_rows, -1).sum(1)
-        return (
-            torch.cat([grad_rows, grad_rows.new_zeros(1, grad_rows.shape[-1])]),
-            grad_weights,
-            grad_states,
-            None,
-        )
-
-
-def _selection_plan(selected: torch.Tensor, weights: torch.Tensor, n_states: int):
-    """Group the (b, h, t, slot) pairs of ``selected`` [B, H, T, k] by the cached state they read.
-
-    Pairs with weight exactly 0 (slots pointing at states the token cannot see) are dropped.
-    Returns ``(state, pair_index [BH, P], row_index [BH, P])`` per state read by any pair; padding
-    entries point at pair ``B*H*T*k`` and row ``B*H*T`` (the zero entries appended by the caller).
-    """
-    batch, heads, seq_len, slots = selected.shape
-    n_pairs = selected.numel()
-    flat_state = selected.flatten()
-    pair = torch.arange(n_pairs, device=selected.device)
-    group = pair // (seq_len * slots)  # which (b, h)
-    keep = weights.detach().flatten() != 0
-    pair, flat_state, group = pair[keep], flat_state[keep], group[keep]
-    key = flat_state * (batch * heads) + group
-    order = torch.argsort(key, stable=True)
-    pair, group, key = pair[order], group[order], key[order]
-    counts = torch.bincount(key, minlength=n_states * batch * heads)
-    rank = torch.arange(key.numel(), device=key.device) - (torch.cumsum(counts, 0) - counts)[key]
-    per_state = counts.view(n_states, batch * heads)
-    plan = []
-    begin = 0
-    for state, (width, end) in enumerate(
-        zip(per_state.amax(1).tolist(), per_state.sum(1).cumsum(0).tolist(), strict=True)
-    ):
-        if width:
-            pair_index = torch.full((batch * heads, width), n_pairs, device=key.device)
-            pair_index = pair_index.index_put((group[begin:end], rank[begin:end]), pair[begin:end])
-            row_index = torch.where(pair_index == n_pairs, batch * heads * seq_len, pair_index // slots)
-            plan.append((state, pair_index, row_index))
-        begin = end
-    return plan
-
-
-def selected_read(
-    q: torch.Tensor, gates: torch.Tensor, selected: torch.Tensor, states: torch.Tensor
-) -> torch.Tensor:
-    """``sum_{i in R_t} g_{t,i} q_t^T M(i)`` over the ``top_k`` states each token selected.
-
-    Args:
-        q: [B, H, T, Dk]; gates: [B, H, T, N] (zero off the selection); selected: [B, H, T, k] state
-        indices; states: [B, H, N, Dk, Dv].
-
-    Returns: [B, H, T, Dv].
-    """
-    weights = gates.gather(-1, selected)
-    plan = _selection_plan(selected, weights, states.shape[2])
-    rows = torch.cat([q.flatten(0, 2), q.new_zeros(1, q.shape[-1])])
-    pair_weights = torch.cat([weights.flatten(), weights.new_zeros(1)])
-    out = _SelectedRead.apply(rows, pair_weights, states.flatten(0, 1), plan)
-    return out.view(*q.shape[:3], -1)
+        scores, mix, v = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # arrives as a view of [B, T, H, Dv]: one copy, not one per matrix
+        grad_weighted = grad_out @ v.transpose(-1, -2)
+        grad_v = (scores * mix).transpose(-1, -2) @ grad_out
+        return grad_weighted * mix, grad_weighted * scores, grad_v

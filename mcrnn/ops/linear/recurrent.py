@@ -8,76 +8,12 @@ the first token of the next segment arrives, exactly as in the token-loop defini
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
-from mcrnn.ops.cache import MemoryCache
-from mcrnn.ops.segments import router_gates
-from mcrnn.ops.spec import MCSpec
-
-
-@dataclass
-class MatrixMemoryCache(MemoryCache):
-    """Decoding state of MC over a matrix memory (constant, explicit or no segments).
-
-    Attributes (besides ``spec`` and ``position``, see :mod:`mcrnn.ops.cache`):
-        memory: ``linear``, ``swla``, ``deltanet`` or ``gated_deltanet`` (the delta rule decodes through
-            :mod:`mcrnn.ops.delta.recurrent`, which writes pseudo-values into this cache).
-        online: [B, H, Dk, Dv] state of the current segment after the last token.
-        cached: [B, N, H, Dk, Dv] states at the ends of the N finished segments.
-        contexts: [B, N, H, Dk] pooled keys ``c_i`` of the finished segments.
-        key_sum: [B, H, Dk] sum of the current segment's keys.
-        segment_tokens: tokens seen in the current segment.
-        prev_key, prev_value: [B, H, Dk], [B, H, Dv] last token (``swla`` only; None at a
-            segment start under ``init="independent"``).
-    """
-
-    memory: str
-    online: torch.Tensor
-    cached: torch.Tensor
-    contexts: torch.Tensor
-    key_sum: torch.Tensor
-    segment_tokens: int
-    prev_key: torch.Tensor | None = None
-    prev_value: torch.Tensor | None = None
-
-    @classmethod
-    def empty(
-        cls,
-        spec: MCSpec,
-        memory: str,
-        batch: int,
-        heads: int,
-        key_dim: int,
-        value_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> MatrixMemoryCache:
-        """Cache before the first token."""
-        zeros = torch.zeros
-        return cls(
-            spec=spec,
-            position=0,
-            memory=memory,
-            online=zeros(batch, heads, key_dim, value_dim, dtype=dtype, device=device),
-            cached=zeros(batch, 0, heads, key_dim, value_dim, dtype=dtype, device=device),
-            contexts=zeros(batch, 0, heads, key_dim, dtype=dtype, device=device),
-            key_sum=zeros(batch, heads, key_dim, dtype=dtype, device=device),
-            segment_tokens=0,
-        )
-
-    @property
-    def num_cached(self) -> int:
-        """Number of cached (finished) segment states."""
-        return self.cached.shape[1]
-
-    def shape_signature(self) -> tuple[int, int, int, int]:
-        return tuple(self.online.shape)
-
-    def pooled_key(self) -> torch.Tensor:
-        """Router key of the current segment so far: [B, H, Dk]."""
-        return self.key_sum / self.segment_tokens if self.spec.pooling == "mean" else self.key_sum
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
 
 
 def token_write(
@@ -104,93 +40,45 @@ def recurrent_linear_mc(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    u: torch.Tensor | None,
-    cache: MatrixMemoryCache,
+    u: torch.Tensor | None = None,
     *,
+    cache: MatrixMemoryCache | FenwickMemoryCache,
     log_decay: torch.Tensor | None = None,
     prev_gate: torch.Tensor | None = None,
     cur_gate: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, MatrixMemoryCache]:
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache]:
     """Continue ``cache`` over [B, T, H, D] inputs token by token (the decoding path, not training;
-    ``u`` None: ``u = q``).
+    ``u`` None: ``u = q``), every segmentation: a :class:`MatrixMemoryCache` (constant, explicit or no
+    segments) or a :class:`FenwickMemoryCache` (log).
 
-    Segments open where ``cache.spec.starts_segment(position)``; the gates are [B, T, H] as in
-    :func:`mcrnn.ops.memory_caching`. Returns ``o`` [B, T, H, Dv] and a new cache.
+    ``swla`` (``cache.memory``) takes its gates ``prev_gate``, ``cur_gate``. The family's part is the
+    token's write (:func:`token_write`) and its decay; the segment bookkeeping, the state update and the
+    aggregated read are the shared steps
+    (:func:`mcrnn.ops.read.matrix_cache.recurrent_step`, :func:`mcrnn.ops.read.fenwick_cache.fenwick_step`).
+    The gates are [B, T, H] as in :func:`mcrnn.ops.memory_caching`. Returns ``o`` [B, T, H, Dv] and a new
+    cache (the one passed in is not modified).
     """
     u = q if u is None else u
+    swla = cache.memory == "swla"
     outputs = []
     for t in range(q.shape[1]):
-        y, cache = recurrent_step(
-            q[:, t],
+        if isinstance(cache, MatrixMemoryCache):
+            cache = open_token(cache)
+        write = token_write(
             k[:, t],
             v[:, t],
-            u[:, t],
-            cache,
-            decay=None if log_decay is None else log_decay[:, t].exp(),
-            prev_gate=None if prev_gate is None else prev_gate[:, t],
-            cur_gate=None if cur_gate is None else cur_gate[:, t],
+            cur_gate[:, t] if swla else None,
+            prev_gate[:, t] if swla else None,
+            cache.prev_key,
+            cache.prev_value,
         )
+        step_log_decay = None if log_decay is None else log_decay[:, t]
+        if isinstance(cache, FenwickMemoryCache):
+            y, cache = fenwick_step(q[:, t], k[:, t], u[:, t], cache, write=write, log_decay=step_log_decay)
+        else:
+            decay = None if step_log_decay is None else step_log_decay.exp()
+            y, cache = recurrent_step(q[:, t], k[:, t], u[:, t], cache, write=write, decay=decay)
+        if swla:
+            cache = replace(cache, prev_key=k[:, t], prev_value=v[:, t])
         outputs.append(y)
     return torch.stack(outputs, dim=1), cache
-
-
-def recurrent_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor,
-    cache: MatrixMemoryCache,
-    *,
-    decay: torch.Tensor | None,
-    prev_gate: torch.Tensor | None,
-    cur_gate: torch.Tensor | None,
-) -> tuple[torch.Tensor, MatrixMemoryCache]:
-    """One token of MC over a matrix memory.
-
-    Args:
-        q, k, u: [B, H, Dk]; v: [B, H, Dv]; decay: [B, H] (``a_t``) or None; prev_gate/cur_gate:
-        [B, H] (``swla`` gates b_t, l_t).
-
-    Returns: ``y`` [B, H, Dv] and the updated cache (a new object; the input cache is not modified).
-    """
-    spec = cache.spec
-    online, cached, contexts = cache.online, cache.cached, cache.contexts
-    key_sum, segment_tokens = cache.key_sum, cache.segment_tokens
-    prev_key, prev_value = cache.prev_key, cache.prev_value
-    if spec.starts_segment(cache.position):
-        cached = torch.cat([cached, online.unsqueeze(1)], dim=1)
-        contexts = torch.cat([contexts, cache.pooled_key().unsqueeze(1)], dim=1)
-        key_sum, segment_tokens = torch.zeros_like(key_sum), 0
-        if spec.init == "independent":
-            online = torch.zeros_like(online)
-            prev_key = prev_value = None
-    swla = cache.memory == "swla"
-    write = token_write(k, v, cur_gate if swla else None, prev_gate, prev_key, prev_value)
-    if swla:
-        prev_key, prev_value = k, v
-    online = (online if decay is None else decay[..., None, None] * online) + write
-    new_cache = replace(
-        cache,
-        position=cache.position + 1,
-        online=online,
-        cached=cached,
-        contexts=contexts,
-        key_sum=key_sum + k,
-        segment_tokens=segment_tokens + 1,
-        prev_key=prev_key,
-        prev_value=prev_value,
-    )
-    n_cached = cached.shape[1]
-    seg = torch.full((1,), n_cached, dtype=torch.long, device=q.device)
-    cached_gates, online_gate, selected = router_gates(
-        u.unsqueeze(1), contexts, new_cache.pooled_key().unsqueeze(1), seg, spec.aggregation, spec.top_k
-    )
-    y = online_gate[:, 0, :, None] * torch.einsum("bhk,bhkv->bhv", q, online)
-    if n_cached:
-        gates = cached_gates[:, 0]  # [B, H, N]
-        if selected is not None:  # ssc: load only the selected states
-            index = selected[:, 0].transpose(1, 2)  # [B, k, H]
-            gates = gates.gather(-1, selected[:, 0])
-            cached = cached.gather(1, index[..., None, None].expand(-1, -1, -1, *cached.shape[-2:]))
-        y = y + torch.einsum("bhn,bhk,bnhkv->bhv", gates, q, cached)
-    return y, new_cache

@@ -1,7 +1,12 @@
-"""Parallel MC with the per-token Fenwick (log) segmentation of DESIGN.md §5, ``linear`` memory (and
-``swla`` under ``init="checkpoint"``: every bucket state is then a prefix state, linear in the two write
-streams ``(l_t k_t, v_t)`` and ``(b_t k_{t-1}, v_{t-1})``, so the output is the sum of one run per stream
-with the router on the keys ``k_t``).
+"""The parallel read of MC with the per-token Fenwick (log) segmentation of DESIGN.md §5, shared by every
+matrix-memory family whose bucket states are sums of per-token writes (``linear``; ``swla`` and the delta
+rule under ``init="checkpoint"``, where every bucket state is a prefix state).
+
+The write rule supplies every piece that depends on its decay as a :class:`FenwickWrite` (one per write
+stream: ``swla`` has two, ``(l_t k_t, v_t)`` and ``(b_t k_{t-1}, v_{t-1})``): the states at the ends of
+its chunks (with restarts), and the in-chunk reads of the levels shorter than a chunk. This module owns
+the levels, the router (contexts, logits, aggregation weights, the ``ssc`` selection) and the reads of
+the states of the longer levels, none of which depends on the decay.
 
 Token ``t`` (prefix length ``L = t + 1``) reads one bucket per set bit ``l`` of ``L``: the aligned
 dyadic block ``[s, s + 2^l)`` with ``s = (L >> (l+1)) << (l+1)``; the lowest set bit is the online
@@ -18,68 +23,92 @@ bucket's decay) under ``independent`` and ``W_{t,j} = sum_{l <= lvl} g_{t,l}`` (
 its bucket's end) under ``checkpoint``, whose level-``l`` memory holds every token before the end of
 bucket ``l``, plus the state entering the chunk. A longer level ``l`` is read only by the tokens with
 bit ``l`` of ``L`` set, a run of ``2^l`` tokens per pair of blocks that all read one state (a prefix
-state from the chunk scan, or the block's own state): one GEMM per run in :class:`_StateLevelRead`,
+state from the write's chunk scan, or the block's own state): one GEMM per run in :class:`_StateLevelRead`,
 whose backward recomputes instead of storing per-level tensors. Cost per token: one intra-chunk
 attention plus about ``log2(T/c) / 2 + 1`` reads of ``2 Dk Dv`` (forward; backward twice that).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
-from mcrnn.ops.inputs import all_finite, full_precision, to_compute_dtype
-from mcrnn.ops.linear.chunk import chunk_states, split_chunks
-from mcrnn.ops.linear.parallel import write_streams
-from mcrnn.ops.log.recurrent import FenwickMemoryCache, fenwick_prefill_cache
-from mcrnn.ops.segments import mixing_weights
-from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
+from mcrnn.ops.read.fenwick import fenwick_levels
+from mcrnn.ops.read.segments import mixing_weights
+from mcrnn.ops.spec import MCSpec
 
 
-def fenwick_levels(seq_len: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per token and level: ``active`` [T, n] (bit set), ``start``/``end`` [T, n] of its bucket, and the
-    online level ``low`` [T] (the lowest set bit of ``L = t + 1``)."""
-    length = torch.arange(1, seq_len + 1, device=device)
-    levels = torch.arange(max(seq_len.bit_length(), 1), device=device)
-    active = (length.unsqueeze(1) >> levels) & 1 == 1
-    start = (length.unsqueeze(1) >> (levels + 1)) << (levels + 1)
-    low = (length & -length).log2().round().long()
-    return active, start, start + (1 << levels), low
+class FenwickWrite(Protocol):
+    """What a matrix-memory write rule supplies to :func:`fenwick_read`: its tokens heads-first in chunks of
+    ``c`` tokens (a power of two, :func:`~mcrnn.ops.read.fenwick.fenwick_chunk`), zero-padded at the end."""
+
+    @property
+    def size(self) -> int:
+        """Tokens per chunk ``c``."""
+        ...
+
+    @property
+    def count(self) -> int:
+        """Number of chunks ``n``."""
+        ...
+
+    def chunk_ends(self, restarts: Sequence[int] = ()) -> torch.Tensor:
+        """States [B, H, n, Dk, Dv] at the end of every chunk, restarting from zero at the chunks in
+        ``restarts`` (a restart discards the earlier state, a non-finite one included)."""
+        ...
+
+    def bucket_reads(
+        self,
+        level: torch.Tensor,
+        reads: torch.Tensor,
+        weights: torch.Tensor,
+        last: torch.Tensor,
+        init: str,
+        finite: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The reads of the levels shorter than a chunk, inside each chunk.
+
+        Args:
+            level: [c, c] the level of key ``j``'s bucket for the prefix ending at query ``t``
+                (chunk-relative; -1 where ``j`` is not in a small bucket of ``t``); reads: [B, H, n, c, c]
+                bool, the keys each query reads; weights: [B, H, n, c, s] the aggregation weights of the
+                ``s`` small levels; last: [n, c, s] the chunk-relative end of each query's bucket per small
+                level; finite: whether the inputs are finite (else a key a query does not read must not
+                reach it, even if NaN).
+
+        Returns: ``sum_l g_{t,l} q_t^T (bucket l's in-chunk state)`` [B, H, n, c, Dv] and, for ``checkpoint``,
+        the query [B, H, n, c, Dk] with which token ``t`` reads the state entering its chunk (which every
+        small level's memory holds, decayed to the bucket ends), else None.
+        """
+        ...
 
 
-def log_linear_mc(
+def fenwick_read(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
     u: torch.Tensor,
+    k: torch.Tensor,
+    writes: Sequence[FenwickWrite],
     *,
-    aggregation: str,
-    init: str,
-    top_k: int | None,
-    pooling: str,
-    log_decay: torch.Tensor | None,
-    chunk_size: int = 64,
-    router_keys: torch.Tensor | None = None,
+    spec: MCSpec,
+    finite: bool,
 ) -> torch.Tensor:
-    """MC output [B, T, H, Dv] with Fenwick segmentation for [B, T, H, D] inputs (see module doc); the
-    router pools ``router_keys`` [B, T, H, Dk] (None: the written keys ``k``)."""
+    """MC output [B, T, H, Dv] with the Fenwick segmentation (module doc): the router pools the keys ``k``
+    [B, T, H, Dk] and is queried by ``u`` [B, T, H, Dk]; ``q`` [B, T, H, Dk] reads the states of ``writes``
+    (one per write stream, their reads add up); ``finite``: whether every input is finite."""
     batch, seq_len, heads, _ = q.shape
-    active, start, end, low = fenwick_levels(seq_len, q.device)
+    active, _, end, low = fenwick_levels(seq_len, q.device)
     n_levels = active.shape[1]
-    chunk = min(1 << (chunk_size.bit_length() - 1), 1 << (seq_len - 1).bit_length())
+    chunk = writes[0].size
     visible = active & (torch.arange(n_levels, device=q.device) != low.unsqueeze(1))
     visible = visible.view(1, seq_len, 1, n_levels).expand(batch, -1, heads, -1)
-    heads_first = [None if x is None else x.transpose(1, 2) for x in (q, k, v, log_decay)]
-    chunks = split_chunks(*heads_first, chunk)
 
     def logits() -> tuple[torch.Tensor, torch.Tensor]:
-        u_chunks = chunks.q if u is q else _chunked(u, chunk)
-        keys = k if router_keys is None else router_keys
-        levels = _level_logits(u_chunks, _chunked(keys, chunk), n_levels, pooling, seq_len)
+        levels = _level_logits(_chunked(u, chunk), _chunked(k, chunk), n_levels, spec.pooling, seq_len)
         return levels, levels.gather(-1, low.view(1, -1, 1, 1).expand(batch, -1, heads, 1)).squeeze(-1)
 
-    cached_w, online_w, selected = mixing_weights(visible, logits, aggregation, top_k, q.dtype)
+    cached_w, online_w, selected = mixing_weights(visible, logits, spec.aggregation, spec.top_k, q.dtype)
     online_level = torch.nn.functional.one_hot(low, n_levels).bool().view(1, seq_len, 1, n_levels)
     weights = (cached_w + online_w.unsqueeze(-1) * online_level).permute(0, 2, 1, 3)  # [B, H, T, n]
     # the levels each token reads; the others hold reads of unrelated (possibly later) tokens
@@ -87,8 +116,8 @@ def log_linear_mc(
     if selected is not None:  # ssc: the top_k selected cached levels and the online one
         read_levels = visible & torch.zeros_like(visible).scatter(-1, selected, True) | online_level
     read_levels = read_levels.permute(0, 2, 1, 3)
-    finite = all_finite(q, k, v, log_decay)  # else the exact path: select what each token reads
-    out = _level_reads(chunks, heads_first[0], init, end, weights, read_levels, finite)
+    qh = q.transpose(1, 2)
+    out = sum(_level_reads(write, qh, spec.init, end, weights, read_levels, finite) for write in writes)
     return out.transpose(1, 2)
 
 
@@ -139,59 +168,75 @@ def _level_logits(
     return _tokens(picked, seq_len).transpose(1, 2)
 
 
-def _level_reads(chunks, q, init, end, weights, read_levels, finite) -> torch.Tensor:  # noqa: ANN001
-    """``sum_l g_{t,l} q_t^T S_l(t)`` heads-first, [B, H, T, Dv].
+def _level_reads(
+    write: FenwickWrite,
+    q: torch.Tensor,
+    init: str,
+    end: torch.Tensor,
+    weights: torch.Tensor,
+    read_levels: torch.Tensor,
+    finite: bool,
+) -> torch.Tensor:
+    """``sum_l g_{t,l} q_t^T S_l(t)`` heads-first, [B, H, T, Dv], for the states of one write stream.
 
     Args:
-        chunks: the :class:`~mcrnn.ops.linear.chunk.Chunks` of the heads-first inputs; q: [B, H, T, Dk];
-            end: [T, n] end of each token's bucket per level; weights: [B, H, T, n] the aggregation
-            weights ``g`` (0 where a level is not read); read_levels: [B, H, T, n] the levels each token
-            reads (a state level's read of an unread level holds reads of unrelated, maybe later, tokens,
-            selected away); finite: whether the inputs are all finite (else each read is selected).
+        q: [B, H, T, Dk]; end: [T, n] end of each token's bucket per level; weights: [B, H, T, n] the
+            aggregation weights ``g`` (0 where a level is not read); read_levels: [B, H, T, n] the levels each
+            token reads (a state level's read of an unread level holds reads of unrelated, maybe later,
+            tokens, selected away); finite: whether the inputs are all finite (else each read is selected).
     """
     seq_len = q.shape[2]
-    chunk = chunks.size
-    ends, _ = chunk_states(chunks)  # prefix states at the end of every chunk
+    chunk = write.size
     small = min(chunk.bit_length() - 1, weights.shape[-1])  # levels with blocks shorter than the chunk
     out, entering = _small_levels(
-        chunks, ends, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len, finite
+        write, init, end[:, :small], weights[..., :small], read_levels[..., :small], seq_len, finite
     )
     # the state levels (blocks of 2^j chunks: level small + j) and the entering states (tokens of chunk
     # m + 1 read the prefix state ending chunk m): reader windows (offset, size, period) and gates
-    if small == weights.shape[-1] and (entering is None or chunks.count == 1):
+    has_entering = entering is not None and write.count > 1
+    if small == weights.shape[-1] and not has_entering:
         return out
-    sources, pairs = _state_sources(chunks, ends, init, weights.shape[-1] - small, seq_len)
+    prefix_ends = write.chunk_ends()  # prefix states at the end of every chunk
+    if has_entering:
+        window = ((chunk, chunk, chunk), torch.arange(write.count - 1, device=q.device))
+        out = out + _StateLevelRead.apply(entering, torch.ones_like(q[..., :1]), prefix_ends, [window])
+    if small == weights.shape[-1]:
+        return out
+    sources, pairs = _state_sources(write, prefix_ends, init, weights.shape[-1] - small, seq_len)
     levels = [(((chunk << j) - 1, chunk << j, chunk << (j + 1)), index) for j, index in enumerate(pairs)]
     gates = weights[..., small:]
-    if entering is not None and chunks.count > 1:
-        levels.append(((chunk, chunk, chunk), torch.arange(chunks.count - 1, device=q.device)))
-        gates = torch.cat([gates, entering], -1)
     if finite:
         return out + _StateLevelRead.apply(q, gates, sources, levels)
-    selected = torch.cat([read_levels[..., small:], torch.ones_like(read_levels[..., :1])], -1)
     for column, level in enumerate(levels):  # one level at a time, each selected: NaN * 0 is NaN
         read = _StateLevelRead.apply(q, gates[..., column, None], sources, [level])
-        out = out + torch.where(selected[..., column, None], read, 0.0)
+        out = out + torch.where(read_levels[..., small + column, None], read, 0.0)
     return out
 
 
-def _small_levels(chunks, ends, init, end, weights, read_levels, seq_len, finite) -> torch.Tensor:  # noqa: ANN001
-    """All levels with blocks shorter than the chunk in one intra-chunk attention (see module doc).
+def _small_levels(
+    write: FenwickWrite,
+    init: str,
+    end: torch.Tensor,
+    weights: torch.Tensor,
+    read_levels: torch.Tensor,
+    seq_len: int,
+    finite: bool,
+) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+    """All levels with blocks shorter than the chunk in one intra-chunk read of the write (module doc).
 
     Args:
-        ends: [B, H, n, Dk, Dv] prefix states at the end of every chunk (the next one starts from it);
-            end: [T, s] bucket ends of the ``s`` small levels; weights, read_levels: [B, H, T, s].
+        end: [T, s] bucket ends of the ``s`` small levels; weights, read_levels: [B, H, T, s].
 
-    Returns: the reads [B, H, T, Dv] (a key outside what a token reads never reaches its row, even when
-    non-finite) and, for ``checkpoint``, the weight [B, H, T, 1] of ``q_t^T`` times the state entering
-    t's chunk (decayed to the bucket ends), which every small level's memory holds; else None.
+    Returns: the reads [B, H, T, Dv] (0.0 without small levels; a key outside what a token reads never
+    reaches its row, even when non-finite) and, for ``checkpoint``, the query [B, H, T, Dk] that reads the
+    state entering t's chunk; else None.
     """
-    chunk, n_chunks = chunks.size, chunks.count
+    chunk, n_chunks = write.size, write.count
     n_small = weights.shape[-1]
     if n_small == 0:  # chunks of one token
-        return _tokens(chunks.finite_v.new_zeros(chunks.finite_v.shape), seq_len), None
+        return 0.0, None
     padded = n_chunks * chunk
-    position = torch.arange(chunk, device=chunks.q.device)
+    position = torch.arange(chunk, device=weights.device)
     # level of key b's bucket for the prefix ending at query a; -1 where b > a (not in the prefix) or
     # a is the chunk's last token (its prefix length is a multiple of c: no small level)
     span = (position.unsqueeze(1) + 1) ^ position.unsqueeze(0)
@@ -200,59 +245,18 @@ def _small_levels(chunks, ends, init, end, weights, read_levels, seq_len, finite
     level = level.masked_fill(outside, -1)
     shape = weights.shape[:2] + (n_chunks, chunk, n_small)
     weights = torch.nn.functional.pad(weights, (0, 0, 0, padded - seq_len)).view(shape)
-    index = level.clamp(min=0).expand(shape[:3] + (chunk, chunk))
-    reads = level >= 0  # checkpoint: every level's memory holds the chunk's prefix up to the online end
+    # checkpoint: every level's memory holds the chunk's prefix up to the online end
+    reads = (level >= 0).expand(shape[:3] + (chunk, chunk))
     if init == "independent":  # only the buckets of the levels read (ssc selects some)
         read_levels = read_levels.expand(shape[:2] + (seq_len, n_small))
         read_levels = torch.nn.functional.pad(read_levels, (0, 0, 0, padded - seq_len)).view(shape)
-        reads = reads & read_levels.gather(-1, index)
-    if chunks.cum is None:  # W[a, b]: the weight of b's level, or (checkpoint) of every level <= it
-        table = weights.cumsum(-1) if init == "checkpoint" else weights
-        mix = table.gather(-1, index).masked_fill(~reads, 0.0)
-        entering = table[..., -1:] if init == "checkpoint" else None
-    else:
-        token = torch.arange(seq_len, device=end.device).unsqueeze(1)
-        relative = torch.minimum(end - 1, token) - token // chunk * chunk  # unread levels: never past t
-        last = torch.nn.functional.pad(relative.clamp(min=0), (0, 0, 0, padded - seq_len))
-        last = last.view(n_chunks, chunk, n_small)  # chunk-relative end of each small bucket
-        cum_last = chunks.cum.gather(-1, last.flatten(1).expand(shape[:2] + (n_chunks, chunk * n_small)))
-        cum_last = cum_last.view(shape)  # [B, H, n, c, s] cumulative log decay at each bucket's end
-        mix = 0.0
-        for lvl in range(n_small):
-            in_memory = reads & ((level >= lvl) if init == "checkpoint" else (level == lvl))
-            exponent = cum_last[..., lvl, None] - chunks.cum.unsqueeze(-2)
-            exponent = exponent.masked_fill(~in_memory, float("-inf"))
-            mix = mix + weights[..., lvl, None] * exponent.exp()
-        entering = (weights * cum_last.exp()).sum(-1, keepdim=True) if init == "checkpoint" else None
-    if finite:
-        out = _WeightedAttention.apply(chunks.scores, mix, chunks.finite_v)
-    else:  # a NaN/Inf outside what a token reads never reaches it; inside, its entries are NaN
-        out = _WeightedAttention.apply(chunks.scores.masked_fill(~reads, 0.0), mix, chunks.finite_v)
-        if chunks.nonfinite_v is not None:
-            hits = reads.to(chunks.nonfinite_v.dtype) @ chunks.nonfinite_v
-            out = out.masked_fill(hits > 0, float("nan"))
+        reads = reads & read_levels.gather(-1, level.clamp(min=0).expand(shape[:3] + (chunk, chunk)))
+    token = torch.arange(seq_len, device=end.device).unsqueeze(1)
+    relative = torch.minimum(end - 1, token) - token // chunk * chunk  # unread levels: never past t
+    last = torch.nn.functional.pad(relative.clamp(min=0), (0, 0, 0, padded - seq_len))
+    last = last.view(n_chunks, chunk, n_small)
+    out, entering = write.bucket_reads(level, reads, weights, last, init, finite)
     return _tokens(out, seq_len), None if entering is None else _tokens(entering, seq_len)
-
-
-class _WeightedAttention(torch.autograd.Function):
-    """``(S * W) @ V`` per chunk, saving ``S``, ``W``, ``V`` but not the product (recomputed in backward):
-    ``dV = (S * W)^T dy``, ``dS = (dy V^T) * W``, ``dW = (dy V^T) * S``.
-
-    Inputs: ``scores`` and ``mix`` [B, H, n, c, c], ``v`` [B, H, n, c, Dv]. Output [B, H, n, c, Dv].
-    """
-
-    @staticmethod
-    def forward(ctx, scores, mix, v):  # noqa: ANN001 - autograd signature
-        ctx.save_for_backward(scores, mix, v)
-        return (scores * mix) @ v
-
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001
-        scores, mix, v = ctx.saved_tensors
-        grad_out = grad_out.contiguous()  # arrives as a view of [B, T, H, Dv]: one copy, not one per matrix
-        grad_weighted = grad_out @ v.transpose(-1, -2)
-        grad_v = (scores * mix).transpose(-1, -2) @ grad_out
-        return grad_weighted * mix, grad_weighted * scores, grad_v
 
 
 def _tokens(x: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -262,7 +266,9 @@ def _tokens(x: torch.Tensor, seq_len: int) -> torch.Tensor:
     return x if x.shape[2] == seq_len else x[:, :, :seq_len]
 
 
-def _state_sources(chunks, prefix_ends, init, n_levels, seq_len) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+def _state_sources(
+    write: FenwickWrite, prefix_ends: torch.Tensor, init: str, n_levels: int, seq_len: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """States of the levels whose blocks are whole chunks, and which one each pair of blocks reads.
 
     At level ``l`` the tokens of a pair of blocks read the state of its even block: the prefix state
@@ -272,15 +278,15 @@ def _state_sources(chunks, prefix_ends, init, n_levels, seq_len) -> tuple[torch.
     Returns: ``sources`` [B, H, N, Dk, Dv] and per level (blocks of ``2^j`` chunks, ``j < n_levels``)
     the index into ``N`` of every pair, [ceil((T + 1) / 2^(l+1))] long.
     """
-    n_chunks = chunks.count
+    n_chunks = write.count
     sources, pairs = [], []
     offset = 0
     for level in range(n_levels):
-        pair_tokens = chunks.size << (level + 1)
-        pair = torch.arange(-(-(seq_len + 1) // pair_tokens), device=chunks.q.device)
+        pair_tokens = write.size << (level + 1)
+        pair = torch.arange(-(-(seq_len + 1) // pair_tokens), device=prefix_ends.device)
         last_chunk = (((pair * 2 + 1) << level) - 1).clamp(max=n_chunks - 1)  # the even block's last
         if init == "independent":
-            block_ends, _ = chunk_states(chunks, range(0, n_chunks, 1 << level))
+            block_ends = write.chunk_ends(range(0, n_chunks, 1 << level))
             sources.append(block_ends[:, :, last_chunk])
             pairs.append(offset + pair)
             offset += pair.numel()
@@ -362,49 +368,3 @@ def _readers(x: torch.Tensor, offset: int, size: int, period: int) -> list[tuple
     if seq_len > start:
         views.append((whole, x[:, :, start : start + size].unsqueeze(2)))
     return views
-
-
-def chunk_log_mc(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor | None = None,
-    *,
-    spec: MCSpec,
-    log_decay: torch.Tensor | None = None,
-    prev_gate: torch.Tensor | None = None,
-    cur_gate: torch.Tensor | None = None,
-    output_cache: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, FenwickMemoryCache | None]:
-    """Parallel MC with the log segmentation (``linear``, or ``swla`` when its gates ``prev_gate``,
-    ``cur_gate`` [B, T, H] are given; inputs as in :func:`mcrnn.ops.memory_caching`, not re-checked):
-    ``o`` [B, T, H, Dv] in ``q``'s dtype and, with ``output_cache``, the decoding cache."""
-    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
-    (q_c, k, v, u), gates, _ = to_compute_dtype(q, k, v, u, gates)
-    memory = "linear" if gates["cur_gate"] is None else "swla"
-    streams = write_streams(k, v, memory, gates["prev_gate"], gates["cur_gate"], [k.shape[1]], spec.init)
-    log_decay = gates["log_decay"]
-    with full_precision(q.device):
-        out = sum(
-            log_linear_mc(
-                q_c,
-                keys,
-                values,
-                u,
-                aggregation=spec.aggregation,
-                init=spec.init,
-                top_k=spec.top_k,
-                pooling=spec.pooling,
-                log_decay=log_decay,
-                chunk_size=chunk_size,
-                router_keys=k,
-            )  # fmt: skip
-            for keys, values in streams
-        )
-    cache = None
-    if output_cache:
-        cache = fenwick_prefill_cache(spec, k, v, log_decay, streams=streams)
-        if memory == "swla":
-            cache = replace(cache, memory="swla", prev_key=k[:, -1], prev_value=v[:, -1])
-    return out.to(q.dtype), cache

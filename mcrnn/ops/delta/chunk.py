@@ -12,8 +12,8 @@ so ``W = W_1 - W_2 S`` with ``[W_1 | W_2] = (I + A)^{-1} [diag(b) V | diag(b gam
 ``S' = (gamma_c I - K~^T W_2) S + K~^T W_1`` with ``K~_j = (gamma_c / gamma_j) k_j``. Everything but this
 chunk-to-chunk recurrence is batched over chunks; the recurrence is a loop over chunks (one small
 matmul each). Chunks never straddle a segment; ``init="independent"`` restarts ``S = 0`` at every
-segment start. The cached states (segment ends) are read by the matrix-memory machinery of
-:mod:`mcrnn.ops.linear` (dense or ``ssc``-selected reads), exactly as for ``linear``.
+segment start. The cached states (segment ends) are read by the shared read side
+(:mod:`mcrnn.ops.read.matrix`: dense or ``ssc``-selected reads), exactly as for ``linear``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from dataclasses import replace
 
 import torch
 
-from mcrnn.ops.inputs import to_compute_dtype
-from mcrnn.ops.linear.chunk import chunk_size_for
-from mcrnn.ops.linear.parallel import heads_first, mix_cached_reads, prefill_cache
-from mcrnn.ops.linear.recurrent import MatrixMemoryCache
-from mcrnn.ops.log import FenwickMemoryCache, chunk_log_mc
+from mcrnn.ops.inputs import full_precision, to_compute_dtype
+from mcrnn.ops.linear.chunk import chunk_size_for, heads_first, log_linear_mc
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_prefill_cache
+from mcrnn.ops.read.matrix import mix_cached_reads
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, prefill_cache
 from mcrnn.ops.spec import DEFAULT_CHUNK_SIZE, MCSpec
 
 
@@ -48,9 +48,9 @@ def chunk_delta_mc(
     """Parallel MC over a delta-rule memory (inputs as :func:`mcrnn.ops.memory_caching`, not re-checked).
 
     ``y_t = g_{t,s} q_t^T M_t + sum_{i < s} g_{t,i} q_t^T M(i)`` with the weights of
-    :func:`~mcrnn.ops.segments.router_gates` and the segments of ``spec``. With the log segmentation
+    :func:`~mcrnn.ops.read.segments.router_gates` and the segments of ``spec``. With the log segmentation
     (``init="checkpoint"``) every bucket state is a prefix state ``M_t = a_t M_{t-1} + k_t w_t^T``, so
-    the Fenwick reads of :func:`mcrnn.ops.log.chunk_log_mc` run on the pseudo-values ``w_t``.
+    the Fenwick read of :func:`mcrnn.ops.linear.chunk.log_linear_mc` runs on the pseudo-values ``w_t``.
 
     Args:
         q, k, u: [B, T, H, Dk] (``u`` None: ``u = q``); v: [B, T, H, Dv].
@@ -67,11 +67,13 @@ def chunk_delta_mc(
     qh, kh, vh, beta_h = heads_first(qc), heads_first(kc), heads_first(vc), gates["beta"].transpose(1, 2)
     if spec.kind == "log":  # checkpoint: every bucket state is a prefix state of the delta rule
         _, _, pseudo_v = chunk_delta(qh, kh, vh, beta_h, decay_h, [q.shape[1]], "checkpoint", chunk_size)
-        out, cache = chunk_log_mc(
-            qc, kc, pseudo_v.transpose(1, 2), uc, spec=spec, log_decay=log_decay,
-            output_cache=output_cache, chunk_size=chunk_size,
-        )  # fmt: skip
-        return out.to(q.dtype), None if cache is None else replace(cache, memory=memory)
+        streams = [(kc, pseudo_v.transpose(1, 2))]
+        with full_precision(q.device):
+            out = log_linear_mc(qc, uc, kc, streams, log_decay, spec=spec, chunk_size=chunk_size)
+        cache = None
+        if output_cache:
+            cache = replace(fenwick_prefill_cache(spec, kc, streams[0][1], log_decay), memory=memory)
+        return out.to(q.dtype), cache
     lengths = spec.lengths(q.shape[1])
     online, states, _ = chunk_delta(qh, kh, vh, beta_h, decay_h, lengths, spec.init, chunk_size)
     out = mix_cached_reads(qh, uc, kc, online, states, lengths, spec)

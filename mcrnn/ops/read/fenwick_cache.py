@@ -8,14 +8,14 @@ the buckets smaller than ``2^j`` (the online one included) with the token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from mcrnn.ops.cache import MemoryCache
-from mcrnn.ops.linear.recurrent import token_write
-from mcrnn.ops.log.buckets import fenwick_buckets
-from mcrnn.ops.segments import mixing_weights
+from mcrnn.ops.read.fenwick import fenwick_buckets
+from mcrnn.ops.read.matrix_cache import decayed
+from mcrnn.ops.read.segments import mixing_weights
 from mcrnn.ops.spec import MCSpec
 
 
@@ -26,8 +26,9 @@ class FenwickMemoryCache(MemoryCache):
     Attributes (besides ``spec`` and ``position``, see :mod:`mcrnn.ops.cache`):
         online: [B, H, Dk, Dv]; online_key_sum: [B, H, Dk]; online_size: tokens in the online bucket.
         cached: [B, n, H, Dk, Dv]; cached_key_sums: [B, n, H, Dk]; cached_sizes: bucket sizes.
-        cached_log_decay: [B, n, H] cumulative log decay at each cached bucket's end.
-        log_decay_total: [B, H] cumulative log decay after the last token.
+        cached_log_decay: [B, n, H] cumulative log decay at each cached bucket's end ([B, n, H, Dk] for a
+            per-key-channel decay).
+        log_decay_total: [B, H] ([B, H, Dk]) cumulative log decay after the last token.
         memory: ``linear``, ``swla`` (buckets hold both write streams), or a delta-rule memory whose
             pseudo-values the buckets hold (:mod:`mcrnn.ops.delta`).
         prev_key, prev_value: [B, H, Dk], [B, H, Dv] the last token (``swla`` only, else None).
@@ -47,11 +48,19 @@ class FenwickMemoryCache(MemoryCache):
 
     @classmethod
     def empty(
-        cls, spec: MCSpec, batch: int, heads: int, key_dim: int, value_dim: int, dtype: torch.dtype,
+        cls,
+        spec: MCSpec,
+        batch: int,
+        heads: int,
+        key_dim: int,
+        value_dim: int,
+        dtype: torch.dtype,
         device: torch.device,
-    ) -> FenwickMemoryCache:  # fmt: skip
-        """Cache before the first token."""
+        channel_decay: bool = False,
+    ) -> FenwickMemoryCache:
+        """Cache before the first token (``channel_decay``: the decay is per key channel, [B, H, Dk])."""
         zeros = torch.zeros
+        decay_dims = (heads, key_dim) if channel_decay else (heads,)
         return cls(
             spec=spec,
             position=0,
@@ -61,8 +70,8 @@ class FenwickMemoryCache(MemoryCache):
             cached=zeros(batch, 0, heads, key_dim, value_dim, dtype=dtype, device=device),
             cached_key_sums=zeros(batch, 0, heads, key_dim, dtype=dtype, device=device),
             cached_sizes=[],
-            cached_log_decay=zeros(batch, 0, heads, dtype=dtype, device=device),
-            log_decay_total=zeros(batch, heads, dtype=dtype, device=device),
+            cached_log_decay=zeros(batch, 0, *decay_dims, dtype=dtype, device=device),
+            log_decay_total=zeros(batch, *decay_dims, dtype=dtype, device=device),
         )
 
     @property
@@ -73,52 +82,20 @@ class FenwickMemoryCache(MemoryCache):
         return tuple(self.online.shape)
 
 
-def recurrent_log_mc(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor | None,
-    cache: FenwickMemoryCache,
-    *,
-    log_decay: torch.Tensor | None = None,
-    prev_gate: torch.Tensor | None = None,
-    cur_gate: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, FenwickMemoryCache]:
-    """Continue ``cache`` over [B, T, H, D] inputs token by token (``u`` None: ``u = q``; ``swla``: its
-    gates [B, T, H], writing ``l_t k_t v_t^T + b_t k_{t-1} v_{t-1}^T``); returns ``o`` [B, T, H, Dv] and
-    a new cache."""
-    u = q if u is None else u
-    outputs = []
-    for t in range(q.shape[1]):
-        step_decay = None if log_decay is None else log_decay[:, t]
-        write = None
-        if cur_gate is not None:
-            write = token_write(
-                k[:, t], v[:, t], cur_gate[:, t], prev_gate[:, t], cache.prev_key, cache.prev_value
-            )
-        y, cache = fenwick_step(q[:, t], k[:, t], v[:, t], u[:, t], cache, log_decay=step_decay, write=write)
-        if cur_gate is not None:
-            cache = replace(cache, memory="swla", prev_key=k[:, t], prev_value=v[:, t])
-        outputs.append(y)
-    return torch.stack(outputs, dim=1), cache
-
-
 def fenwick_step(
     q: torch.Tensor,
     k: torch.Tensor,
-    v: torch.Tensor,
     u: torch.Tensor,
     cache: FenwickMemoryCache,
     *,
+    write: torch.Tensor,
     log_decay: torch.Tensor | None,
-    write: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FenwickMemoryCache]:
-    """One token of Fenwick-segmented MC over a linear memory (q, k, u: [B, H, Dk]; v: [B, H, Dv];
-    log_decay: [B, H] or None; ``write`` [B, H, Dk, Dv] the token's write, None: ``k v^T``; the router
-    pools ``k``). Returns ``y`` [B, H, Dv] and a new cache."""
+    """One token of Fenwick-segmented MC over a matrix memory: the binary-counter merge,
+    ``M_t = a_t M + write`` and the aggregated read (q, k, u: [B, H, Dk]; ``write`` [B, H, Dk, Dv] the
+    token's write, the family's rule; log_decay: [B, H] or None; the router pools ``k``). Returns ``y``
+    [B, H, Dv] and a new cache (the one passed in is not modified)."""
     spec = cache.spec
-    if write is None:
-        write = k.unsqueeze(-1) * v.unsqueeze(-2)
     step_log_decay = torch.zeros_like(k[..., 0]) if log_decay is None else log_decay
     length = cache.position + 1
     merged_size = length & -length  # the new online bucket's size, 2^j
@@ -136,10 +113,10 @@ def fenwick_step(
         keep = sum(size >= merged_size for size in sizes)
         if spec.init == "independent":
             decay_to_now = (cache.log_decay_total.unsqueeze(1) - ends[:, keep:]).exp()
-            online = online + (decay_to_now[..., None, None] * cached[:, keep:]).sum(1)
+            online = online + decayed(cached[:, keep:], decay_to_now).sum(1)
         key_sum = key_sum + key_sums[:, keep:].sum(1)
         cached, key_sums, ends, sizes = cached[:, :keep], key_sums[:, :keep], ends[:, :keep], sizes[:keep]
-    online = step_log_decay.exp()[..., None, None] * online + write
+    online = decayed(online, step_log_decay.exp()) + write
     new_cache = FenwickMemoryCache(
         spec=spec,
         position=length,
@@ -185,12 +162,16 @@ def fenwick_prefill_cache(
 
     Bucket ``[s, e)`` sums its writes decayed to its end, ``W = sum_i exp(G_{e-1} - G_i) k_i v_i^T``
     (``G`` the cumulative log decay); under ``checkpoint`` the state chains across buckets,
-    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``. ``streams``: the (key, value) write streams whose
-    writes add up (None: ``[(k, v)]``); the router key sums are always of ``k``.
+    ``P_b = exp(G_{e-1} - G_{s-1}) P_{b-1} + W_b``. ``log_decay``: [B, T, H] (per head), [B, T, H, Dk] (per
+    key channel: ``exp(G)`` scales the keys channel by channel) or None. ``streams``: the (key, value) write
+    streams whose writes add up (None: ``[(k, v)]``); the router key sums are always of ``k``.
     """
     streams = [(k, v)] if streams is None else streams
     batch, seq_len, heads, key_dim = k.shape
-    cache = FenwickMemoryCache.empty(spec, batch, heads, key_dim, v.shape[-1], k.dtype, k.device)
+    channel_decay = log_decay is not None and log_decay.dim() == 4
+    cache = FenwickMemoryCache.empty(
+        spec, batch, heads, key_dim, v.shape[-1], k.dtype, k.device, channel_decay=channel_decay
+    )
     cum = torch.zeros(batch, seq_len, heads, dtype=k.dtype, device=k.device)
     if log_decay is not None:
         cum = log_decay.cumsum(1)
@@ -198,13 +179,14 @@ def fenwick_prefill_cache(
     previous = None
     buckets = fenwick_buckets(seq_len)
     for start, end in buckets:
-        weight = (cum[:, end - 1 : end] - cum[:, start:end]).exp()  # [B, n, H]
+        weight = (cum[:, end - 1 : end] - cum[:, start:end]).exp()  # [B, n, H] or [B, n, H, Dk]
+        weight = weight if channel_decay else weight.unsqueeze(-1)
         state = sum(
-            torch.einsum("bnhk,bnhv->bhkv", keys[:, start:end] * weight.unsqueeze(-1), values[:, start:end])
+            torch.einsum("bnhk,bnhv->bhkv", keys[:, start:end] * weight, values[:, start:end])
             for keys, values in streams
         )
         if spec.init == "checkpoint" and previous is not None:
-            state = state + (cum[:, end - 1] - cum[:, start - 1]).exp()[..., None, None] * previous
+            state = state + decayed(previous, (cum[:, end - 1] - cum[:, start - 1]).exp())
         previous = state
         states.append(state)
         key_sums.append(k[:, start:end].sum(1))
