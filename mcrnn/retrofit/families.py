@@ -18,9 +18,16 @@ A host layer is recognised by the module-level function its ``forward`` calls fo
 
   i.e. mcrnn's ``linear`` memory with ``q = C``, ``k = dt B`` (groups repeated to heads), ``v = x``,
   ``log_decay = dt A``; the ``D`` skip is added after the read (the gate and norm stay the host's).
+- ``kda``: ``chunk_kimi_delta_attention`` / ``recurrent_kimi_delta_attention`` (Kimi Linear's KDA),
+  the gated delta rule with a per-key-channel decay ``g`` [B, T, H, Dk]::
+
+      S_t = (I - b_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + b_t k_t v_t^T
+
+  i.e. mcrnn's ``kda`` memory (``log_decay = g``, ``beta = b``), q and k prepared as for the gated delta
+  rule (no GVA in these hosts).
 
 Each family has ONE function that calls :func:`mcrnn.ops.memory_caching` (:func:`delta_read`,
-:func:`ssd_read`), so a change of the op's keywords is made in one place.
+:func:`ssd_read`, :func:`kda_read`), so a change of the op's keywords is made in one place.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ GATED_DELTANET = Family(
     "gated_deltanet", "gated_deltanet", ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule")
 )
 MAMBA2 = Family("mamba2", "linear", ("mamba2_scan_forward",), ("mamba2_split_conv1d_scan_combined",))
-FAMILIES = (GATED_DELTANET, MAMBA2)
+KDA = Family("kda", "kda", ("chunk_kimi_delta_attention", "recurrent_kimi_delta_attention"))
+FAMILIES = (GATED_DELTANET, MAMBA2, KDA)
 
 
 def host_forward(module: nn.Module) -> Callable | None:
@@ -178,4 +186,31 @@ def ssd_read(
     return out if output_cache else (out, None)
 
 
-READS = {GATED_DELTANET.name: delta_read, MAMBA2.name: ssd_read}
+def kda_read(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor | None,
+    gates: dict[str, torch.Tensor],
+    spec: MCSpec,
+    cache: MemoryCache | None,
+    output_cache: bool,
+) -> tuple[torch.Tensor, MemoryCache | None]:
+    """MC over Kimi Linear's KDA (``log_decay`` [B, T, H, Dk], one per key channel)."""
+    out = memory_caching(
+        q,
+        k,
+        v,
+        u,
+        spec=spec,
+        memory="kda",
+        log_decay=gates["log_decay"],
+        beta=gates["beta"],
+        cache=cache,
+        output_cache=output_cache,
+        check_inputs=False,
+    )
+    return out if output_cache else (out, None)
+
+
+READS = {GATED_DELTANET.name: delta_read, MAMBA2.name: ssd_read, KDA.name: kda_read}

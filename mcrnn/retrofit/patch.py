@@ -22,6 +22,7 @@ from mcrnn.layers.mc_attention import MemoryCachingAttention
 from mcrnn.ops import MCSpec
 from mcrnn.retrofit.families import (
     GATED_DELTANET,
+    KDA,
     READS,
     Family,
     delta_inputs,
@@ -186,6 +187,8 @@ def router_shape(layer: nn.Module, family: Family) -> tuple[int, int, int]:
     """``(hidden, heads, key_dim)`` of the layer's MC read (value heads for the gated delta rule)."""
     if family is GATED_DELTANET:
         return layer.hidden_size, layer.num_v_heads, layer.head_k_dim
+    if family is KDA:
+        return layer.hidden_size, layer.num_heads, layer.head_dim
     return layer.hidden_size, layer.num_heads, layer.ssm_state_size
 
 
@@ -193,7 +196,7 @@ def install(layer: nn.Module, family: Family, layer_idx: int, spec: MCSpec, rout
     """Give ``layer`` the MC read (an instance ``forward``; a ``mc_router`` child for ``learned``)."""
     raw = host_forward(layer)
     retrofit = LayerRetrofit(family, layer_idx, spec, router)
-    make = _delta_core if family is GATED_DELTANET else _ssd_core
+    make = _ssd_core if family.name == "mamba2" else _delta_core
     replaced = {name: make(layer, retrofit, raw.__globals__[name]) for name in family.cores}
     replaced.update(dict.fromkeys(family.fused, _declined))
     retrofit.forward_globals = {**raw.__globals__, **replaced}

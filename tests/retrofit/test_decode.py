@@ -22,6 +22,7 @@ FAMILIES = [
     "falcon_h1",
     "granitemoehybrid",
     "nemotron_h",
+    "kimi_linear",
 ]
 SPECS = [
     {"segment_size": 8, "aggregation": "grm"},

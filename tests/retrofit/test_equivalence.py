@@ -3,7 +3,7 @@ op (the naive token-loop definition, float64) on the q, k, v and gates the host 
 
 import pytest
 import torch
-from tiny import CONFIGS, DELTA_FAMILIES, logits, tiny_model
+from tiny import CONFIGS, DELTA_FAMILIES, KDA_FAMILIES, logits, tiny_model
 
 import mcrnn.retrofit.families as families
 from mcrnn.ops import memory_caching
@@ -61,7 +61,7 @@ def _capture(monkeypatch, family, layer):
     return seen
 
 
-@pytest.mark.parametrize("name", ["qwen3_5_text", "olmo_hybrid", "mamba2", "bamba"])
+@pytest.mark.parametrize("name", ["qwen3_5_text", "olmo_hybrid", "mamba2", "bamba", "kimi_linear"])
 @pytest.mark.parametrize("options", SPECS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 @pytest.mark.parametrize("router", ["query", "learned"])
 def test_read_is_the_op_on_the_layers_inputs(monkeypatch, name, options, router):
@@ -75,7 +75,7 @@ def test_read_is_the_op_on_the_layers_inputs(monkeypatch, name, options, router)
         if hasattr(module, "mc_router"):
             torch.nn.init.normal_(module.mc_router.proj.weight, std=0.5)
             torch.nn.init.ones_(module.mc_router.gate)
-    family = "gated_deltanet" if name in DELTA_FAMILIES else "mamba2"
+    family = "gated_deltanet" if name in DELTA_FAMILIES else "kda" if name in KDA_FAMILIES else "mamba2"
     layer = supported_layers(model)[0][0]
     seen = _capture(monkeypatch, family, layer)
     logits(model, IDS)
@@ -83,7 +83,7 @@ def test_read_is_the_op_on_the_layers_inputs(monkeypatch, name, options, router)
     assert q.dtype == torch.float64 and spec.to_dict()["aggregation"] == options["aggregation"]
     if router == "query":
         assert u is q  # u_t = q_t as the host reads with it
-    memory = "gated_deltanet" if family == "gated_deltanet" else "linear"
+    memory = {"gated_deltanet": "gated_deltanet", "kda": "kda", "mamba2": "linear"}[family]
     # check_inputs=False: OLMo-hybrid (allow_neg_eigval) writes with beta in [0, 2], where the op asks [0, 1]
     options = {"spec": spec, "memory": memory, "backend": "naive", "check_inputs": False}
     expected = memory_caching(q, k, v, u, **options, **gates)

@@ -23,7 +23,7 @@ def _mcrnn_model():
     return MCForCausalLM(MCConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2)).eval()
 
 
-FAMILIES = ["qwen3_5_text", "qwen3_next", "olmo_hybrid", "mamba2", "falcon_h1", "mcrnn"]
+FAMILIES = ["qwen3_5_text", "qwen3_next", "olmo_hybrid", "mamba2", "falcon_h1", "kimi_linear", "mcrnn"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)

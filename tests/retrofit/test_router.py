@@ -11,7 +11,7 @@ IDS = torch.randint(2, VOCAB, (2, 29), generator=torch.Generator().manual_seed(2
 SEGMENTS = [{"segment_size": 1}, {"segment_size": 3}, {"segment_size": 8}, {"segmentation": "log"}, {}]
 
 
-@pytest.mark.parametrize("name", ["qwen3_5_text", "qwen3_next", "mamba2", "falcon_h1"])
+@pytest.mark.parametrize("name", ["qwen3_5_text", "qwen3_next", "mamba2", "falcon_h1", "kimi_linear"])
 @pytest.mark.parametrize("segments", SEGMENTS, ids=str)
 @pytest.mark.parametrize("aggregation", ["grm", "ssc"])
 def test_learned_router_is_the_identity_at_init(name, segments, aggregation):

@@ -56,6 +56,18 @@ CONFIGS = {
         "num_local_experts": 2,
         "num_experts_per_tok": 1,
     },
+    "kimi_linear": {
+        "linear_num_heads": 4,
+        "linear_head_dim": 8,
+        "layer_types": ["linear_attention", "full_attention"],
+        "mlp_layer_types": ["dense", "dense"],
+        "num_key_value_heads": 2,
+        "q_lora_rank": None,
+        "kv_lora_rank": 16,
+        "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8,
+        "v_head_dim": 8,
+    },
     "nemotron_h": {
         "mamba_num_heads": 4,
         "mamba_head_dim": 16,
@@ -68,6 +80,7 @@ CONFIGS = {
     },
 }
 DELTA_FAMILIES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "olmo_hybrid")
+KDA_FAMILIES = ("kimi_linear",)
 SSD_FAMILIES = ("mamba2", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h")
 
 
