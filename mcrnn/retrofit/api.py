@@ -21,7 +21,7 @@ MCRNN_CONFIG = "_mcrnn_retrofit_config"
 ROUTERS = ("query", "learned")
 SUPPORTED = (
     "gated DeltaNet (qwen3_5, qwen3_5_moe, qwen3_next, olmo_hybrid), Mamba2 mixers (mamba2, bamba, "
-    "falcon_h1, nemotron_h, granitemoehybrid, zamba2), mcrnn MemoryCachingAttention"
+    "falcon_h1, nemotron_h, granitemoehybrid, zamba2), KDA (kimi_linear), mcrnn MemoryCachingAttention"
 )
 
 
