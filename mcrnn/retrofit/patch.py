@@ -20,6 +20,7 @@ from torch import nn
 
 from mcrnn.layers.mc_attention import MemoryCachingAttention
 from mcrnn.ops import MCSpec
+from mcrnn.ops.spec import check_memory
 from mcrnn.retrofit.families import (
     GATED_DELTANET,
     KDA,
@@ -238,8 +239,6 @@ def reinstate(model: nn.Module) -> None:
 
 def install_mcrnn(layer: MemoryCachingAttention, spec: MCSpec, router: str) -> None:
     """An mcrnn MC layer: its spec is set (and, for ``router="query"``, its router projection set aside)."""
-    from mcrnn.ops.spec import check_memory
-
     previous = {"spec": layer.spec, "chunk_size": layer.chunk_size, "u_proj": layer.u_proj}
     layer.chunk_size = check_memory(spec, layer.memory, layer.chunk_size if layer.deep is not None else None)
     layer.spec = spec
