@@ -190,6 +190,8 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
     plot_lines(plot, series, title=title, xlabel="length", ylabel="accuracy")
     s = results[0]["settings"]
     gates = [g for r in results for g in r["metrics"].get("router_gates", [])]
+    changes = [series[v][n] - series["none"][n] for v in VARIANTS if v != "none" for n in lengths]
+    largest = max(changes, key=abs, default=0.0)
     return [
         f"MQAR accuracy (held out; {s['num_pairs']} pairs, vocabulary {s['vocab_size']}) of a Qwen3.5-style "
         f"gated DeltaNet model ({s['layers']} layers, width {s['width']}) trained without caching at "
@@ -198,6 +200,7 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
         f"backbone frozen):\n",
         format_table(rows, ["read", *(f"T={n}" for n in lengths)]),
         "",
+        f"Largest change of the mean accuracy from `none` over every variant and length: {largest:+.3f}. "
         f"Learned gates gamma after training (per head, all runs): min {min(gates, default=0):.3f}, "
         f"max {max(gates, default=0):.3f}.\n",
         f"![retrofit]({relative(plot, page_dir)})\n",
