@@ -65,9 +65,7 @@ class LayerRetrofit:
     ) -> torch.Tensor:
         """The MC read [B, T, H, Dv] of the prepared inputs, continuing the MC state on the host cache."""
         call = self.call
-        u = {"query": q, "average": None}.get(self.router)
-        if self.router == "learned":
-            u = getattr(layer, ROUTER).queries(call.x, q.dtype)
+        u = q if self.router == "query" else getattr(layer, ROUTER).queries(call.x, q.dtype)
         store = memory_store(call.cache) if call.cache is not None else None
         state = store.get(self.layer_idx) if store is not None else None
         rows = None
@@ -114,7 +112,8 @@ class LayerRetrofit:
 
 
 def _delta_core(layer: nn.Module, retrofit: LayerRetrofit, host_core: Callable) -> Callable:
-    """Replacement of the host's ``torch_{chunk,recurrent}_gated_delta_rule`` for ``layer``."""
+    """Replacement of the host's ``torch_{chunk,recurrent}_gated_delta_rule`` (or KDA's
+    ``{chunk,recurrent}_kimi_delta_attention``, same signature) for ``layer``."""
 
     def core(
         query: torch.Tensor,
