@@ -55,7 +55,12 @@ def test_generate_greedy_sampling_and_beams_equal_runs_without_cache(name, monke
     model = add_memory_caching(tiny_model(name), segment_size=4, aggregation="grm")
     prompt = IDS[:1, :7]
     options = {"max_new_tokens": 12, "pad_token_id": 0, "eos_token_id": None}
-    modes = ({"do_sample": False}, {"do_sample": True, "top_k": 0}, {"num_beams": 3, "do_sample": False})
+    modes = (
+        {"do_sample": False},
+        {"do_sample": True, "top_k": 0},
+        {"do_sample": True, "num_return_sequences": 3},
+        {"num_beams": 3, "do_sample": False},
+    )
     for kwargs in modes:
         runs = []
         for use_cache in (True, False):
@@ -67,6 +72,8 @@ def test_generate_greedy_sampling_and_beams_equal_runs_without_cache(name, monke
     monkeypatch.setattr(state, "_apply", lambda cache, change: (reorders.append(1), apply(cache, change)))
     model.generate(prompt, num_beams=3, do_sample=False, **options)
     assert reorders  # the host cache's reorder_cache moved the MC state too
+    with pytest.raises(NotImplementedError, match="crop .* is not supported with memory caching"):
+        model.generate(prompt, prompt_lookup_num_tokens=2, **options)  # assisted decoding crops the cache
 
 
 @pytest.mark.parametrize("name", ["qwen3_5_text", "mamba2", "falcon_h1"])
