@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mcrnn.eval.cli", "evaluate a trained model (MQAR, S-NIAH, perplexity, extrapolation)"),
     "demo": ("mcrnn.eval.demo", "train tiny models on MQAR and show MC closing the recall gap"),
     "experiment": ("mcrnn.eval.experiments.cli", "reproducible experiments with a results page"),
+    "retrofit": ("mcrnn.retrofit.cli", "add Memory Caching to a saved transformers or mcrnn model folder"),
 }
 
 

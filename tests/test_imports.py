@@ -61,6 +61,7 @@ LEVELS = {
     "_registration": 3,
     "__init__": 3,
     "data": 4,
+    "retrofit": 4,
     "train": 5,
     "eval": 6,
     "bench": 6,

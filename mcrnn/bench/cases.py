@@ -7,7 +7,9 @@ A case is a JSON-able dict ``{"kind": ..., "seq_len": ..., ...}``:
 - ``sdpa``: causal ``scaled_dot_product_attention`` with the same B, H, D;
 - ``layer``: :class:`mcrnn.layers.MemoryCachingAttention` (``options`` passed through);
 - ``peer``: the public ``memory-caching`` 0.1.0 package's ``MemoryCachingLayer`` (per-token loop);
-- ``titans_pytorch``: ``titans-pytorch``'s ``NeuralMemory`` (see :mod:`mcrnn.bench.deep`).
+- ``titans_pytorch``: ``titans-pytorch``'s ``NeuralMemory`` (see :mod:`mcrnn.bench.deep`);
+- ``retrofit``: a transformers Qwen3.5 gated DeltaNet layer, with or without MC, forward only
+  (see :mod:`mcrnn.bench.retrofit`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 def build(case: dict[str, Any]) -> tuple[Callable[[], None], int]:
     """Return ``(step, tokens)`` for one case; ``step()`` runs forward and backward once."""
     from mcrnn.bench.deep import build_titans_pytorch
+    from mcrnn.bench.retrofit import build_retrofit
 
     builders = {
         "op": _op,
@@ -29,6 +32,7 @@ def build(case: dict[str, Any]) -> tuple[Callable[[], None], int]:
         "layer": _layer,
         "peer": _peer,
         "titans_pytorch": build_titans_pytorch,
+        "retrofit": build_retrofit,
     }
     if case["kind"] not in builders:
         raise ValueError(f"unknown case kind {case['kind']!r}; expected one of {sorted(builders)}")

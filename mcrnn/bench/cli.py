@@ -16,6 +16,7 @@ from typing import Any
 
 from mcrnn.bench.deep import deep_suite
 from mcrnn.bench.report import plot_throughput, ratio_table, save_json, write_atomic
+from mcrnn.bench.retrofit import retrofit_suite
 from mcrnn.bench.suites import (
     GPU_SEQ_LENS,
     OPS_SEQ_LENS,
@@ -27,7 +28,7 @@ from mcrnn.bench.suites import (
 from mcrnn.bench.timing import machine_info, merge_rounds, run_isolated
 from mcrnn.utils.arguments import ExtendList, list_of, positive_int
 
-SUITES = ("ops", "peer", "deep", "delta")
+SUITES = ("ops", "peer", "deep", "delta", "retrofit")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 EXAMPLES = """
@@ -137,6 +138,7 @@ def peer_summary(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     suites = SUITES if args.suite == "all" else (args.suite,)
+    requested_lens = args.seq_lens
     if args.seq_lens is None:
         args.seq_lens = list(GPU_SEQ_LENS if args.device.startswith("cuda") else OPS_SEQ_LENS)
     machine = machine_info()
@@ -166,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
             cases = delta_suite(tuple(args.seq_lens), args.segment_size, device=args.device)
             baselines = ("linear_base", "linear_decay_base", "gdn_base", "sdpa")
             title = "MC over the gated delta rule, forward+backward, B=1 H=4 D=64"
+        elif suite == "retrofit":
+            cases = retrofit_suite(tuple(requested_lens or (4096,)), args.segment_size)
+            baselines = ("retrofit_base",)
+            title = "Qwen3.5 gated DeltaNet layer (transformers fallback) + MC grm, forward only, B=1"
         elif suite == "deep":
             cases = deep_suite()
             baselines = ("titans_base", "titans_pytorch")

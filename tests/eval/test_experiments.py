@@ -181,7 +181,7 @@ def test_report_from_fake_results(tmp_path, capsys):
     mean, std = mean_std([0.5, 0.6, 0.7])
     assert f"{mean:.3f} ± {std:.3f} (3)" == "0.600 ± 0.100 (3)" and "0.600 ± 0.100 (3)" in text
     assert "| linear + GRM " in text and "3.100 ± 0.100 (3)" in text  # lm perplexity of grm
-    assert text.count("Not run yet.") == 2  # niah, post-training
+    assert text.count("Not run yet.") == 3  # niah, post-training, retrofit
     assert (
         "### Current settings" in text and "### Older settings 1 of 1" in text and "0.000 ± 0.000 (1)" in text
     )

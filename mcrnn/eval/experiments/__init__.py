@@ -19,6 +19,7 @@ EXPERIMENTS = {
     "lm": "mcrnn.eval.experiments.lm",
     "post-training": "mcrnn.eval.experiments.post_training",
     "ordering": "mcrnn.eval.experiments.ordering",
+    "retrofit": "mcrnn.eval.experiments.retrofit",
 }
 
 
