@@ -12,7 +12,7 @@ default import mode, as the directory of the root ``conftest.py``).
     q, k       = q / |q|, k / |k|                           per head
     linear/swla/gated_deltanet: log a_t = logsigmoid(x W_a + b_a) / 16
     swla: (b_t, l_t) = sigmoid(x W_s + b_s);   deltanet/gated_deltanet: b_t = sigmoid(x W_b + b_b)
-    dla/titans:  eta = 0.01 sigmoid(r_0), alpha = sigmoid(r_1)^(1/16), beta = sigmoid(r_2),
+    dla/titans:  eta = 0.01 sigmoid(r_0), alpha = sigmoid(r_1)^(1/16), momentum = sigmoid(r_2),
                  r = x W_r + b_r;   v = v / |v|
     o = memory_caching(q, k, v, u, ..., backend="naive")
     y = W_o [RMSNorm(o) * silu(x W_g)]                      RMSNorm per head, with its weight
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcrnn.ops import memory_caching
+from mcrnn.ops.memories import memory_inputs
 
 #: the layer's documented gate normaliser (GLA's 1/16) and the deep memories' step-size bound
 GATE_POWER = 1.0 / 16.0
@@ -77,7 +78,7 @@ def reference_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
             "params": list(layer.deep.weights),
             "eta": LR_MAX * torch.sigmoid(rates[..., 0, :]),
             "alpha": torch.sigmoid(rates[..., 1, :]) ** GATE_POWER,
-            "beta": torch.sigmoid(rates[..., 2, :]) if layer.memory == "titans" else None,
+            "momentum": torch.sigmoid(rates[..., 2, :]) if layer.memory == "titans" else None,
         }
         v = unit(v)
     else:
@@ -89,10 +90,9 @@ def reference_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
             gates["cur_gate"] = swla[..., layer.num_heads :]
         if layer.beta_proj is not None:
             gates["beta"] = torch.sigmoid(linear(x, layer.beta_proj))
-    out = memory_caching(
-        q, k, v, u, spec=layer.spec, memory=layer.memory, chunk_size=layer.chunk_size, backend="naive",
-        **gates,
-    )  # fmt: skip
+    memory = memory_inputs(layer.memory, **gates)
+    options = {"spec": layer.spec, "chunk_size": layer.chunk_size, "backend": "naive"}
+    out = memory_caching(q, k, v, u, memory=memory, **options)
     gate = F.silu(linear(x, layer.gate_proj).reshape(heads))
     normed = rms_norm(out, layer.out_norm.weight, layer.out_norm.eps) * gate
     return linear(normed.reshape(batch, seq_len, -1), layer.o_proj)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,4 +25,6 @@ def test_the_docs_have_examples() -> None:
 @pytest.mark.parametrize("code", EXAMPLES)
 def test_example_runs(code: str, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples that save write here
-    exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})
+    with warnings.catch_warnings():  # the docs show the current API, not the deprecated keywords
+        warnings.filterwarnings("error", "memory_caching's input keywords", DeprecationWarning)
+        exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})

@@ -52,12 +52,14 @@ def _qkv(case: dict[str, Any]) -> list[torch.Tensor]:
 
 def _op(case: dict[str, Any]):
     from mcrnn.ops import memory_caching
+    from mcrnn.ops.memories import memory_inputs
 
     q, k, v = _qkv(case)
-    gates = _gates(case)
+    options = dict(case.get("options", {}))
+    memory = memory_inputs(options.pop("memory", "linear"), **_gates(case))
 
     def step() -> None:
-        memory_caching(q, k, v, **gates, **case.get("options", {})).sum().backward()
+        memory_caching(q, k, v, memory=memory, **options).sum().backward()
 
     return step, case["batch"] * case["seq_len"]
 

@@ -109,6 +109,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        *,
         cache: AttentionCache | None = None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,

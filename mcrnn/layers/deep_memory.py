@@ -75,7 +75,8 @@ class DeepMemory(nn.Module):
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | list[torch.Tensor] | None]]:
-        """Normalised values and the op's keywords ``params, eta, alpha, beta, mask``.
+        """Normalised values and the memory's inputs ``params, eta, alpha, momentum, mask``
+        (:class:`mcrnn.ops.memories.DLA` / :class:`~mcrnn.ops.memories.Titans` fields).
 
         Args:
             x: [B, T, hidden]; v: [B, T, H, D] values; keep: [B, T] 1 for tokens, 0 for padding.
@@ -86,7 +87,8 @@ class DeepMemory(nn.Module):
         rates = logits.unflatten(-1, (-1, self.num_heads)).unbind(-2)
         eta = self.lr_max * torch.sigmoid(rates[0])
         alpha = torch.exp(nn.functional.logsigmoid(rates[1]) / GATE_NORMALIZER)
-        beta = torch.sigmoid(rates[2]) if self.memory == "titans" else None
+        momentum = torch.sigmoid(rates[2]) if self.memory == "titans" else None
         mask = None if keep is None else keep != 0
-        options = {"params": list(self.weights), "eta": eta, "alpha": alpha, "beta": beta, "mask": mask}
+        options = {"params": list(self.weights), "eta": eta, "alpha": alpha, "momentum": momentum}
+        options["mask"] = mask
         return nn.functional.normalize(v, dim=-1), options

@@ -25,6 +25,8 @@ from mcrnn.layers.deep_memory import GATE_NORMALIZER, DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.layers.packing import run_documents
 from mcrnn.ops import MCSpec, MemoryCache, memory_caching
+from mcrnn.ops.api import check_cache
+from mcrnn.ops.memories import memory_inputs
 from mcrnn.ops.spec import (
     CHANNEL_DECAY_MEMORIES,
     DEEP_MEMORIES,
@@ -36,16 +38,17 @@ from mcrnn.ops.spec import (
 
 @dataclass
 class LayerCache:
-    """Decoding state of one layer: the memory's cache and the short-convolution buffers [B, K-1, C]."""
+    """Decoding state of one layer: ``op``, the cache of :func:`~mcrnn.ops.memory_caching` (a
+    :class:`~mcrnn.ops.MemoryCache`), and ``conv``, the short-convolution buffers [B, K-1, C]."""
 
-    memory: MemoryCache
+    op: MemoryCache
     conv: dict[str, torch.Tensor]
 
     def reorder(self, indices: torch.Tensor) -> LayerCache:
         """The cache of batch rows ``indices`` (beam search, batch selection)."""
         indices = torch.as_tensor(indices, dtype=torch.long)
         conv = {name: state.index_select(0, indices.to(state.device)) for name, state in self.conv.items()}
-        return LayerCache(self.memory.reorder(indices), conv)
+        return LayerCache(self.op.reorder(indices), conv)
 
 
 @dataclass
@@ -136,9 +139,14 @@ class MemoryCachingAttention(nn.Module):
     ) -> None:
         super().__init__()
         options = {
-            "aggregation": aggregation, "segment_size": segment_size, "segment_lengths": segment_lengths,
-            "segmentation": segmentation, "init": init, "top_k": top_k, "pooling": pooling,
-        }  # fmt: skip
+            "aggregation": aggregation,
+            "segment_size": segment_size,
+            "segment_lengths": segment_lengths,
+            "segmentation": segmentation,
+            "init": init,
+            "top_k": top_k,
+            "pooling": pooling,
+        }
         given = sorted(name for name, value in options.items() if value is not None)
         if spec is not None and given:
             raise ValueError(f"pass spec or the MC keywords {given}, not both")
@@ -207,6 +215,7 @@ class MemoryCachingAttention(nn.Module):
         self,
         x: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        *,
         cache: LayerCache | RowCaches | None = None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
@@ -222,7 +231,8 @@ class MemoryCachingAttention(nn.Module):
                 is then a :class:`RowCaches` and later calls continue row by row. Either way the
                 outputs of real tokens equal those of the rows without their masked tokens; outputs
                 at masked tokens are 0 in the row-by-row case.
-            cache: state after the previous tokens (decoding); use_cache: return the new state.
+            cache: state after the previous tokens (decoding), checked by the op once per call (its type,
+                memory and shapes; its spec is this layer's); use_cache: return the new state.
             cu_seqlens: [N + 1] boundaries of documents packed in ``x`` [1, T, hidden] (training; no
                 mask or cache): no state, context or segment crosses a boundary
                 (:mod:`mcrnn.layers.packing`).
@@ -243,8 +253,12 @@ class MemoryCachingAttention(nn.Module):
         if tokens is not None or isinstance(cache, RowCaches):
             return self._forward_rows(x, tokens, cache, use_cache)
         if cache is not None:
-            cache.memory.check_compatible(batch, self.num_heads, self.head_dim, self.head_dim)
+            self._check_cache(cache, batch)
         return self._forward_batch(x, keep, cache, use_cache)
+
+    def _check_cache(self, cache: LayerCache, batch: int) -> None:
+        """The one check of a cache passed in (the op, called with ``check_inputs=False``, trusts it)."""
+        check_cache(cache.op, self.spec, self.memory, (batch, self.num_heads, self.head_dim, self.head_dim))
 
     def _forward_rows(
         self,
@@ -260,7 +274,7 @@ class MemoryCachingAttention(nn.Module):
         elif isinstance(cache, RowCaches):
             rows = list(cache.rows)
         else:
-            rows = [cache.reorder(torch.tensor([b])) for b in range(cache.memory.batch_size)]
+            rows = [cache.reorder(torch.tensor([b])) for b in range(cache.op.batch_size)]
         if len(rows) != batch:
             raise ValueError(f"cache holds {len(rows)} rows, x has B={batch}")
         every = torch.arange(seq_len, device=x.device)
@@ -272,7 +286,7 @@ class MemoryCachingAttention(nn.Module):
                 new_rows.append(rows[b])
                 continue
             if rows[b] is not None:
-                rows[b].memory.check_compatible(1, self.num_heads, self.head_dim, self.head_dim)
+                self._check_cache(rows[b], 1)
             out, row_cache = self._forward_batch(x[b : b + 1, index], None, rows[b], use_cache)
             y[b, index] = out[0]
             new_rows.append(row_cache)
@@ -321,19 +335,16 @@ class MemoryCachingAttention(nn.Module):
             v,
             u,
             spec=self.spec,
-            memory=self.memory,
+            memory=memory_inputs(self.memory, **gates),
             chunk_size=self.chunk_size,
-            cache=None if cache is None else cache.memory,
+            cache=None if cache is None else cache.op,
             output_cache=use_cache,
             check_inputs=False,
-            **gates,
         )
         memory_cache = None
         if use_cache:
             out, memory_cache = out
-            if (
-                lengths is not None and self.memory == "swla"
-            ):  # the previous token is each row's last real one
+            if lengths is not None and self.memory == "swla":  # the previous token: each row's last real one
                 rows, last = torch.arange(batch, device=x.device), lengths - 1
                 memory_cache = replace(
                     memory_cache,

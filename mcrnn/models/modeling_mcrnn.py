@@ -64,6 +64,7 @@ class MCBlock(GradientCheckpointingLayer):
         self,
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        *,
         cache: object | None = None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,

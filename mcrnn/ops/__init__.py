@@ -2,6 +2,8 @@
 
 - :func:`memory_caching`: the documented entry over every family (validates once, dispatches);
 - :class:`MCSpec`: the segmentation, aggregation, top-k, initialisation and pooling, validated once;
+- :mod:`mcrnn.ops.memories`: one dataclass per memory family with the inputs it takes (:class:`Linear`,
+  :class:`SWLA`, :class:`DeltaNet`, :class:`GatedDeltaNet`, :class:`DLA`, :class:`Titans`);
 - per family (one folder per write rule), ``naive_*`` / ``chunk_*`` / ``recurrent_*`` entry points returning
   ``(o, cache or None)``, each for every segmentation: :mod:`mcrnn.ops.linear` (``linear``, ``swla``),
   :mod:`mcrnn.ops.delta` (``deltanet``, ``gated_deltanet``), :mod:`mcrnn.ops.deep` (``dla``, ``titans``);
@@ -15,14 +17,21 @@ Importing this package does not import ``transformers``.
 from mcrnn.ops.api import memory_caching
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import DeepMemoryCache
+from mcrnn.ops.memories import DLA, SWLA, DeltaNet, GatedDeltaNet, Linear, Titans
 from mcrnn.ops.read import FenwickMemoryCache, MatrixMemoryCache
 from mcrnn.ops.spec import MCSpec
 
 __all__ = [
+    "DLA",
+    "SWLA",
     "DeepMemoryCache",
+    "DeltaNet",
     "FenwickMemoryCache",
+    "GatedDeltaNet",
+    "Linear",
     "MCSpec",
     "MatrixMemoryCache",
     "MemoryCache",
+    "Titans",
     "memory_caching",
 ]

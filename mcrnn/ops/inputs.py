@@ -20,6 +20,7 @@ GATE_RANGES: dict[str, tuple[float, float]] = {
     "eta": (0.0, float("inf")),
     "alpha": (0.0, 1.0),
     "beta": (0.0, 1.0),
+    "momentum": (0.0, 1.0),
 }
 
 

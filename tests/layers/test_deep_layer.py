@@ -8,6 +8,7 @@ import torch
 from mcrnn.layers import MemoryCachingAttention
 from mcrnn.layers.deep_memory import DeepMemory
 from mcrnn.ops import memory_caching
+from mcrnn.ops.memories import memory_inputs
 
 
 def make_layer(memory: str, aggregation: str = "grm", **kwargs) -> MemoryCachingAttention:
@@ -55,7 +56,7 @@ def test_training_makes_the_memory_read_depend_on_the_query(memory: str) -> None
     for _ in range(2):
         q = q.clone()
         q[:, -1] = torch.nn.functional.normalize(torch.randn(1, 2, 8), dim=-1)
-        out = memory_caching(q, k, v, memory=memory, chunk_size=4, **options)
+        out = memory_caching(q, k, v, memory=memory_inputs(memory, **options), chunk_size=4)
         reads.append(out[:, -1] - q[:, -1])
     assert (reads[0] - reads[1]).norm() > 1e-2 * reads[0].norm()
 
@@ -67,7 +68,7 @@ def test_finite_for_inputs_of_norm_1e3(memory: str, aggregation: str) -> None:
     x = 1e3 * torch.nn.functional.normalize(torch.randn(2, 128, 16), dim=-1)
     y, cache = layer(x, use_cache=True)
     assert y.isfinite().all()
-    assert all(w.isfinite().all() for w in cache.memory.weights)
+    assert all(w.isfinite().all() for w in cache.op.weights)
     y.sum().backward()
     assert all(p.grad is None or p.grad.isfinite().all() for p in layer.parameters())
 

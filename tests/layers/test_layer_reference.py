@@ -103,8 +103,8 @@ def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
     """States, cached states, contexts, key sums, swla's previous token, deep weights and Titans'
     momentum: every per-row tensor of the memory cache (but ``NOT_COMPARED``)."""
     padded, alone = _padded_and_alone(memory)
-    fields = {f.name for f in dataclasses.fields(padded.memory)} - NOT_COMPARED
-    _assert_rows_equal(padded.memory, alone.memory, fields)
+    fields = {f.name for f in dataclasses.fields(padded.op)} - NOT_COMPARED
+    _assert_rows_equal(padded.op, alone.op, fields)
 
 
 @pytest.mark.parametrize("memory", ["linear", "swla", "gated_deltanet", "titans"])
@@ -128,7 +128,7 @@ def test_deep_pads_take_no_step(memory: str) -> None:
     mask[1, 9:] = 0
     _, padded = layer(x, attention_mask=mask, use_cache=True)
     _, alone = layer(x[1:, :9], use_cache=True)
-    for got, expected in zip(padded.memory.weights, alone.memory.weights, strict=True):
+    for got, expected in zip(padded.op.weights, alone.op.weights, strict=True):
         torch.testing.assert_close(got[1:], expected, **TOL)
 
 
@@ -155,11 +155,11 @@ def test_padded_keys_never_enter_the_router_context(memory: str) -> None:
     _, padded = layer(x, attention_mask=mask, use_cache=True)
     _, alone = layer(x[1:, :5], use_cache=True)
     if memory in ("dla", "titans"):
-        sums = [s[1] for s in padded.memory.context_sums] + [padded.memory.key_sum[1]]
-        expected = [alone.memory.context_sums[0][0], alone.memory.key_sum[0]]
+        sums = [s[1] for s in padded.op.context_sums] + [padded.op.key_sum[1]]
+        expected = [alone.op.context_sums[0][0], alone.op.key_sum[0]]
     else:  # mean-pooled contexts [B, N, H, Dk] of 4-token segments, key sums [B, H, Dk]
-        sums = [4 * c for c in padded.memory.contexts[1].unbind(0)] + [padded.memory.key_sum[1]]
-        expected = [4 * alone.memory.contexts[0, 0], alone.memory.key_sum[0]]
+        sums = [4 * c for c in padded.op.contexts[1].unbind(0)] + [padded.op.key_sum[1]]
+        expected = [4 * alone.op.contexts[0, 0], alone.op.key_sum[0]]
     assert len(sums) == 4
     torch.testing.assert_close(sums[0], expected[0], **TOL)
     torch.testing.assert_close(sums[1], expected[1], **TOL)

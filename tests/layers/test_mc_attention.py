@@ -82,7 +82,7 @@ def test_right_padding_is_honoured():
         attention_mask=mask[1:],
         use_cache=True,
     )
-    torch.testing.assert_close(cache.memory.online[1], cache_alone.memory.online[0], **TOL)
+    torch.testing.assert_close(cache.op.online[1], cache_alone.op.online[0], **TOL)
 
 
 def test_masked_tokens_inside_a_row_are_skipped_and_bad_masks_rejected():

@@ -14,6 +14,7 @@ import torch
 from mcrnn.ops import FenwickMemoryCache, MatrixMemoryCache, MCSpec, memory_caching
 from mcrnn.ops.gla import chunk_gla_mc, naive_gla_mc, recurrent_gla_mc
 from mcrnn.ops.gla.chunk import decayed_scores
+from mcrnn.ops.memories import GLA
 
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 INITS = ("checkpoint", "independent")
@@ -215,24 +216,26 @@ def test_float32_against_float64():
 
 
 def test_public_op_dispatches_and_checks():
-    """``memory_caching(memory="gla")`` runs the definition (``naive``) and the chunk path (``auto``,
-    ``torch``) to one result, decodes from its cache, and rejects a per-head decay, a positive one and the
-    Triton backend with one-line errors naming the argument."""
+    """``memory_caching(memory=GLA(log_decay))`` runs the definition (``naive``) and the chunk path
+    (``auto``, ``torch``) to one result, decodes from its cache, and rejects a per-head decay, a positive
+    one, a missing one and the Triton backend with one-line errors naming the argument."""
     inputs = make_inputs(seq_len=9)
+    qkvu = {name: inputs[name] for name in "qkvu"}
     spec = spec_for("grm", "checkpoint", "constant4")
-    outs = [memory_caching(**inputs, memory="gla", spec=spec, backend=b) for b in ("naive", "torch", "auto")]
+    gla = GLA(log_decay=inputs["log_decay"])
+    outs = [memory_caching(**qkvu, memory=gla, spec=spec, backend=b) for b in ("naive", "torch", "auto")]
     torch.testing.assert_close(outs[0], outs[1], **TOL)
     torch.testing.assert_close(outs[2], outs[1], atol=0, rtol=0)
-    head = {name: x[:, :5] for name, x in inputs.items()}
-    _, cache = memory_caching(**head, memory="gla", spec=spec, output_cache=True)
-    tail = {name: x[:, 5:] for name, x in inputs.items()}
-    torch.testing.assert_close(memory_caching(**tail, memory="gla", cache=cache), outs[1][:, 5:], **TOL)
-    per_head = {**inputs, "log_decay": inputs["log_decay"][..., 0]}
+    head = {name: x[:, :5] for name, x in qkvu.items()}
+    _, cache = memory_caching(**head, memory=GLA(inputs["log_decay"][:, :5]), spec=spec, output_cache=True)
+    tail = {name: x[:, 5:] for name, x in qkvu.items()}
+    decoded = memory_caching(**tail, memory=GLA(inputs["log_decay"][:, 5:]), cache=cache)
+    torch.testing.assert_close(decoded, outs[1][:, 5:], **TOL)
     with pytest.raises(ValueError, match=r"log_decay must be \[B,T,H,Dk\]"):
-        memory_caching(**per_head, memory="gla")
+        memory_caching(**qkvu, memory=GLA(inputs["log_decay"][..., 0]))
     with pytest.raises(ValueError, match="log_decay must be finite and <= 0"):
-        memory_caching(**{**inputs, "log_decay": -inputs["log_decay"] + 0.1}, memory="gla")
+        memory_caching(**qkvu, memory=GLA(-inputs["log_decay"] + 0.1))
     with pytest.raises(ValueError, match="backend='triton' runs the linear and swla memories"):
-        memory_caching(**inputs, memory="gla", backend="triton")
+        memory_caching(**qkvu, memory=gla, backend="triton")
     with pytest.raises(ValueError, match=r"memory='gla' needs \['log_decay'\]"):
-        memory_caching(**{**inputs, "log_decay": None}, memory="gla")
+        memory_caching(**qkvu, memory="gla")

@@ -44,9 +44,8 @@ def test_matrix_step_takes_channel_decay(init: str) -> None:
         decay = x["log_decay"][:, t].exp()
         outs = []
         for i, step_decay in enumerate((decay, decay.unsqueeze(-1).expand(-1, -1, DK))):
-            y, caches[i] = recurrent_step(
-                x["q"][:, t], x["k"][:, t], x["u"][:, t], open_token(caches[i]), write=write, decay=step_decay
-            )
+            q, k, u = x["q"][:, t], x["k"][:, t], x["u"][:, t]
+            y, caches[i] = recurrent_step(q, k, u, cache=open_token(caches[i]), write=write, decay=step_decay)
             outs.append(y)
         torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
 
@@ -67,8 +66,7 @@ def test_fenwick_prefill_and_step_take_channel_decay(init: str, prefill: int) ->
         write = x["k"][:, t].unsqueeze(-1) * x["v"][:, t].unsqueeze(-2)
         outs = []
         for i, decay in enumerate((x["log_decay"], channel)):
-            y, caches[i] = fenwick_step(
-                x["q"][:, t], x["k"][:, t], x["u"][:, t], caches[i], write=write, log_decay=decay[:, t]
-            )
+            q, k, u = x["q"][:, t], x["k"][:, t], x["u"][:, t]
+            y, caches[i] = fenwick_step(q, k, u, cache=caches[i], write=write, log_decay=decay[:, t])
             outs.append(y)
         torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)

@@ -60,6 +60,7 @@ from mcrnn.ops.deep.log_recurrent import DeepFenwickCache, run_starts
 from mcrnn.ops.deep.naive import cast_inputs, naive_deep_mc
 from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
 from mcrnn.ops.deep.recurrent import DeepMemoryCache
+from mcrnn.ops.deep.rule import Rates
 from mcrnn.ops.deep.scan import ScanResult, chunk_scan
 from mcrnn.ops.inputs import all_finite, full_precision
 from mcrnn.ops.read.fenwick import fenwick_buckets
@@ -83,36 +84,31 @@ def chunk_deep_memory_caching(
     k: torch.Tensor,
     v: torch.Tensor,
     u: torch.Tensor,
-    lengths: Sequence[int],
     *,
+    spec: MCSpec,
     memory: str,
     params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
+    rates: Rates,
     chunk_size: int,
-    aggregation: str,
-    init: str,
-    top_k: int | None,
-    pooling: str,
-    mask: torch.Tensor | None = None,
 ) -> ChunkResult:
-    """Fast MC output for validated inputs (see :func:`mcrnn.ops.memory_caching`) and the final state.
+    """Fast MC output for validated inputs (see :func:`mcrnn.ops.memory_caching`) and the final state, for
+    the segments of ``spec`` (not ``log``).
 
-    ``mask`` [B, T] bool (``None``: every token writes): a masked token is an identity step, i.e.
-    ``eta = 0``, ``alpha = beta = 1`` and (titans) no momentum added to the weights.
+    A masked token (``rates.mask`` False) is an identity step, i.e. ``eta = 0``, ``alpha = momentum = 1``
+    and (titans) no momentum added to the weights.
     """
     batch, seq_len = q.shape[:2]
+    lengths, aggregation = spec.lengths(seq_len), spec.aggregation
     if len(lengths) == 1:  # one segment: every aggregation reads the online memory alone, weight 1
         aggregation, gates, online_gate = "base", None, None
     else:
         seg = segment_index(lengths, q.device)
-        contexts, online_context = segment_contexts(k, lengths, pooling)
-        gates, online_gate, _ = router_gates(u, contexts, online_context, seg, aggregation, top_k)
+        contexts, online_context = segment_contexts(k, lengths, spec.pooling)
+        gates, online_gate, _ = router_gates(u, contexts, online_context, seg, aggregation, spec.top_k)
     # chunk-major, padded to whole chunks: [n, B, H, c, ...]. Only the final chunk can
     # be partial (segments are multiples of chunk_size but the last); its padding has eta = 0 and comes
     # after every real token, and its end state is read at the last real token, so it changes nothing.
-    eta, alpha, beta, momentum_gate = masked_rates(eta, alpha, beta, mask)
+    eta, alpha, beta, momentum_gate = masked_rates(rates)
     n_chunks = -(-seq_len // chunk_size)
     pad = n_chunks * chunk_size - seq_len
     qc, kc, vc, eta_c = (chunked(x, pad, chunk_size, 0.0) for x in (q, k, v, eta))
@@ -125,7 +121,7 @@ def chunk_deep_memory_caching(
     chunk_counts = [-(-n // chunk_size) for n in lengths]
     first_chunks = torch.tensor([0, *chunk_counts]).cumsum(0).tolist()[:-1]  # first chunk of each segment
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
-    reset = init == "independent"
+    reset = spec.init == "independent"
     # the online read is fused into the scan, but for soup, which mixes cached states into every layer
     fused = aggregation != "soup"
     read = (qc, coef) if fused else None
@@ -277,46 +273,45 @@ def chunk_deep_mc(
     params: Sequence[torch.Tensor],
     eta: torch.Tensor,
     alpha: torch.Tensor,
-    beta: torch.Tensor | None = None,
+    momentum: torch.Tensor | None = None,
     chunk_size: int,
     output_cache: bool = False,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DeepMemoryCache | DeepFenwickCache | None]:
-    """The chunk-parallel path (:mod:`mcrnn.ops.deep.chunk`): ``o`` and, with ``output_cache``, the cache."""
-    inputs, params, (eta, alpha, beta) = cast_inputs(q, k, v, u, params, (eta, alpha, beta))
+    """The chunk-parallel path, every segmentation (inputs as :func:`~mcrnn.ops.deep.naive_deep_mc`): ``o``
+    [B, T, H, Dv] in ``q``'s dtype and, with ``output_cache``, the decoding cache."""
+    inputs, params, rates = cast_inputs(q, k, v, u, params, Rates(eta, alpha, momentum, mask))
+    options = {"spec": spec, "memory": memory, "params": params, "rates": rates, "chunk_size": chunk_size}
     out = None
-    if not all_finite(*inputs, eta, alpha, beta):
+    if not all_finite(*inputs, *rates.gates()):
         # the chunk products would carry a later token's NaN/Inf to earlier tokens of its chunk (0 * NaN);
         # the token-loop definition is causal by construction (slow, but only for such inputs)
-        out, _ = naive_deep_mc(q, k, v, u, spec=spec, memory=memory, params=params, eta=eta, alpha=alpha,
-                               beta=beta, chunk_size=chunk_size, mask=mask)  # fmt: skip
+        definition = {"spec": spec, "memory": memory, "params": params, "chunk_size": chunk_size}
+        out = naive_deep_mc(*inputs, **definition, **vars(rates))[0].to(q.dtype)
         if not output_cache:
             return out, None
     if spec.kind == "log":
-        options = {"memory": memory, "params": params, "eta": eta, "alpha": alpha, "beta": beta,
-                   "chunk_size": chunk_size, "aggregation": spec.aggregation, "init": spec.init,
-                   "top_k": spec.top_k, "pooling": spec.pooling, "mask": mask}  # fmt: skip
         if out is None:
             with full_precision(q.device):
                 out = chunk_deep_log_memory_caching(*inputs, **options).to(q.dtype)
-        return out, deep_fenwick_prefill(spec, *inputs[1:3], **options) if output_cache else None
-    lengths = spec.lengths(q.shape[1])
+        return out, deep_fenwick_prefill(*inputs[1:3], **options) if output_cache else None
     with full_precision(q.device):
-        result = chunk_deep_memory_caching(
-            *inputs, lengths, memory=memory, params=params, eta=eta, alpha=alpha, beta=beta,
-            chunk_size=chunk_size, aggregation=spec.aggregation, init=spec.init, top_k=spec.top_k,
-            pooling=spec.pooling, mask=mask,
-        )  # fmt: skip
-    if out is None:
-        out = result.output.to(q.dtype)
-    if not output_cache:
-        return out, None
-    keys = inputs[1]
+        result = chunk_deep_memory_caching(*inputs, **options)
+    out = result.output.to(q.dtype) if out is None else out
+    return out, _segment_cache(spec, memory, chunk_size, result, inputs[1]) if output_cache else None
+
+
+def _segment_cache(
+    spec: MCSpec, memory: str, chunk_size: int, result: ChunkResult, keys: torch.Tensor
+) -> DeepMemoryCache:
+    """The decoding cache after a parallel pass over the [B, T, H, Dk] ``keys`` (constant, explicit or no
+    segments): the final state of ``result``, the cached weights and the segments' key sums."""
+    lengths = spec.lengths(keys.shape[1])
     ends = torch.tensor([0, *lengths]).cumsum(0).tolist()
     sums = [keys[:, a:b].sum(1) for a, b in zip(ends[:-1], ends[1:], strict=True)]
-    cache = DeepMemoryCache(
+    return DeepMemoryCache(
         spec=spec,
-        position=q.shape[1],
+        position=keys.shape[1],
         memory=memory,
         chunk_size=chunk_size,
         weights=result.weights,
@@ -329,37 +324,38 @@ def chunk_deep_mc(
         context_sums=sums[:-1],
         context_counts=lengths[:-1],
     )
-    return out, cache
 
 
 def deep_fenwick_prefill(
-    spec: MCSpec,
     k: torch.Tensor,
     v: torch.Tensor,
     *,
+    spec: MCSpec,
     memory: str,
     params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
+    rates: Rates,
     chunk_size: int,
-    mask: torch.Tensor | None = None,
-    **_: object,
 ) -> DeepFenwickCache:
-    """The decoding cache after the [B, T, H, D] tokens: each bucket's weights and each growing run's
-    state from the chunk path over the run's tokens (``O(log T)`` runs of at most ``T`` tokens)."""
+    """The log-segmentation decoding cache after the [B, T, H, D] tokens: each bucket's weights and each
+    growing run's state from the chunk path over the run's tokens (``O(log T)`` runs of at most ``T``
+    tokens)."""
     seq_len = k.shape[1]
+    one_segment = MCSpec(init=spec.init, pooling=spec.pooling)
 
     def run(start: int, end: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor]]:
-        part = slice(start, end)
-        keys = k[:, part]
+        keys, part = k[:, start:end], slice(start, end)
         with full_precision(k.device):
             result = chunk_deep_memory_caching(
-                keys, keys, v[:, part], keys, [end - start], memory=memory, params=params, eta=eta[:, part],
-                alpha=alpha[:, part], beta=None if beta is None else beta[:, part], chunk_size=chunk_size,
-                aggregation="grm", init=spec.init, top_k=None, pooling=spec.pooling,
-                mask=None if mask is None else mask[:, part],
-            )  # fmt: skip
+                keys,
+                keys,
+                v[:, part],
+                keys,
+                spec=one_segment,
+                memory=memory,
+                params=params,
+                rates=rates.span(part),
+                chunk_size=chunk_size,
+            )
         return result.weights, result.momentum, result.chunk_start
 
     buckets = fenwick_buckets(seq_len)

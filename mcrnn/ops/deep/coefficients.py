@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.deep.read import ChunkCoefficients
+from mcrnn.ops.deep.rule import Rates
 from mcrnn.ops.deep.scan import ChunkEnd
 
 
@@ -91,17 +92,19 @@ def chunk_coefficients(
 
 
 def masked_rates(
-    eta: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None, mask: torch.Tensor | None
+    rates: Rates,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``(eta, alpha, beta, momentum_gate)`` [B, T, H] with every masked token an identity step: ``eta = 0``,
-    ``alpha = beta = 1`` and (titans) momentum gate 0 (``None`` without a mask or momentum)."""
+    """``(eta, alpha, b, momentum_gate)`` [B, T, H] with every masked token an identity step: ``eta = 0``,
+    ``alpha = b = 1`` (``b`` the titans momentum) and momentum gate 0 (``None`` without a mask or
+    momentum)."""
+    eta, alpha, momentum, mask = rates.eta, rates.alpha, rates.momentum, rates.mask
     if mask is None:
-        return eta, alpha, beta, None
+        return eta, alpha, momentum, None
     keep = mask.unsqueeze(-1)  # [B, T, 1]
     eta, alpha = torch.where(keep, eta, 0.0), torch.where(keep, alpha, 1.0)
-    if beta is None:
+    if momentum is None:
         return eta, alpha, None, None
-    return eta, alpha, torch.where(keep, beta, 1.0), keep.expand_as(beta).to(beta.dtype)
+    return eta, alpha, torch.where(keep, momentum, 1.0), keep.expand_as(momentum).to(momentum.dtype)
 
 
 def chunked(x: torch.Tensor, pad: int, chunk_size: int, value: float) -> torch.Tensor:

@@ -40,9 +40,11 @@ import torch
 from mcrnn.ops.deep import network
 from mcrnn.ops.deep.coefficients import chunk_coefficients, chunked, masked_rates
 from mcrnn.ops.deep.read import ChunkCoefficients, online_layer
+from mcrnn.ops.deep.rule import Rates
 from mcrnn.ops.deep.scan import ChunkEnd, chunk_scan
 from mcrnn.ops.read.fenwick import fenwick_levels
 from mcrnn.ops.read.segments import mixing_weights
+from mcrnn.ops.spec import MCSpec
 
 
 def chunk_deep_log_memory_caching(
@@ -51,26 +53,20 @@ def chunk_deep_log_memory_caching(
     v: torch.Tensor,
     u: torch.Tensor,
     *,
+    spec: MCSpec,
     memory: str,
     params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
+    rates: Rates,
     chunk_size: int,
-    aggregation: str,
-    init: str,
-    top_k: int | None,
-    pooling: str,
-    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Output ``o`` [B, T, H, Dv] for validated [B, T, H, D] inputs (see module doc); ``chunk_size`` a
-    power of two, ``mask`` [B, T] bool (``None``: every token writes)."""
+    power of two."""
     batch, seq_len = q.shape[:2]
-    cached_gates, online_gate, online_level = _level_gates(u, k, aggregation, top_k, pooling)
+    init, aggregation = spec.init, spec.aggregation
+    cached_gates, online_gate, online_level = _level_gates(u, k, spec)
     gates = cached_gates + online_gate.unsqueeze(-1) * online_level  # [B, H, T, n]
     n_levels = gates.shape[-1]
-    eta, alpha, beta, momentum_gate = masked_rates(eta, alpha, beta, mask)
-    rates = (eta, alpha, beta, momentum_gate)
+    rates = masked_rates(rates)  # (eta, alpha, b, momentum_gate), masked tokens as identity steps
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     n_chunk_levels = min(chunk_size.bit_length() - 1, n_levels)
     qh = q.transpose(1, 2)  # [B, H, T, Dk]
@@ -93,7 +89,7 @@ def chunk_deep_log_memory_caching(
 
 
 def _level_gates(
-    u: torch.Tensor, k: torch.Tensor, aggregation: str, top_k: int | None, pooling: str
+    u: torch.Tensor, k: torch.Tensor, spec: MCSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The aggregation weights of token t's cached buckets ``g_{t,l}`` [B, H, T, n] (0 where bit l of
     ``t + 1`` is clear or l is the online level) and of its online bucket [B, H, T], and the online level
@@ -117,7 +113,7 @@ def _level_gates(
             block = 1 << level
             n_pairs = -(-seq_len // (2 * block))
             context = block_sums.unflatten(1, (-1, 2))[:, :n_pairs, 0]  # [B, pairs, H, Dk]
-            if pooling == "mean":
+            if spec.pooling == "mean":
                 context = context / block
             pairs = queries[:, : n_pairs * 2 * block].unflatten(
                 1, (n_pairs, 2 * block)
@@ -126,7 +122,7 @@ def _level_gates(
         stacked = torch.stack(per_level, -1)  # [B, T, H, n]
         return stacked, stacked.gather(-1, low.view(1, -1, 1, 1).expand(*stacked.shape[:3], 1))[..., 0]
 
-    cached, online_gate, _ = mixing_weights(visible, logits, aggregation, top_k, u.dtype)
+    cached, online_gate, _ = mixing_weights(visible, logits, spec.aggregation, spec.top_k, u.dtype)
     return cached.permute(0, 2, 1, 3), online_gate.transpose(1, 2), online.to(u.dtype)
 
 

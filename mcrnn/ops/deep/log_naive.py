@@ -27,9 +27,10 @@ from collections.abc import Sequence
 import torch
 
 from mcrnn.ops.deep import network
-from mcrnn.ops.deep.rule import write_token
+from mcrnn.ops.deep.rule import Rates, write_token
 from mcrnn.ops.read.fenwick import fenwick_buckets
 from mcrnn.ops.read.segments import mixing_weights
+from mcrnn.ops.spec import MCSpec
 
 
 def naive_deep_log_memory_caching(
@@ -38,20 +39,13 @@ def naive_deep_log_memory_caching(
     v: torch.Tensor,
     u: torch.Tensor,
     *,
+    spec: MCSpec,
     memory: str,
     params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
+    rates: Rates,
     chunk_size: int,
-    aggregation: str,
-    init: str,
-    top_k: int | None,
-    pooling: str,
-    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reference output ``o`` [B, T, H, Dv] for validated [B, T, H, D] inputs (see module doc);
-    ``mask`` [B, T] bool (``None``: every token writes)."""
+    """Reference output ``o`` [B, T, H, Dv] for validated [B, T, H, D] inputs (see module doc)."""
     batch, seq_len = q.shape[:2]
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     runs: dict[int, list] = {}  # run start -> [weights after each token, weights, momentum, chunk start]
@@ -65,9 +59,8 @@ def naive_deep_log_memory_caching(
         for t in range(origin + len(states), last + 1):
             if (t - origin) % chunk_size == 0:
                 chunk_start = weights
-            keep = None if mask is None else mask[:, t]
             weights, momentum = write_token(
-                memory, weights, momentum, chunk_start, k, v, eta, alpha, beta, keep, t
+                memory, weights, momentum, chunk_start, k[:, t], v[:, t], rates.at(t)
             )
             states.append(weights)
         runs[origin][1:] = [weights, momentum, chunk_start]
@@ -76,11 +69,10 @@ def naive_deep_log_memory_caching(
     outputs = []
     for t in range(seq_len):
         buckets = fenwick_buckets(t + 1)
-        states = [weights_after(0 if init == "checkpoint" else start, end - 1) for start, end in buckets]
-        contexts = [
-            k[:, start:end].sum(1) / ((end - start) if pooling == "mean" else 1) for start, end in buckets
-        ]
-        outputs.append(read_buckets(states, contexts, q[:, t], u[:, t], aggregation, top_k))
+        states = [weights_after(0 if spec.init == "checkpoint" else start, end - 1) for start, end in buckets]
+        sizes = [(end - start) if spec.pooling == "mean" else 1 for start, end in buckets]
+        contexts = [k[:, start:end].sum(1) / size for (start, end), size in zip(buckets, sizes, strict=True)]
+        outputs.append(read_buckets(states, contexts, q[:, t], u[:, t], spec.aggregation, spec.top_k))
     return torch.stack(outputs, dim=1)
 
 

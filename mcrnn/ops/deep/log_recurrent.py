@@ -26,7 +26,7 @@ import torch
 
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep.log_naive import read_buckets
-from mcrnn.ops.deep.rule import write_step
+from mcrnn.ops.deep.rule import Rates, write_step
 from mcrnn.ops.read.fenwick import fenwick_buckets
 
 
@@ -69,13 +69,10 @@ def recurrent_deep_log(
     k: torch.Tensor,
     v: torch.Tensor,
     u: torch.Tensor,
-    cache: DeepFenwickCache,
     *,
+    cache: DeepFenwickCache,
     params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
-    mask: torch.Tensor | None = None,
+    rates: Rates,
 ) -> tuple[torch.Tensor, DeepFenwickCache]:
     """Continue ``cache`` over [B, T, H, D] inputs token by token; returns ``o`` [B, T, H, Dv] and a new
     cache (``cache`` itself is not modified)."""
@@ -99,9 +96,8 @@ def recurrent_deep_log(
             if (position - start) % cache.chunk_size == 0:
                 chunk_start = state
             state, momentum = write_step(
-                cache.memory, state, momentum, chunk_start, k[:, t], v[:, t], eta[:, t], alpha[:, t],
-                None if beta is None else beta[:, t], None if mask is None else mask[:, t],
-            )  # fmt: skip
+                cache.memory, state, momentum, chunk_start, k[:, t], v[:, t], rates.at(t)
+            )
             new_runs[start] = (state, momentum, chunk_start)
         runs = new_runs
         position += 1

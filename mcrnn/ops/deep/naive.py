@@ -35,7 +35,7 @@ import torch
 
 from mcrnn.ops.deep import network
 from mcrnn.ops.deep.log_naive import naive_deep_log_memory_caching
-from mcrnn.ops.deep.rule import write_token
+from mcrnn.ops.deep.rule import Rates, write_token
 from mcrnn.ops.inputs import to_compute_dtype
 from mcrnn.ops.read.segments import router_gates, segment_contexts, segment_index
 from mcrnn.ops.spec import MCSpec
@@ -46,26 +46,20 @@ def naive_deep_memory_caching(
     k: torch.Tensor,
     v: torch.Tensor,
     u: torch.Tensor,
-    lengths: Sequence[int],
     *,
+    spec: MCSpec,
     memory: str,
     params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
+    rates: Rates,
     chunk_size: int,
-    aggregation: str,
-    init: str,
-    top_k: int | None,
-    pooling: str,
-    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reference output ``o`` [B, T, H, Dv] for validated inputs (see :func:`mcrnn.ops.memory_caching`);
-    ``mask`` [B, T] bool (``None``: every token writes)."""
+    """Reference output ``o`` [B, T, H, Dv] for validated inputs (see :func:`mcrnn.ops.memory_caching`) and
+    the segments of ``spec`` (not ``log``)."""
     batch, seq_len = q.shape[:2]
+    lengths = spec.lengths(seq_len)
     seg = segment_index(lengths, q.device)
-    contexts, online_context = segment_contexts(k, lengths, pooling)
-    gates, online_gate, _ = router_gates(u, contexts, online_context, seg, aggregation, top_k)
+    contexts, online_context = segment_contexts(k, lengths, spec.pooling)
+    gates, online_gate, _ = router_gates(u, contexts, online_context, seg, spec.aggregation, spec.top_k)
     starts = torch.tensor([0, *lengths[:-1]]).cumsum(0).tolist()
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     weights = list(initial)
@@ -76,19 +70,16 @@ def naive_deep_memory_caching(
         s = int(seg[t])
         if t > 0 and t == starts[s]:
             cached.append(weights)
-            if init == "independent":
+            if spec.init == "independent":
                 weights = list(initial)
                 momentum = [torch.zeros_like(w) for w in initial] if momentum is not None else None
         if (t - starts[s]) % chunk_size == 0:
             chunk_start = weights
-        keep = None if mask is None else mask[:, t]
-        weights, momentum = write_token(
-            memory, weights, momentum, chunk_start, k, v, eta, alpha, beta, keep, t
-        )
+        weights, momentum = write_token(memory, weights, momentum, chunk_start, k[:, t], v[:, t], rates.at(t))
         query = q[:, t].unsqueeze(-2)  # [B, H, 1, Dk]
         g_cached = gates[:, t]  # [B, H, N]
         g_online = online_gate[:, t, :, None, None]
-        if aggregation == "soup":
+        if spec.aggregation == "soup":
             mixed = [g_online * w for w in weights]
             for i, state in enumerate(cached):
                 mixed = [m + g_cached[:, :, i, None, None] * w for m, w in zip(mixed, state, strict=True)]
@@ -101,9 +92,6 @@ def naive_deep_memory_caching(
     return torch.stack(outputs, dim=1)
 
 
-Rates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
-
-
 def cast_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -113,9 +101,9 @@ def cast_inputs(
     rates: Rates,
 ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor], Rates]:
     """Inputs, weights and rates in the accumulation dtype (``u = q`` when None)."""
-    eta, alpha, beta = rates
-    inputs, gates, dtype = to_compute_dtype(q, k, v, u, {"eta": eta, "alpha": alpha, "beta": beta}, *params)
-    return inputs, [w.to(dtype) for w in params], tuple(gates.values())
+    gates = {"eta": rates.eta, "alpha": rates.alpha, "momentum": rates.momentum}
+    inputs, gates, dtype = to_compute_dtype(q, k, v, u, gates, *params)
+    return inputs, [w.to(dtype) for w in params], Rates(**gates, mask=rates.mask)
 
 
 def naive_deep_mc(
@@ -129,17 +117,21 @@ def naive_deep_mc(
     params: Sequence[torch.Tensor],
     eta: torch.Tensor,
     alpha: torch.Tensor,
-    beta: torch.Tensor | None = None,
+    momentum: torch.Tensor | None = None,
     chunk_size: int,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, None]:
-    """The definition (:mod:`mcrnn.ops.deep.naive`): ``o`` and no cache."""
-    inputs, params, (eta, alpha, beta) = cast_inputs(q, k, v, u, params, (eta, alpha, beta))
-    options = {"memory": memory, "params": params, "eta": eta, "alpha": alpha, "beta": beta,
-               "chunk_size": chunk_size, "aggregation": spec.aggregation, "init": spec.init,
-               "top_k": spec.top_k, "pooling": spec.pooling, "mask": mask}  # fmt: skip
+    """The definition, every segmentation: ``o`` [B, T, H, Dv] in ``q``'s dtype and no cache.
+
+    Args (as :func:`mcrnn.ops.memory_caching`, not re-checked): ``params`` the initial weights (one
+    ``[H, d_out, d_in]`` per layer); ``eta``, ``alpha``, ``momentum`` (``titans``) [B, T, H] the rates of
+    :class:`~mcrnn.ops.deep.rule.Rates`; ``mask`` [B, T] bool; ``chunk_size`` the inner chunk (part of the
+    model).
+    """
+    inputs, params, rates = cast_inputs(q, k, v, u, params, Rates(eta, alpha, momentum, mask))
+    options = {"spec": spec, "memory": memory, "params": params, "rates": rates, "chunk_size": chunk_size}
     if spec.kind == "log":
         out = naive_deep_log_memory_caching(*inputs, **options)
     else:
-        out = naive_deep_memory_caching(*inputs, spec.lengths(q.shape[1]), **options)
+        out = naive_deep_memory_caching(*inputs, **options)
     return out.to(q.dtype), None

@@ -20,7 +20,7 @@ from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.deep import network
 from mcrnn.ops.deep.log_recurrent import DeepFenwickCache, recurrent_deep_log
 from mcrnn.ops.deep.naive import cast_inputs
-from mcrnn.ops.deep.rule import write_step
+from mcrnn.ops.deep.rule import Rates, write_step
 from mcrnn.ops.read.segments import router_gates
 
 
@@ -59,83 +59,47 @@ def recurrent_deep_memory_caching(
     k: torch.Tensor,
     v: torch.Tensor,
     u: torch.Tensor,
-    cache: DeepMemoryCache,
     *,
+    cache: DeepMemoryCache,
     params: Sequence[torch.Tensor],
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
-    aggregation: str,
-    init: str,
-    top_k: int | None,
-    pooling: str,
-    mask: torch.Tensor | None = None,
+    rates: Rates,
 ) -> tuple[torch.Tensor, DeepMemoryCache]:
     """Continue ``cache`` over ``T`` new tokens ``[B, T, H, D]`` one step at a time, segments opening where
-    ``cache.spec.starts_segment(position)``; returns ``o`` and ``cache`` (modified in place).
-
-    ``mask`` [B, T] bool: tokens that write (``None``: all); a masked token is an identity step.
-    """
+    ``cache.spec.starts_segment(position)``; returns ``o`` and ``cache`` (a working copy the caller made:
+    modified in place). A masked token (``rates.mask``) is an identity step."""
     outputs = []
     for t in range(q.shape[1]):
         if cache.spec.starts_segment(cache.position):
-            _close_segment(cache, params, init)
+            _close_segment(cache, params)
         if (cache.position - cache.segment_start) % cache.chunk_size == 0:
             cache.chunk_start = cache.weights
-        _write(
-            cache,
-            k[:, t],
-            v[:, t],
-            eta[:, t],
-            alpha[:, t],
-            beta[:, t] if beta is not None else None,
-            mask[:, t] if mask is not None else None,
+        cache.weights, cache.momentum = write_step(
+            cache.memory, cache.weights, cache.momentum, cache.chunk_start, k[:, t], v[:, t], rates.at(t)
         )
-        outputs.append(_read(cache, q[:, t], u[:, t], aggregation, top_k, pooling))
+        cache.key_sum = cache.key_sum + k[:, t]
+        cache.key_count += 1
+        outputs.append(_read(cache, q[:, t], u[:, t]))
         cache.position += 1
     return torch.stack(outputs, dim=1), cache
 
 
-def _close_segment(cache: DeepMemoryCache, params: Sequence[torch.Tensor], init: str) -> None:
+def _close_segment(cache: DeepMemoryCache, params: Sequence[torch.Tensor]) -> None:
     cache.cached.append(cache.weights)
     cache.context_sums.append(cache.key_sum)
     cache.context_counts.append(cache.key_count)
     cache.key_sum = torch.zeros_like(cache.key_sum)
     cache.key_count = 0
     cache.segment_start = cache.position
-    if init == "independent":
+    if cache.spec.init == "independent":
         batch = cache.key_sum.shape[0]
         cache.weights = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
         if cache.momentum is not None:
             cache.momentum = [torch.zeros_like(w) for w in cache.weights]
 
 
-def _write(
-    cache: DeepMemoryCache,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor | None,
-    mask: torch.Tensor | None,
-) -> None:
-    """One token of the chunked rule; ``k, v`` [B, H, D], gates [B, H], ``mask`` [B] (or ``None``)."""
-    cache.weights, cache.momentum = write_step(
-        cache.memory, cache.weights, cache.momentum, cache.chunk_start, k, v, eta, alpha, beta, mask
-    )
-    cache.key_sum = cache.key_sum + k
-    cache.key_count += 1
-
-
-def _read(
-    cache: DeepMemoryCache,
-    q: torch.Tensor,
-    u: torch.Tensor,
-    aggregation: str,
-    top_k: int | None,
-    pooling: str,
-) -> torch.Tensor:
+def _read(cache: DeepMemoryCache, q: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Aggregated read of the online and cached memories for one token; ``q, u`` [B, H, Dk]."""
+    aggregation, top_k, pooling = cache.spec.aggregation, cache.spec.top_k, cache.spec.pooling
     n_cached = len(cache.cached)
     if n_cached:
         sums = torch.stack(cache.context_sums, dim=1)  # [B, N_c, H, Dk]
@@ -171,24 +135,17 @@ def recurrent_deep_mc(
     params: Sequence[torch.Tensor],
     eta: torch.Tensor,
     alpha: torch.Tensor,
-    beta: torch.Tensor | None = None,
+    momentum: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DeepMemoryCache | DeepFenwickCache]:
-    """Continue ``cache`` token by token (:mod:`mcrnn.ops.deep.recurrent`); the spec, memory and inner
-    chunk are the cache's. Returns ``o`` and a new cache (``cache`` itself is not modified)."""
-    inputs, params, (eta, alpha, beta) = cast_inputs(q, k, v, u, params, (eta, alpha, beta))
-    spec = cache.spec
+    """Continue ``cache`` token by token, every segmentation (a :class:`DeepFenwickCache` for ``log``); the
+    spec, memory and inner chunk are the cache's, the rates as in :func:`~mcrnn.ops.deep.naive_deep_mc`.
+    Returns ``o`` and a new cache (``cache`` itself is not modified)."""
+    inputs, params, rates = cast_inputs(q, k, v, u, params, Rates(eta, alpha, momentum, mask))
     if isinstance(cache, DeepFenwickCache):
-        out, cache = recurrent_deep_log(
-            *inputs, cache, params=params, eta=eta, alpha=alpha, beta=beta, mask=mask
-        )
+        out, cache = recurrent_deep_log(*inputs, cache=cache, params=params, rates=rates)
         return out.to(q.dtype), cache
-    cache = replace(
-        cache, cached=list(cache.cached), context_sums=list(cache.context_sums),
-        context_counts=list(cache.context_counts),
-    )  # fmt: skip
-    out, cache = recurrent_deep_memory_caching(
-        *inputs, cache, params=params, eta=eta, alpha=alpha, beta=beta, aggregation=spec.aggregation,
-        init=spec.init, top_k=spec.top_k, pooling=spec.pooling, mask=mask,
-    )  # fmt: skip
+    lists = {name: list(getattr(cache, name)) for name in ("cached", "context_sums", "context_counts")}
+    working = replace(cache, **lists)  # the caller's cache stays as it was
+    out, cache = recurrent_deep_memory_caching(*inputs, cache=working, params=params, rates=rates)
     return out.to(q.dtype), cache

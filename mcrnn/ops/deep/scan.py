@@ -227,26 +227,16 @@ class ChunkScan(torch.autograd.Function):
                 end_w, end_s = [c[points.index(after)] for c in cached], [None] * len(starts_s)
             else:
                 end_w, end_s = chunk_w[after], chunk_s[after]
-            for l, w in enumerate(weights):
-                # W' = A W + P S - (delta * m)^T a ;  S' = B S - (delta * m_S)^T a (accumulated in place)
-                torch.mul(w, end["retain"], out=end_w[l])
-                if titans:
-                    end_w[l].addcmul_(momentum[l], end["carry"])
-                _subtract_outer(end_w[l], at.deltas[l], at.inputs[l], end["mix"])
-                if titans and end_s[l] is not None:
-                    torch.mul(momentum[l], end["momentum_retain"], out=end_s[l])
-                    _subtract_outer(end_s[l], at.deltas[l], at.inputs[l], end["momentum_mix"])
+            _write_chunk_end(weights, momentum, at, end, end_w, end_s)
             if not reset and after in points:
                 for c, w in zip(cached, end_w, strict=True):
                     c[points.index(after)] = w
         ctx.spec = spec
         ctx.set_materialize_grads(False)
         hidden = terms.inputs[1:]
-        ctx.save_for_backward(
-            *initial, keys, values, *ends.tensors(), *starts_w, *starts_s, *hidden, *terms.deltas,
-            *terms.pre_activations, *terms.back_products,
-            *([query, *coef.tensors(), *read_pre] if fused else []),
-        )  # fmt: skip
+        saved = [*initial, keys, values, *ends.tensors(), *starts_w, *starts_s, *hidden, *terms.deltas]
+        saved += [*terms.pre_activations, *terms.back_products]
+        ctx.save_for_backward(*saved, *([query, *coef.tensors(), *read_pre] if fused else []))
         last_start = [w[-1].clone() for w in starts_w]
         read_out = [output] if fused else []
         if not states:
@@ -275,11 +265,9 @@ class ChunkScan(torch.autograd.Function):
         ends = ChunkEnd(*take(5 if titans else 2))
         starts_w, starts_s = take(depth), take(depth if titans else 0)
         terms = network.KeyGradients([keys, *take(hidden)], take(depth), take(hidden), take(hidden))
-        query = coef = None
-        read_pre: list[torch.Tensor] = []
+        query, coef, read_pre = None, None, []
         if fused:
-            query, coef = take(1)[0], ChunkCoefficients(*take(3 if titans else 2))
-            read_pre = take(hidden)
+            query, coef, read_pre = take(1)[0], ChunkCoefficients(*take(3 if titans else 2)), take(hidden)
         take_grad = _Taker(list(grads))
         g_output = take_grad(1)[0] if fused else None
         g_starts_w = take_grad(depth if states else 0)
@@ -287,7 +275,6 @@ class ChunkScan(torch.autograd.Function):
         g_final_w, g_final_s = take_grad(depth), take_grad(depth if titans else 0)
         g_last_start, g_cached = take_grad(depth), take_grad(depth)
         g_inputs, g_deltas = take_grad(hidden if states else 0), take_grad(depth if states else 0)
-
         n_chunks = keys.shape[0]
         g_initial = [torch.zeros_like(w) for w in initial]
         g_keys, g_values = torch.empty_like(keys), torch.empty_like(values)
@@ -324,29 +311,13 @@ class ChunkScan(torch.autograd.Function):
                     for g0, g in zip(g_start_w, g_last_start, strict=True)
                 ]
             if fused and g_outputs[j] is not None:
-                g_queries[j].copy_(read_backward(
-                    g_outputs[j], queries[j], weights, momentum, at, coefs[j], pres[j], g_coefs[j],
-                    g_start_w, g_start_s, g_a, g_d,
-                ))  # fmt: skip
+                read = (queries[j], weights, momentum, at, coefs[j], pres[j], g_coefs[j])
+                g_queries[j].copy_(read_backward(g_outputs[j], *read, g_start_w, g_start_s, g_a, g_d))
             elif fused:
                 g_queries[j].zero_()
                 for x in g_coefs[j].tensors():
                     x.zero_()
-            # the update's adjoint (g_w[l] is None when nothing depends on the end state)
-            g_end["retain"].copy_(_inner(g_w, weights))
-            g_end["mix"].copy_(_update_adjoint(g_w, end["mix"], at, g_a, g_d))
-            for l, g in enumerate(g_w):
-                if g is not None:
-                    g_start_w[l] = accumulate(g_start_w[l], g * end["retain"])
-            if titans:
-                g_end["carry"].copy_(_inner(g_w, momentum))
-                g_end["momentum_retain"].copy_(_inner(g_s, momentum))
-                g_end["momentum_mix"].copy_(_update_adjoint(g_s, end["momentum_mix"], at, g_a, g_d))
-                for l, (gw, gs) in enumerate(zip(g_w, g_s, strict=True)):
-                    if gs is not None:
-                        g_start_s[l] = accumulate(g_start_s[l], gs * end["momentum_retain"])
-                    if gw is not None:
-                        g_start_s[l] = accumulate(g_start_s[l], gw * end["carry"])
+            _chunk_end_backward(g_w, g_s, weights, momentum, at, end, g_end, g_a, g_d, g_start_w, g_start_s)
             g_key, g_value = _key_gradients_backward(memory, weights, at, g_a, g_d, g_start_w)
             g_keys_at[j].copy_(g_key)
             g_values_at[j].copy_(g_value)
@@ -365,6 +336,59 @@ class ChunkScan(torch.autograd.Function):
         if fused:
             result += [g_query, *g_coef.tensors()]
         return tuple(result)
+
+
+def _write_chunk_end(
+    weights: Sequence[torch.Tensor],
+    momentum: Sequence[torch.Tensor],
+    at: network.KeyGradients,
+    end: dict[str, torch.Tensor],
+    end_w: Sequence[torch.Tensor],
+    end_s: Sequence[torch.Tensor | None],
+) -> None:
+    """The state after a chunk, per layer, into ``end_w`` (and, titans, ``end_s`` where not None):
+    ``W' = A W + P S - (delta * m)^T a``, ``S' = B S - (delta * m_S)^T a`` (accumulated in place)."""
+    for l, w in enumerate(weights):
+        torch.mul(w, end["retain"], out=end_w[l])
+        if momentum:
+            end_w[l].addcmul_(momentum[l], end["carry"])
+        _subtract_outer(end_w[l], at.deltas[l], at.inputs[l], end["mix"])
+        if momentum and end_s[l] is not None:
+            torch.mul(momentum[l], end["momentum_retain"], out=end_s[l])
+            _subtract_outer(end_s[l], at.deltas[l], at.inputs[l], end["momentum_mix"])
+
+
+def _chunk_end_backward(
+    g_w: list[torch.Tensor | None],
+    g_s: list[torch.Tensor | None],
+    weights: Sequence[torch.Tensor],
+    momentum: Sequence[torch.Tensor],
+    at: network.KeyGradients,
+    end: dict[str, torch.Tensor],
+    g_end: dict[str, torch.Tensor],
+    g_a: list[torch.Tensor | None],
+    g_d: list[torch.Tensor | None],
+    g_start_w: list[torch.Tensor | None],
+    g_start_s: list[torch.Tensor | None],
+) -> None:
+    """The adjoint of :func:`_write_chunk_end`: from ``dL/d(end state)`` (``g_w``, ``g_s``; None where nothing
+    depends on it) the end coefficients' gradients into ``g_end``, and ``dL/d(start state)`` accumulated
+    into ``g_start_w``/``g_start_s`` in place (and ``g_a``, ``g_d`` through :func:`_update_adjoint`)."""
+    g_end["retain"].copy_(_inner(g_w, weights))
+    g_end["mix"].copy_(_update_adjoint(g_w, end["mix"], at, g_a, g_d))
+    for l, g in enumerate(g_w):
+        if g is not None:
+            g_start_w[l] = accumulate(g_start_w[l], g * end["retain"])
+    if not momentum:
+        return
+    g_end["carry"].copy_(_inner(g_w, momentum))
+    g_end["momentum_retain"].copy_(_inner(g_s, momentum))
+    g_end["momentum_mix"].copy_(_update_adjoint(g_s, end["momentum_mix"], at, g_a, g_d))
+    for l, (gw, gs) in enumerate(zip(g_w, g_s, strict=True)):
+        if gs is not None:
+            g_start_s[l] = accumulate(g_start_s[l], gs * end["momentum_retain"])
+        if gw is not None:
+            g_start_s[l] = accumulate(g_start_s[l], gw * end["carry"])
 
 
 class _Taker:

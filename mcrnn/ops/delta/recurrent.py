@@ -55,8 +55,8 @@ def recurrent_delta_mc(
         pseudo_v = beta[:, t].to(dtype).unsqueeze(-1) * (v_t - predicted)
         write = k_t.unsqueeze(-1) * pseudo_v.unsqueeze(-2)
         if isinstance(cache, FenwickMemoryCache):  # checkpoint: the online state is the prefix state
-            y, cache = fenwick_step(q_t, k_t, u_t, cache, write=write, log_decay=step_log_decay)
+            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
         else:
-            y, cache = recurrent_step(q_t, k_t, u_t, cache, write=write, decay=decay)
+            y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=decay)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

@@ -38,9 +38,9 @@ def recurrent_gla_mc(
         step_log_decay = log_decay[:, t].to(dtype)
         write = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
         if isinstance(cache, FenwickMemoryCache):
-            y, cache = fenwick_step(q_t, k_t, u_t, cache, write=write, log_decay=step_log_decay)
+            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
         else:
             decay = step_log_decay.exp()
-            y, cache = recurrent_step(q_t, k_t, u_t, open_token(cache), write=write, decay=decay)
+            y, cache = recurrent_step(q_t, k_t, u_t, cache=open_token(cache), write=write, decay=decay)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

@@ -50,8 +50,8 @@ def recurrent_kda_mc(
         pseudo_v = beta[:, t].to(dtype).unsqueeze(-1) * (v_t - predicted)
         write = k_t.unsqueeze(-1) * pseudo_v.unsqueeze(-2)
         if isinstance(cache, FenwickMemoryCache):
-            y, cache = fenwick_step(q_t, k_t, u_t, cache, write=write, log_decay=step_log_decay)
+            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
         else:
-            y, cache = recurrent_step(q_t, k_t, u_t, cache, write=write, decay=step_log_decay.exp())
+            y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=step_log_decay.exp())
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

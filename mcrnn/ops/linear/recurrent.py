@@ -73,11 +73,12 @@ def recurrent_linear_mc(
             cache.prev_value,
         )
         step_log_decay = None if log_decay is None else log_decay[:, t]
+        q_t, k_t, u_t = q[:, t], k[:, t], u[:, t]
         if isinstance(cache, FenwickMemoryCache):
-            y, cache = fenwick_step(q[:, t], k[:, t], u[:, t], cache, write=write, log_decay=step_log_decay)
+            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
         else:
             decay = None if step_log_decay is None else step_log_decay.exp()
-            y, cache = recurrent_step(q[:, t], k[:, t], u[:, t], cache, write=write, decay=decay)
+            y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=decay)
         if swla:
             cache = replace(cache, prev_key=k[:, t], prev_value=v[:, t])
         outputs.append(y)

@@ -86,8 +86,8 @@ def fenwick_step(
     q: torch.Tensor,
     k: torch.Tensor,
     u: torch.Tensor,
-    cache: FenwickMemoryCache,
     *,
+    cache: FenwickMemoryCache,
     write: torch.Tensor,
     log_decay: torch.Tensor | None,
 ) -> tuple[torch.Tensor, FenwickMemoryCache]:

@@ -117,8 +117,8 @@ def recurrent_step(
     q: torch.Tensor,
     k: torch.Tensor,
     u: torch.Tensor,
-    cache: MatrixMemoryCache,
     *,
+    cache: MatrixMemoryCache,
     write: torch.Tensor,
     decay: torch.Tensor | None,
 ) -> tuple[torch.Tensor, MatrixMemoryCache]:
