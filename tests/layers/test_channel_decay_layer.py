@@ -82,4 +82,4 @@ def test_right_padding_writes_nothing(memory):
     padded, cache = layer(x, attention_mask=mask, use_cache=True)
     alone, cache_alone = layer(x[1:, :6], use_cache=True)
     torch.testing.assert_close(padded[1, :6], alone[0], **TOL)
-    torch.testing.assert_close(cache.memory.online[1], cache_alone.memory.online[0], **TOL)
+    torch.testing.assert_close(cache.op.online[1], cache_alone.op.online[0], **TOL)
