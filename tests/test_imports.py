@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import mcrnn
 
 
 def _run(code: str) -> str:
@@ -46,3 +50,57 @@ def test_ops_modules_are_not_shadowed() -> None:
     )
     exported = "['MatrixMemoryCache', 'chunk_linear_mc', 'naive_linear_mc', 'recurrent_linear_mc']"
     assert _run(code) == f"True mcrnn.ops.api {exported}"
+
+
+#: the package's layers, lowest first (docs/DESIGN.md §9): a module imports only from its own level or below
+LEVELS = {
+    "utils": 0,
+    "ops": 1,
+    "layers": 2,
+    "models": 3,
+    "_registration": 3,
+    "__init__": 3,
+    "data": 4,
+    "train": 5,
+    "eval": 6,
+    "bench": 6,
+    "cli": 7,
+    "__main__": 7,
+}
+
+
+def _mcrnn_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, first part below ``mcrnn``) of every import of mcrnn in ``tree``, lazy ones included;
+    ``import mcrnn`` / ``from mcrnn import x`` give ``__init__`` (or ``x``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+            if node.module == "mcrnn":
+                names = [f"mcrnn.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "mcrnn":
+                found.append((node.lineno, parts[1] if len(parts) > 1 else "__init__"))
+    return found
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    root = Path(mcrnn.__file__).parent
+    upward = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        own = relative.parts[0].removesuffix(".py")
+        assert own in LEVELS, f"{relative}: {own!r} has no level in LEVELS; place it in the layering"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        relative_imports = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+        assert not relative_imports, f"{relative}:{relative_imports}: relative imports (not checked here)"
+        for line, target in _mcrnn_imports(tree):
+            assert target in LEVELS, f"{relative}:{line} imports mcrnn.{target}, which has no level"
+            if LEVELS[target] > LEVELS[own]:
+                upward.append(f"{relative}:{line} ({own}) imports mcrnn.{target}")
+    assert not upward, "imports running up the layers:\n" + "\n".join(upward)

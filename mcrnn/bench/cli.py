@@ -25,7 +25,7 @@ from mcrnn.bench.suites import (
     peer_suite,
 )
 from mcrnn.bench.timing import machine_info, merge_rounds, run_isolated
-from mcrnn.cli import ExtendList, list_of, positive_int
+from mcrnn.utils.arguments import ExtendList, list_of, positive_int
 
 SUITES = ("ops", "peer", "deep", "delta")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")

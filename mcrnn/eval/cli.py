@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mcrnn.cli import ExtendList, list_of, positive_int
+from mcrnn.utils.arguments import ExtendList, list_of, positive_int
 
 TASKS = ("mqar", "niah", "ppl", "extrapolation")
 NIAH_TASKS = ("niah_1", "niah_2", "niah_3")

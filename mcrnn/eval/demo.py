@@ -248,7 +248,7 @@ EXAMPLES = """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mcrnn.cli import ExtendList, list_of, positive_int
+    from mcrnn.utils.arguments import ExtendList, list_of, positive_int
 
     parser.add_argument("--out", default="runs/demo", help="folder for results.json and demo.png")
     parser.add_argument(

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset
 from mcrnn.models import MCConfig, MCForCausalLM
+from mcrnn.ops.spec import MATRIX_MEMORIES, check_memory
 from mcrnn.train import evaluate_lm
 from mcrnn.train.checkpoint import CONFIG_FILE, MODEL_FILE, read_weights
 
@@ -102,11 +103,23 @@ def with_average_caching(model: MCForCausalLM, segment_size: int) -> MCForCausal
 
     A model trained with caching off (``segment_size=None``) gets ``segment_size`` and
     ``aggregation="average"``: every token reads the mean of its online and cached memories; no
-    weight changes. Returns a new model on the same device.
+    weight changes. A deep memory's inner chunk is part of the trained model (DESIGN.md §6), so the
+    twin keeps the chunk the model ran with and ``segment_size`` must be a multiple of it (a one-line
+    error otherwise: picking another chunk would silently score another model). Returns a new model on
+    the same device, in the same dtype.
     """
     if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
         raise ValueError(f"average segment_size must be an int >= 1, got {segment_size!r}")
-    values = model.config.to_dict()
+    config = model.config
+    chunk = None
+    if config.memory not in MATRIX_MEMORIES:
+        chunk = check_memory(config.mc_spec, config.memory, config.chunk_size)
+        if segment_size % chunk:
+            raise ValueError(
+                f"average segment_size must be a multiple of the {config.memory} memory's inner chunk "
+                f"{chunk} (part of the trained model), got {segment_size}"
+            )
+    values = config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
         values.pop(key, None)
     values.update(
@@ -116,11 +129,12 @@ def with_average_caching(model: MCForCausalLM, segment_size: int) -> MCForCausal
         aggregation="average",
         ssc_top_k=None,
     )
-    if values["chunk_size"] is not None and segment_size % values["chunk_size"]:
-        values["chunk_size"] = None  # a deep memory's inner chunk must divide the segments
-    twin = MCForCausalLM(MCConfig(**values))
+    if chunk is not None:
+        values["chunk_size"] = chunk
+    weight = next(model.parameters())  # the twin in the model's dtype before the weights are copied in
+    twin = MCForCausalLM(MCConfig(**values)).to(device=weight.device, dtype=weight.dtype)
     twin.load_state_dict(model.state_dict(), strict=True)
-    return twin.to(next(model.parameters()).device).eval()
+    return twin.eval()
 
 
 def eval_extrapolation(

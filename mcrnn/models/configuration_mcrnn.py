@@ -197,6 +197,8 @@ def _check_misspelled(extra: Mapping[str, object]) -> None:
         name for name in inspect.signature(MCConfig.__init__).parameters if name not in ("self", "kwargs")
     ]
     for name in extra:
+        if name in _RENAMED:
+            raise ValueError(f"{name} is not an MCConfig field; use {_RENAMED[name]}={extra[name]!r}")
         if hasattr(PretrainedConfig, name) or name in _PRETRAINED_ATTRIBUTES:
             continue
         close = difflib.get_close_matches(name, fields, n=1, cutoff=0.8)
@@ -205,3 +207,5 @@ def _check_misspelled(extra: Mapping[str, object]) -> None:
 
 
 _PRETRAINED_ATTRIBUTES = frozenset(PretrainedConfig().to_dict())
+#: the layer's and the op's names of MCConfig fields that the config spells otherwise
+_RENAMED = {"top_k": "ssc_top_k"}

@@ -6,13 +6,15 @@ registered for Auto classes, as mcrnn's are, so that ``AutoModelForCausalLM.from
 trust_remote_code=True)`` loads it in a process that never imported mcrnn), the tokenizer's files when
 one is given (``AutoTokenizer.from_pretrained(folder)``), ``trainer_state.pt`` (optimizer, scheduler,
 step = data position, RNG states; read back with ``torch.load(weights_only=True)``) and ``run.json`` (the
-step, the kind of training data, and the run's ``lineage``: the names of its checkpoints still kept,
-oldest first).
+step, the kind of training data and the ``data:`` section that built it, and the run's ``lineage``: the
+names of its checkpoints still kept, oldest first).
 
 A checkpoint is written into a temporary folder, every file and the folder are fsynced, the folder is
 renamed into place and the parent fsynced; then ``checkpoints/latest`` (a one-line file) is replaced the
 same way. An interrupted save (Ctrl-C, crash, power loss) thus leaves the previous complete checkpoint
-as ``latest``; temporary folders a killed save left behind are removed by the next save.
+as ``latest``; temporary folders a killed save left behind are removed by the next save. A save that
+meets a full disk removes its temporary folder, leaves ``latest`` as it was and raises
+:class:`DiskFullError` naming the step, the folder and the last complete checkpoint.
 
 Rotation deletes only checkpoints of the lineage being written (the run and the runs it resumed
 from), the oldest first, never the checkpoint just written, so a resumed or restarted run cannot
@@ -22,6 +24,7 @@ delete checkpoints it did not write nor the one ``latest`` names.
 from __future__ import annotations
 
 import copy
+import errno
 import inspect
 import json
 import os
@@ -46,7 +49,13 @@ LATEST = "latest"
 STATE_KEYS = ("step", "optimizer", "scheduler", "rng_cpu")
 _STEP_NAME = re.compile(r"step_\d{8}")
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+#: what torch.save and safetensors say instead of ENOSPC when a write hits a full disk
+_DISK_FULL_MARKS = ("unexpected pos", "file write failed", "no space left")
 _TEMPORARY = (".tmp-step_*", ".stale-step_*", f".{LATEST}.tmp-*")
+
+
+class DiskFullError(OSError):
+    """A checkpoint could not be written for lack of space (its temporary folder is removed)."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -131,13 +140,15 @@ def save_checkpoint(
     data: str | None = None,
     model_class: type | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    data_config: dict | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and durably; returns its folder.
 
     ``lineage`` names the earlier kept checkpoints of this run (oldest first; from the ``run.json`` of
     the checkpoint it resumed from); after the save, all but the newest ``keep`` of ``lineage + [this]``
     are deleted. No other folder is touched. ``data`` names the kind of training data (``text``,
-    ``mqar``, ...), recorded for evaluation. ``config`` and ``model_class`` (the class of the model
+    ``mqar``, ...), recorded for evaluation, and ``data_config`` the config section that built it
+    (compared on resume). ``config`` and ``model_class`` (the class of the model
     whose state is saved) get their code files and ``auto_map`` written (:func:`write_config_and_code`);
     ``tokenizer`` is written with its ``save_pretrained``.
     """
@@ -146,35 +157,94 @@ def save_checkpoint(
     remove_stale_temporaries(root)
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
-    tensors = dict(model_state)
-    if getattr(config, "tie_word_embeddings", False):
-        tensors.pop("lm_head.weight", None)  # tied to the embedding; re-tied on load
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / MODEL_FILE, metadata={"format": "pt"})
-    write_config_and_code(tmp, config, model_class)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    torch.save(trainer_state, tmp / STATE_FILE)
     kept = [name for name in (lineage or []) if name != final.name] + [final.name]
     deleted, kept = kept[:-keep], kept[-keep:]
     info = {"step": step, "data": data, "lineage": kept}
-    (tmp / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    for file in tmp.iterdir():
+    if data_config is not None:
+        info["data_config"] = data_config
+    try:
+        tmp.mkdir()
+        _write_folder(tmp, model_state, config, trainer_state, info, model_class, tokenizer)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(err, root, final)
+        raise
+    _move_into_place(tmp, final)
+    try:
+        atomic_write_text(root / LATEST, final.name + "\n")
+    except BaseException as err:
+        remove_stale_temporaries(root)  # the half-written `latest`
+        if is_disk_full(err) and (latest_checkpoint(out_dir) or root).name != final.name:
+            shutil.rmtree(final, ignore_errors=True)  # complete, but no `latest` names it: it would linger
+        _raise_if_disk_full(err, root, final)
+        raise
+    for name in deleted:
+        if _STEP_NAME.fullmatch(name):
+            shutil.rmtree(root / name, ignore_errors=True)
+    return final
+
+
+def _write_folder(
+    folder: Path,
+    model_state: dict[str, torch.Tensor],
+    config: PretrainedConfig,
+    trainer_state: dict,
+    info: dict,
+    model_class: type | None,
+    tokenizer: PreTrainedTokenizerBase | None,
+) -> None:
+    """Every file of a checkpoint into ``folder``, each fsynced, then the folder itself."""
+    tensors = dict(model_state)
+    if getattr(config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)  # tied to the embedding; re-tied on load
+    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / MODEL_FILE, metadata={"format": "pt"})
+    write_config_and_code(folder, config, model_class)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    torch.save(trainer_state, folder / STATE_FILE)
+    (folder / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    for file in folder.iterdir():
         fsync_path(file)
-    fsync_path(tmp)
+    fsync_path(folder)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the written folder ``tmp`` to ``final`` (an older copy of that step is moved aside first,
+    then deleted) and fsync their parent."""
     if final.exists():  # re-saving a step (after a resume): move the old copy aside first
-        stale = root / f".stale-{final.name}-{os.getpid()}"
+        stale = final.with_name(f".stale-{final.name}-{os.getpid()}")
         os.replace(final, stale)
         os.replace(tmp, final)
         shutil.rmtree(stale, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    fsync_path(root)
-    atomic_write_text(root / LATEST, final.name + "\n")
-    for name in deleted:
-        if _STEP_NAME.fullmatch(name):
-            shutil.rmtree(root / name, ignore_errors=True)
-    return final
+    fsync_path(final.parent)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for a write that failed on a full disk: ``OSError`` ENOSPC (or EDQUOT), or the errors that
+    ``torch.save`` (``inline_container``: "unexpected pos", "file write failed") and safetensors
+    ("No space left on device") raise in its place."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err).lower()
+    return isinstance(err, (RuntimeError, SafetensorError)) and any(mark in text for mark in _DISK_FULL_MARKS)
+
+
+def _raise_if_disk_full(err: BaseException, root: Path, final: Path) -> None:
+    """Raise the one-line :class:`DiskFullError` (from ``err``) when ``err`` is a full disk."""
+    if not is_disk_full(err):
+        return
+    try:
+        last = latest_checkpoint(root.parent)
+    except (OSError, ValueError):
+        last = None
+    where = f"step {int(last.name.removeprefix('step_'))} ({last})" if last is not None else "none"
+    step = int(final.name.removeprefix("step_"))
+    raise DiskFullError(
+        f"no space left on device while writing checkpoint step {step} to {final}; the last complete "
+        f"checkpoint is {where}"
+    ) from err
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

@@ -2,7 +2,8 @@
 
 Writes ``metrics.jsonl``, ``loss.png`` and ``checkpoints/step_<N>/`` into ``train.out_dir``. A fresh run
 into a folder that already holds a run is refused: continue it with ``--resume`` or replace it with
-``--overwrite``. Several processes: ``torchrun --nproc_per_node=N -m mcrnn train ...``.
+``--overwrite``. One training runs per folder (``out_dir/train.lock``). Several processes:
+``torchrun --nproc_per_node=N -m mcrnn train ...``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mcrnn.cli import positive_int
+from mcrnn.utils.arguments import positive_int
 
 EXAMPLES = """
   mcrnn train --config cfg.yaml
@@ -26,9 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     start.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="delete the run already in out_dir (metrics, checkpoints, logs) and start afresh",
-    )  # fmt: skip
+    )
+    parser.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="with --resume: continue although the data section differs from the checkpoint's",
+    )
     parser.add_argument("--out-dir", help="override train.out_dir")
     parser.add_argument("--steps", type=positive_int, help="override train.steps")
 
@@ -40,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("out_dir", args.out_dir), ("steps", args.steps)) if v is not None}
     try:
         result = run_config(
-            raw, resume=args.resume, overwrite=getattr(args, "overwrite", False), overrides=overrides
+            raw,
+            resume=args.resume,
+            overwrite=getattr(args, "overwrite", False),
+            overrides=overrides,
+            allow_data_change=args.allow_data_change,
         )
     except KeyboardInterrupt:
         print("interrupted: the last complete checkpoint is intact; continue with --resume", file=sys.stderr)

@@ -22,7 +22,6 @@ train:        # any TrainOptions field
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +33,10 @@ from torch.utils.data import Dataset
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset, TextDataset
 from mcrnn.models import MCConfig, MCForCausalLM
 from mcrnn.train.data_shards import TokenShardDataset
-from mcrnn.train.loop import TrainResult, check_out_dir, train
-from mcrnn.train.options import TrainOptions
+from mcrnn.train.lock import check_free
+from mcrnn.train.loop import TrainResult, train
+from mcrnn.train.options import TrainOptions, unknown_key_error
+from mcrnn.train.out_dir import check_out_dir
 
 SECTIONS = ("model", "data", "eval_data", "train")
 #: data.type -> the constructor its parameters go to (NIAH also takes ``tokenizer``)
@@ -60,9 +61,9 @@ def load_config(path: str | Path) -> dict:
         raise ValueError(f"invalid YAML in {path}: {' '.join(str(err).split())}") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{path} must hold a mapping with sections {SECTIONS}")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    for section in raw:
+        if section not in SECTIONS:
+            raise unknown_key_error(str(path), section, SECTIONS)
     for section in ("model", "data"):
         if not isinstance(raw.get(section), dict):
             raise ValueError(f"{path}: section {section!r} is required and must be a mapping")
@@ -84,9 +85,7 @@ def _check_keys(section: str, values: dict, known: set[str], required: set[str] 
     ``required`` key that is absent."""
     for key in values:
         if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(known)}"
-            raise ValueError(f"{section}: unknown key {key!r}{hint}")
+            raise unknown_key_error(section, key, known)
     missing = sorted(required - set(values))
     if missing:
         raise ValueError(f"{section}: missing required key(s) {missing}")
@@ -150,11 +149,18 @@ def build_options(raw: dict, overrides: dict | None = None) -> TrainOptions:
 
 
 def run_config(
-    raw: dict, *, resume: bool = False, overwrite: bool = False, overrides: dict | None = None
+    raw: dict,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    overrides: dict | None = None,
+    allow_data_change: bool = False,
 ) -> TrainResult:
-    """Build the model, data and options of a parsed config and train (see :func:`train`)."""
+    """Build the model, data and options of a parsed config and train (see :func:`train`; a resume
+    with a changed ``data:`` section is refused unless ``allow_data_change``)."""
     options = build_options(raw, overrides)
-    check_out_dir(options.out_dir, resume, overwrite)  # before the data is read, which may take long
+    check_free(options.out_dir)  # before the data is read, which may take long
+    check_out_dir(options.out_dir, resume, overwrite)
     model_config = build_model_config(raw["model"])
     train_data = build_dataset(raw["data"], "train")
     eval_spec = raw.get("eval_data")
@@ -163,4 +169,13 @@ def run_config(
     eval_data = build_dataset(eval_spec, "val", section="eval_data") if eval_spec is not None else None
     torch.manual_seed(options.seed)  # the same initial weights in every process and every run
     model = MCForCausalLM(model_config)
-    return train(model, train_data, options, eval_data=eval_data, resume=resume, overwrite=overwrite)
+    return train(
+        model,
+        train_data,
+        options,
+        eval_data=eval_data,
+        resume=resume,
+        overwrite=overwrite,
+        data_config=raw["data"],
+        allow_data_change=allow_data_change,
+    )

@@ -27,6 +27,7 @@ import bisect
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -169,11 +170,18 @@ def prepare_shards(
     if not shards:
         raise ValueError(f"inputs {[str(p) for p in files]} hold no documents")
     index = {
-        "format": FORMAT, "version": 1, "dtype": dtype.name, "tokenizer": str(tokenizer),
-        "vocab_size": int(tok.vocab_size), "eos_id": int(tok.eos_id), "field": field,
-        "sources": [str(p) for p in files], "shards": shards,
-        "tokens": sum(s["tokens"] for s in shards), "documents": sum(s["documents"] for s in shards),
-    }  # fmt: skip
+        "format": FORMAT,
+        "version": 1,
+        "dtype": dtype.name,
+        "tokenizer": str(tokenizer),
+        "vocab_size": int(tok.vocab_size),
+        "eos_id": int(tok.eos_id),
+        "field": field,
+        "sources": [str(p) for p in files],
+        "shards": shards,
+        "tokens": sum(s["tokens"] for s in shards),
+        "documents": sum(s["documents"] for s in shards),
+    }
     _write_atomic(out / INDEX_FILE, (json.dumps(index, indent=1) + "\n").encode())
     return index
 
@@ -238,6 +246,8 @@ class TokenShardDataset(Dataset):
             if other != first:
                 raise ValueError(f"shard folder {folder} has {other}, but {folders[0]} has {first}")
         self.folders = folders
+        self.tokenizer_name = str(first["tokenizer"])
+        self._tokenizer: Tokenizer | None = None
         self.seq_len = seq_len
         self.eos_id = int(first["eos_id"]) if separate_documents else None
         dtype = np.dtype(first["dtype"]).newbyteorder("<")
@@ -261,6 +271,21 @@ class TokenShardDataset(Dataset):
                 f"{seq_len + 1} tokens ({tokens} tokens in {len(self.shards)} shard(s), "
                 f"val_fraction={val_fraction})"
             )
+        if split == "val" and len(self) == 1:
+            print(
+                f"warning: the val split of {', '.join(map(str, folders))} is 1 window of {seq_len} tokens "
+                f"(val_fraction={val_fraction} of {total} windows): its loss and perplexity are noise; "
+                "raise val_fraction or add data",
+                file=sys.stderr,
+            )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the shards were prepared with (the index's ``tokenizer``), loaded when first
+        asked for; the training loop saves its ``transformers`` form with every checkpoint."""
+        if self._tokenizer is None:
+            self._tokenizer = get_tokenizer(self.tokenizer_name)
+        return self._tokenizer
 
     def __len__(self) -> int:
         return self.stop - self.first

@@ -46,11 +46,12 @@ without the recompute) becomes ``3/4`` of it, and the tokens/s printed say which
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import torch
 
-from mcrnn.cli import positive_int
+from mcrnn.utils.arguments import positive_int
 
 
 @dataclass(frozen=True)
@@ -223,10 +224,8 @@ class Estimate:
 
     def total(self, checkpointing: bool) -> float:
         acts = self.activations_checkpointed if checkpointing else self.activations
-        return (
-            self.weights + self.gradients + self.optimizer + self.gathered + acts + self.logits
-            + self.backward_working
-        )  # fmt: skip
+        static = self.weights + self.gradients + self.optimizer + self.gathered
+        return static + acts + self.logits + self.backward_working
 
 
 def estimate(
@@ -241,8 +240,13 @@ def estimate(
     parallel: str = "fsdp",
     precision: str = "bf16",
     checkpointing: bool = True,
+    activations: BlockActivations | None = None,
 ) -> Estimate:
-    """The estimate of the module doc for ``micro_batch_size`` sequences of ``seq_len`` per GPU."""
+    """The estimate of the module doc for ``micro_batch_size`` sequences of ``seq_len`` per GPU.
+
+    ``activations``: the block's fit (:func:`measure_block_activations`, measured here when None).
+    FSDP2 over ``gpus > 1`` gathers ``4 (N - L P + 2 P)`` bytes (``P`` the parameters of one block: the
+    root's own and two blocks, fp32); checkpointing scales the tokens/s by ``3/4``."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
     total, embedding = parameter_counts(config)
@@ -252,7 +256,7 @@ def estimate(
         block = block_parameter_count(config)
         root = total - config.num_hidden_layers * block
         gathered = 4.0 * (root + 2 * block)
-    block_acts = measure_block_activations(config, precision)
+    block_acts = activations or measure_block_activations(config, precision)
     per_token = block_acts.bytes_per_token(config, seq_len)
     one_block = block_acts.total(config, seq_len, micro_batch_size)
     tokens_micro = micro_batch_size * seq_len
@@ -327,10 +331,80 @@ def _model_overrides(items: list[str]) -> dict:
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", required=True, help="YAML training config (model / data / train sections)"
+@dataclass(frozen=True)
+class Setup:
+    """What one estimate is of: a config file's model and training options with the overrides given."""
+
+    path: str
+    config: object
+    options: object
+    seq_len: int
+    micro_batch_size: int
+    tokens: float
+    precision: str
+
+
+def setup_of(
+    path,
+    *,
+    gpus: int,
+    model: list[str] = (),
+    seq_len: int | None = None,
+    micro_batch_size: int | None = None,
+    precision: str | None = None,
+    tokens: float | None = None,
+) -> Setup:
+    """The :class:`Setup` of the training config at ``path``; every ``None`` takes the config's value
+    (the micro-batch: ``train.micro_batch_size``, else ``batch_size / gpus``; the tokens: steps x batch x
+    length; the precision: ``fp32`` for ``precision: fp32``, else ``bf16``)."""
+    from mcrnn.train.config import build_model_config, build_options, load_config
+
+    raw = load_config(path)
+    config = build_model_config({**raw["model"], **_model_overrides(list(model))})
+    options = build_options(raw)
+    seq_len = seq_len or int(raw["data"].get("seq_len", 0))
+    if seq_len < 1:
+        raise ValueError("data.seq_len is missing: give --seq-len")
+    micro = micro_batch_size or options.micro_batch_size or max(options.batch_size // gpus, 1)
+    return Setup(
+        path=str(path),
+        config=config,
+        options=options,
+        seq_len=seq_len,
+        micro_batch_size=micro,
+        tokens=tokens or float(options.steps) * options.batch_size * seq_len,
+        precision=precision or ("fp32" if options.precision == "fp32" else "bf16"),
     )
+
+
+def estimate_setup(
+    setup: Setup,
+    *,
+    gpus: int,
+    gpu: GPU,
+    mfu: float,
+    activations: BlockActivations | None = None,
+    checkpointing: bool | None = None,
+) -> Estimate:
+    """:func:`estimate` of ``setup`` (``checkpointing``: the config's unless given)."""
+    options = setup.options
+    return estimate(
+        setup.config,
+        seq_len=setup.seq_len,
+        micro_batch_size=setup.micro_batch_size,
+        gpus=gpus,
+        gpu=gpu,
+        mfu=mfu,
+        tokens=setup.tokens,
+        parallel=options.parallel,
+        precision=setup.precision,
+        checkpointing=options.activation_checkpointing if checkpointing is None else checkpointing,
+        activations=activations,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML training config (model / data / train sections)")
     parser.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU type")
     parser.add_argument("--gpus", type=positive_int, default=32, help="GPUs in all (the world size)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model-flops utilisation assumed, in (0, 1]")
@@ -342,49 +416,96 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--measure", action="store_true", help="also run one step on the CPU and print its measured memory"
     )
+    parser.add_argument(
+        "--print-fit", action="store_true", help="only measure the block of --config; print its fit as JSON"
+    )
+    table = parser.add_argument_group("the table of docs/scaling.md (mcrnn.train.estimate_table)")
+    table.add_argument(
+        "--table",
+        metavar="FOLDER",
+        help="print the table of the configs listed in FOLDER/block_activations.json (instead of --config)",
+    )
+    table.add_argument(
+        "--refit", action="store_true", help="with --table: measure every block again (one process each)"
+    )
+    table.add_argument(
+        "--write-docs", metavar="FILE", help="with --table: replace the table between its markers in FILE"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcrnn.train.config import build_model_config, build_options, load_config
+    if args.table:
+        from mcrnn.train.estimate_table import run_table
 
-    raw = load_config(args.config)
-    config = build_model_config({**raw["model"], **_model_overrides(args.model)})
-    options = build_options(raw)
-    seq_len = args.seq_len or int(raw["data"].get("seq_len", 0))
-    if seq_len < 1:
-        raise ValueError("data.seq_len is missing: give --seq-len")
-    micro = args.micro_batch_size or options.micro_batch_size or max(options.batch_size // args.gpus, 1)
-    tokens = args.tokens or float(options.steps) * options.batch_size * seq_len
-    precision = args.precision or ("fp32" if options.precision == "fp32" else "bf16")
-    gpu = GPUS[args.gpu]
+        return run_table(args)
+    if args.refit or args.write_docs:
+        raise ValueError(f"--{'refit' if args.refit else 'write-docs'} needs --table")
+    if not args.config:
+        raise ValueError("give --config FILE (or --table FOLDER)")
+    setup = setup_of(
+        args.config,
+        gpus=args.gpus,
+        model=args.model,
+        seq_len=args.seq_len,
+        micro_batch_size=args.micro_batch_size,
+        precision=args.precision,
+        tokens=args.tokens,
+    )
+    if args.print_fit:
+        print(json.dumps(asdict(measure_block_activations(setup.config, setup.precision))))
+        return 0
     # before anything else runs: the measured peak is the process's high-water mark
     measured = (
-        measure_cpu_step(config, seq_len=seq_len, micro_batch_size=micro, precision=precision)
+        measure_cpu_step(
+            setup.config,
+            seq_len=setup.seq_len,
+            micro_batch_size=setup.micro_batch_size,
+            precision=setup.precision,
+        )
         if args.measure
         else None
     )
-    found = estimate(
-        config, seq_len=seq_len, micro_batch_size=micro, gpus=args.gpus, gpu=gpu, mfu=args.mfu, tokens=tokens,
-        parallel=options.parallel, precision=precision, checkpointing=options.activation_checkpointing,
-    )  # fmt: skip
+    gpu = GPUS[args.gpu]
+    found = estimate_setup(setup, gpus=args.gpus, gpu=gpu, mfu=args.mfu)
+    print_estimate(setup, found, gpus=args.gpus, gpu=gpu, mfu=args.mfu)
+    if measured is not None:
+        single = estimate_setup(setup, gpus=1, gpu=gpu, mfu=args.mfu, checkpointing=False)
+        saved = single.activations + single.head_saved
+        gib = 2.0**30
+        print(
+            f"measured on the CPU, one process: autograd saved {measured['saved_bytes'] / gib:.3f} GiB "
+            f"(model {saved / gib:.3f}); peak resident memory added "
+            f"{measured['peak_rss_added'] / gib:.3f} GiB "
+            f"(model, one device, no checkpointing: {single.total(False) / gib:.3f})"
+        )
+    return 0
+
+
+def print_estimate(setup: Setup, found: Estimate, *, gpus: int, gpu: GPU, mfu: float) -> None:
+    """The estimate as ``mcrnn estimate`` prints it."""
     gib = 2.0**30
-    ckpt = options.activation_checkpointing
+    config, options = setup.config, setup.options
     shape = f"{config.num_hidden_layers} blocks x {config.hidden_size}"
-    print(f"config: {args.config} ({shape}, {options.parallel})")
+    print(f"config: {setup.path} ({shape}, {options.parallel})")
     print(f"parameters: {found.parameters:,} ({found.embedding_parameters:,} in the input embedding)")
-    print(f"memory per GPU ({args.gpus} x {gpu.name}, micro-batch {micro} x {seq_len} tokens, {precision}):")
+    print(
+        f"memory per GPU ({gpus} x {gpu.name}, micro-batch {setup.micro_batch_size} x {setup.seq_len} "
+        f"tokens, {setup.precision}):"
+    )
     rows = [
-        ("weights (fp32)", found.weights), ("gradients (fp32)", found.gradients),
-        ("AdamW states (fp32)", found.optimizer), ("FSDP gathered parameters", found.gathered),
+        ("weights (fp32)", found.weights),
+        ("gradients (fp32)", found.gradients),
+        ("AdamW states (fp32)", found.optimizer),
+        ("FSDP gathered parameters", found.gathered),
         ("activations, no checkpointing", found.activations),
         ("activations, checkpointing", found.activations_checkpointed),
         ("head, logits and loss", found.logits),
         ("backward working set (one block)", found.backward_working),
-    ]  # fmt: skip
+    ]
     for name, value in rows:
         print(f"  {name:<32} {value / gib:9.2f} GiB")
     per_d = found.block_bytes_per_token / config.hidden_size
-    print(f"  (a block keeps {per_d:.1f} x d bytes per token at length {seq_len})")
+    print(f"  (a block keeps {per_d:.1f} x d bytes per token at length {setup.seq_len})")
     for label, flag in (("without", False), ("with", True)):
         total = found.total(flag)
         verdict = "fits" if total <= 0.9 * gpu.memory_bytes else "does NOT fit"
@@ -393,21 +514,9 @@ def run(args: argparse.Namespace) -> int:
         )
     speed = found.tokens_per_second_per_gpu
     print(f"model flops per token: {found.flops_per_token / 1e9:.2f} GFLOP (3 x forward, DESIGN.md §8)")
-    note = ", 3/4 of it with activation checkpointing" if ckpt else ""
-    print(f"tokens/s per GPU at MFU {args.mfu:g}{note}: {speed:,.0f}; {speed * args.gpus:,.0f} in all")
-    days = found.gpu_hours / args.gpus / 24
-    budget = f"{tokens / 1e9:.4g}B tokens"
-    print(f"{budget}: {found.gpu_hours:,.0f} GPU-hours ({days:.1f} days on {args.gpus} GPUs)")
-    if measured is not None:
-        single = estimate(
-            config, seq_len=seq_len, micro_batch_size=micro, gpus=1, gpu=gpu, mfu=args.mfu, tokens=tokens,
-            parallel=options.parallel, precision=precision, checkpointing=False,
-        )  # fmt: skip
-        saved = single.activations + single.head_saved
-        print(
-            f"measured on the CPU, one process: autograd saved {measured['saved_bytes'] / gib:.3f} GiB "
-            f"(model {saved / gib:.3f}); peak resident memory added "
-            f"{measured['peak_rss_added'] / gib:.3f} GiB "
-            f"(model, one device, no checkpointing: {single.total(False) / gib:.3f})"
-        )
-    return 0
+    note = ", 3/4 of it with activation checkpointing" if options.activation_checkpointing else ""
+    print(f"tokens/s per GPU at MFU {mfu:g}{note}: {speed:,.0f}; {speed * gpus:,.0f} in all")
+    days = found.gpu_hours / gpus / 24
+    print(
+        f"{setup.tokens / 1e9:.4g}B tokens: {found.gpu_hours:,.0f} GPU-hours ({days:.1f} days on {gpus} GPUs)"
+    )

@@ -3,7 +3,9 @@
 For labelled positions ``P = {(b, t): labels[b, t] != -100}``:
 ``loss = mean_P CE(logits[b, t], labels[b, t])``, ``accuracy = mean_P [argmax logits[b, t] = labels[b, t]]``
 and ``sequence_accuracy`` = the fraction of sequences whose labelled positions are all right (for S-NIAH
-this equals exact-match greedy decoding of the answer).
+this equals exact-match greedy decoding of the answer). A row with no labelled position has nothing to
+get right: it counts neither as right nor in the total (so never NaN), and with no labelled row at all
+loss, accuracies and tokens are 0 (perplexity 1).
 """
 
 from __future__ import annotations

@@ -9,10 +9,7 @@ so the gradient equals that of one process on the whole batch, whatever the spli
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -29,17 +26,20 @@ from mcrnn.data import IGNORE_INDEX
 from mcrnn.train import distributed as D
 from mcrnn.train.checkpoint import (
     CONFIG_FILE,
+    RUN_FILE,
     latest_checkpoint,
     read_checkpoint,
     read_run_info,
     save_checkpoint,
 )
 from mcrnn.train.evaluate import evaluate_lm, lm_logits
+from mcrnn.train.metrics import MetricsWriter, write_loss_plot
 from mcrnn.train.options import TrainOptions
+from mcrnn.train.out_dir import check_out_dir, hold_out_dir, remove_run_outputs
 from mcrnn.train.sampler import rank_micro_batches
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -96,8 +96,6 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     enable({"use_reentrant": False})
 
 
-#: what a run writes into ``out_dir``; a folder holding any of them holds a run
-RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "loss.png")
 #: config entries that describe the file, not the model (ignored when a resume compares configs)
 _CONFIG_METADATA = (
     "transformers_version",
@@ -109,31 +107,6 @@ _CONFIG_METADATA = (
 )
 
 
-def check_out_dir(out_dir: str | None, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a fresh run where one already wrote its outputs, unless told to continue it
-    (``resume``) or to replace it (``overwrite``)."""
-    if resume and overwrite:
-        raise ValueError("give resume (--resume) or overwrite (--overwrite), not both")
-    if not out_dir or resume or overwrite:
-        return
-    found = [name for name in RUN_OUTPUTS if (Path(out_dir) / name).exists()]
-    if found:
-        raise ValueError(
-            f"out_dir {out_dir} already holds a run ({', '.join(found)}); continue it with --resume or "
-            "replace it with --overwrite"
-        )
-
-
-def remove_run_outputs(out_dir: str) -> None:
-    """Delete what an earlier run wrote into ``out_dir`` (:data:`RUN_OUTPUTS`), nothing else."""
-    for name in RUN_OUTPUTS:
-        path = Path(out_dir) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 def config_differences(config, checkpoint: Path) -> list[str]:
     """``key (checkpoint value -> config value)`` for every model-config entry that differs from the
     ``config.json`` of ``checkpoint``."""
@@ -143,76 +116,11 @@ def config_differences(config, checkpoint: Path) -> list[str]:
     return [f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The records of ``metrics.jsonl``; a torn last line (a write cut by a kill) is dropped with a
-    warning naming the file, a bad line elsewhere is an error naming the file and line."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number < len(lines):
-                raise ValueError(f"invalid JSON at {path}:{number} ({err})") from err
-            print(f"warning: dropped the torn last line {number} of {path}: {line[:60]!r}", file=sys.stderr)
-    return records
-
-
-class MetricsWriter:
-    """JSON lines in ``<out_dir>/metrics.jsonl`` (and TensorBoard scalars when it is installed)."""
-
-    def __init__(self, out_dir: str | None, enabled: bool, resume_step: int) -> None:
-        self.path = Path(out_dir) / "metrics.jsonl" if out_dir and enabled else None
-        self.tb = None
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # drop lines past the step we resume from, so the log reads as one run
-            kept = [record for record in read_metrics(self.path) if record["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def write_loss_plot(metrics_path: Path) -> Path | None:
-    """``loss.png`` next to ``metrics.jsonl``: training (and evaluation) loss against the step.
-
-    Skipped, with a note, when matplotlib is not installed; returns the plot's path or None.
-    """
-    if importlib.util.find_spec("matplotlib") is None:
-        print(f"note: matplotlib is not installed; no loss plot next to {metrics_path}", file=sys.stderr)
-        return None
-    from mcrnn.eval.report import plot_lines
-
-    series: dict[str, dict[int, float]] = {"train loss": {}, "eval loss": {}}
-    for record in read_metrics(metrics_path):
-        for key, name in (("loss", "train loss"), ("eval_loss", "eval loss")):
-            if isinstance(record.get(key), (int, float)):
-                series[name][record["step"]] = record[key]
-    path = metrics_path.with_name("loss.png")
-    series = {name: points for name, points in series.items() if points}
-    plot_lines(path, series, title="loss", xlabel="step", ylabel="loss", log_x=False)
-    return path
+def section_differences(saved: dict, current: dict) -> list[str]:
+    """``key (saved value -> current value)`` for every key of two config sections that differs (a
+    missing key counts as None)."""
+    keys = sorted(set(saved) | set(current), key=str)
+    return [f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
 
 
 def data_kind(dataset: Dataset) -> str:
@@ -223,38 +131,74 @@ def data_kind(dataset: Dataset) -> str:
 
 def hf_tokenizer(dataset: Dataset) -> PreTrainedTokenizerBase | None:
     """The ``transformers`` form of the dataset's tokenizer (``tokenizer.to_hf()``), saved with every
-    checkpoint; None for data without a tokenizer (MQAR) or a tokenizer without that form."""
-    to_hf = getattr(getattr(dataset, "tokenizer", None), "to_hf", None)
-    return to_hf() if to_hf is not None else None
+    checkpoint; None for data without a tokenizer (MQAR) or a tokenizer without that form, and, with a
+    warning, when the tokenizer cannot be loaded (token shards name theirs in their index)."""
+    try:
+        to_hf = getattr(getattr(dataset, "tokenizer", None), "to_hf", None)
+        return to_hf() if to_hf is not None else None
+    except (OSError, ValueError) as err:  # e.g. token shards whose Hugging Face tokenizer is gone
+        print(
+            f"warning: checkpoints will carry no tokenizer ({' '.join(str(err).split())[:200]})",
+            file=sys.stderr,
+        )
+        return None
 
 
-def train(
-    model: nn.Module,
-    train_data: Dataset,
-    options: TrainOptions,
-    *,
-    eval_data: Dataset | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-) -> TrainResult:
-    """Train ``model`` (an :class:`~mcrnn.models.MCForCausalLM` or any module returning ``.logits``).
-
-    With ``resume=True`` the newest complete checkpoint in ``options.out_dir`` is loaded (model,
-    optimizer, scheduler, step, RNG) and the run continues so that its losses equal those of an
-    uninterrupted run; a run already at ``options.steps`` or beyond does nothing. A fresh run into an
-    ``out_dir`` that holds a run is refused unless ``overwrite=True``, which first deletes that run's
-    outputs. Returns a :class:`TrainResult`; checkpoints, metrics and ``loss.png`` go to ``out_dir``.
-    """
-    check_out_dir(options.out_dir, resume, overwrite)
-    ctx = D.setup(options.device)
-    per_rank, rem = divmod(options.batch_size, ctx.world)
+def micro_batch_size(options: TrainOptions, world: int) -> int:
+    """Sequences per forward pass and process: ``micro_batch_size`` or ``batch_size / world``; an error
+    names the option when the global batch does not split evenly."""
+    per_rank, rem = divmod(options.batch_size, world)
     if rem:
-        raise ValueError(f"batch_size={options.batch_size} must be divisible by the world size {ctx.world}")
+        raise ValueError(f"batch_size={options.batch_size} must be divisible by the world size {world}")
     micro = options.micro_batch_size or per_rank
     if per_rank % micro:
         raise ValueError(f"batch_size / world = {per_rank} must be a multiple of micro_batch_size={micro}")
-    if (options.save_every or resume) and not options.out_dir:
-        raise ValueError("out_dir is required to save or resume checkpoints")
+    return micro
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share: options, process context, the model (as given, wrapped for
+    DDP/FSDP2, and that compiled for the training forward with ``compile``), optimizer and schedule,
+    data, and what the run has produced so far."""
+
+    options: TrainOptions
+    ctx: D.DistContext
+    model: nn.Module
+    wrapped: nn.Module
+    compiled: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    micro: int
+    amp_dtype: torch.dtype | None
+    train_data: Dataset
+    eval_data: Dataset | None
+    tokenizer: PreTrainedTokenizerBase | None
+    data_config: dict | None = None
+    allow_data_change: bool = False
+    result: TrainResult = field(default_factory=TrainResult)
+    lineage: list[str] = field(default_factory=list)
+    metrics: MetricsWriter | None = None
+
+    @property
+    def config(self) -> PretrainedConfig | None:
+        return getattr(self.model, "config", None)
+
+    def say(self, line: str) -> None:
+        if self.ctx.is_main:
+            print(line, flush=True)
+
+
+def _start_run(
+    model: nn.Module,
+    train_data: Dataset,
+    eval_data: Dataset | None,
+    options: TrainOptions,
+    ctx: D.DistContext,
+) -> _Run:
+    """Check batch and vocabulary, seed, place and wrap the model, and build the optimizer and the
+    learning-rate schedule."""
+    micro = micro_batch_size(options, ctx.world)
     check_vocab(model, train_data)
     config = getattr(model, "config", None)
     tokenizer = hf_tokenizer(train_data)
@@ -265,120 +209,207 @@ def train(
         enable_activation_checkpointing(model)
     model.to(ctx.device)
     wrapped = D.wrap(model, ctx, options.parallel)
+    compiled = torch.compile(wrapped, backend=options.compile_backend) if options.compile else None
     optimizer = build_optimizer(wrapped, options)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, options))
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and ctx.device.type == "cuda")
-    amp_dtype = torch.bfloat16 if use_bf16 else None
+    return _Run(
+        options=options,
+        ctx=ctx,
+        model=model,
+        wrapped=wrapped,
+        compiled=compiled,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        micro=micro,
+        amp_dtype=torch.bfloat16 if use_bf16 else None,
+        train_data=train_data,
+        eval_data=eval_data,
+        tokenizer=tokenizer,
+    )
 
-    if overwrite and options.out_dir and ctx.is_main:
-        remove_run_outputs(options.out_dir)
+
+def _resume(run: _Run) -> int | None:
+    """Load the newest checkpoint of ``out_dir`` into the run (refusing a changed model, or a changed
+    data section unless ``allow_data_change``); returns its step, or None when that checkpoint is already
+    at ``steps`` (``run.result`` then names it)."""
+    path = latest_checkpoint(run.options.out_dir)
+    config = run.config
+    if config is not None and (changed := config_differences(config, path)):
+        raise ValueError(
+            f"the model config differs from the checkpoint's ({path / CONFIG_FILE}) in "
+            f"{', '.join(changed)}; restore the model section or train into a new out_dir"
+        )
+    saved_data = read_run_info(path).get("data_config")
+    if run.data_config is not None and saved_data is not None and not run.allow_data_change:
+        if changed := section_differences(saved_data, run.data_config):
+            raise ValueError(
+                f"the data section differs from the checkpoint's ({path / RUN_FILE}) in "
+                f"{', '.join(changed)}; restore it, or continue on the new data with allow_data_change "
+                "(--allow-data-change)"
+            )
+    weights, state = read_checkpoint(path, getattr(config, "tie_word_embeddings", False))
+    start = int(state["step"])
+    if start >= run.options.steps:
+        run.say(f"finished at step {start}, nothing to do ({path}; steps={run.options.steps})")
+        run.result = TrainResult(start_step=start, checkpoint=str(path))
+        return None
+    run.say(f"resuming from step {start} ({path})")
+    _restore(path, weights, state, run.wrapped, run.optimizer, run.scheduler, run.ctx)
+    run.lineage = read_run_info(path)["lineage"]
+    return start
+
+
+def _save(run: _Run, step: int) -> None:
+    """Checkpoint ``step`` (model, optimizer, schedule, RNG; written by the main process)."""
+    model_state = D.model_state(run.wrapped)
+    opt_state = D.optimizer_state(run.wrapped, run.optimizer)
+    ctx = run.ctx
+    if ctx.is_main:
+        trainer_state = {
+            "step": step,
+            "optimizer": opt_state,
+            "scheduler": run.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
+            "world_size": ctx.world,
+        }
+        saved = save_checkpoint(
+            run.options.out_dir,
+            step,
+            model_state,
+            run.config,
+            trainer_state,
+            run.options.keep_checkpoints,
+            lineage=run.lineage,
+            data=data_kind(run.train_data),
+            data_config=run.data_config,
+            model_class=type(run.model),
+            tokenizer=run.tokenizer,
+        )
+        run.lineage = read_run_info(saved)["lineage"]
+        run.result.checkpoint = str(saved)
     D.barrier(ctx)
 
-    def say(line: str) -> None:
-        if ctx.is_main:
-            print(line, flush=True)
 
-    start, lineage = 0, []
-    path = latest_checkpoint(options.out_dir) if resume else None
-    if resume and path is None:
-        say(f"no checkpoint in {options.out_dir}; starting from step 0")
-    if path is not None:
-        if config is not None and (changed := config_differences(config, path)):
-            raise ValueError(
-                f"the model config differs from the checkpoint's ({path / CONFIG_FILE}) in "
-                f"{', '.join(changed)}; restore the model section or train into a new out_dir"
-            )
-        weights, state = read_checkpoint(path, getattr(config, "tie_word_embeddings", False))
-        start = int(state["step"])
-        if start >= options.steps:
-            say(f"finished at step {start}, nothing to do ({path}; steps={options.steps})")
-            return TrainResult(start_step=start, checkpoint=str(path))
-        say(f"resuming from step {start} ({path})")
-        _restore(path, weights, state, wrapped, optimizer, scheduler, ctx)
-        lineage = read_run_info(path)["lineage"]
-    metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
-    result = TrainResult(start_step=start)
+def _evaluate(run: _Run, step: int) -> None:
+    """Score the eval data (when there is some) and record it in the result and the metrics."""
+    if run.eval_data is None:
+        return
+    scores = evaluate_lm(
+        run.wrapped,
+        run.eval_data,
+        batch_size=run.micro,
+        max_batches=run.options.eval_batches,
+        device=run.ctx.device,
+        autocast_dtype=run.amp_dtype,
+    )
+    record = {"step": step, **{f"eval_{k}": v for k, v in scores.items()}}
+    run.result.evals.append(record)
+    run.metrics.write(record)
 
-    def checkpoint(step: int) -> None:
-        model_state = D.model_state(wrapped)
-        opt_state = D.optimizer_state(wrapped, optimizer)
-        if ctx.is_main:
-            trainer_state = {
-                "step": step,
-                "optimizer": opt_state,
-                "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
-                "world_size": ctx.world,
-            }
-            saved = save_checkpoint(
-                options.out_dir, step, model_state, config, trainer_state, options.keep_checkpoints,
-                lineage=lineage, data=data_kind(train_data), model_class=type(model), tokenizer=tokenizer,
-            )  # fmt: skip
-            lineage[:] = read_run_info(saved)["lineage"]
-            result.checkpoint = str(saved)
-        D.barrier(ctx)
 
-    def evaluate(step: int) -> None:
-        if eval_data is None:
-            return
-        scores = evaluate_lm(
-            wrapped, eval_data, batch_size=micro, max_batches=options.eval_batches, device=ctx.device,
-            autocast_dtype=amp_dtype,
-        )  # fmt: skip
-        record = {"step": step, **{f"eval_{k}": v for k, v in scores.items()}}
-        result.evals.append(record)
-        metrics.write(record)
+def _optimizer_step(run: _Run, step: int) -> tuple[float, float, int]:
+    """One optimizer step over the global batch of ``step``; returns (loss, gradient norm before
+    clipping or NaN without clipping, tokens read by all processes)."""
+    options, ctx = run.options, run.ctx
+    batches = rank_micro_batches(
+        run.train_data, step, options.batch_size, run.micro, ctx.rank, ctx.world, options.seed
+    )
+    loss = _accumulate_gradients(run.wrapped, batches, ctx, run.amp_dtype, forward=run.compiled)
+    grad_norm = float("nan")
+    if options.grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), options.grad_clip))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, sum(b["input_ids"].numel() for b in batches) * ctx.world
 
+
+def _run_steps(run: _Run, start: int) -> None:
+    """Steps ``start .. steps - 1`` with their logging, evaluations and checkpoints, then the final
+    evaluation, checkpoint and loss plot."""
+    options, result = run.options, run.result
     bar = None
-    if options.progress and ctx.is_main:
+    if options.progress and run.ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=options.steps, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
-    wrapped.train()
+    run.wrapped.train()
     tokens_seen, started = 0, time.perf_counter()
     try:
         for step in range(start, options.steps):
-            batches = rank_micro_batches(
-                train_data, step, options.batch_size, micro, ctx.rank, ctx.world, options.seed
-            )
-            loss = _accumulate_gradients(wrapped, batches, ctx, amp_dtype)
-            tokens_seen += sum(b["input_ids"].numel() for b in batches) * ctx.world
-            if options.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), options.grad_clip))
-            else:
-                grad_norm = float("nan")
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm, tokens = _optimizer_step(run, step)
+            tokens_seen += tokens
             result.losses.append(loss)
-            elapsed = time.perf_counter() - started
-            tok_s = tokens_seen / max(elapsed, 1e-9)
+            tok_s = tokens_seen / max(time.perf_counter() - started, 1e-9)
             done = step + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
             if done % options.log_every == 0 or done == options.steps:
-                metrics.write(
-                    {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                     "tokens_per_second": tok_s}
-                )  # fmt: skip
+                lr = run.scheduler.get_last_lr()[0]
+                record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tok_s}
+                run.metrics.write({"step": done, **record})
             if options.eval_every and done % options.eval_every == 0 and done != options.steps:
-                evaluate(done)
+                _evaluate(run, done)
             if options.out_dir and options.save_every and done % options.save_every == 0:
-                checkpoint(done)
+                _save(run, done)
         result.train_seconds = time.perf_counter() - started
         result.tokens_per_second = tokens_seen / max(result.train_seconds, 1e-9)
-        evaluate(options.steps)
+        _evaluate(run, options.steps)
         if options.out_dir and not (options.save_every and options.steps % options.save_every == 0):
-            checkpoint(options.steps)
-        if metrics.path is not None:
-            write_loss_plot(metrics.path)
+            _save(run, options.steps)
+        if run.metrics.path is not None:
+            write_loss_plot(run.metrics.path)
     finally:
         if bar is not None:
             bar.close()
-        metrics.close()
-    return result
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    options: TrainOptions,
+    *,
+    eval_data: Dataset | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_config: dict | None = None,
+    allow_data_change: bool = False,
+) -> TrainResult:
+    """Train ``model`` (an :class:`~mcrnn.models.MCForCausalLM` or any module returning ``.logits``).
+
+    With ``resume=True`` the newest complete checkpoint in ``options.out_dir`` is loaded (model,
+    optimizer, scheduler, step, RNG) and the run continues so that its losses equal those of an
+    uninterrupted run; a run already at ``options.steps`` or beyond does nothing; without a checkpoint
+    it is an error. A fresh run into an ``out_dir`` that holds a run is refused unless
+    ``overwrite=True``, which first deletes that run's outputs. ``data_config`` (the config's ``data:``
+    section) is recorded in every checkpoint's ``run.json``; resuming with a different one is refused,
+    naming the changed keys, unless ``allow_data_change``. The run holds ``out_dir``
+    (:mod:`mcrnn.train.lock`). Returns a :class:`TrainResult`; checkpoints, metrics and ``loss.png`` go
+    to ``out_dir``.
+    """
+    if (options.save_every or resume) and not options.out_dir:
+        raise ValueError("out_dir is required to save or resume checkpoints")
+    ctx = D.setup(options.device)
+    with hold_out_dir(options.out_dir, ctx):
+        check_out_dir(options.out_dir, resume, overwrite)
+        run = _start_run(model, train_data, eval_data, options, ctx)
+        run.data_config, run.allow_data_change = data_config, allow_data_change
+        if overwrite and options.out_dir and ctx.is_main:
+            remove_run_outputs(options.out_dir)
+        D.barrier(ctx)
+        start = _resume(run) if resume else 0
+        if start is None:
+            return run.result
+        run.result.start_step = start
+        run.metrics = MetricsWriter(options.out_dir, ctx.is_main, start)
+        try:
+            _run_steps(run, start)
+        finally:
+            run.metrics.close()
+    return run.result
 
 
 def _restore(path, weights, state, wrapped, optimizer, scheduler, ctx) -> None:  # noqa: ANN001
@@ -400,9 +431,12 @@ def _accumulate_gradients(
     batches: list[dict[str, torch.Tensor]],
     ctx: D.DistContext,
     amp_dtype: torch.dtype | None,
+    *,
+    forward: nn.Module | None = None,
 ) -> float:
     """Backward of ``sum CE / tokens`` over this step's micro-batches (all processes' tokens count,
-    so the gradient equals one big batch's); returns the step's mean loss over every process."""
+    so the gradient equals one big batch's); returns the step's mean loss over every process. The
+    logits come from ``forward`` (``wrapped`` compiled) when given, else from ``wrapped``."""
     count = torch.tensor(
         float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)), device=ctx.device
     )
@@ -413,7 +447,7 @@ def _accumulate_gradients(
         sync = i == len(batches) - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
         with wrapped.no_sync() if not sync else nullcontext():
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = lm_logits(wrapped, ids, batch.get("doc_start"))
+                logits = lm_logits(forward if forward is not None else wrapped, ids, batch.get("doc_start"))
             ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
             (ce * ctx.world / count).backward()
         loss_sum += ce.detach()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -37,6 +39,10 @@ class TrainOptions:
         activation_checkpointing: recompute every block's activations in the backward instead of keeping
             them (``model.activation_checkpointing_enable()``, non-reentrant, so it composes with FSDP2):
             activation memory drops to about one block input per block, for about one more forward pass.
+        compile: run the training forward under ``torch.compile`` (the model as given is compiled once;
+            checkpoints hold the uncompiled module's state dict, so they load into an uncompiled model;
+            evaluation runs uncompiled). compile_backend: ``torch.compile``'s ``backend``
+            (``inductor``; ``aot_eager`` compiles faster and generates no code, for tests).
     """
 
     steps: int = 1000
@@ -61,6 +67,8 @@ class TrainOptions:
     device: str = "auto"
     progress: bool = True
     activation_checkpointing: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "keep_checkpoints", "log_every"):
@@ -87,7 +95,11 @@ class TrainOptions:
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        for name in ("progress", "activation_checkpointing"):
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ValueError(
+                f"compile_backend must be a torch.compile backend name, got {self.compile_backend!r}"
+            )
+        for name in ("progress", "activation_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name, allowed in (("precision", PRECISIONS), ("parallel", PARALLELS), ("device", DEVICES)):
@@ -95,16 +107,30 @@ class TrainOptions:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainOptions:
-        """Build from a mapping, rejecting unknown keys by name."""
+    def from_dict(cls, values: dict, section: str = "train") -> TrainOptions:
+        """Build from a mapping; an unknown key is an error naming the closest valid one."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train option(s) {unknown}; known: {sorted(known)}")
+        for key in values:
+            if key not in known:
+                raise unknown_key_error(section, key, known)
         return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def unknown_key_error(section: str, key: object, known: Iterable[str]) -> ValueError:
+    """``<section>: unknown key 'x'; did you mean 'y'?`` with the closest valid key (difflib); without
+    a close one, the valid keys when there are few, else their number."""
+    known = sorted(known)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    if close:
+        hint = f"did you mean {close[0]!r}?"
+    elif len(known) <= 8:
+        hint = f"valid keys: {', '.join(known)}"
+    else:
+        hint = f"no valid key is close to it (there are {len(known)})"
+    return ValueError(f"{section}: unknown key {key!r}; {hint}")
 
 
 def _int_at_least(name: str, value: object, low: int) -> None:

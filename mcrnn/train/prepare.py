@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from mcrnn.cli import positive_int
+from mcrnn.utils.arguments import positive_int
 
 EXAMPLES = """
   mcrnn prepare-data data/tinyshakespeare.txt --out data/shakespeare-bytes
@@ -42,9 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     index = prepare_shards(
-        args.inputs, args.out, tokenizer=args.tokenizer, field=args.field, shard_tokens=args.shard_tokens,
+        args.inputs,
+        args.out,
+        tokenizer=args.tokenizer,
+        field=args.field,
+        shard_tokens=args.shard_tokens,
         overwrite=args.overwrite,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - started
     speed = index["tokens"] / max(seconds, 1e-9)
     print(

@@ -78,3 +78,17 @@ def test_mqar_recall_oracle_scores_one() -> None:
     scores = eval_mqar(model, config, batch_size=5)
     assert scores["accuracy"] == 1.0 and scores["sequence_accuracy"] == 1.0 and scores["tokens"] == 48
     assert math.isclose(scores["loss"], math.log(1 + 31 * math.exp(-SCALE)), rel_tol=1e-6)
+
+
+def test_rows_without_a_labelled_position_are_not_sequences() -> None:
+    """A row whose labels are all ignored is neither right nor counted (``(hit | ~mask).all()`` alone is
+    True for it: it would count as a right sequence); with no labelled row the scores are 0, not NaN."""
+    ignore = -100
+    unlabelled = {"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([ignore] * 3)}
+    right = {"input_ids": torch.tensor([0, 1, 2]), "labels": torch.tensor([1, 2, 3])}
+    wrong = {"input_ids": torch.tensor([0, 1, 2]), "labels": torch.tensor([1, 2, 0])}
+    for batch_size in (1, 3):  # the unlabelled row alone in its batch, and beside the others
+        scores = evaluate_lm(StubLM(successor), [unlabelled, right, wrong], batch_size=batch_size)
+        assert scores["sequence_accuracy"] == 1 / 2 and scores["tokens"] == 6 and scores["accuracy"] == 5 / 6
+    empty = evaluate_lm(StubLM(successor), [unlabelled, unlabelled], batch_size=2)
+    assert empty["sequence_accuracy"] == 0.0 and empty["accuracy"] == 0.0 and empty["tokens"] == 0

@@ -154,7 +154,7 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capsys):
 
 
 def test_bad_metrics_line_before_the_last_is_an_error_naming_it(tmp_path):
-    from mcrnn.train.loop import read_metrics
+    from mcrnn.train.metrics import read_metrics
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')

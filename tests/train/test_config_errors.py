@@ -6,6 +6,7 @@ import yaml
 
 from mcrnn.cli import main
 from mcrnn.models import MCConfig
+from mcrnn.train import TrainOptions
 
 MODEL = {"vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 1, "num_heads": 2, "mixer": "attention"}
 DATA = {"type": "mqar", "vocab_size": 32, "num_pairs": 4, "seq_len": 24, "num_examples": 16}
@@ -103,3 +104,46 @@ def test_bad_train_flags(tmp_path, capsys, flags):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mcrnn train: error: argument") and "\n" not in err
+
+
+def test_unknown_train_key_names_the_closest_not_every_key(tmp_path, capsys):
+    err = _one_line_error(*_train(tmp_path, capsys, train={**TRAIN, "warmup_step": 0}))
+    assert err == "mcrnn train: error: train: unknown key 'warmup_step'; did you mean 'warmup_steps'?"
+    err = _one_line_error(*_train(tmp_path, capsys, train={**TRAIN, "xyzzy": 0}))
+    count = len(TrainOptions().to_dict())
+    assert err.endswith(f"train: unknown key 'xyzzy'; no valid key is close to it (there are {count})")
+
+
+def test_unknown_section_names_the_closest(tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"model": MODEL, "data": DATA, "trian": TRAIN}))
+    err = _one_line_error(main(["train", "--config", str(path)]), capsys.readouterr())
+    assert err == f"mcrnn train: error: {path}: unknown key 'trian'; did you mean 'train'?"
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):
+    """`--resume` into an empty (or checkpoint-less) folder used to start afresh without a word."""
+    train = {**TRAIN, "out_dir": str(tmp_path / "run")}
+    err = _one_line_error(*_train(tmp_path, capsys, "--resume", train=train))
+    assert err == (
+        f"mcrnn train: error: nothing to resume: {tmp_path / 'run'} holds no complete checkpoint; start "
+        "without resume (--resume), with overwrite (--overwrite) if it holds an earlier run's files"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_changed_data_section_is_refused_unless_allowed(tmp_path, capsys):
+    train = {**TRAIN, "out_dir": str(tmp_path / "run")}
+    assert _train(tmp_path, capsys, train=train)[0] == 0
+    changed = {**DATA, "num_examples": 32, "seed": 5}
+    err = _one_line_error(*_train(tmp_path, capsys, "--resume", "--steps", "2", data=changed, train=train))
+    run_json = tmp_path / "run" / "checkpoints" / "step_00000001" / "run.json"
+    assert err == (
+        f"mcrnn train: error: the data section differs from the checkpoint's ({run_json}) in num_examples "
+        "(16 -> 32), seed (None -> 5); restore it, or continue on the new data with allow_data_change "
+        "(--allow-data-change)"
+    )
+    assert _train(tmp_path, capsys, "--resume", "--steps", "2", data=DATA, train=train)[0] == 0  # unchanged
+    flags = ["--resume", "--steps", "3", "--allow-data-change"]
+    code, captured = _train(tmp_path, capsys, *flags, data=changed, train=train)
+    assert code == 0, captured.err

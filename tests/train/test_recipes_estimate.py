@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from mcrnn.cli import main
-from mcrnn.models import MCConfig
+from mcrnn.models import MCConfig, MCForCausalLM
 from mcrnn.train.estimate import (
     GPUS,
+    BlockActivations,
     estimate,
     measure_block_activations,
     measure_cpu_step,
@@ -71,9 +72,16 @@ def test_activation_model_against_a_step_measured_on_the_cpu(mixer):
     length and depth: within 15% (measured: docs/scaling.md)."""
     config = MCConfig(**{**SMALL, "num_hidden_layers": 3, **mixer})
     found = estimate(
-        config, seq_len=512, micro_batch_size=3, gpus=1, gpu=GPUS["h100"], mfu=0.4, tokens=1e9,
-        precision="fp32", checkpointing=False,
-    )  # fmt: skip
+        config,
+        seq_len=512,
+        micro_batch_size=3,
+        gpus=1,
+        gpu=GPUS["h100"],
+        mfu=0.4,
+        tokens=1e9,
+        precision="fp32",
+        checkpointing=False,
+    )
     measured = measure_cpu_step(config, seq_len=512, micro_batch_size=3, precision="fp32")
     modelled = found.activations + found.head_saved
     assert modelled == pytest.approx(measured["saved_bytes"], rel=0.15)
@@ -95,3 +103,28 @@ def test_measuring_a_block_too_large_for_the_machine_is_refused():
         ValueError, match=r"would take over 0 GiB: it keeps \d+ x d bytes per token at 128 tokens"
     ):
         measure_block_activations(config, "fp32", max_bytes=1000)
+
+
+def test_fsdp_gathered_bytes_and_checkpointing_speed_are_exact():
+    """By hand from the docstring: FSDP2 holds the root's own parameters and two blocks (the running one
+    and the prefetched one) unsharded in fp32, ``4 (root + 2 block)`` bytes; checkpointing keeps a
+    block's input (``4 d`` per token) per block plus one block's activations, and one more forward makes
+    the tokens/s ``3/4`` of ``MFU x peak / flops``. The block's fit is given, so nothing is measured."""
+    config = MCConfig(**SMALL, segment_size=64, tie_word_embeddings=False)
+    params = dict(MCForCausalLM(config).named_parameters())
+    block = sum(p.numel() for name, p in params.items() if name.startswith("model.layers.0."))
+    root = sum(p.numel() for name, p in params.items() if not name.startswith("model.layers."))
+    assert sum(p.numel() for p in params.values()) == root + 2 * block  # two equal blocks
+    kwargs = {"seq_len": 128, "micro_batch_size": 2, "gpu": GPUS["h100"], "mfu": 0.4, "tokens": 1e9}
+    kwargs["activations"] = BlockActivations(fixed=1000.0, per_token=10.0, per_state_read=2.0)
+    on = estimate(config, gpus=8, checkpointing=True, **kwargs)
+    off = estimate(config, gpus=8, checkpointing=False, **kwargs)
+    assert on.gathered == off.gathered == 4 * (root + 2 * block)
+    assert estimate(config, gpus=1, **kwargs).gathered == 0  # one GPU: nothing sharded
+    assert estimate(config, gpus=8, parallel="ddp", **kwargs).gathered == 0  # DDP: replicated
+    flops = training_flops_per_token(config, 128)
+    assert off.tokens_per_second_per_gpu == pytest.approx(0.4 * 989e12 / flops, rel=1e-12)
+    assert on.tokens_per_second_per_gpu == pytest.approx(0.75 * 0.4 * 989e12 / flops, rel=1e-12)
+    one_block = 1000.0 + 2 * 128 * (10.0 + 2.0 * 0.5)  # half the tokens read one cached state
+    assert on.backward_working == one_block and on.activations == 2 * one_block
+    assert on.activations_checkpointed == 2 * (2 * 128) * 4 * 32 + one_block

@@ -2,11 +2,12 @@
 
 ``mcrnn experiment NAME`` runs every (model, size, seed) of experiment NAME that has no result yet in
 ``--out/NAME/`` (a re-run skips finished runs; a failed run is reported, the others go on, and the exit
-status is 1), then
-writes the results page ``--out/results.md`` (tables of mean ± std over the seeds, plots, machine, wall
-time, exact commands) from every result under ``--out``. ``mcrnn experiment report`` only writes the
-page (default docs/results.md, plots next to it). ``ordering`` runs nothing: it is a table computed from
-the other experiments' results, written with the page.
+status is 1), then writes the results page ``--out/results.md`` (tables of mean ± std over the seeds,
+plots, machine, wall time, exact commands) from every result under ``--out``, led by the settings that
+just ran. ``mcrnn experiment report`` only writes the page, led by the default settings (by default
+also ``--out/results.md``, plots next to it; ``--page`` puts it elsewhere). ``ordering`` runs nothing:
+it is a table computed from the other experiments' results, written with the page. The experiments on
+text (lm, post-training) need ``--data FILE``; a missing file stops the command before any run.
 
 Experiments: recall (MQAR accuracy vs width), niah (S-NIAH-1/2/3 at three lengths), lm (character-level
 tinyshakespeare perplexity at equal parameters, with throughput), post-training (average caching of
@@ -20,8 +21,9 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from mcrnn.cli import ExtendList, list_of, positive_int
 from mcrnn.eval.experiments import EXPERIMENTS
+from mcrnn.eval.experiments.runner import check_data
+from mcrnn.utils.arguments import ExtendList, list_of, positive_int
 
 NAMES = (*EXPERIMENTS, "report")
 #: options (argparse dests) that replace the Settings field of the same name
@@ -57,9 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
     parser.add_argument("--out", default="runs/experiments", help="folder of the per-run result JSONs")
     parser.add_argument(
-        "--page", default=None,
-        help="results page to write (default: OUT/results.md after a run, docs/results.md for report)",
-    )  # fmt: skip
+        "--page",
+        default=None,
+        help="results page to write (default: OUT/results.md)",
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--models", action=ExtendList, type=list_of(str), default=None, help="a subset of the models"
@@ -69,17 +72,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--widths", action=ExtendList, type=list_of(positive_int), help="widths of the linear memory (recall)"
     )
     sizes.add_argument(
-        "--deep-widths", action=ExtendList, type=list_of(positive_int),
+        "--deep-widths",
+        action=ExtendList,
+        type=list_of(positive_int),
         help="widths of the deep memory (recall)",
-    )  # fmt: skip
+    )
     sizes.add_argument(
-        "--attention-widths", action=ExtendList, type=list_of(positive_int),
+        "--attention-widths",
+        action=ExtendList,
+        type=list_of(positive_int),
         help="widths of the Transformer++ with the short convolution (recall)",
-    )  # fmt: skip
+    )
     sizes.add_argument(
-        "--plain-attention-widths", action=ExtendList, type=list_of(positive_int),
+        "--plain-attention-widths",
+        action=ExtendList,
+        type=list_of(positive_int),
         help="widths of the plain Transformer++ (recall)",
-    )  # fmt: skip
+    )
     sizes.add_argument("--width", type=positive_int, help="model width (niah, lm, post-training)")
     sizes.add_argument("--steps", type=positive_int, help="training steps per run")
     sizes.add_argument("--seq-len", type=positive_int, help="training length")
@@ -88,11 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument(
         "--lengths", action=ExtendList, type=list_of(positive_int), help="S-NIAH context lengths (niah)"
     )
-    sizes.add_argument("--data", help="text file (lm, post-training)")
+    sizes.add_argument("--data", help="text file to train on (lm, post-training: required)")
     sizes.add_argument(
-        "--factors", action=ExtendList, type=list_of(positive_int),
+        "--factors",
+        action=ExtendList,
+        type=list_of(positive_int),
         help="evaluation lengths as multiples of the training length (post-training)",
-    )  # fmt: skip
+    )
 
 
 def settings_of(module, args: argparse.Namespace):
@@ -107,7 +118,10 @@ def settings_of(module, args: argparse.Namespace):
         if flag not in known:
             raise ValueError(f"--{flag.replace('_', '-')} does not apply to experiment {module.NAME!r}")
         changes[flag] = tuple(value) if isinstance(value, list) else value
-    return replace(settings, **changes)
+    settings = replace(settings, **changes)
+    if "data" in known:
+        check_data(settings.data)
+    return settings
 
 
 def command_of(args: argparse.Namespace) -> str:
@@ -126,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
 
     from mcrnn.eval.experiments import experiment_module
     from mcrnn.eval.experiments.page import write_page
-    from mcrnn.eval.experiments.runner import execute
 
     if args.name not in NAMES:
         raise ValueError(f"unknown experiment {args.name!r}; choose from {', '.join(NAMES)}")
@@ -141,30 +154,34 @@ def run(args: argparse.Namespace) -> int:
     if given and not trains:
         raise ValueError(f"--{given[0].replace('_', '-')} does not apply to {args.name!r}: it trains nothing")
     out = Path(args.out)
-    failed = 0
-    if args.name != "report":
+    failed, current = 0, {}
+    if trains:
         module = experiment_module(args.name)
-        if hasattr(module, "plan"):
-            settings = settings_of(module, args)
-            runs = module.plan(settings, list(args.seeds))
-            if args.models is not None:
-                unknown = sorted(set(args.models) - set(module.MODEL_NAMES))
-                if unknown:
-                    raise ValueError(
-                        f"--models: unknown {unknown} for {args.name}; choose from {module.MODEL_NAMES}"
-                    )
-                runs = [r for r in runs if r.model in args.models]
-            counts = execute(
-                runs, lambda r: module.work(r, settings, args.device), out, settings=settings,
-                command=command_of(args),
-            )  # fmt: skip
-            failed = counts["failed"]
-            print(f"{args.name}: {counts['done']} done, {counts['skipped']} skipped, {failed} failed")
-    page = (
-        Path(args.page)
-        if args.page
-        else (Path("docs/results.md") if args.name == "report" else out / "results.md")
-    )
-    write_page(out, page)
+        settings = settings_of(module, args)  # a missing --data file stops here, before any run
+        failed = run_experiment(module, settings, args, out)
+        current[args.name] = settings
+    page = Path(args.page) if args.page else out / "results.md"
+    write_page(out, page, current)
     print(f"wrote {page}")
     return 1 if failed else 0
+
+
+def run_experiment(module, settings, args: argparse.Namespace, out: Path) -> int:
+    """Run the experiment's runs (those of ``--models``) that have no result yet; returns the failed count."""
+    from mcrnn.eval.experiments.runner import execute
+
+    runs = module.plan(settings, list(args.seeds))
+    if args.models is not None:
+        unknown = sorted(set(args.models) - set(module.MODEL_NAMES))
+        if unknown:
+            raise ValueError(f"--models: unknown {unknown} for {args.name}; choose from {module.MODEL_NAMES}")
+        runs = [r for r in runs if r.model in args.models]
+    counts = execute(
+        runs,
+        lambda r: module.work(r, settings, args.device),
+        out,
+        settings=settings,
+        command=command_of(args),
+    )
+    print(f"{args.name}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    return counts["failed"]

@@ -19,6 +19,7 @@ import torch
 
 from mcrnn.eval.experiments.runner import (
     Run,
+    check_data,
     count_params,
     matched_config,
     model_config,
@@ -32,7 +33,7 @@ MODEL_NAMES = ("base", "grm", "ssc", "log", "dla-base", "dla-soup", "transformer
 
 @dataclass(frozen=True)
 class Settings:
-    data: str = "../shared/data/tinyshakespeare.txt"
+    data: str | None = None  # the text file: --data, required (an input, not a setting of the page)
     seq_len: int = 128
     width: int = 48
     layers: int = 2
@@ -63,24 +64,30 @@ def work(run: Run, s: Settings, device: str) -> dict:
     from mcrnn.data import TextDataset
     from mcrnn.eval.harness import eval_perplexity
 
-    if not Path(s.data).is_file():
-        raise FileNotFoundError(f"--data file not found: {s.data}")
+    check_data(s.data)
     target = count_params(model_config("base", **sizes(s)))
     config = matched_config(run.model, target, **sizes(s))
     lr = s.transformer_lr if run.model == "transformer" else s.lr
     train_data = TextDataset(s.data, s.seq_len, split="train")
-    model, trained, seconds = train_model(config, train_data, steps=s.steps, batch_size=s.batch_size, lr=lr,
-                                          seed=run.seed, device=device)  # fmt: skip
+    model, trained, seconds = train_model(
+        config, train_data, steps=s.steps, batch_size=s.batch_size, lr=lr, seed=run.seed, device=device
+    )
     val = TextDataset(s.data, s.seq_len, split="val")
     scores = eval_perplexity(model, val, batch_size=16, max_batches=max(1, s.eval_examples // 16))
     params = sum(p.numel() for p in model.parameters())
     return {
-        "val_perplexity": scores["perplexity"], "val_loss": scores["loss"], "val_tokens": scores["tokens"],
-        "params": params, "param_target": target, "param_ratio": params / target,
-        "intermediate_size": config.intermediate_size, "lr": lr, "train_seconds": seconds,
+        "val_perplexity": scores["perplexity"],
+        "val_loss": scores["loss"],
+        "val_tokens": scores["tokens"],
+        "params": params,
+        "param_target": target,
+        "param_ratio": params / target,
+        "intermediate_size": config.intermediate_size,
+        "lr": lr,
+        "train_seconds": seconds,
         "train_tokens_per_second": trained.tokens_per_second,
         "long_forward_tokens_per_second": forward_throughput(model, s.long_len),
-    }  # fmt: skip
+    }
 
 
 @torch.no_grad()
@@ -119,13 +126,17 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
         runs = groups[model]
         m = runs[0]["metrics"]
         ppl = metric_stats(runs, lambda r: r["metrics"]["val_perplexity"])
-        rows.append({
-            "model": MODELS[model][0], "val perplexity": cell(ppl, 3),
-            "params (ratio to target)": f"{m['params']:,} ({m['param_ratio']:.3f})",
-            "train tok/s": cell(metric_stats(runs, lambda r: r["metrics"]["train_tokens_per_second"]), 0),
-            f"forward tok/s @{long_len}": cell(
-                metric_stats(runs, lambda r: r["metrics"]["long_forward_tokens_per_second"]), 0),
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": MODELS[model][0],
+                "val perplexity": cell(ppl, 3),
+                "params (ratio to target)": f"{m['params']:,} ({m['param_ratio']:.3f})",
+                "train tok/s": cell(metric_stats(runs, lambda r: r["metrics"]["train_tokens_per_second"]), 0),
+                f"forward tok/s @{long_len}": cell(
+                    metric_stats(runs, lambda r: r["metrics"]["long_forward_tokens_per_second"]), 0
+                ),
+            }
+        )
         labels.append(model)
         means.append(ppl[0])
     plot = plot_dir / "lm.png"

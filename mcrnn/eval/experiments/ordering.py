@@ -1,11 +1,13 @@
 """``ordering``: whether the paper's qualitative claims reproduced here, from the other experiments.
 
 Nothing is trained: each claim is a list of comparisons of the ``recall``, ``lm`` and ``post-training``
-results under the same ``--out``, each printed with its mean ± std over seeds and its outcome: it
-*holds* or is *contradicted* when the means differ by more than the sum of the two standard deviations,
-else it is *within noise* (``>=`` holds unless contradicted). A claim reads ``yes`` / ``no`` / ``within
-noise`` when every comparison that ran agrees, ``mixed`` with the counts otherwise, and ``not run`` when
-its results are missing (a missing model drops only its own comparisons, listed as not run).
+results at their current settings under the same ``--out``, each printed with its mean ± std over seeds
+and its outcome: it *holds* or is *contradicted* when the means differ by more than the noise margin
+(the sum of the two standard deviations, and at least half a unit of the last printed digit), else it is
+*within noise*; ``>=`` and ``>`` read alike, so equal means are within noise. A claim reads ``yes`` /
+``no`` / ``within noise`` when every comparison that ran agrees, ``mixed`` with the counts otherwise,
+and ``not run`` when its results are missing (a missing model drops only its own comparisons, listed as
+not run; an experiment with no run at its current settings is not run, whatever older settings ran).
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ NAME = "ordering"
 #: matrix memory (DESIGN.md §3), so the linear chain has no soup
 RECALL_CHAINS = (("grm", "ssc", "log", "base"), ("dla-grm", "dla-soup", "dla-ssc", "dla-log", "dla-base"))
 #: (MC model, its base) pairs of equal state
-MC_PAIRS = (("grm", "base"), ("ssc", "base"), ("dla-grm", "dla-base"), ("dla-soup", "dla-base"),
-            ("dla-ssc", "dla-base"))  # fmt: skip
+MC_PAIRS = (
+    ("grm", "base"),
+    ("ssc", "base"),
+    ("dla-grm", "dla-base"),
+    ("dla-soup", "dla-base"),
+    ("dla-ssc", "dla-base"),
+)
 
 
 class Claim:
@@ -32,9 +39,9 @@ class Claim:
     or ``not run``.
 
     With means ``m`` and sample stds ``s`` over seeds and ``d`` the difference in the claimed direction
-    (``m_left - m_right`` for ``>`` and ``>=``, ``m_right - m_left`` for ``<``): a strict claim holds
-    when ``d > s_left + s_right``, is contradicted when ``d < -(s_left + s_right)`` and is within noise
-    otherwise; ``>=`` holds unless it is contradicted.
+    (``m_left - m_right`` for ``>`` and ``>=``, ``m_right - m_left`` for ``<``), the noise margin is
+    ``max(s_left + s_right, 0.5 * 10**-digits)``: a claim holds when ``d > margin``, is contradicted when
+    ``d < -margin`` and is within noise otherwise (equal means too, whatever the sign).
     """
 
     def __init__(self) -> None:
@@ -43,17 +50,17 @@ class Claim:
     def compare(self, left, right, label_left: str, label_right: str, sign: str, digits: int = 3) -> None:
         """Record ``left <sign> right`` (``sign`` in ``>``, ``>=``, ``<``; each side ``(mean, std, n)``
         or None when it did not run; when neither ran, e.g. a width outside both models' plans, nothing
-        is recorded)."""
+        is recorded). ``digits``: the decimals printed; half a unit of the last one is the smallest margin."""
         if left is None and right is None:
             return
         if left is None or right is None:
             self.checks.append((f"{label_left} {sign} {label_right}: not run", "not run"))
             return
         d = right[0] - left[0] if sign == "<" else left[0] - right[0]
-        noise = left[1] + right[1]
-        if d < -noise:
+        margin = max(left[1] + right[1], 0.5 * 10.0**-digits)
+        if d < -margin:
             outcome = "contradicted"
-        elif d > noise or sign == ">=":
+        elif d > margin:
             outcome = "holds"
         else:
             outcome = "within noise"
@@ -78,19 +85,24 @@ def _stats(groups: dict, key, metric: Callable[[dict], float]):
     return metric_stats(groups[key], metric) if key in groups else None
 
 
-def main_settings(out: Path, experiment: str) -> list[dict]:
-    """The results of ``experiment`` at its default settings, else at the settings with the most runs
-    (none when it did not run)."""
-    groups = by_settings(load_results(out, experiment), experiment_module(experiment).Settings())
-    return groups[0] if groups else []
+def main_settings(out: Path, experiment: str, current: object = None) -> list[dict]:
+    """The results of ``experiment`` at ``current`` (a Settings dataclass; default: its defaults, a None
+    field matching any run); none when no run has them, whatever ran at other settings."""
+    module = experiment_module(experiment)
+    runs, _ = by_settings(load_results(out, experiment), current or module.Settings())
+    return runs
 
 
-def claims(out: Path) -> list[tuple[str, str, Claim]]:
-    """``(claim, evidence, Claim)`` for each of the paper's claims, from the results under ``out``."""
-    recall = by_group(main_settings(out, "recall"), lambda r: (r["model"], r["metrics"]["width"]))
+def claims(out: Path, current: dict[str, object] | None = None) -> list[tuple[str, str, Claim]]:
+    """``(claim, evidence, Claim)`` for each of the paper's claims, from the results under ``out`` at the
+    ``current`` settings of each experiment (default: its defaults)."""
+    current = current or {}
+    recall = by_group(
+        main_settings(out, "recall", current.get("recall")), lambda r: (r["model"], r["metrics"]["width"])
+    )
     widths = sorted({w for _, w in recall})
-    lm = by_group(main_settings(out, "lm"), lambda r: r["model"])
-    post = by_group(main_settings(out, "post-training"), lambda r: r["model"])
+    lm = by_group(main_settings(out, "lm", current.get("lm")), lambda r: r["model"])
+    post = by_group(main_settings(out, "post-training", current.get("post-training")), lambda r: r["model"])
 
     def acc(model: str, width: int):
         return _stats(recall, (model, width), lambda r: r["metrics"]["accuracy"])
@@ -129,21 +141,26 @@ def claims(out: Path) -> list[tuple[str, str, Claim]]:
                     else None
                 )
 
-            extrapolation.compare(score("average"), score("model"), f"{model} + average @{n}", "no caching",
-                                  "<", digits=2)  # fmt: skip
+            extrapolation.compare(
+                score("average"), score("model"), f"{model} + average @{n}", "no caching", "<", digits=2
+            )
     return [
         ("MC > base RNN at equal state", "recall accuracy at each width; lm perplexity", mc),
         ("GRM >= Soup >= SSC > Log-Linear++ > base on recall", "recall accuracy at each width", order),
         ("SSC cheapest of the MC variants at long T", f"lm: no-grad forward tok/s at T={long_len}", cheap),
-        ("post-training caching helps extrapolation", "post-training: perplexity beyond the training length",
-         extrapolation),
-    ]  # fmt: skip
+        (
+            "post-training caching helps extrapolation",
+            "post-training: perplexity beyond the training length",
+            extrapolation,
+        ),
+    ]
 
 
-def section(out: Path) -> list[str]:
-    """The claims table: claim, evidence, reproduced?, and every comparison with its numbers."""
+def section(out: Path, current: dict[str, object] | None = None) -> list[str]:
+    """The claims table: claim, evidence, reproduced?, and every comparison with its numbers (the
+    results at the ``current`` settings of each experiment, see :func:`claims`)."""
     lines = ["| claim | evidence | reproduced here | comparisons (mean ± std (seeds)) |", "|---|---|---|---|"]
-    for claim, evidence, result in claims(out):
+    for claim, evidence, result in claims(out, current):
         details = "<br>".join(text for text, _ in result.checks) or "not run"
         lines.append(f"| {claim} | {evidence} | {result.verdict()} | {details} |")
     names = ", ".join(f"`{m}` = {label}" for m, (label, _) in MODELS.items())

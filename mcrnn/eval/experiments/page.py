@@ -2,8 +2,8 @@
 
 Each section says what ran (settings, the exact commands, the machine, the wall time) and shows the
 experiment's tables (every number the mean ± sample std over the seeds, with the seed count) and plots;
-runs that failed are listed with their error. PNG plots go to a folder named after the page (next to
-it: ``docs/results.md`` -> ``docs/results/``).
+runs of the current settings that failed are listed with their error. PNG plots go to a folder named
+after the page (next to it: ``docs/results.md`` -> ``docs/results/``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,18 @@ import os
 from pathlib import Path
 
 from mcrnn.eval.experiments import EXPERIMENTS, experiment_module
-from mcrnn.eval.experiments.runner import by_settings, load_failures, load_results
+from mcrnn.eval.experiments.runner import at_settings, by_settings, load_failures, load_results
+from mcrnn.train.checkpoint import atomic_write_text
 
 HEADER = """# Experiment results
 
 Written by `mcrnn experiment report` from the per-run JSONs of `mcrnn experiment NAME` (see the
 commands in each section; `mcrnn experiment --help`). Every number is the mean ± sample standard
 deviation over the seeds, with the number of seeds in parentheses; no seed is dropped. Each section
-shows one group of settings; an experiment whose defaults changed keeps its older groups below the
-current one, and the `ordering` table reads only the current defaults.
+shows one group of settings: the current defaults first, with their failed runs, then each older group
+of an experiment whose defaults changed, without its failures. The `ordering` table reads only the
+current defaults. The per-run JSONs of this page are `results/experiments/` in the repository:
+`mcrnn experiment report --out results/experiments --page docs/results.md` writes it again.
 
 Sizes: the defaults are small, sized from step times on the 2-core CPU VM with one torch thread per
 process so that all experiments could run in one session two at a time (the issue's budget was 30-45
@@ -40,37 +43,49 @@ its budget: it shows nothing about the models.
 """
 
 
-def write_page(out: Path, page: Path) -> None:
-    """Write ``page`` (Markdown) and its plots from the results under ``out``, atomically."""
-    plot_dir = page.parent / page.stem
+def write_page(out: Path, page: Path, current: dict[str, object] | None = None) -> None:
+    """Write ``page`` (Markdown) and its plots from the results under ``out``, atomically.
+
+    ``current`` maps an experiment to the settings the page leads with (a Settings dataclass; default:
+    the experiment's defaults, a field left None matching any run): its runs and its failed runs come
+    first; every other group of settings gets its own section below, without its failures (rerunning
+    its command retries them). ``ordering`` reads only the current settings."""
+    trained = [name for name in EXPERIMENTS if hasattr(experiment_module(name), "Settings")]
+    current = {name: experiment_module(name).Settings() for name in trained} | (current or {})
     lines = [HEADER]
     for name in EXPERIMENTS:
         module = experiment_module(name)
         lines.append(f"## {name}\n")
         lines.append(module.__doc__.strip().split("\n\n")[0].replace("\n", " ") + "\n")
         if name == "ordering":
-            lines += module.section(out)
+            lines += module.section(out, current)
             continue
-        results, failures = load_results(out, name), load_failures(out, name)
-        if not results and not failures:
-            lines.append("Not run yet.\n")
-            continue
-        groups = by_settings(results, module.Settings())
-        grouped = {settings_hash(r["size"]) for r in results}
-        orphans = [f for f in failures if settings_hash(f["size"]) not in grouped]
-        if orphans:  # failed runs of settings with no finished run
-            lines += run_facts([], orphans)
-        for index, group in enumerate(groups):
-            if len(groups) > 1:
-                lines.append(f"### Settings {index + 1} of {len(groups)}\n")
-            ours = [f for f in failures if settings_hash(f["size"]) == settings_hash(group[0]["size"])]
-            lines += run_facts(group, ours) + absent_runs(module, group, ours)
-            plots = plot_dir if index == 0 else plot_dir / f"settings-{index + 1}"
-            lines += module.section(group, plots, page.parent)
+        lines += experiment_sections(module, out, page, current[name])
     page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_name(f".{page.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    os.replace(tmp, page)
+    atomic_write_text(page, "\n".join(lines).rstrip() + "\n")
+
+
+def experiment_sections(module, out: Path, page: Path, current: object) -> list[str]:
+    """One experiment's part of the page: the runs at ``current`` with their failures, then one section
+    per older group of settings (plots of the older groups in ``settings-N`` folders)."""
+    results, failures = load_results(out, module.NAME), load_failures(out, module.NAME)
+    ours = [f for f in failures if "settings" in f and at_settings(f["settings"], current)]
+    runs, older = by_settings(results, current)
+    if not runs and not ours and not older:
+        return ["Not run yet.\n"]
+    plot_dir = page.parent / page.stem
+    lines = []
+    if older:
+        lines.append("### Current settings\n")
+    if runs or ours:
+        lines += run_facts(runs, ours) + absent_runs(module, runs, ours)
+        lines += module.section(runs, plot_dir, page.parent) if runs else []
+    else:
+        lines.append("No run at the current settings yet (the older settings below are not compared).\n")
+    for index, group in enumerate(older, 1):
+        lines.append(f"### Older settings {index} of {len(older)}\n")
+        lines += run_facts(group, []) + module.section(group, plot_dir / f"settings-{index + 1}", page.parent)
+    return lines
 
 
 def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
@@ -101,11 +116,6 @@ def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
         lines.append(f"Failed runs ({len(failures)}; rerunning the command retries them):\n")
         lines += [f"- `{f['key']}`: {f['error']}" for f in failures] + [""]
     return lines
-
-
-def settings_hash(size: str) -> str:
-    """The settings part of a run's size tag ``label.hash``."""
-    return size.rsplit(".", 1)[-1]
 
 
 def absent_runs(module, results: list[dict], failures: list[dict]) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from mcrnn.eval.experiments.runner import Run, model_config, size_tag, train_model
+from mcrnn.eval.experiments.runner import Run, check_data, model_config, size_tag, train_model
 
 NAME = "post-training"
 MODEL_NAMES = ("base", "dla-base", "grm")
@@ -25,7 +25,7 @@ MODEL_NAMES = ("base", "dla-base", "grm")
 
 @dataclass(frozen=True)
 class Settings:
-    data: str = "../shared/data/tinyshakespeare.txt"
+    data: str | None = None  # the text file: --data, required (an input, not a setting of the page)
     seq_len: int = 64
     factors: tuple[int, ...] = (1, 2, 4, 8)
     width: int = 48
@@ -52,22 +52,25 @@ def work(run: Run, s: Settings, device: str) -> dict:
     from mcrnn.data import TextDataset
     from mcrnn.eval.harness import eval_extrapolation, with_average_caching
 
-    if not Path(s.data).is_file():
-        raise FileNotFoundError(f"--data file not found: {s.data}")
-    config = model_config(run.model, vocab_size=257, width=s.width, layers=s.layers, heads=s.heads,
-                          segment=s.segment)  # fmt: skip
+    check_data(s.data)
+    config = model_config(
+        run.model, vocab_size=257, width=s.width, layers=s.layers, heads=s.heads, segment=s.segment
+    )
     train_data = TextDataset(s.data, s.seq_len, split="train")
-    model, trained, seconds = train_model(config, train_data, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
-                                          seed=run.seed, device=device)  # fmt: skip
+    model, trained, seconds = train_model(
+        config, train_data, steps=s.steps, batch_size=s.batch_size, lr=s.lr, seed=run.seed, device=device
+    )
 
     def val(length: int):
         data = TextDataset(s.data, length, split="val")
         return Subset(data, range(min(s.eval_examples, len(data))))
 
     metrics = {
-        "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
-        "train_tokens_per_second": trained.tokens_per_second, "trained_with_caching": run.model == "grm",
-    }  # fmt: skip
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": seconds,
+        "train_tokens_per_second": trained.tokens_per_second,
+        "trained_with_caching": run.model == "grm",
+    }
     average = None
     if run.model != "grm":  # trained without caching: also scored with post-training average caching
         average = s.segment
@@ -78,8 +81,9 @@ def work(run: Run, s: Settings, device: str) -> dict:
         metrics["switched_same_weights"] = switched.keys() == trained_weights.keys() and all(
             torch.equal(switched[name], tensor) for name, tensor in trained_weights.items()
         )
-    scores = eval_extrapolation(model, val, s.seq_len, factors=s.factors, average_segment_size=average,
-                                metric="perplexity")  # fmt: skip
+    scores = eval_extrapolation(
+        model, val, s.seq_len, factors=s.factors, average_segment_size=average, metric="perplexity"
+    )
     metrics["perplexity"] = {name: {str(n): v for n, v in per.items()} for name, per in scores.items()}
     return metrics
 
@@ -111,8 +115,10 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
     rows, series = [], {}
     for label, (model, variant) in variants(results).items():
         runs = groups[model]
-        stats = {n: metric_stats(runs, lambda r, v=variant, n=n: r["metrics"]["perplexity"][v][str(n)])
-                 for n in lengths}  # fmt: skip
+        stats = {
+            n: metric_stats(runs, lambda r, v=variant, n=n: r["metrics"]["perplexity"][v][str(n)])
+            for n in lengths
+        }
         rows.append({"model": label, **{f"T={n}": cell(stats[n], 2) for n in lengths}})
         series[label] = {n: stats[n][0] for n in lengths}
     switched = [r for r in results if "switched_params" in r["metrics"]]

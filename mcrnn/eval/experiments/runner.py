@@ -30,20 +30,34 @@ from mcrnn.eval.report import write_json
 MODELS: dict[str, tuple[str, dict]] = {
     "base": ("linear (base RNN)", {"memory": "linear", "segment_size": None}),
     "grm": ("linear + GRM", {"memory": "linear", "aggregation": "grm", "segment_size": "segment"}),
-    "ssc": ("linear + SSC (top-2)", {"memory": "linear", "aggregation": "ssc", "ssc_top_k": 2,
-                                     "segment_size": "segment"}),
+    "ssc": (
+        "linear + SSC (top-2)",
+        {"memory": "linear", "aggregation": "ssc", "ssc_top_k": 2, "segment_size": "segment"},
+    ),
     "log": ("linear Log-Linear++", {"memory": "linear", "aggregation": "grm", "segmentation": "log"}),
     "dla-base": ("DLA (base RNN)", {"memory": "dla", "segment_size": None, "chunk_size": "segment"}),
-    "dla-grm": ("DLA + GRM", {"memory": "dla", "aggregation": "grm", "segment_size": "segment",
-                              "chunk_size": "segment"}),
-    "dla-soup": ("DLA + Soup", {"memory": "dla", "aggregation": "soup", "segment_size": "segment",
-                                "chunk_size": "segment"}),
-    "dla-ssc": ("DLA + SSC (top-2)", {"memory": "dla", "aggregation": "ssc", "ssc_top_k": 2,
-                                      "segment_size": "segment", "chunk_size": "segment"}),
+    "dla-grm": (
+        "DLA + GRM",
+        {"memory": "dla", "aggregation": "grm", "segment_size": "segment", "chunk_size": "segment"},
+    ),
+    "dla-soup": (
+        "DLA + Soup",
+        {"memory": "dla", "aggregation": "soup", "segment_size": "segment", "chunk_size": "segment"},
+    ),
+    "dla-ssc": (
+        "DLA + SSC (top-2)",
+        {
+            "memory": "dla",
+            "aggregation": "ssc",
+            "ssc_top_k": 2,
+            "segment_size": "segment",
+            "chunk_size": "segment",
+        },
+    ),
     "dla-log": ("DLA Log-Linear++", {"memory": "dla", "aggregation": "grm", "segmentation": "log"}),
     "transformer": ("Transformer++", {"mixer": "attention"}),
     "transformer-conv": ("Transformer++ + short conv", {"mixer": "attention", "attention_conv_size": 4}),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,14 @@ def size_tag(label: str, settings: object) -> str:
     return f"{label}.{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
+def check_data(data: str | None) -> None:
+    """The text file of an experiment that trains on text: given, and a file (one line otherwise)."""
+    if data is None:
+        raise ValueError("--data is required: the text file to train on (e.g. tinyshakespeare.txt)")
+    if not Path(data).is_file():
+        raise ValueError(f"--data: no such file: {data}")
+
+
 def model_config(name: str, *, vocab_size: int, width: int, layers: int, heads: int, segment: int, **extra):
     """The :class:`~mcrnn.models.MCConfig` of model ``name`` (a key of :data:`MODELS`).
 
@@ -81,9 +103,13 @@ def model_config(name: str, *, vocab_size: int, width: int, layers: int, heads: 
     if fields.get("segment_size") is not None:
         fields["init"] = "independent"
     return MCConfig(
-        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers, num_heads=heads,
-        **fields, **extra,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_heads=heads,
+        **fields,
+        **extra,
+    )
 
 
 def count_params(config) -> int:
@@ -111,9 +137,16 @@ def train_model(config, dataset, *, steps: int, batch_size: int, lr: float, seed
     torch.manual_seed(seed)
     model = MCForCausalLM(config)
     options = TrainOptions(
-        steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(steps // 10, 1), weight_decay=0.1,
-        seed=seed, log_every=10**9, progress=False, device=device,
-    )  # fmt: skip
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=max(steps // 10, 1),
+        weight_decay=0.1,
+        seed=seed,
+        log_every=10**9,
+        progress=False,
+        device=device,
+    )
     started = time.perf_counter()
     result = train(model, dataset, options)
     return model, result, time.perf_counter() - started
@@ -124,10 +157,13 @@ def machine() -> dict:
     from mcrnn.eval.demo import _cpu_name
 
     return {
-        "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }  # fmt: skip
+    }
 
 
 def result_path(out: Path, run: Run) -> Path:
@@ -167,17 +203,24 @@ def execute(
             counts["failed"] += 1
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             log(f"{where}: FAILED: {type(err).__name__}: {message}")
-            write_json(failure_path(out, run), {
-                **asdict(run), "key": run.key, "error": f"{type(err).__name__}: {message}",
-                "traceback": traceback.format_exc(), "command": command,
-            })  # fmt: skip
+            failure = {"key": run.key, "error": f"{type(err).__name__}: {message}", "command": command}
+            failure |= {"settings": asdict(settings), "traceback": traceback.format_exc()}
+            write_json(failure_path(out, run), {**asdict(run), **failure})
             continue
         seconds = time.perf_counter() - started
-        write_json(path, {
-            **asdict(run), "key": run.key, "metrics": metrics, "settings": asdict(settings),
-            "wall_seconds": seconds, "machine": machine(), "command": command,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        })  # fmt: skip
+        write_json(
+            path,
+            {
+                **asdict(run),
+                "key": run.key,
+                "metrics": metrics,
+                "settings": asdict(settings),
+                "wall_seconds": seconds,
+                "machine": machine(),
+                "command": command,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            },
+        )
         failure_path(out, run).unlink(missing_ok=True)
         counts["done"] += 1
         log(f"{where}: done in {seconds:.1f}s")
@@ -190,15 +233,22 @@ def load_results(out: Path, experiment: str) -> list[dict]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
 
 
-def by_settings(results: list[dict], defaults: object = None) -> list[list[dict]]:
-    """``results`` split by their settings: the group at ``defaults`` (a Settings dataclass) first, then
-    by the number of runs."""
+def at_settings(settings: dict, current: object) -> bool:
+    """Whether a run's recorded ``settings`` are ``current`` (a Settings dataclass). A field that is None
+    in ``current`` matches any value: it is an input each run names (``data``), not a setting."""
+    wanted = json.loads(json.dumps(asdict(current)))  # tuples as the JSON files hold them: lists
+    return all(value is None or settings.get(name) == value for name, value in wanted.items())
+
+
+def by_settings(results: list[dict], current: object) -> tuple[list[dict], list[list[dict]]]:
+    """``results`` split by their settings: ``(the runs at current, which may be none; the other groups,
+    most runs first)``."""
+    ours = [r for r in results if at_settings(r["settings"], current)]
     groups: dict[str, list[dict]] = {}
     for result in results:
-        groups.setdefault(json.dumps(result["settings"], sort_keys=True), []).append(result)
-    current = json.dumps(asdict(defaults), sort_keys=True) if defaults is not None else None  # tuples: lists
-    return sorted(groups.values(), key=lambda g: (json.dumps(g[0]["settings"], sort_keys=True) != current,
-                                                   -len(g)))  # fmt: skip
+        if not at_settings(result["settings"], current):
+            groups.setdefault(json.dumps(result["settings"], sort_keys=True), []).append(result)
+    return ours, sorted(groups.values(), key=lambda g: -len(g))
 
 
 def load_failures(out: Path, experiment: str) -> list[dict]:
