@@ -34,13 +34,13 @@ from mcrnn.ops.spec import (
 )
 
 BACKENDS = ("auto", "naive", "torch", "triton")
+#: the keywords the families' inputs had before :mod:`mcrnn.ops.memories` (one release, with a warning)
+DEPRECATED_INPUTS = ("log_decay", "prev_gate", "cur_gate", "params", "eta", "alpha", "beta", "mask")
 #: the entry points (naive, chunk, recurrent) of the memories with a decay per key channel
 CHANNEL_DECAY_ENTRIES = {
     "gla": (naive_gla_mc, chunk_gla_mc, recurrent_gla_mc),
     "kda": (naive_kda_mc, chunk_kda_mc, recurrent_kda_mc),
 }
-#: the keywords the families' inputs had before :mod:`mcrnn.ops.memories` (one release, with a warning)
-DEPRECATED_INPUTS = ("log_decay", "prev_gate", "cur_gate", "params", "eta", "alpha", "beta", "mask")
 
 
 def memory_caching(
@@ -75,17 +75,19 @@ def memory_caching(
         ssc:      as grm over the top_k cached segments by <u_t, c_i> plus the online one
         average:  y_t = (1/s) sum_{i<=s} M(i)(q_t)
 
-    ``M(q) = q^T M`` for the matrix memories (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``), an
-    MLP read for the deep memories (``dla``, ``titans``, see :mod:`mcrnn.ops.deep`); each family's update
-    and inputs are in :mod:`mcrnn.ops.memories`. ``c_i`` pools segment i's keys (mean or sum); the online
-    context pools the current segment's keys up to ``t``.
+    ``M(q) = q^T M`` for the matrix memories (``linear``, ``swla``, ``deltanet``, ``gated_deltanet``, and
+    with a decay per key channel ``gla``, ``kda``: fla's conventions, ``q`` is not scaled, fla's default
+    ``Dk ** -0.5`` is the caller's), an MLP read for the deep memories (``dla``, ``titans``, see
+    :mod:`mcrnn.ops.deep`); each family's update and inputs are in :mod:`mcrnn.ops.memories`. ``c_i`` pools
+    segment i's keys (mean or sum); the online context pools the current segment's keys up to ``t``.
 
     Args:
         q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; u: [B, T, H, Dk] router queries (None: ``u = q``);
             q, k, v, u share one floating dtype.
         memory: the family and its per-token inputs, one of :class:`~mcrnn.ops.memories.Linear`,
             :class:`~mcrnn.ops.memories.SWLA`, :class:`~mcrnn.ops.memories.DeltaNet`,
-            :class:`~mcrnn.ops.memories.GatedDeltaNet`, :class:`~mcrnn.ops.memories.DLA`,
+            :class:`~mcrnn.ops.memories.GatedDeltaNet`, :class:`~mcrnn.ops.memories.GLA`,
+            :class:`~mcrnn.ops.memories.KDA`, :class:`~mcrnn.ops.memories.DLA`,
             :class:`~mcrnn.ops.memories.Titans`; or a family name for a family that needs no input
             (``"linear"``: linear attention without decay).
         spec: an :class:`MCSpec`, or its fields as keywords (``segment_size``, ``segment_lengths``,
@@ -153,8 +155,12 @@ def memory_caching(
         check_cache(cache, spec, memory.name, shape, chunk_size)
     elif cache is None and backend == "naive" and output_cache and memory.name in DEEP_MEMORIES:
         raise ValueError("backend='naive' has no cache for deep memories; use backend='auto' for decoding")
-    family = _deep if memory.name in DEEP_MEMORIES else _delta if memory.name in DELTA_MEMORIES else _matrix
-    family = _channel if memory.name in CHANNEL_DECAY_MEMORIES else family
+    if memory.name in DEEP_MEMORIES:
+        family = _deep
+    elif memory.name in DELTA_MEMORIES:
+        family = _delta
+    else:
+        family = _channel if memory.name in CHANNEL_DECAY_MEMORIES else _matrix
     out, new_cache = family(q, k, v, u, spec, memory, cache, output_cache, backend, chunk)
     return (out, new_cache) if output_cache else out
 
@@ -207,8 +213,7 @@ def _check_inputs(
         raise ValueError(f"mask must be a bool [B, T]={tuple(q.shape[:2])} tensor or None")
     if params is not None:
         check_params(params, q.shape[2], q.shape[3], v.shape[-1])
-    not_triton = DEEP_MEMORIES + DELTA_MEMORIES + CHANNEL_DECAY_MEMORIES
-    if backend == "triton" and (memory.name in not_triton or spec.kind == "log"):
+    if backend == "triton" and (memory.name not in ("linear", "swla") or spec.kind == "log"):
         raise ValueError(
             "backend='triton' runs the linear and swla memories with constant or explicit segments"
         )

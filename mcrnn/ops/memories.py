@@ -1,18 +1,17 @@
 """The memory families of :func:`mcrnn.ops.memory_caching` and the per-token inputs each one takes.
 
 One small frozen dataclass per family, named after it, holding exactly the tensors its write rule reads
-(fla's names; every per-token tensor is [B, T, H], but the per-channel ``log_decay`` [B, T, H, Dk] of ``GLA``
-and ``KDA``; ``mask`` [B, T] bool):
+(fla's names; every per-token tensor is [B, T, H], ``mask`` [B, T] bool):
 
 - ``Linear(log_decay)``: ``M_t = a_t M_{t-1} + k_t v_t^T``, ``a_t = exp(log_decay_t)`` (None: no decay);
 - ``SWLA(prev_gate, cur_gate, log_decay)``: ``M_t = a_t M_{t-1} + b_t k_{t-1} v_{t-1}^T + l_t k_t v_t^T``
   (``b = prev_gate``, ``l = cur_gate`` in [0, 1]);
 - ``DeltaNet(beta)``: ``M_t = (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T`` (writing strength ``b = beta``);
 - ``GatedDeltaNet(log_decay, beta)``: ``M_t = a_t (I - b_t k_t k_t^T) M_{t-1} + b_t k_t v_t^T``;
-- ``GLA(log_decay)``: ``M_t = Diag(a_t) M_{t-1} + k_t v_t^T``, a decay per key channel (gated linear
-  attention);
-- ``KDA(log_decay, beta)``: ``M'_t = Diag(a_t) M_{t-1}``, ``M_t = M'_t + b_t k_t (v_t - M'^T_t k_t)^T`` (Kimi
-  Delta Attention);
+- ``GLA(log_decay)``: ``M_t = Diag(a_t) M_{t-1} + k_t v_t^T``, ``a_t = exp(log_decay_t)`` [B, T, H, Dk]
+  (gated linear attention: a decay per key channel);
+- ``KDA(log_decay, beta)``: ``M_t = M'_t + b_t k_t (v_t - M'^T_t k_t)^T``, ``M'_t = Diag(a_t) M_{t-1}``
+  (Kimi Delta Attention: the gated delta rule with a decay per key channel);
 - ``DLA(params, eta, alpha, mask)``: ``theta_t = a_t theta_{t-1} - eta_t grad(-<f(k_t), v_t>)``;
 - ``Titans(params, eta, alpha, momentum, mask)``: ``S_t = b_t S_{t-1} - eta_t grad ||f(k_t) - v_t||^2``,
   ``theta_t = a_t theta_{t-1} + S_t`` (``b = momentum``).
@@ -82,8 +81,7 @@ class GatedDeltaNet(MemoryInputs):
 
 @dataclass(frozen=True, eq=False)
 class GLA(MemoryInputs):
-    """``gla`` (gated linear attention): ``log_decay`` [B, T, H, Dk] finite, <= 0, one per key channel (fla's
-    ``gk``; ``q`` is not scaled: fla's default ``Dk ** -0.5`` is the caller's)."""
+    """``gla``: ``log_decay`` [B, T, H, Dk] finite, <= 0, a decay per key channel (required)."""
 
     name: ClassVar[str] = "gla"
     log_decay: torch.Tensor
@@ -91,8 +89,8 @@ class GLA(MemoryInputs):
 
 @dataclass(frozen=True, eq=False)
 class KDA(MemoryInputs):
-    """``kda`` (Kimi Delta Attention): ``log_decay`` [B, T, H, Dk] finite, <= 0, one per key channel, and the
-    writing strength ``beta`` [B, T, H] in [0, 1] (keys expected L2-normalised; ``q`` not scaled)."""
+    """``kda``: ``log_decay`` [B, T, H, Dk] finite, <= 0, a decay per key channel, and the writing strength
+    ``beta`` [B, T, H] in [0, 1] (keys expected L2-normalised)."""
 
     name: ClassVar[str] = "kda"
     log_decay: torch.Tensor

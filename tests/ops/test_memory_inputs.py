@@ -10,7 +10,7 @@ import torch
 
 from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import layer_shapes
-from mcrnn.ops.memories import DLA, SWLA, DeltaNet, GatedDeltaNet, Linear, Titans, memory_inputs
+from mcrnn.ops.memories import DLA, GLA, KDA, SWLA, DeltaNet, GatedDeltaNet, Linear, Titans, memory_inputs
 
 B, T, H, D = 2, 12, 2, 4
 OPTIONS = {"segment_size": 4, "aggregation": "grm", "chunk_size": 2}
@@ -30,6 +30,7 @@ def _cases() -> list[tuple[str, dict[str, object], object]]:
     """(memory, old keywords, the family dataclass holding the same tensors)."""
     torch.manual_seed(1)
     log_decay, prev_gate, cur_gate, beta = _gate(-0.5, 0.0), _gate(), _gate(), _gate()
+    channel_decay = -0.5 * torch.rand(B, T, H, D, dtype=torch.float64)
     params = [0.3 * torch.randn(H, o, i, dtype=torch.float64) for o, i in layer_shapes(D, D, 2, 2)]
     eta, alpha, momentum = _gate(0.0, 0.1), _gate(0.5, 1.0), _gate()
     mask = torch.rand(B, T) > 0.2
@@ -38,6 +39,8 @@ def _cases() -> list[tuple[str, dict[str, object], object]]:
         ("swla", {"prev_gate": prev_gate, "cur_gate": cur_gate}, SWLA(prev_gate, cur_gate)),
         ("deltanet", {"beta": beta}, DeltaNet(beta=beta)),
         ("gated_deltanet", {"log_decay": log_decay, "beta": beta}, GatedDeltaNet(log_decay, beta)),
+        ("gla", {"log_decay": channel_decay}, GLA(log_decay=channel_decay)),
+        ("kda", {"log_decay": channel_decay, "beta": beta}, KDA(channel_decay, beta)),
         ("dla", {"params": params, "eta": eta, "alpha": alpha, "mask": mask}, DLA(params, eta, alpha, mask)),
         (
             "titans",
@@ -47,7 +50,7 @@ def _cases() -> list[tuple[str, dict[str, object], object]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(8))
 def test_grouped_inputs_equal_the_deprecated_keywords(case: int) -> None:
     memory, keywords, grouped = _cases()[case]
     with warnings.catch_warnings():
