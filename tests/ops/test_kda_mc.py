@@ -19,7 +19,7 @@ from mcrnn.ops.memories import KDA
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 INITS = ("checkpoint", "independent")
 TOL = dict(atol=1e-10, rtol=1e-10)
-#: float32 path against the float64 definition, unit-norm keys, T <= 64 (measured about 2e-6)
+#: float32 path against the float64 definition, unit-norm keys, T <= 64 (measured: 8e-7 abs, 2e-7 of max |o|)
 FLOAT32_TOL = dict(atol=1e-4, rtol=1e-4)
 SEGMENTATIONS = {
     "none": {},
