@@ -220,6 +220,21 @@ def test_nan_never_reaches_earlier_outputs(name, aggregation, init):
             torch.testing.assert_close(fast, naive, **TOL, equal_nan=True)
 
 
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_nan_never_reaches_earlier_outputs_log(name):
+    """The same with the log segmentation (checkpoint; grm over Fenwick buckets of the pseudo-values,
+    chunks of 4)."""
+    inputs = make_inputs(seq_len=21)
+    dirty = dict(inputs)
+    dirty[name] = inputs[name].clone()
+    dirty[name][0, 11, 1] = math.nan
+    spec = spec_for("grm", "checkpoint", "log")
+    clean, fast = run(inputs, "torch", spec, 4), run(dirty, "torch", spec, 4)
+    torch.testing.assert_close(fast[0, :11], clean[0, :11], **TOL)
+    torch.testing.assert_close(fast[1], clean[1], **TOL)
+    torch.testing.assert_close(fast, run(dirty, "naive", spec), **TOL, equal_nan=True)
+
+
 def test_float32_against_float64():
     """The float32 chunk path stays within FLOAT32_TOL of the float64 definition (T=64, grm over segments
     of 16, layer-like decays): the bound the docs state."""
