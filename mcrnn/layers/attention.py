@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcrnn.layers.checks import check_attention_mask, check_hidden_states
 from mcrnn.layers.conv import ShortConvolution
 from mcrnn.layers.packing import run_documents
+from mcrnn.ops.cache import batch_indices
 
 
 @dataclass
@@ -37,7 +39,7 @@ class AttentionCache:
 
     def reorder(self, indices: torch.Tensor) -> AttentionCache:
         """The cache of batch rows ``indices`` (beam search, batch selection)."""
-        indices = torch.as_tensor(indices, dtype=torch.long, device=self.keys.device)
+        indices = batch_indices(indices).to(self.keys.device)
         mask = None if self.key_mask is None else self.key_mask.index_select(0, indices)
         conv = {name: state.index_select(0, indices) for name, state in self.conv.items()}
         return AttentionCache(
@@ -121,12 +123,15 @@ class Attention(nn.Module):
 
         Returns ``y`` [B, T, hidden] and, with ``use_cache``, the cache extended by these ``T`` tokens.
         """
+        check_hidden_states(x, self.q_proj.in_features, self.q_proj.weight)
         if cu_seqlens is not None:
             if attention_mask is not None or cache is not None or use_cache:
                 raise ValueError("cu_seqlens (packed documents) takes no attention_mask, cache or use_cache")
             return run_documents(lambda docs, mask: self(docs, attention_mask=mask)[0], x, cu_seqlens), None
         batch, seq_len, _ = x.shape
         past = cache.seq_len if cache is not None else 0
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, batch, seq_len, past)
         shape = (batch, seq_len, self.num_heads, self.head_dim)
         q, k, v, conv_state = self._project(x, attention_mask, cache)
         q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))

@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from mcrnn.layers.channel_decay import ChannelDecay
+from mcrnn.layers.checks import check_hidden_states
 from mcrnn.layers.conv import ShortConvolution
 from mcrnn.layers.deep_memory import GATE_NORMALIZER, DeepMemory
 from mcrnn.layers.norm import GatedRMSNorm
 from mcrnn.layers.packing import run_documents
 from mcrnn.ops import MCSpec, MemoryCache, memory_caching
 from mcrnn.ops.api import check_cache
+from mcrnn.ops.cache import batch_indices
 from mcrnn.ops.memories import memory_inputs
 from mcrnn.ops.spec import (
     CHANNEL_DECAY_MEMORIES,
@@ -46,7 +48,7 @@ class LayerCache:
 
     def reorder(self, indices: torch.Tensor) -> LayerCache:
         """The cache of batch rows ``indices`` (beam search, batch selection)."""
-        indices = torch.as_tensor(indices, dtype=torch.long)
+        indices = batch_indices(indices)
         conv = {name: state.index_select(0, indices.to(state.device)) for name, state in self.conv.items()}
         return LayerCache(self.op.reorder(indices), conv)
 
@@ -60,7 +62,7 @@ class RowCaches:
 
     def reorder(self, indices: torch.Tensor) -> RowCaches:
         """The caches of rows ``indices`` (beam search, batch selection)."""
-        return RowCaches([self.rows[int(i)] for i in torch.as_tensor(indices).tolist()])
+        return RowCaches([self.rows[i] for i in batch_indices(indices).tolist()])
 
 
 def check_layer_options(
@@ -239,8 +241,7 @@ class MemoryCachingAttention(nn.Module):
 
         Returns: ``(y [B, T, hidden], cache or None)``.
         """
-        if x.dim() != 3 or x.shape[-1] != self.hidden_size or 0 in x.shape:
-            raise ValueError(f"x must be [B, T, {self.hidden_size}] with B, T >= 1, got {tuple(x.shape)}")
+        check_hidden_states(x, self.hidden_size, self.q_proj.weight)
         if cu_seqlens is not None:
             if attention_mask is not None or cache is not None or use_cache:
                 raise ValueError("cu_seqlens (packed documents) takes no attention_mask, cache or use_cache")

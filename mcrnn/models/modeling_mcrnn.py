@@ -14,6 +14,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from mcrnn.layers.attention import Attention
+from mcrnn.layers.checks import check_attention_mask
 from mcrnn.layers.mc_attention import MemoryCachingAttention
 from mcrnn.models.cache import MCCache
 from mcrnn.models.configuration_mcrnn import MCConfig
@@ -162,24 +163,17 @@ class MCModel(MCPreTrainedModel):
         cache = _pop_generation_kwargs(kwargs, cache, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if input_ids is not None and (input_ids.dim() != 2 or 0 in input_ids.shape):
-            raise ValueError(f"input_ids must be [B, T] with B, T >= 1, got shape {tuple(input_ids.shape)}")
-        if (
-            input_ids is not None
-            and input_ids.numel()
-            and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size)
-        ):
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got range "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+        if input_ids is not None:
+            _check_input_ids(input_ids, self.config.vocab_size)
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if use_cache is None:  # no cache while training (or over packed documents) unless asked for
             use_cache = self.config.use_cache and not self.training and cu_seqlens is None
         use_cache = use_cache or cache is not None
         if attention_mask is not None:
+            past = 0 if cache is None else cache.get_seq_length()
+            check_attention_mask(attention_mask, *hidden.shape[:2], past)
             attention_mask = attention_mask[:, -hidden.shape[1] :]
-            if bool(attention_mask.all()):
+            if not torch.compiler.is_compiling() and bool(attention_mask.all()):
                 attention_mask = None
         if use_cache and cache is None:
             cache = MCCache(len(self.layers))
@@ -280,19 +274,33 @@ class MCForCausalLM(MCPreTrainedModel, GenerationMixin):
         )
 
 
+def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """``ValueError`` unless ``input_ids`` is [B, T] (B, T >= 1) with every id in ``[0, vocab_size)``.
+
+    The range check reads the ids on the host (one sync); inside ``torch.compile`` it is skipped, so a
+    compiled forward has no graph break (an id out of range then fails in the embedding lookup)."""
+    if input_ids.dim() != 2 or 0 in input_ids.shape:
+        raise ValueError(f"input_ids must be [B, T] with B, T >= 1, got shape {tuple(input_ids.shape)}")
+    if torch.compiler.is_compiling():
+        return
+    low, high = (int(x) for x in torch.stack([input_ids.min(), input_ids.max()]).tolist())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range [{low}, {high}]")
+
+
 #: keywords ``generate`` may pass that a recurrent model does not need (positions are implicit)
 IGNORED_GENERATION_KWARGS = ("cache_position", "position_ids")
 
 
 def _pop_generation_kwargs(kwargs: dict, cache: MCCache | None, owner: str) -> MCCache | None:
     """The cache (``past_key_values`` is its transformers-4 name); raise ``TypeError`` on any keyword
-    that is neither a generation position argument nor ``output_attentions=False``."""
+    that is neither a generation position argument nor ``output_attentions``, which is accepted and gives
+    ``attentions=None``, as recurrent models of transformers do (the mixers return no attention weights)."""
     past = kwargs.pop("past_key_values", None)
     cache = past if cache is None else cache
     for name in IGNORED_GENERATION_KWARGS:
         kwargs.pop(name, None)
-    if kwargs.pop("output_attentions", None):
-        raise ValueError(f"{owner} has no attention weights to output (output_attentions=True)")
+    kwargs.pop("output_attentions", None)  # no attention weights: outputs carry attentions=None
     if kwargs:
         raise TypeError(f"{owner}.forward() got unexpected keyword arguments {sorted(kwargs)}")
     return cache

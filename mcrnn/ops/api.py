@@ -320,10 +320,15 @@ def _deep(q, k, v, u, spec, memory, cache, output_cache, backend, chunk):  # noq
 
 def _wants_triton(backend: str, *tensors: torch.Tensor | None) -> bool:
     """Triton for ``backend="triton"``, or ``"auto"`` on CUDA tensors, when the kernels support the
-    inputs (else the PyTorch path, with a one-time warning naming the reason)."""
+    inputs (else the PyTorch path, with a one-time warning naming the reason). ``backend="triton"`` on a
+    device Triton cannot run on (the CPU without ``TRITON_INTERPRET=1``) is an error, not a fallback."""
     if backend not in ("auto", "triton") or (backend == "auto" and not tensors[0].is_cuda):
         return False
     from mcrnn.ops.linear import triton as mc_triton
+
+    reason = mc_triton.device_reason(tensors[0].device) if backend == "triton" else None
+    if reason is not None:
+        raise ValueError(f"backend='triton' cannot run on {reason}; backend='auto' falls back to PyTorch")
 
     head_dims = (tensors[0].shape[-1], tensors[2].shape[-1])
     return mc_triton.use_triton(*tensors, head_dims=head_dims, requested=backend == "triton")

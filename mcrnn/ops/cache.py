@@ -43,9 +43,7 @@ class MemoryCache:
 
     def reorder(self: CacheT, indices: torch.Tensor) -> CacheT:
         """A cache whose row ``b`` is row ``indices[b]`` of this one (``indices``: LongTensor [B'])."""
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        if indices.dim() != 1:
-            raise ValueError(f"indices must be 1-D [B'], got shape {tuple(indices.shape)}")
+        indices = batch_indices(indices)
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.batch_size):
             raise ValueError(f"indices must lie in [0, {self.batch_size}), got {indices.tolist()}")
         changes = {
@@ -53,6 +51,15 @@ class MemoryCache:
             for f in fields(self)
             if f.name not in ("spec", "position")
         }
+        return replace(self, **changes)
+
+    def to_dtype(self: CacheT, dtype: torch.dtype) -> CacheT:
+        """This cache with its floating tensors in ``dtype`` (the decode steps accumulate in float32 or
+        float64 whatever the inputs' dtype); itself when nothing changes."""
+        names = [f.name for f in fields(self) if f.name not in ("spec", "position")]
+        changes = {name: _cast(getattr(self, name), dtype) for name in names}
+        if all(changes[name] is getattr(self, name) for name in changes):
+            return self
         return replace(self, **changes)
 
     def check_compatible(self, batch: int, heads: int, key_dim: int, value_dim: int) -> None:
@@ -68,6 +75,17 @@ class MemoryCache:
     def shape_signature(self) -> tuple[int, int, int, int]:
         """``(B, H, Dk, Dv)`` the cache was built for."""
         raise NotImplementedError
+
+
+def batch_indices(indices: object) -> torch.Tensor:
+    """``indices`` (a tensor or sequence of ints) as a 1-D LongTensor [B'] of batch rows; ``TypeError`` for
+    anything not integer (floats would be truncated silently), ``ValueError`` when not 1-D."""
+    tensor = torch.as_tensor(indices)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"indices must be integers (batch rows), got dtype {tensor.dtype}")
+    if tensor.dim() != 1:
+        raise ValueError(f"indices must be 1-D [B'], got shape {tuple(tensor.shape)}")
+    return tensor.long()
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -87,4 +105,14 @@ def _take(value: Any, indices: torch.Tensor) -> Any:
         return value.index_select(0, indices.to(value.device))
     if isinstance(value, list):
         return [_take(item, indices) for item in value]
+    return value
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with every floating tensor in ``dtype`` (lists recursed; unchanged ones kept)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list):
+        cast = [_cast(item, dtype) for item in value]
+        return value if all(a is b for a, b in zip(cast, value, strict=True)) else cast
     return value

@@ -112,8 +112,12 @@ def all_finite(*tensors: torch.Tensor | None) -> bool:
     """Whether every entry of the tensors is finite, from one sum per tensor and one host sync.
 
     Conservative: a sum of finite entries that overflows (float32) also answers False, which only
-    sends the caller down its exact path for non-finite values.
+    sends the caller down its exact path for non-finite values. Inside ``torch.compile`` it answers True
+    without looking (no host sync, no graph break): compiled code takes the fast paths, which keep
+    a non-finite input's NaN causal only to the chunk (it may reach earlier tokens of its chunk).
     """
+    if torch.compiler.is_compiling():
+        return True
     sums = [x.detach().sum().float() for x in tensors if x is not None]
     return bool(torch.stack(sums).isfinite().all()) if sums else True
 

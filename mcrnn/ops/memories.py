@@ -39,7 +39,8 @@ class MemoryInputs:
 
     def tensors(self) -> dict[str, object]:
         """The inputs by field name, None ones left out."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        names = INPUT_NAMES[self.name]
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,6 +128,12 @@ class Titans(MemoryInputs):
 FAMILIES: dict[str, type[MemoryInputs]] = {
     cls.name: cls for cls in (Linear, SWLA, DeltaNet, GatedDeltaNet, GLA, KDA, DLA, Titans)
 }
+#: each family's inputs and the ones it cannot run without (formed once: ``torch.compile`` traces no
+#: ``dataclasses.fields``)
+INPUT_NAMES = {name: tuple(f.name for f in fields(cls)) for name, cls in FAMILIES.items()}
+REQUIRED_NAMES = {
+    name: tuple(f.name for f in fields(cls) if f.default is not None) for name, cls in FAMILIES.items()
+}
 
 
 def memory_inputs(memory: str, **inputs: object) -> MemoryInputs:
@@ -135,11 +142,11 @@ def memory_inputs(memory: str, **inputs: object) -> MemoryInputs:
     check_choice("memory", memory, MEMORIES)
     family = FAMILIES[memory]
     given = {name: value for name, value in inputs.items() if value is not None}
-    accepted = [f.name for f in fields(family)]
+    accepted = INPUT_NAMES[memory]
     foreign = sorted(set(given) - set(accepted))
     if foreign:
-        raise ValueError(f"memory={memory!r} takes {tuple(accepted)}, not {foreign}")
-    missing = [f.name for f in fields(family) if f.default is not None and f.name not in given]
+        raise ValueError(f"memory={memory!r} takes {accepted}, not {foreign}")
+    missing = [name for name in REQUIRED_NAMES[memory] if name not in given]
     if missing:
         raise ValueError(f"memory={memory!r} needs {missing}: pass memory={family.__name__}(...)")
     return family(**given)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -75,3 +77,56 @@ def test_runs_under_bf16_autocast(options: dict) -> None:
     assert y.dtype == torch.bfloat16
     # measured: max error 4.7e-3 to 6.7e-3 for outputs of max 0.66 to 0.85 (bf16 projections)
     torch.testing.assert_close(y.float(), reference, atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: MemoryCachingAttention(16, 2, segment_size=4), lambda: Attention(16, 2)],
+    ids=["mc", "attn"],
+)
+def test_input_dtype_other_than_the_parameters_is_named(make) -> None:
+    layer = make()
+    for dtype in (torch.float64, torch.bfloat16):
+        with pytest.raises(
+            TypeError, match=rf"x has dtype {dtype} but the layer's parameters are torch.float32"
+        ):
+            layer(torch.randn(2, 5, 16, dtype=dtype))
+
+
+def test_wrong_length_attention_mask_is_named() -> None:
+    """The attention mixer broadcast a short mask into a raw torch error; the model dropped an all-ones mask
+    of any shape without a word."""
+    layer = Attention(16, 2)
+    x = torch.randn(2, 6, 16)
+    with pytest.raises(ValueError, match=r"attention_mask must be \[B, T\]=\(2, 6\) .* got \(2, 4\)"):
+        layer(x, attention_mask=torch.ones(2, 4))
+    _, cache = layer(x, use_cache=True)
+    with pytest.raises(ValueError, match=r"\[B, T_past \+ T\]=\(2, 7\) .* got \(2, 5\)"):
+        layer(x[:, :1], attention_mask=torch.ones(2, 5), cache=cache)
+    layer(x[:, :1], attention_mask=torch.ones(2, 7), cache=cache)  # generate's convention: the whole stream
+    layer(x[:, :1], attention_mask=torch.ones(2, 1), cache=cache)
+    config = MCConfig(vocab_size=11, hidden_size=16, num_hidden_layers=1, num_heads=2, mixer="attention")
+    model = MCForCausalLM(config).eval()
+    ids = torch.randint(0, 11, (2, 6))
+    for shape in [(2, 4), (3, 6), (6,), (2, 9)]:
+        with pytest.raises(ValueError, match="attention_mask must be .* got " + re.escape(str(shape))):
+            model(ids, attention_mask=torch.ones(shape, dtype=torch.long))
+    out = model(ids, attention_mask=torch.ones(2, 6, dtype=torch.long), use_cache=True)
+    model(ids[:, :1], attention_mask=torch.ones(2, 7, dtype=torch.long), cache=out.cache)
+
+
+def test_float_indices_to_reorder_are_refused() -> None:
+    """``torch.as_tensor(indices, dtype=torch.long)`` truncated 1.7 to row 1 without a word."""
+    x = torch.randn(2, 5, 16)
+    _, layer_cache = MemoryCachingAttention(16, 2, segment_size=4)(x, use_cache=True)
+    _, attention_cache = Attention(16, 2)(x, use_cache=True)
+    _, row_caches = MemoryCachingAttention(16, 2, segment_size=4)(
+        x, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]), use_cache=True
+    )
+    for cache in (layer_cache, layer_cache.op, attention_cache, row_caches):
+        for indices in (torch.tensor([1.7, 0.2]), [1.0, 0.0]):
+            with pytest.raises(
+                TypeError, match="indices must be integers \\(batch rows\\), got dtype torch.float32"
+            ):
+                cache.reorder(indices)
+        assert cache.reorder(torch.tensor([1, 0])) is not None and cache.reorder([1]) is not None

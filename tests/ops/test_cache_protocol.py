@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 
@@ -123,3 +125,61 @@ def test_layer_cache_reorders_conv_buffers_too() -> None:
     assert picked.conv["q"].shape[0] == 2
     rest, _ = layer(x[[2, 1], 7:], cache=picked, use_cache=True)
     torch.testing.assert_close(rest, full[[2, 1], 7:], rtol=1e-10, atol=1e-10)
+
+
+LOW_PRECISION = {
+    **CASES,
+    "swla-log": ({"memory": "swla", "segmentation": "log"}, FenwickMemoryCache),
+    "gated_deltanet-grm": ({"memory": "gated_deltanet", "segment_size": 4}, MatrixMemoryCache),
+    "deltanet-log": ({"memory": "deltanet", "segmentation": "log"}, FenwickMemoryCache),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", list(LOW_PRECISION))
+def test_low_precision_decode_accumulates_in_float32(name: str, dtype: torch.dtype) -> None:
+    """A bf16/fp16 prefill and decode keep float32 states and return the inputs' dtype; the outputs equal
+    the float64 run on the same (rounded) inputs up to the output's rounding: |diff| <= 2 eps(dtype)
+    max|o| (measured at most 0.42 eps max|o|: one rounding of the float32 result)."""
+    options, cache_type = LOW_PRECISION[name]
+    memory = options["memory"]
+    inputs = _inputs(memory if memory in ("swla", "dla", "titans") else "linear", T + 3)
+    if memory in ("deltanet", "gated_deltanet"):
+        inputs["beta"] = inputs.pop("log_decay").neg() * 10
+        if memory == "gated_deltanet":
+            inputs["log_decay"] = -0.1 * inputs["beta"]
+    low = {name: x.to(dtype) for name, x in inputs.items()}
+    params = {name: [p.to(dtype) for p in ps] for name, ps in _params(memory).items()}
+    exact = memory_caching(
+        **{name: x.double() for name, x in low.items()},
+        **{name: [p.double() for p in ps] for name, ps in params.items()},
+        **options,
+    )
+    prefix, cache = memory_caching(**_split(low, 0, T), **params, **options, output_cache=True)
+    assert isinstance(cache, cache_type) and prefix.dtype == dtype
+    rest, after = memory_caching(
+        **_split(low, T, T + 3), **params, memory=memory, cache=cache, output_cache=True
+    )
+    assert rest.dtype == dtype
+    assert _floating_dtypes(after) == {torch.float32}
+    # a cache held in the low dtype (a user's cast) still decodes in float32
+    again, after = memory_caching(
+        **_split(low, T, T + 3), **params, memory=memory, cache=cache.to_dtype(dtype), output_cache=True
+    )
+    assert _floating_dtypes(after) == {torch.float32}
+    torch.testing.assert_close(again, rest, rtol=0, atol=4 * torch.finfo(dtype).eps * rest.abs().max())
+    out = torch.cat([prefix, rest], 1).double()
+    bound = 2 * torch.finfo(dtype).eps * exact.abs().max()
+    assert (out - exact).abs().max() <= bound
+
+
+def _floating_dtypes(cache: object) -> set[torch.dtype]:
+    """The dtypes of every floating tensor a cache holds (lists recursed)."""
+    found, todo = set(), [getattr(cache, f.name) for f in fields(cache)]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, list):
+            todo.extend(value)
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            found.add(value.dtype)
+    return found

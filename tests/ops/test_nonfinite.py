@@ -105,7 +105,7 @@ def _known_difference(aggregation: str, init: str, name: str, segmentation: str 
 
     - a NaN key: the loop reads later segments' finite states; the parallel paths' online router key
       is a difference of prefix sums (NaN - NaN) and their top-k ranks a NaN logit like the hidden
-      slots (both in mcrnn/ops/segments.py);
+      slots (both in mcrnn/ops/read/segments.py);
     - a NaN log decay with log segments: a chunk spans several Fenwick buckets and the decay between
       two of its tokens is a difference of cumulative log decays, NaN past the NaN one.
     """

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
+from mcrnn.ops import memory_caching
 from mcrnn.ops.linear.triton import triton_available, unsupported_reason, use_triton
 
 
@@ -44,3 +47,16 @@ def test_without_triton(monkeypatch):
     monkeypatch.setattr("mcrnn.ops.linear.triton.triton_available", lambda: False)
     assert unsupported_reason(*_qkv(), head_dims=(16, 16)) == "triton is not installed"
     assert isinstance(triton_available(), bool)
+
+
+def test_explicit_triton_on_the_cpu_is_refused_auto_falls_back(monkeypatch):
+    """``backend="triton"`` on a CPU tensor used to warn and run PyTorch; the request cannot be met: an
+    error. ``auto`` still picks PyTorch on the CPU, silently."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run on device cpu \(Triton needs CUDA"):
+        memory_caching(q, q, q, segment_size=4, backend="triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = memory_caching(q, q, q, segment_size=4, backend="auto")
+    torch.testing.assert_close(auto, memory_caching(q, q, q, segment_size=4, backend="torch"))

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
@@ -119,7 +120,7 @@ def chunk_deep_memory_caching(
     last[-1] = (seq_len - 1) % chunk_size
     coef, ends = chunk_coefficients(eta_c, alpha_c, beta_c, last, gate_c)
     chunk_counts = [-(-n // chunk_size) for n in lengths]
-    first_chunks = torch.tensor([0, *chunk_counts]).cumsum(0).tolist()[:-1]  # first chunk of each segment
+    first_chunks = list(accumulate(chunk_counts[:-1], initial=0))  # first chunk of each segment
     initial = [w.unsqueeze(0).expand(batch, *w.shape) for w in params]
     reset = spec.init == "independent"
     # the online read is fused into the scan, but for soup, which mixes cached states into every layer
@@ -157,9 +158,9 @@ def _add_cached_reads(
     gates, online_gate = gates.transpose(1, 2), online_gate.transpose(1, 2)  # [B, H, T, N], [B, H, T]
     qh = q.transpose(1, 2)
     out = online_gate.unsqueeze(-1) * out
-    bounds = torch.tensor(list(lengths)).cumsum(0).tolist()
+    bounds = list(accumulate(lengths))
     for i, state in enumerate(cached):
-        if aggregation == "ssc":
+        if aggregation == "ssc" and not torch.compiler.is_compiling():  # compiled: the dense read below
             out = out + _sparse_cached_read(state, qh, gates[..., i], bounds[i])
         else:
             read = gates[:, :, bounds[i] :, i, None] * network.forward(state, qh[:, :, bounds[i] :])

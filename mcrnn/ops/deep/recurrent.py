@@ -142,6 +142,7 @@ def recurrent_deep_mc(
     spec, memory and inner chunk are the cache's, the rates as in :func:`~mcrnn.ops.deep.naive_deep_mc`.
     Returns ``o`` and a new cache (``cache`` itself is not modified)."""
     inputs, params, rates = cast_inputs(q, k, v, u, params, Rates(eta, alpha, momentum, mask))
+    cache = cache.to_dtype(inputs[0].dtype)  # float32 states for a bf16/fp16 cache too
     if isinstance(cache, DeepFenwickCache):
         out, cache = recurrent_deep_log(*inputs, cache=cache, params=params, rates=rates)
         return out.to(q.dtype), cache

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import torch
 
+from mcrnn.ops.inputs import full_precision, to_compute_dtype
 from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
 from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
 
@@ -55,31 +56,37 @@ def recurrent_linear_mc(
     token's write (:func:`token_write`) and its decay; the segment bookkeeping, the state update and the
     aggregated read are the shared steps
     (:func:`mcrnn.ops.read.matrix_cache.recurrent_step`, :func:`mcrnn.ops.read.fenwick_cache.fenwick_step`).
-    The gates are [B, T, H] as in :func:`mcrnn.ops.memory_caching`. Returns ``o`` [B, T, H, Dv] and a new
-    cache (the one passed in is not modified).
+    The gates are [B, T, H] as in :func:`mcrnn.ops.memory_caching`. As the parallel path, the step
+    accumulates in float32 (float64 for float64 inputs or cache) whatever the inputs' dtype; the new cache
+    holds states in that dtype. Returns ``o`` [B, T, H, Dv] in ``q``'s dtype and a new cache (the one
+    passed in is not modified).
     """
-    u = q if u is None else u
+    gates = {"log_decay": log_decay, "prev_gate": prev_gate, "cur_gate": cur_gate}
+    (q_c, k, v, u), gates, dtype = to_compute_dtype(q, k, v, u, gates, cache.online)
+    log_decay, prev_gate, cur_gate = gates["log_decay"], gates["prev_gate"], gates["cur_gate"]
+    cache = cache.to_dtype(dtype)
     swla = cache.memory == "swla"
     outputs = []
-    for t in range(q.shape[1]):
-        if isinstance(cache, MatrixMemoryCache):
-            cache = open_token(cache)
-        write = token_write(
-            k[:, t],
-            v[:, t],
-            cur_gate[:, t] if swla else None,
-            prev_gate[:, t] if swla else None,
-            cache.prev_key,
-            cache.prev_value,
-        )
-        step_log_decay = None if log_decay is None else log_decay[:, t]
-        q_t, k_t, u_t = q[:, t], k[:, t], u[:, t]
-        if isinstance(cache, FenwickMemoryCache):
-            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
-        else:
-            decay = None if step_log_decay is None else step_log_decay.exp()
-            y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=decay)
-        if swla:
-            cache = replace(cache, prev_key=k[:, t], prev_value=v[:, t])
-        outputs.append(y)
-    return torch.stack(outputs, dim=1), cache
+    with full_precision(q.device):
+        for t in range(q.shape[1]):
+            if isinstance(cache, MatrixMemoryCache):
+                cache = open_token(cache)
+            write = token_write(
+                k[:, t],
+                v[:, t],
+                cur_gate[:, t] if swla else None,
+                prev_gate[:, t] if swla else None,
+                cache.prev_key,
+                cache.prev_value,
+            )
+            step_log_decay = None if log_decay is None else log_decay[:, t]
+            q_t, k_t, u_t = q_c[:, t], k[:, t], u[:, t]
+            if isinstance(cache, FenwickMemoryCache):
+                y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
+            else:
+                decay = None if step_log_decay is None else step_log_decay.exp()
+                y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=decay)
+            if swla:
+                cache = replace(cache, prev_key=k[:, t], prev_value=v[:, t])
+            outputs.append(y)
+    return torch.stack(outputs, dim=1).to(q.dtype), cache

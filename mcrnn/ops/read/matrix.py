@@ -52,7 +52,7 @@ def mix_cached_reads(
     out = online * online_gate.transpose(1, 2).unsqueeze(-1)
     if len(lengths) > 1:
         gates_h = cached_gates.transpose(1, 2)
-        if selected is None:
+        if selected is None or torch.compiler.is_compiling():  # compiled ssc: dense read, zero gates off R_t
             out = out + cached_read(qh, gates_h.contiguous(), states, lengths)
         else:
             out = out + selected_read(qh, gates_h, selected.transpose(1, 2).contiguous(), states)

@@ -16,7 +16,8 @@ import torch
 def segment_index(lengths: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
     """``s(t)`` for every token: LongTensor [T] with the 0-based segment of each token."""
     counts = torch.tensor(list(lengths), dtype=torch.long, device=device)
-    return torch.repeat_interleave(torch.arange(len(lengths), device=device), counts)
+    segments = torch.arange(len(lengths), device=device)
+    return torch.repeat_interleave(segments, counts, output_size=sum(lengths))  # static size: compiles
 
 
 def segment_contexts(

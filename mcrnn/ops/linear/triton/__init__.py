@@ -37,6 +37,13 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def device_reason(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` (``None``: CUDA, or the CPU with the interpreter)."""
+    if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return f"device {device} (Triton needs CUDA, or TRITON_INTERPRET=1 on the CPU)"
+    return None
+
+
 def unsupported_reason(*tensors: torch.Tensor | None, head_dims: Sequence[int]) -> str | None:
     """Why the Triton kernels cannot run on ``tensors`` (``None`` when they can).
 
@@ -48,9 +55,9 @@ def unsupported_reason(*tensors: torch.Tensor | None, head_dims: Sequence[int]) 
         raise ValueError(f"all inputs must be on one device, got {sorted({str(t.device) for t in present})}")
     if not triton_available():
         return "triton is not installed"
-    device = present[0].device
-    if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
-        return f"device {device} (Triton needs CUDA, or TRITON_INTERPRET=1 on the CPU)"
+    reason = device_reason(present[0].device)
+    if reason is not None:
+        return reason
     dtypes = {t.dtype for t in present if t.is_floating_point()}
     if not dtypes <= set(SUPPORTED_DTYPES):
         return f"dtypes {sorted(map(str, dtypes))} (supported: fp16, bf16, fp32)"
