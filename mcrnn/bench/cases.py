@@ -56,10 +56,10 @@ def _op(case: dict[str, Any]):
 
     q, k, v = _qkv(case)
     options = dict(case.get("options", {}))
-    memory = memory_inputs(options.pop("memory", "linear"), **_gates(case))
+    family, gates = options.pop("memory", "linear"), _gates(case)
 
     def step() -> None:
-        memory_caching(q, k, v, memory=memory, **options).sum().backward()
+        memory_caching(q, k, v, memory=memory_inputs(family, **gates), **options).sum().backward()
 
     return step, case["batch"] * case["seq_len"]
 
