@@ -10,7 +10,6 @@ from mcrnn.bench import gpu
 from mcrnn.bench.cases import build
 from mcrnn.bench.deep import deep_suite
 from mcrnn.bench.suites import delta_suite, ops_suite, peer_suite
-from mcrnn.ops.memories import MemoryInputs
 
 
 def _closure_leaves(step) -> tuple[list[torch.Tensor], list[nn.Module]]:  # noqa: ANN001
@@ -29,11 +28,9 @@ CASES = [
 
 
 def _closure_gates(step) -> dict[str, torch.Tensor]:  # noqa: ANN001
-    """The gate tensors a case's ``step`` passes to the op by name (the family object of
-    :mod:`mcrnn.ops.memories` in its closure)."""
+    """The gate tensors a case's ``step`` passes to the op by name (a dict in its closure)."""
     cells = [cell.cell_contents for cell in step.__closure__ or ()]
-    families = [c.tensors() for c in cells if isinstance(c, MemoryInputs)]
-    return {k: v for tensors in families for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    return {k: v for c in cells if isinstance(c, dict) for k, v in c.items() if isinstance(v, torch.Tensor)}
 
 
 GATED = [(name, case) for name, case in CASES if case.get("gates")]
