@@ -165,3 +165,4 @@ def test_hugging_face_keys_and_unrelated_extras_still_load():
     config = MCConfig(vocab_size=11, hidden_size=16, num_heads=2, architectures=["MCForCausalLM"],
                       transformers_version="5.0", output_attentions=False, custom_note="kept")  # fmt: skip
     assert config.custom_note == "kept" and config.architectures == ["MCForCausalLM"]
+
