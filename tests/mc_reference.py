@@ -11,7 +11,9 @@ default import mode, as the directory of the root ``conftest.py``).
     q, k, v    = silu(causal_conv(q, k, v))                 kernel K, depthwise, zeros before t = 0
     q, k       = q / |q|, k / |k|                           per head
     linear/swla/gated_deltanet: log a_t = logsigmoid(x W_a + b_a) / 16
-    swla: (b_t, l_t) = sigmoid(x W_s + b_s);   deltanet/gated_deltanet: b_t = sigmoid(x W_b + b_b)
+    swla: (b_t, l_t) = sigmoid(x W_s + b_s);   deltanet/gated_deltanet/kda: b_t = sigmoid(x W_b + b_b)
+    gla: log a_t = logsigmoid(x W_f + b_f) / 16,   kda: log a_t = -exp(A_log) softplus(x W_f + dt_bias)
+                 (both [B, T, H, Dk]: a decay per key channel)
     dla/titans:  eta = 0.01 sigmoid(r_0), alpha = sigmoid(r_1)^(1/16), momentum = sigmoid(r_2),
                  r = x W_r + b_r;   v = v / |v|
     o = memory_caching(q, k, v, u, ..., backend="naive")
@@ -84,6 +86,8 @@ def reference_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     else:
         if layer.decay_proj is not None:
             gates["log_decay"] = F.logsigmoid(linear(x, layer.decay_proj)) * GATE_POWER
+        if layer.channel_decay is not None:
+            gates["log_decay"] = channel_log_decay(layer, x)
         if layer.swla_proj is not None:
             swla = torch.sigmoid(linear(x, layer.swla_proj))
             gates["prev_gate"] = swla[..., : layer.num_heads]
@@ -105,6 +109,16 @@ def reference_block(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     normed = rms_norm(hidden, block.mlp_norm.weight, block.mlp_norm.eps)
     mlp = block.mlp
     return hidden + linear(F.silu(linear(normed, mlp.gate_proj)) * linear(normed, mlp.up_proj), mlp.down_proj)
+
+
+def channel_log_decay(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The per-key-channel log decay [B, T, H, Dk] of ``gla`` (fla's GLA gate) or ``kda`` (fla's KDA gate)."""
+    gate = layer.channel_decay
+    logits = linear(x, gate.proj).unflatten(-1, (layer.num_heads, layer.head_dim))
+    if layer.memory == "gla":
+        return F.logsigmoid(logits) * GATE_POWER
+    rate = F.softplus(logits + gate.dt_bias.view(layer.num_heads, layer.head_dim))
+    return -gate.A_log.exp()[:, None] * rate
 
 
 def randomise_(module: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:

@@ -38,6 +38,10 @@ REFERENCE_CASES = [
     ("deltanet", {}),
     ("gated_deltanet", {"aggregation": "ssc", "top_k": 1, "init": "independent", "pooling": "sum"}),
     ("gated_deltanet", {"segment_size": None, "segmentation": "log", "aggregation": "grm"}),
+    ("gla", {}),
+    ("gla", {"segment_size": None, "segmentation": "log", "init": "independent"}),
+    ("kda", {"aggregation": "average", "init": "independent"}),
+    ("kda", {"segment_size": None, "segmentation": "log", "aggregation": "grm"}),
     ("dla", {}),
     ("dla", {"aggregation": "soup", "init": "independent"}),
     ("titans", {}),
@@ -98,7 +102,10 @@ def _assert_rows_equal(padded: object, alone: object, fields: set[str] | None) -
         torch.testing.assert_close(got[name], expected[name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("memory", ["linear", "swla", "deltanet", "gated_deltanet", "dla", "titans"])
+MEMORIES = ["linear", "swla", "deltanet", "gated_deltanet", "gla", "kda", "dla", "titans"]
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
 def test_padded_prefill_memory_cache_equals_unpadded(memory: str) -> None:
     """States, cached states, contexts, key sums, swla's previous token, deep weights and Titans'
     momentum: every per-row tensor of the memory cache (but ``NOT_COMPARED``)."""

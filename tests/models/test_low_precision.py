@@ -10,11 +10,14 @@ from mixer_configs import MIXERS, TINY
 
 from mcrnn.models import MCConfig, MCForCausalLM
 
-#: the 11 mixers of the shared table plus the two delta-rule memories (constant and log segments)
+#: the 11 mixers of the shared table plus the two delta-rule memories (constant and log segments) and the
+#: per-channel-decay memories gla and kda
 LOW_PRECISION_MIXERS = {
     **MIXERS,
     "gated-deltanet": {"memory": "gated_deltanet", "segment_size": 4, "aggregation": "grm"},
     "deltanet-log": {"memory": "deltanet", "segmentation": "log", "aggregation": "grm"},
+    "gla-log-independent": {"memory": "gla", "segmentation": "log", "init": "independent"},
+    "kda": {"memory": "kda", "segment_size": 3, "aggregation": "ssc", "ssc_top_k": 1},
 }
 #: max |logits - float32 logits| allowed, as a multiple of eps(dtype) * max |float32 logits|: 4x the
 #: largest measured over these 13 mixers (bf16: 11.7, gated-deltanet; fp16: 8.2, grm; eps = 2^-7, 2^-10)

@@ -14,11 +14,12 @@ import torch
 
 from mcrnn.ops import FenwickMemoryCache, MatrixMemoryCache, MCSpec, memory_caching
 from mcrnn.ops.kda import chunk_kda_mc, naive_kda_mc, recurrent_kda_mc
+from mcrnn.ops.memories import KDA
 
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 INITS = ("checkpoint", "independent")
 TOL = dict(atol=1e-10, rtol=1e-10)
-#: float32 path against the float64 definition, unit-norm keys, T <= 64 (measured about 2e-6)
+#: float32 path against the float64 definition, unit-norm keys, T <= 64 (measured: 8e-7 abs, 2e-7 of max |o|)
 FLOAT32_TOL = dict(atol=1e-4, rtol=1e-4)
 SEGMENTATIONS = {
     "none": {},
@@ -219,6 +220,21 @@ def test_nan_never_reaches_earlier_outputs(name, aggregation, init):
             torch.testing.assert_close(fast, naive, **TOL, equal_nan=True)
 
 
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_nan_never_reaches_earlier_outputs_log(name):
+    """The same with the log segmentation (checkpoint; grm over Fenwick buckets of the pseudo-values,
+    chunks of 4)."""
+    inputs = make_inputs(seq_len=21)
+    dirty = dict(inputs)
+    dirty[name] = inputs[name].clone()
+    dirty[name][0, 11, 1] = math.nan
+    spec = spec_for("grm", "checkpoint", "log")
+    clean, fast = run(inputs, "torch", spec, 4), run(dirty, "torch", spec, 4)
+    torch.testing.assert_close(fast[0, :11], clean[0, :11], **TOL)
+    torch.testing.assert_close(fast[1], clean[1], **TOL)
+    torch.testing.assert_close(fast, run(dirty, "naive", spec), **TOL, equal_nan=True)
+
+
 def test_float32_against_float64():
     """The float32 chunk path stays within FLOAT32_TOL of the float64 definition (T=64, grm over segments
     of 16, layer-like decays): the bound the docs state."""
@@ -231,21 +247,26 @@ def test_float32_against_float64():
 
 
 def test_public_op_dispatches_and_checks():
-    """``memory_caching(memory="kda")``: definition and chunk path agree, decoding continues the cache, and
-    log + independent, a per-head decay, a missing beta and Triton are one-line errors."""
+    """``memory_caching(memory=KDA(log_decay, beta))``: definition and chunk path agree, decoding continues
+    the cache, and log + independent, a per-head decay, a missing beta and Triton are one-line errors."""
     inputs = make_inputs(seq_len=9)
+    qkvu = {name: inputs[name] for name in "qkvu"}
     spec = spec_for("ssc", "independent", "constant4")
-    naive, fast = (memory_caching(**inputs, memory="kda", spec=spec, backend=b) for b in ("naive", "torch"))
+
+    def kda(start: int = 0, end: int = 9) -> KDA:
+        return KDA(log_decay=inputs["log_decay"][:, start:end], beta=inputs["beta"][:, start:end])
+
+    naive, fast = (memory_caching(**qkvu, memory=kda(), spec=spec, backend=b) for b in ("naive", "torch"))
     torch.testing.assert_close(naive, fast, **TOL)
-    head = {name: x[:, :5] for name, x in inputs.items()}
-    _, cache = memory_caching(**head, memory="kda", spec=spec, output_cache=True)
-    tail = {name: x[:, 5:] for name, x in inputs.items()}
-    torch.testing.assert_close(memory_caching(**tail, memory="kda", cache=cache), fast[:, 5:], **TOL)
+    head = {name: x[:, :5] for name, x in qkvu.items()}
+    _, cache = memory_caching(**head, memory=kda(0, 5), spec=spec, output_cache=True)
+    tail = {name: x[:, 5:] for name, x in qkvu.items()}
+    torch.testing.assert_close(memory_caching(**tail, memory=kda(5), cache=cache), fast[:, 5:], **TOL)
     with pytest.raises(ValueError, match="memory='kda' supports init='checkpoint' only"):
-        memory_caching(**inputs, memory="kda", segmentation="log", init="independent")
+        memory_caching(**qkvu, memory=kda(), segmentation="log", init="independent")
     with pytest.raises(ValueError, match=r"log_decay must be \[B,T,H,Dk\]"):
-        memory_caching(**{**inputs, "log_decay": inputs["log_decay"][..., 0]}, memory="kda")
-    with pytest.raises(ValueError, match=r"memory='kda' needs \['beta'\]"):
-        memory_caching(**{**inputs, "beta": None}, memory="kda")
+        memory_caching(**qkvu, memory=KDA(log_decay=inputs["log_decay"][..., 0], beta=inputs["beta"]))
+    with pytest.raises(ValueError, match=r"memory='kda' needs \['beta'\]"), pytest.warns(DeprecationWarning):
+        memory_caching(**qkvu, memory="kda", log_decay=inputs["log_decay"])  # the keyword form, deprecated
     with pytest.raises(ValueError, match="backend='triton' runs the linear and swla memories"):
-        memory_caching(**inputs, memory="kda", backend="triton")
+        memory_caching(**qkvu, memory=kda(), backend="triton")

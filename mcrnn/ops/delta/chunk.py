@@ -141,7 +141,7 @@ def chunk_delta(
     # chunks never straddle a segment: the first chunk of each segment, and which start from zero
     firsts = list(itertools.accumulate((n // chunk for n in lengths[:-1]), initial=0))
     resets = set(firsts) if init == "independent" else {0}
-    entering, ends = _chunk_recurrence(transition, written, resets)
+    entering, ends = chunk_recurrence(transition, written, resets)
     pseudo_v = base_w - state_w @ entering
     inter = q @ entering
     if log_decay is not None:
@@ -153,7 +153,7 @@ def chunk_delta(
     return online, ends[:, :, [first - 1 for first in firsts[1:]] + [n_chunks - 1]], pseudo_v
 
 
-def _chunk_recurrence(
+def chunk_recurrence(
     transition: torch.Tensor, written: torch.Tensor, resets: set[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_n = P_n S_n + Q_n`` with ``S_n = E_{n-1}`` (0 at the chunks in ``resets``): a loop over chunks.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from mcrnn.ops.inputs import compute_dtype
 from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
 from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
 
@@ -30,7 +31,8 @@ def recurrent_gla_mc(
 
     Returns: ``o`` [B, T, H, Dv] in ``q``'s dtype and a new cache (the one passed in is not modified).
     """
-    dtype = cache.online.dtype
+    dtype = compute_dtype(q, cache.online)  # float32 states for bf16/fp16 inputs or cache, as in training
+    cache = cache.to_dtype(dtype)
     u = q if u is None else u
     outputs = []
     for t in range(q.shape[1]):

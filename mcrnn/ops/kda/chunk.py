@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import torch
 
-from mcrnn.ops.delta.chunk import _chunk_recurrence
+from mcrnn.ops.delta.chunk import chunk_recurrence
 from mcrnn.ops.gla.chunk import (
     causal_attend,
     decayed_scores,
@@ -128,7 +128,7 @@ def chunk_kda(
     written, erased = (end_k.transpose(-1, -2) @ solved).split([value_dim, key_dim], dim=-1)
     transition = torch.diag_embed(last.squeeze(-2).exp()) - erased  # [B, H, n, Dk, Dk]
     firsts, lasts = segment_chunks(lengths, chunk, q.shape[2])
-    entering, ends = _chunk_recurrence(transition, written, set(firsts) if init == "independent" else {0})
+    entering, ends = chunk_recurrence(transition, written, set(firsts) if init == "independent" else {0})
     pseudo_v = base_w - state_w @ entering
     online = causal_attend(decayed_scores(q, k, cum), pseudo_v, finite) + (q * cum.exp()) @ entering
     return from_chunks(online, seq_len), ends[:, :, lasts], from_chunks(pseudo_v, seq_len)
