@@ -98,9 +98,12 @@ class MCPreTrainedModel(PreTrainedModel):
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         """As Hugging Face's, but an MC layer, which holds no parameter of its own, is initialised too (a
-        custom-code model's parameterless modules are otherwise skipped)."""
+        custom-code model's parameterless modules are otherwise skipped), unless ``from_pretrained`` loaded
+        every parameter under it: its reset writes part of a deep memory's ``rate_proj.bias`` in place, which
+        Hugging Face's guard on the ``torch.nn.init`` functions cannot see."""
         if isinstance(module, MemoryCachingAttention) and not getattr(module, "_is_hf_initialized", False):
-            self._init_weights(module)
+            if not all(getattr(p, "_is_hf_initialized", False) for p in module.parameters()):
+                self._init_weights(module)
             module._is_hf_initialized = True
             return
         super()._initialize_weights(module, is_custom_code)

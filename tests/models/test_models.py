@@ -128,17 +128,6 @@ def test_chunked_prefill_with_cache_matches_full_forward(name):
     torch.testing.assert_close(torch.cat([first.logits, rest], dim=1), full, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", [_params(n) for n in ("attention", "grm")])
-def test_save_load_safetensors_roundtrip(name, tmp_path):
-    model = _model(name, tie_word_embeddings=False)
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file()
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    ids = torch.randint(0, 37, (1, 9))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
-
-
 @pytest.mark.parametrize("name", [_params(n) for n in ("attention", "grm", "titans_grm")])
 def test_right_padding_does_not_change_real_positions(name):
     model = _model(name)
