@@ -60,7 +60,7 @@ def test_eval_batch_size_must_be_positive(capsys, model_dir, text_file, tmp_path
     err = _argparse_error(
         capsys, "eval", "--model", model_dir, "--task", "ppl", "--data", text_file, "--seq-len", 16,
         "--out", tmp_path, "--batch-size", value,
-    )  # fmt: skip
+    )
     assert "argument --batch-size: expected an int >= 1" in err
     assert not (tmp_path / "results.json").exists()
 
@@ -71,7 +71,7 @@ def test_average_segment_size_is_named(capsys, model_dir, tmp_path, value):
     err = _argparse_error(
         capsys, "eval", "--model", model_dir, "--task", "extrapolation", "--seq-len", 16, "--num-pairs", 2,
         "--num-examples", 2, "--out", tmp_path, "--average-segment-size", value,
-    )  # fmt: skip
+    )
     assert "argument --average-segment-size: expected an int >= 1" in err
 
 
@@ -80,7 +80,7 @@ def test_factors_zero_is_named(capsys, model_dir, tmp_path):
     err = _argparse_error(
         capsys, "eval", "--model", model_dir, "--task", "extrapolation", "--seq-len", 16, "--num-pairs", 2,
         "--out", tmp_path, "--factors", "1,0",
-    )  # fmt: skip
+    )
     assert "argument --factors: expected an int >= 1, got '0'" in err
 
 
@@ -138,7 +138,7 @@ def test_eval_on_a_damaged_model_folder(capsys, model_dir, tmp_path, damage, nam
     code, captured = _run(
         capsys, "eval", "--model", path, "--task", "mqar", "--seq-len", 16, "--num-pairs", 2,
         "--num-examples", 2, "--out", tmp_path / "out",
-    )  # fmt: skip
+    )
     assert named.format(path=path) in _error(code, captured, "eval")
 
 
@@ -168,7 +168,7 @@ def test_eval_batch_size_is_used_by_every_task(capsys, model_dir, monkeypatch, t
     code, captured = _run(
         capsys, "eval", "--model", model_dir, "--task", "mqar", "niah", "--seq-len", 16, "--num-pairs", 2,
         "--num-examples", 3, "--niah-tasks", "niah_1", "--lengths", 240, "--batch-size", 3, "--out", tmp_path,
-    )  # fmt: skip
+    )
     assert code == 0, captured.err
     assert sizes == [3, 3]
 
@@ -177,7 +177,7 @@ def test_ppl_records_what_it_measured(capsys, model_dir, text_file, tmp_path):
     code, captured = _run(
         capsys, "eval", "--model", model_dir, "--task", "ppl", "--data", text_file, "--seq-len", 32,
         "--batch-size", 4, "--out", tmp_path,
-    )  # fmt: skip
+    )
     assert code == 0, captured.err
     ppl = json.loads((tmp_path / "results.json").read_text())["ppl"]
     assert ppl["data"] == [str(text_file)] and ppl["split"] == "val" and ppl["seq_len"] == 32
@@ -189,7 +189,7 @@ def test_extrapolation_table_names_its_metric(capsys, model_dir, tmp_path):
     code, captured = _run(
         capsys, "eval", "--model", model_dir, "--task", "extrapolation", "--seq-len", 16, "--num-pairs", 2,
         "--num-examples", 2, "--factors", 1, 2, "--out", tmp_path,
-    )  # fmt: skip
+    )
     assert code == 0, captured.err
     assert "extrapolation: accuracy per length (MQAR" in captured.out
     assert json.loads((tmp_path / "results.json").read_text())["extrapolation"]["metric"] == "accuracy"
@@ -207,7 +207,7 @@ def test_extrapolation_without_data_on_a_text_model_is_an_error(capsys, text_fil
     code, captured = _run(
         capsys, "eval", "--model", checkpoint, "--task", "extrapolation", "--seq-len", 16, "--num-pairs", 2,
         "--out", tmp_path / "out",
-    )  # fmt: skip
+    )
     err = _error(code, captured, "eval")
     assert "trained on text data: --task extrapolation needs --data" in err
 

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seq-lens", action=ExtendList, type=list_of(positive_int), default=None,
         help="sequence lengths of the ops sweep (default: "
         f"{' '.join(map(str, OPS_SEQ_LENS))} on cpu, {' '.join(map(str, GPU_SEQ_LENS))} on cuda)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--segment-size", type=positive_int, default=256, help="MC segment size of the ops sweep"
     )
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", action=ExtendList, type=list_of(str), default=None, metavar="CASE",
         help="measure only these case names (e.g. titans_base)",
-    )  # fmt: skip
+    )
     parser.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
 

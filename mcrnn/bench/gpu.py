@@ -41,7 +41,7 @@ def mc_forward(q, k, v, u, lengths: Sequence[int], aggregation: str, top_k: int 
     no decay): ``chunk_linear``, then ``grm_read`` (router softmax fused) for grm, or router gates in
     PyTorch and ``cached_read`` / ``ssc_read``."""
     return memory_caching(q, k, v, u, segment_lengths=lengths, aggregation=aggregation, top_k=top_k,
-                          backend="triton")  # fmt: skip
+                          backend="triton")
 
 
 def flops_per_token(
@@ -117,7 +117,7 @@ def gpu_benchmark(
             steps.append(("fla", fla, [seq_len], None))
         for name, forward, lengths, top_k in steps:
             row = {"name": name, "seq_len": seq_len, "batch": batch, "heads": heads, "head_dim": head_dim,
-                   "dtype": str(dtype).removeprefix("torch."), "device": device}  # fmt: skip
+                   "dtype": str(dtype).removeprefix("torch."), "device": device}
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             try:
@@ -132,7 +132,7 @@ def gpu_benchmark(
             flops = FWD_BWD * batch * seq_len * heads * per_token
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
             rows.append({**row, "median_s": seconds, "tokens_per_s": batch * seq_len / seconds,
-                         "tflops": flops / seconds / 1e12, "peak_mib": peak})  # fmt: skip
+                         "tflops": flops / seconds / 1e12, "peak_mib": peak})
         del inputs
         if cuda:
             torch.cuda.empty_cache()

@@ -60,7 +60,7 @@ KEY_WORDS = (
     "amber", "brisk", "cobalt", "dapper", "ember", "fable", "gentle", "harbor", "ivory", "jolly",
     "kindred", "lunar", "meadow", "nimble", "opal", "placid", "quiet", "rustic", "silver", "tidal",
     "umber", "velvet", "willow", "xenial", "yonder", "zephyr",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

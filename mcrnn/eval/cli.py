@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task", action=ExtendList, type=list_of(str, TASKS), required=True,
         help=f"tasks to run, of {', '.join(TASKS)}",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", default="runs/eval", help="folder for results.json and plots")
     parser.add_argument(
         "--seq-len", type=positive_int, default=256, help="MQAR / text length (the training length)"
@@ -44,30 +44,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--niah-tasks", action=ExtendList, type=list_of(str, NIAH_TASKS), default=list(NIAH_TASKS),
         help="S-NIAH tasks",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--lengths", action=ExtendList, type=list_of(positive_int), default=[256, 512, 1024],
         help="S-NIAH context lengths",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--data", action=ExtendList, type=list_of(str), default=None,
         help="text files (.txt/.jsonl) for ppl / extrapolation",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--split", choices=SPLITS, default="val",
         help="part of --data to score: val = its last 10%%, train = the first 90%%, all",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--tokenizer", default=None, help="a Hugging Face tokenizer name (default: the byte tokenizer)"
     )
     parser.add_argument(
         "--factors", action=ExtendList, type=list_of(positive_int), default=[1, 2, 4],
         help="extrapolation lengths, as multiples of --seq-len",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--average-segment-size", type=positive_int, default=None,
         help="also evaluate the model with post-training MC (aggregation='average') at this segment size",
-    )  # fmt: skip
+    )
     parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the MQAR / S-NIAH examples")
 
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         niah = eval_niah(
             model, args.niah_tasks, args.lengths, num_examples=args.num_examples, seed=args.seed,
             batch_size=args.batch_size,
-        )  # fmt: skip
+        )
         results["niah"] = niah
         rows = [{"task": t, **{str(n): acc for n, acc in per.items()}} for t, per in niah.items()]
         print("niah: exact-match accuracy per context length")
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         data = text(args.seq_len)
         scores = eval_perplexity(model, data, batch_size=args.batch_size)
         results["ppl"] = {"data": list(args.data), "split": args.split, "seq_len": args.seq_len,
-                          "windows": len(data), **scores}  # fmt: skip
+                          "windows": len(data), **scores}
         print(f"ppl: perplexity on the {where}, {len(data)} windows of {args.seq_len} tokens")
         print(format_table([{"task": "ppl", **scores}], ["task", "perplexity", "loss", "tokens"]))
     if "extrapolation" in args.task:
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         ext = eval_extrapolation(
             model, make, args.seq_len, factors=args.factors, average_segment_size=args.average_segment_size,
             metric=metric, batch_size=args.batch_size,
-        )  # fmt: skip
+        )
         results["extrapolation"] = {"metric": metric, "source": source, **ext}
         rows = [{"variant": name, **{str(n): v for n, v in per.items()}} for name, per in ext.items()]
         lengths = [str(int(f * args.seq_len)) for f in args.factors]

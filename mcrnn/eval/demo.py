@@ -84,7 +84,7 @@ def model_config(name: str, s: DemoSettings):
     common = {
         "vocab_size": s.vocab_size, "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers,
         "num_heads": s.num_heads, "chunk_size": s.segment_size,
-    }  # fmt: skip
+    }
     mixers = {
         "base": {"segment_size": None},
         "grm": {"segment_size": s.segment_size, "aggregation": "grm", "init": s.init},
@@ -135,7 +135,7 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
     options = {
         "steps": s.steps, "batch_size": s.batch_size, "warmup_steps": max(s.steps // 10, 1),
         "weight_decay": 0.1, "seed": s.seed, "log_every": 10**9, "progress": progress, "device": "cpu",
-    }  # fmt: skip
+    }
     results: dict[str, dict] = {}
     curves: dict[str, dict[int, float]] = {}
     for name in models:
@@ -171,13 +171,13 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
         "settings": asdict(s),
         "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-    }  # fmt: skip
+    }
     write_json(out / "results.json", record)
     plot_bars(
         out / "demo.png", list(results), [r["accuracy"] for r in results.values()],
         title=f"MQAR recall: {s.num_pairs} pairs, T={s.seq_len}, head dim {s.hidden_size // s.num_heads}",
         ylabel="accuracy",
-    )  # fmt: skip
+    )
     plot_lines(
         out / "loss.png", curves, title="MQAR training loss", xlabel="step", ylabel="loss", log_x=False
     )
@@ -186,7 +186,7 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
          "state/layer": r["state_floats_per_layer"], "train s": r["train_seconds"],
          "train tok/s": r["train_tokens_per_second"], "step vs base": r["step_time_vs_base"]}
         for name, r in results.items()
-    ]  # fmt: skip
+    ]
     print(format_table(rows, list(rows[0])))
     return record
 
@@ -224,7 +224,7 @@ def run_seeds(settings: DemoSettings, seeds, out: Path, models=DEMO_MODELS, prog
         {"model": name, "mean": r["mean"], "std": r["std"], "min": r["min"], "max": r["max"],
          **{f"seed {seed}": acc for seed, acc in r["accuracy_by_seed"].items()}}
         for name, r in summary.items()
-    ]  # fmt: skip
+    ]
     print(format_table(rows, list(rows[0])))
     return summary
 
@@ -259,18 +259,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     seeds.add_argument(
         "--seeds", action=ExtendList, type=list_of(int), default=None,
         help="run once per seed into OUT/seed<N> and write OUT/summary.json (mean, std, min, max per model)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--lr", type=float, default=DemoSettings.lr, help="peak learning rate of the recurrent models"
     )
     parser.add_argument(
         "--transformer-lr", type=float, default=DemoSettings.transformer_lr,
         help="peak learning rate of the Transformer",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--models", action=ExtendList, type=list_of(str, DEMO_MODELS), default=list(DEMO_MODELS),
         help="subset of the models to train",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

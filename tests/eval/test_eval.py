@@ -72,7 +72,7 @@ def test_eval_cli_on_a_saved_model(tmp_path):
         model=str(tmp_path / "m"), task=["mqar", "extrapolation"], out=str(tmp_path / "out"), seq_len=16,
         num_pairs=2, num_examples=4, niah_tasks=["niah_1"], lengths=[200], split="val", data=None,
         tokenizer=None, factors=[1, 2], average_segment_size=8, batch_size=4, seed=0,
-    )  # fmt: skip
+    )
     assert cli.run(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {"mqar", "extrapolation"} <= set(results) and (tmp_path / "out" / "extrapolation.png").is_file()
@@ -84,7 +84,7 @@ def test_demo_writes_results_for_every_model(tmp_path):
     settings = DemoSettings(
         vocab_size=32, num_pairs=4, seq_len=32, hidden_size=16, num_heads=2, num_layers=1, segment_size=8,
         steps=2, batch_size=4, eval_examples=8,
-    )  # fmt: skip
+    )
     run_demo(settings, tmp_path, progress=False)
     results = json.loads((tmp_path / "results.json").read_text())
     for name in DEMO_MODELS:
@@ -116,7 +116,7 @@ def test_demo_seeds_runs_each_seed_into_its_own_folder(tmp_path):
     settings = DemoSettings(
         vocab_size=32, num_pairs=4, seq_len=32, hidden_size=16, num_heads=2, num_layers=1, segment_size=8,
         steps=2, batch_size=4, eval_examples=8,
-    )  # fmt: skip
+    )
     summary = run_seeds(settings, [3, 5, 3], tmp_path, models=["base"], progress=False)
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["seeds"] == [3, 5] and set(written["models"]) == {"base"}

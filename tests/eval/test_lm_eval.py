@@ -77,7 +77,7 @@ def _lm_eval(model_dir: Path, out: Path, *args: str) -> tuple[dict, list[dict]]:
         sys.executable, "-m", "lm_eval", "--model", "hf",
         "--model_args", f"pretrained={model_dir},trust_remote_code=True",
         "--device", "cpu", "--output_path", str(out / "results"), "--log_samples", *args,
-    ]  # fmt: skip
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     (results,) = (out / "results").rglob("results_*.json")
@@ -122,7 +122,7 @@ def test_ruler_niah_single_1_at_512_tokens_batch_2(model_dir, tmp_path):
     results, samples = _lm_eval(
         model_dir, tmp_path, "--tasks", "niah_single_1", "--metadata", '{"max_seq_lengths": [512]}',
         "--limit", "2", "--batch_size", "2",
-    )  # fmt: skip
+    )
     score = results["results"]["niah_single_1"]["512,none"]
     assert 0.0 <= score <= 1.0
     assert len(samples) == 2

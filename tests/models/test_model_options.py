@@ -78,7 +78,7 @@ def test_small_segments_work_with_default_chunking() -> None:
 def test_every_layer_option_reaches_the_layer_and_round_trips(tmp_path) -> None:
     options = {"head_dim": 12, "separate_router": False, "conv_size": 2, "use_decay": False,
                "segment_lengths": [4, 8], "pooling": "sum", "init": "independent", "aggregation": "ssc",
-               "ssc_top_k": 1}  # fmt: skip
+               "ssc_top_k": 1}
     config = MCConfig(**TINY, **options)
     config.save_pretrained(tmp_path)
     loaded = MCConfig.from_pretrained(tmp_path)
@@ -163,6 +163,6 @@ def test_a_misspelt_option_is_an_error_not_another_model(typo, meant):
 
 def test_hugging_face_keys_and_unrelated_extras_still_load():
     config = MCConfig(vocab_size=11, hidden_size=16, num_heads=2, architectures=["MCForCausalLM"],
-                      transformers_version="5.0", output_attentions=False, custom_note="kept")  # fmt: skip
+                      transformers_version="5.0", output_attentions=False, custom_note="kept")
     assert config.custom_note == "kept" and config.architectures == ["MCForCausalLM"]
 

@@ -26,7 +26,7 @@ CASES = {
             "init": "independent",
         },
         DeepMemoryCache,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -51,7 +51,7 @@ def _params(memory: str) -> dict:
         return {}
     gen = torch.Generator().manual_seed(2)
     return {"params": [0.3 * torch.randn(H, o, i, generator=gen, dtype=torch.float64)
-                       for o, i in layer_shapes(D, D, 2, 2)]}  # fmt: skip
+                       for o, i in layer_shapes(D, D, 2, 2)]}
 
 
 def _split(inputs: dict, start: int, stop: int, rows: list[int] | None = None) -> dict:

@@ -56,7 +56,7 @@ def inputs(memory: str, seed: int = 0) -> dict:
         eta=0.05 + 0.1 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
         alpha=0.8 + 0.2 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
         beta=0.9 * torch.rand(B, T, H, generator=gen, dtype=torch.float64) if memory == "titans" else None,
-    )  # fmt: skip
+    )
 
 
 def scalar(x: torch.Tensor) -> torch.Tensor:
@@ -110,6 +110,6 @@ def test_sequence_matches_hand_written_rule(memory: str, chunk_size: int) -> Non
     out, cache = memory_caching(**data, chunk_size=chunk_size, output_cache=True)
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(memory_caching(**data, chunk_size=chunk_size, backend="naive"), expected,
-                               atol=1e-10, rtol=1e-10)  # fmt: skip
+                               atol=1e-10, rtol=1e-10)
     for got, want in zip(cache.weights, weights, strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)

@@ -132,7 +132,7 @@ def test_masked_tokens_match_definition(memory: str) -> None:
 @pytest.mark.parametrize("memory,aggregation,init", [
     ("dla", "grm", "checkpoint"), ("titans", "grm", "independent"), ("titans", "soup", "checkpoint"),
     ("dla", "ssc", "independent"), ("titans", "average", "independent"), ("dla", "residual", "checkpoint"),
-])  # fmt: skip
+])
 @pytest.mark.parametrize("prefill", [1, 6, 16])
 def test_decoding_equals_parallel(memory: str, aggregation: str, init: str, prefill: int) -> None:
     """Prefill (the parallel path's cache) then token-by-token decoding; 16 + 21 tokens crosses the
@@ -146,7 +146,7 @@ def test_decoding_equals_parallel(memory: str, aggregation: str, init: str, pref
     outs = [out]
     for t in range(prefill, seq_len):
         out, cache = memory_caching(**time_slice(inputs, slice(t, t + 1)), memory=memory, cache=cache,
-                                    output_cache=True)  # fmt: skip
+                                    output_cache=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
 
@@ -161,7 +161,7 @@ def test_masked_decoding_equals_parallel(init: str) -> None:
     outs = [out]
     for t in range(7, 19):
         out, cache = memory_caching(**time_slice(inputs, slice(t, t + 1)), memory="titans", cache=cache,
-                                    output_cache=True)  # fmt: skip
+                                    output_cache=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
 
@@ -256,7 +256,7 @@ def test_layer_forward_backward_and_decoding(memory: str) -> None:
 def test_model_forward_backward_and_generation() -> None:
     torch.manual_seed(0)
     config = MCConfig(vocab_size=37, hidden_size=32, num_hidden_layers=2, num_heads=2, chunk_size=4,
-                      memory="titans", segmentation="log", aggregation="grm", memory_expansion=2)  # fmt: skip
+                      memory="titans", segmentation="log", aggregation="grm", memory_expansion=2)
     model = MCForCausalLM(config)
     ids = torch.randint(1, 37, (2, 13))
     model(ids, labels=ids).loss.backward()

@@ -59,7 +59,7 @@ def test_the_previous_token_term_is_read():
     linear = memory_caching(
         x["q"], x["k"] * x["cur_gate"].unsqueeze(-1), x["v"], x["u"], log_decay=x["log_decay"],
         segmentation="log", aggregation="residual",
-    )  # fmt: skip
+    )
     torch.testing.assert_close(run(silent, aggregation="residual"), linear, **TOL)
     assert not torch.allclose(run(x, aggregation="residual"), linear)
 

@@ -35,7 +35,7 @@ def deep_inputs(memory: str, seed: int = 0) -> dict:
         eta=0.2 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
         alpha=0.8 + 0.2 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
         beta=0.9 * torch.rand(B, T, H, generator=gen, dtype=torch.float64) if memory == "titans" else None,
-    )  # fmt: skip
+    )
 
 
 def decode(inputs: dict, prefill: int, **options) -> torch.Tensor:

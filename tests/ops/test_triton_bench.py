@@ -13,7 +13,7 @@ from mcrnn.bench.gpu import flops_per_token, format_table, gpu_benchmark, target
 
 def test_tiny_sweep_on_cpu():
     rows = gpu_benchmark(seq_lens=(32,), tokens=32, heads=1, head_dim=16, segment=8, top_ks=(2,),
-                         dtype=torch.float32, device="cpu", repeats=1, warmup=0)  # fmt: skip
+                         dtype=torch.float32, device="cpu", repeats=1, warmup=0)
     assert [r["name"] for r in rows] == ["base", "residual", "grm", "ssc_k2", "sdpa"]
     assert all("error" not in r and r["tokens_per_s"] > 0 and r["tflops"] > 0 for r in rows), rows
     table = format_table(rows)

@@ -30,7 +30,7 @@ def test_cpu_needs_the_interpreter(monkeypatch):
     ((16, 512), torch.float32, "head dim 512"),
     ((8, 16), torch.float32, "head dim 8"),
     ((16, 16), torch.float64, "dtypes"),
-])  # fmt: skip
+])
 def test_unsupported_shapes_and_dtypes(monkeypatch, dims, dtype, words):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")

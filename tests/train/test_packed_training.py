@@ -31,7 +31,7 @@ def test_windows_mark_document_starts_and_drop_cross_document_targets(tmp_path) 
 def test_packed_logits_equal_documents_run_alone(tmp_path) -> None:
     torch.manual_seed(0)
     model = MCForCausalLM(MCConfig(vocab_size=257, hidden_size=16, num_hidden_layers=1, num_heads=2,
-                                   segment_size=2)).eval()  # fmt: skip
+                                   segment_size=2)).eval()
     data = _dataset(tmp_path, separate_documents=True)
     batch = collate(data, [0, 1])
     with torch.no_grad():

@@ -21,7 +21,7 @@ ROWS = (
     "transformer", "swla", "swla_grm", "swla_ssc", "dla", "dla_grm", "dla_soup", "dla_ssc",
     "titans", "titans_grm", "titans_soup", "titans_ssc", "linear_loglinear_pp", "swla_loglinear_pp",
     "dla_loglinear_pp", "titans_loglinear_pp",
-)  # fmt: skip
+)
 #: a nominal size names a shape (blocks x width x heads), shared by rows whose mixers differ: an MC layer
 #: has six d x d projections against attention's four (plus a deep memory's initial weights), so the
 #: rows of one shape spread over about 19% (docs/scaling.md lists every count); all lie within 25%

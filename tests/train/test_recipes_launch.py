@@ -50,7 +50,7 @@ def test_activation_checkpointing_recomputes_each_block_with_the_same_losses(mon
         options = TrainOptions(
             steps=2, batch_size=4, micro_batch_size=2, warmup_steps=1, progress=False,
             activation_checkpointing=checkpointing,
-        )  # fmt: skip
+        )
         calls.clear()
         runs[checkpointing] = train(model, data, options).losses
         # 2 steps x 2 micro-batches x 2 blocks, twice when the backward recomputes each block
@@ -79,7 +79,7 @@ def test_paper_config_dry_run_two_gloo_processes_fsdp2_bf16_checkpointing(tmp_pa
     raw["train"].update(
         steps=2, batch_size=4, micro_batch_size=1, warmup_steps=1, log_every=1, eval_every=0, eval_batches=1,
         save_every=0, out_dir=str(tmp_path / "run"),
-    )  # fmt: skip
+    )
     assert (raw["train"]["parallel"], raw["train"]["precision"]) == ("fsdp", "bf16")
     assert raw["train"]["activation_checkpointing"] is True
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))

@@ -23,7 +23,7 @@ def _run(out_dir, resume: bool = False) -> list[float]:  # noqa: ANN001
     options = TrainOptions(
         steps=6, batch_size=8, micro_batch_size=4, warmup_steps=2, log_every=1, progress=False,
         out_dir=str(out_dir), save_every=3,
-    )  # fmt: skip
+    )
     return train(model, MQARDataset(MQARConfig(**DATA)), options, resume=resume).losses
 
 

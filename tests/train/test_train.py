@@ -23,7 +23,7 @@ def _run(tmp, steps, resume=False, **kw):
     options = TrainOptions(
         steps=steps, batch_size=8, micro_batch_size=4, warmup_steps=2, log_every=1, progress=False,
         out_dir=str(tmp), **kw,
-    )  # fmt: skip
+    )
     return model, train(model, MQARDataset(MQARConfig(**DATA)), options, resume=resume)
 
 
@@ -111,7 +111,7 @@ def _cli_losses(tmp, nproc, parallel="ddp", resume=False, save_every=0):
         "train": {"steps": 4, "batch_size": 8, "micro_batch_size": 2, "warmup_steps": 1, "log_every": 1,
                   "progress": False, "out_dir": str(tmp / "run"), "parallel": parallel,
                   "save_every": save_every},
-    }  # fmt: skip
+    }
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = (
@@ -157,7 +157,7 @@ def test_collate_pads_on_the_right():
     from mcrnn.train.sampler import collate
 
     data = [{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([6, 7, 8])},
-            {"input_ids": torch.tensor([1]), "labels": torch.tensor([2])}]  # fmt: skip
+            {"input_ids": torch.tensor([1]), "labels": torch.tensor([2])}]
     batch = collate(data, [0, 1])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [1, 0, 0]]
     assert batch["labels"].tolist() == [[6, 7, 8], [2, -100, -100]]

@@ -55,7 +55,7 @@ def block_tokens(seg_ids, t0, i_b, i_h, T, H: tl.constexpr, BT: tl.constexpr):
 def _block_gating(
     idx, w, u, lse, delta, tok, mask, seg,
     K: tl.constexpr, TOPK: tl.constexpr, KS: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr,
-):  # fmt: skip
+):
     """Per-block gating inputs, loaded once.
 
     SPARSE: top-k tiles [BT, KS] (selected states, -1 where invalid or not earlier than ``s(t)``;
@@ -86,7 +86,7 @@ def _block_gating(
 def _gate(
     gates, contexts, b_idx, b_w, b_u, b_lse, tok, mask, seg, i, i_b, i_h,
     H: tl.constexpr, K: tl.constexpr, N: tl.constexpr, MODE: tl.constexpr,
-):  # fmt: skip
+):
     """Weight of state ``i`` for every row [BT], the [BT, KS] top-k hits, the rows that read ``i``
     [BT] (visible, or selected under SPARSE), whether any row does, and (SOFTMAX) the router key
     ``c_i`` [K]: ``g_{t,i} = exp(<u_t, c_i> - lse_t)``."""
@@ -111,7 +111,7 @@ def _read_fwd(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, N: tl.constexpr, TOPK: tl.constexpr,
     KS: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, MODE: tl.constexpr, DOT: tl.constexpr,
     PREC: tl.constexpr,
-):  # fmt: skip
+):
     """``y`` for one block of ``BT`` queries and ``BV`` value columns."""
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -138,7 +138,7 @@ def _read_bwd_dq(
     q, gates, idx, w, u, contexts, lse, delta, states, dy, dq, dgates, dw, du, seg_ids, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, N: tl.constexpr, TOPK: tl.constexpr,
     KS: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """``dq`` and the gating gradients of one query block: ``dgates`` (DENSE), ``dw`` (SPARSE), or
     ``du_t = sum_i g_{t,i} (r_{t,i} - delta_t) c_i`` (SOFTMAX), with ``r_{t,i} = dy_t . q_t^T M(i)``."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
@@ -182,7 +182,7 @@ def _read_bwd_dstates(
     q, gates, idx, w, u, contexts, lse, delta, states, dy, dstates, dcontexts, seg_ids, offsets, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, N: tl.constexpr, TOPK: tl.constexpr,
     KS: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """``dM(i)`` for one cached state, a loop over the query blocks of the later segments; with
     SOFTMAX also ``dc_i = sum_t g_{t,i} (r_{t,i} - delta_t) u_t``."""
     i, i_bh = tl.program_id(0), tl.program_id(1)
@@ -250,7 +250,7 @@ def launch_read(q, states, seg_ids, meta, gates=None, idx=None, w=None, u=None, 
 def launch_read_bwd(
     q, states, dy, seg_ids, offsets, meta, dstates_dtype, gates=None, idx=None, w=None, u=None,
     contexts=None, lse=None, delta=None,
-):  # fmt: skip
+):
     """``dq, dgates, dw, du, dstates, dcontexts`` of the read (``None`` where the mode has none)."""
     batch, seq_len, heads, _ = q.shape
     mode = meta["MODE"]
@@ -262,14 +262,14 @@ def launch_read_bwd(
     _launch_bwd_dq(
         grid, q, gates, idx, w, u, contexts, lse, delta, states, dy, dq, dgates, dw, du, seg_ids, seq_len,
         **meta,
-    )  # fmt: skip
+    )
     dstates = torch.empty_like(states, dtype=dstates_dtype)
     dcontexts = torch.empty_like(contexts) if mode == SOFTMAX else None
     grid = (meta["N"], batch * heads)
     _launch_bwd_dstates(
         grid, q, gates, idx, w, u, contexts, lse, delta, states, dy, dstates, dcontexts, seg_ids, offsets,
         seq_len, **meta,
-    )  # fmt: skip
+    )
     return dq, dgates, dw, du, dstates, dcontexts
 
 
@@ -305,7 +305,7 @@ def check_states(q: torch.Tensor, states: torch.Tensor, lengths: Sequence[int]) 
         raise ValueError(f"lengths must sum to T={seq_len}, got {sum(lengths)}")
     if states.dim() != 5 or tuple(states.shape[:4]) != (batch, len(lengths), heads, key_dim):
         raise ValueError(f"states must be [B, N, H, Dk, Dv] with B, N, H, Dk = "
-                         f"{batch, len(lengths), heads, key_dim}, got {tuple(states.shape)}")  # fmt: skip
+                         f"{batch, len(lengths), heads, key_dim}, got {tuple(states.shape)}")
     return lengths
 
 
@@ -351,7 +351,7 @@ def ssc_read(
     lengths = check_states(q, states, lengths)
     if tuple(indices.shape[:3]) != tuple(q.shape[:3]) or indices.shape != weights.shape:
         raise ValueError(f"indices and weights must be [B, T, H, k] with B, T, H = {tuple(q.shape[:3])}, "
-                         f"got {tuple(indices.shape)} and {tuple(weights.shape)}")  # fmt: skip
+                         f"got {tuple(indices.shape)} and {tuple(weights.shape)}")
     q, weights, states = contiguous(q, weights, states)
     indices = indices.to(torch.int32).contiguous()
     return CachedReadFunction.apply(q, None, indices, weights, states, lengths)

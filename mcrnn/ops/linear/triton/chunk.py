@@ -66,7 +66,7 @@ def _fwd_h(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, N: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, RESET: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """Sequential scan over chunks: ``h[b, c, h] = H_c``, ``states[b, i, h]`` at segment ends."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -95,7 +95,7 @@ def _fwd_o(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """Outputs of chunk ``c``: inter-chunk read of ``H_c`` plus the causal intra-chunk part."""
     i_v, c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -130,7 +130,7 @@ def _bwd_dh(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, RESET: tl.constexpr, HAS_DS: tl.constexpr, DOT: tl.constexpr,
     PREC: tl.constexpr,
-):  # fmt: skip
+):
     """Reverse scan: ``dh[b, c, h] = dL/d(state after chunk c)`` (segment-end grads included)."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -160,7 +160,7 @@ def _bwd_dqkv(
     q, k, v, g, h, dh, do, dq, dk, dv, dg, table, NC, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     USE_G: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """Per chunk: ``dq, dk, dv`` and ``dG_t = q_t . dq_t - k_t . dk_t`` (float32)."""
     c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -236,7 +236,7 @@ class ChunkLinearFunction(torch.autograd.Function):
         _launch_fwd_h(
             grid_h, k, v, log_decay, h, states, table, n_chunks, seq_len,
             N=n_seg, BK=bk, BV=bv, RESET=reset, **meta,
-        )  # fmt: skip
+        )
         grid_o = (value_dim // bv, n_chunks, batch * heads)
         _launch_fwd_o(grid_o, q, k, v, log_decay, h, online, table, n_chunks, seq_len, BV=bv, **meta)
         ctx.save_for_backward(q, k, v, log_decay, h, states, table)
@@ -257,13 +257,13 @@ class ChunkLinearFunction(torch.autograd.Function):
             (key_dim // bk, value_dim // bv, batch * heads), q, d_online, log_decay, d_states, dh,
             table, n_chunks, seq_len, N=n_seg, BK=bk, BV=bv, RESET=ctx.reset, HAS_DS=d_states is not None,
             **meta,
-        )  # fmt: skip
+        )
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dG = None if log_decay is None else torch.empty(batch, seq_len, heads, device=q.device)
         _launch_bwd_dqkv(
             (n_chunks, batch * heads), q, k, v, log_decay, h, dh, d_online, dq, dk, dv, dG, table,
             n_chunks, seq_len, **meta,
-        )  # fmt: skip
+        )
         d_log_decay = None
         if log_decay is not None:
             d_log_decay = _log_decay_grad(dG, states, d_states, ctx.lengths, ctx.reset).to(log_decay.dtype)

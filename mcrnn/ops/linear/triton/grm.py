@@ -39,7 +39,7 @@ from mcrnn.ops.linear.triton.utils import autotuned, contiguous, segment_tables
 def _grm_lse(
     u, contexts, online_logit, lse, seg_ids, T,
     H: tl.constexpr, K: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
-):  # fmt: skip
+):
     """``lse_t`` for one block of tokens: online log-sum-exp over the visible segment keys."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -71,7 +71,7 @@ class GrmReadFunction(torch.autograd.Function):
         lse = torch.empty(batch, seq_len, heads, device=q.device)
         grid = (triton.cdiv(seq_len, meta["BT"]), batch * heads)
         _launch_lse(grid, u, contexts, online_logit, lse, seg_ids, seq_len, H=heads, K=meta["K"],
-                    N=meta["N"], BT=meta["BT"])  # fmt: skip
+                    N=meta["N"], BT=meta["BT"])
         ctx.states_dtype = states.dtype
         states = dot_operand(states, q)
         cached = launch_read(q, states, seg_ids, meta, u=u, contexts=contexts, lse=lse)
@@ -89,7 +89,7 @@ class GrmReadFunction(torch.autograd.Function):
         dq, _, _, du, dstates, dcontexts = launch_read_bwd(
             q, states, dy, seg_ids, offsets, ctx.meta, ctx.states_dtype, u=u, contexts=contexts, lse=lse,
             delta=delta,
-        )  # fmt: skip
+        )
         d_online = (p_online * dy.float()).to(online.dtype)
         r_online = (dy.float() * online.float()).sum(-1)
         d_logit = (p_online.squeeze(-1) * (r_online - delta)).to(ctx.logit_dtype)
@@ -119,9 +119,9 @@ def grm_read(
     batch, seq_len, heads, key_dim = q.shape
     if tuple(u.shape) != tuple(q.shape) or tuple(contexts.shape) != (batch, len(lengths), heads, key_dim):
         raise ValueError(f"u must be {tuple(q.shape)} and contexts {(batch, len(lengths), heads, key_dim)}, "
-                         f"got {tuple(u.shape)} and {tuple(contexts.shape)}")  # fmt: skip
+                         f"got {tuple(u.shape)} and {tuple(contexts.shape)}")
     if tuple(online.shape) != (batch, seq_len, heads, states.shape[-1]) or online_logit.shape != q.shape[:3]:
         raise ValueError(f"online must be [B, T, H, Dv] and online_logit [B, T, H], "
-                         f"got {tuple(online.shape)} and {tuple(online_logit.shape)}")  # fmt: skip
+                         f"got {tuple(online.shape)} and {tuple(online_logit.shape)}")
     q, u, contexts, online, online_logit, states = contiguous(q, u, contexts, online, online_logit, states)
     return GrmReadFunction.apply(q, u, contexts, online, online_logit, states, lengths)
