@@ -98,12 +98,19 @@ class MCPreTrainedModel(PreTrainedModel):
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         """As Hugging Face's, but an MC layer, which holds no parameter of its own, is initialised too (a
-        custom-code model's parameterless modules are otherwise skipped), unless ``from_pretrained`` loaded
-        every parameter under it: its reset writes part of a deep memory's ``rate_proj.bias`` in place, which
-        Hugging Face's guard on the ``torch.nn.init`` functions cannot see."""
+        custom-code model's parameterless modules are otherwise skipped). Parameters ``from_pretrained``
+        loaded under it keep their loaded values: its reset writes part of a deep memory's
+        ``rate_proj.bias`` in place, which Hugging Face's guard on the ``torch.nn.init`` functions cannot
+        see, so loaded values are put back after the reset (and a fully loaded layer is not reset)."""
         if isinstance(module, MemoryCachingAttention) and not getattr(module, "_is_hf_initialized", False):
-            if not all(getattr(p, "_is_hf_initialized", False) for p in module.parameters()):
+            params = dict(module.named_parameters())
+            loaded = [name for name, p in params.items() if getattr(p, "_is_hf_initialized", False)]
+            if len(loaded) < len(params):
+                loaded_values = {name: params[name].detach().clone() for name in loaded}
                 self._init_weights(module)
+                with torch.no_grad():
+                    for name, value in loaded_values.items():
+                        params[name].copy_(value)
             module._is_hf_initialized = True
             return
         super()._initialize_weights(module, is_custom_code)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mixer_configs import MIXERS, TINY
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import mcrnn  # noqa: F401  (registers the Auto classes)
@@ -36,3 +37,23 @@ def test_trained_model_reloads_identically(name, tmp_path):
     ids = torch.randint(0, TINY["vocab_size"], (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_partly_loaded_deep_memory_layer_keeps_its_loaded_parameters(tmp_path):
+    """A checkpoint that lacks one parameter of a titans layer: that one is initialised, the layer's
+    loaded ones (the in-place-initialised ``rate_proj.bias`` included) keep their saved values."""
+    torch.manual_seed(0)
+    model = MCForCausalLM(MCConfig(**TINY, **MIXERS["titans-grm"], tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    missing = "model.layers.0.mixer.deep.rate_proj.weight"
+    del weights[missing]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    reloaded = loaded.state_dict()
+    assert not torch.equal(reloaded[missing], model.state_dict()[missing])
+    changed = [key for key, value in weights.items() if not torch.equal(value, reloaded[key])]
+    assert not changed, f"from_pretrained changed {changed}"
