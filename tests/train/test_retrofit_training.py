@@ -134,3 +134,16 @@ def test_train_mode_keeps_memory_caching(source):
         assert model(ids).logits.requires_grad  # through the router's gate
     remove_memory_caching(model)
     assert "train" not in model.__dict__
+
+
+def test_the_documented_config_runs(tmp_path, source, capsys):
+    """The example of docs/retrofit.md, with its folder pointed at the tiny model and 2 steps."""
+    text = (Path(__file__).parents[2] / "docs" / "retrofit.md").read_text()
+    block = next(b.split("\n", 1)[1] for b in text.split("```yaml")[1:] if "pretrained:" in b)
+    raw = yaml.safe_load(block.split("```")[0])
+    raw["model"]["pretrained"] = str(source)
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    flags = ["--steps", "2", "--out-dir", str(tmp_path / "run")]
+    assert main(["train", "--config", str(path), *flags]) == 0, capsys.readouterr().err
+    assert (_checkpoint(tmp_path, 2) / "modeling_mcrnn_retrofit.py").is_file()
