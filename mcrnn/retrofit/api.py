@@ -11,7 +11,14 @@ from mcrnn.models import MCConfig
 from mcrnn.ops import MCSpec
 from mcrnn.ops.spec import check_choice, check_memory
 from mcrnn.retrofit.families import Family, family_of
-from mcrnn.retrofit.patch import ATTRIBUTE, install, install_mcrnn, uninstall
+from mcrnn.retrofit.patch import (
+    ATTRIBUTE,
+    install,
+    install_mcrnn,
+    keep_through_mode_switches,
+    release_mode_switches,
+    uninstall,
+)
 from mcrnn.retrofit.router import LearnedRouter
 
 #: the key of the MC settings in ``config.json`` (the keywords of :func:`add_memory_caching`)
@@ -95,8 +102,10 @@ def add_memory_caching(
         model.__dict__[MCRNN_CONFIG] = {name: getattr(model.config, name) for name in new_fields}
         for name, value in new_fields.items():
             setattr(model.config, name, value)
-    elif getattr(model, "config", None) is not None:
-        setattr(model.config, CONFIG_KEY, settings)
+    else:
+        keep_through_mode_switches(model)
+        if getattr(model, "config", None) is not None:
+            setattr(model.config, CONFIG_KEY, settings)
     return model
 
 
@@ -128,6 +137,7 @@ def remove_memory_caching(model: nn.Module) -> nn.Module:
         raise ValueError("the model has no memory caching to remove")
     for module in changed:
         uninstall(module)
+    release_mode_switches(model)
     for name, value in model.__dict__.pop(MCRNN_CONFIG, {}).items():
         setattr(model.config, name, value)
     if getattr(model, "config", None) is not None and hasattr(model.config, CONFIG_KEY):

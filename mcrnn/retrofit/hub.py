@@ -68,9 +68,6 @@ def save_retrofitted(model: nn.Module, out: str | os.PathLike, tokenizer: object
     mcrnn_model = MCRNN_CONFIG in model.__dict__
     if not mcrnn_model and not hasattr(model.config, CONFIG_KEY):
         raise ValueError("the model has no memory caching: call add_memory_caching(model, ...) first")
-    host = type(model)
-    while host.__name__.endswith("WithMemoryCaching"):
-        host = host.__mro__[1]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -79,7 +76,7 @@ def save_retrofitted(model: nn.Module, out: str | os.PathLike, tokenizer: object
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if not mcrnn_model:
-            _add_model_code(staging, host)
+            add_model_code(staging, type(model))
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -89,8 +86,13 @@ def save_retrofitted(model: nn.Module, out: str | os.PathLike, tokenizer: object
     return out
 
 
-def _add_model_code(folder: Path, host: type) -> None:
-    """``modeling_mcrnn_retrofit.py`` and the ``auto_map`` entry that loads it."""
+def add_model_code(folder: Path, model_class: type) -> None:
+    """``modeling_mcrnn_retrofit.py`` and the ``auto_map`` entry of ``folder/config.json`` that loads it,
+    for a model of ``model_class`` (a host class, or a ``<Host>WithMemoryCaching`` loaded from a folder);
+    training checkpoints of a retrofitted model are written with it too."""
+    host = model_class
+    while host.__name__.endswith("WithMemoryCaching"):
+        host = host.__mro__[1]
     name = f"{host.__name__}WithMemoryCaching"
     source = SOURCE.format(host=host.__name__, module=host.__module__, name=name)
     (folder / f"{MODULE}.py").write_text(source)

@@ -236,6 +236,26 @@ def reinstate(model: nn.Module) -> None:
             module.forward = retrofit.forward
 
 
+def keep_through_mode_switches(model: nn.Module) -> None:
+    """transformers' ``train(mode)`` (and so ``eval()``) re-runs ``kernelize`` on a mode change when the
+    ``kernels`` package is installed, dropping the MC forwards (training would then run the host's
+    read, and the learned router would get no gradient): give ``model`` a ``train`` that reinstates them
+    after every switch (removed by :func:`release_mode_switches`)."""
+    host_train = type(model).train
+
+    def train(mode: bool = True) -> nn.Module:
+        result = host_train(model, mode)
+        reinstate(model)
+        return result
+
+    model.train = train
+
+
+def release_mode_switches(model: nn.Module) -> None:
+    """Undo :func:`keep_through_mode_switches`."""
+    model.__dict__.pop("train", None)
+
+
 def install_mcrnn(layer: MemoryCachingAttention, spec: MCSpec, router: str) -> None:
     """An mcrnn MC layer: its spec is set (and, for ``router="query"``, its router projection set aside)."""
     previous = {"spec": layer.spec, "chunk_size": layer.chunk_size, "u_proj": layer.u_proj}

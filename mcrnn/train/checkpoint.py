@@ -37,6 +37,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mcrnn.retrofit.api import CONFIG_KEY
+from mcrnn.retrofit.hub import add_model_code
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
@@ -114,7 +117,9 @@ def write_config_and_code(folder: Path, config: PretrainedConfig, model_class: t
     ``type(config)`` and ``model_class`` that is registered for an Auto class (``_auto_class``) has its
     source file copied into ``folder`` and is named in ``config.json``'s ``auto_map`` as
     ``{auto class: "<file stem>.<class name>"}``. Without ``model_class`` no code is written (a config's
-    code alone loads no model). ``config`` itself is not modified.
+    code alone loads no model). A retrofitted transformers model (``config.mcrnn_memory_caching``) gets
+    the retrofit folder's code instead (:func:`mcrnn.retrofit.hub.add_model_code`), so the checkpoint
+    loads with MC on through ``trust_remote_code=True``. ``config`` itself is not modified.
     """
     saved = copy.deepcopy(config)
     classes = (type(config), model_class) if model_class is not None else ()
@@ -126,6 +131,8 @@ def write_config_and_code(folder: Path, config: PretrainedConfig, model_class: t
         shutil.copyfile(source, folder / source.name)
         saved.auto_map[cls._auto_class] = f"{source.stem}.{cls.__name__}"
     saved.to_json_file(folder / CONFIG_FILE)
+    if model_class is not None and getattr(config, CONFIG_KEY, None):
+        add_model_code(folder, model_class)
 
 
 def save_checkpoint(

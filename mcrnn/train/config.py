@@ -18,11 +18,20 @@ train:        # any TrainOptions field
   batch_size: 32
   out_dir: runs/shakespeare
 ```
+
+Or start from a saved model and retrofit Memory Caching onto it (docs/retrofit.md):
+
+```yaml
+model: {pretrained: path/to/folder}     # AutoModelForCausalLM.from_pretrained
+retrofit: {segment_size: 64, aggregation: grm, router: learned}   # add_memory_caching's keywords
+train: {trainable: router, ...}         # only the learned router's parameters train
+```
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,13 +41,14 @@ from torch.utils.data import Dataset
 
 from mcrnn.data import MQARConfig, MQARDataset, NIAHConfig, NIAHDataset, TextDataset
 from mcrnn.models import MCConfig, MCForCausalLM
+from mcrnn.retrofit import CONFIG_KEY, add_memory_caching
 from mcrnn.train.data_shards import TokenShardDataset
 from mcrnn.train.lock import check_free
 from mcrnn.train.loop import TrainResult, train
 from mcrnn.train.options import TrainOptions, unknown_key_error
 from mcrnn.train.out_dir import check_out_dir
 
-SECTIONS = ("model", "data", "eval_data", "train")
+SECTIONS = ("model", "retrofit", "data", "eval_data", "train")
 #: data.type -> the constructor its parameters go to (NIAH also takes ``tokenizer``)
 DATA_TYPES: dict[str, Callable] = {
     "mqar": MQARConfig,
@@ -67,7 +77,7 @@ def load_config(path: str | Path) -> dict:
     for section in ("model", "data"):
         if not isinstance(raw.get(section), dict):
             raise ValueError(f"{path}: section {section!r} is required and must be a mapping")
-    for section in ("eval_data", "train"):
+    for section in ("retrofit", "eval_data", "train"):
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise ValueError(f"{path}: section {section!r} must be a mapping")
     return raw
@@ -117,6 +127,37 @@ def build_model_config(values: dict, section: str = "model") -> MCConfig:
     return MCConfig(**_yaml_numbers(values, defaults))
 
 
+def load_pretrained(folder: str | Path) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained(folder)``: mcrnn folders load through ``import mcrnn``,
+    transformers models natively; a retrofitted folder (``config.json`` holds
+    ``mcrnn_memory_caching``) with its own code (``trust_remote_code``), so MC is on as it was saved."""
+    from transformers import AutoModelForCausalLM
+
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model.pretrained: no model folder (config.json) at {folder}")
+    retrofitted = CONFIG_KEY in json.loads(config_file.read_text(encoding="utf-8"))
+    return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=retrofitted)
+
+
+def build_model(raw: dict) -> torch.nn.Module:
+    """The model of a parsed config: ``MCForCausalLM`` of the ``model:`` section, or the folder of
+    ``model: {pretrained: DIR}``; then, with a ``retrofit:`` section, ``add_memory_caching(model,
+    **retrofit)`` (an unknown key of either section names the closest valid one)."""
+    values = raw["model"]
+    if "pretrained" in values:
+        _check_keys("model (pretrained)", values, {"pretrained"})
+        model = load_pretrained(values["pretrained"])
+    else:
+        model = MCForCausalLM(build_model_config(values))
+    settings = raw.get("retrofit")
+    if settings is not None:
+        keys = set(_parameters(add_memory_caching)) - {"model"}
+        _check_keys("retrofit", settings, keys)
+        add_memory_caching(model, **settings)
+    return model
+
+
 def build_dataset(spec: dict, split: str = "train", section: str = "data") -> Dataset:
     """A dataset from ``{"type": "mqar"|"niah"|"text"|"shards", ...parameters}``; ``section`` names the YAML
     section in errors (an unknown or missing key, a bad type)."""
@@ -161,14 +202,15 @@ def run_config(
     options = build_options(raw, overrides)
     check_free(options.out_dir)  # before the data is read, which may take long
     check_out_dir(options.out_dir, resume, overwrite)
-    model_config = build_model_config(raw["model"])
+    if "pretrained" not in raw["model"]:
+        build_model_config(raw["model"])  # its errors before the data is read
     train_data = build_dataset(raw["data"], "train")
     eval_spec = raw.get("eval_data")
     if eval_spec is None and raw["data"].get("type") in SPLIT_TYPES:
         eval_spec = {**raw["data"], "split": "val"}
     eval_data = build_dataset(eval_spec, "val", section="eval_data") if eval_spec is not None else None
     torch.manual_seed(options.seed)  # the same initial weights in every process and every run
-    model = MCForCausalLM(model_config)
+    model = build_model(raw)
     return train(
         model,
         train_data,

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mcrnn.data import IGNORE_INDEX
+from mcrnn.retrofit import freeze_backbone
 from mcrnn.train import distributed as D
 from mcrnn.train.checkpoint import (
     CONFIG_FILE,
@@ -72,6 +73,19 @@ def build_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Adam
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=options.lr, betas=options.betas, eps=options.eps)
+
+
+def select_trainable(model: nn.Module, trainable: str) -> None:
+    """``trainable="router"``: only the learned routers' parameters keep ``requires_grad``
+    (:func:`~mcrnn.retrofit.freeze_backbone`); ``"all"`` leaves the model as it is."""
+    if trainable != "router":
+        return
+    try:
+        freeze_backbone(model)
+    except ValueError:
+        raise ValueError(
+            "train.trainable: 'router' needs a learned router; add `retrofit: {router: learned, ...}`"
+        ) from None
 
 
 def check_vocab(model: nn.Module, dataset: Dataset) -> None:
@@ -205,6 +219,7 @@ def _start_run(
     if tokenizer is not None and config is not None and config.eos_token_id is None:
         config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id  # generation stops there
     torch.manual_seed(options.seed)
+    select_trainable(model, options.trainable)  # before wrapping and before the optimizer
     if options.activation_checkpointing:
         enable_activation_checkpointing(model)
     model.to(ctx.device)

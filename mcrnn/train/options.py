@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLELS = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+TRAINABLES = ("all", "router")
 
 
 @dataclass
@@ -43,6 +44,9 @@ class TrainOptions:
             checkpoints hold the uncompiled module's state dict, so they load into an uncompiled model;
             evaluation runs uncompiled). compile_backend: ``torch.compile``'s ``backend``
             (``inductor``; ``aot_eager`` compiles faster and generates no code, for tests).
+        trainable: ``all`` parameters, or only the learned ``router`` of a retrofit (``W_u`` and
+            ``gamma`` of every layer; :func:`mcrnn.retrofit.freeze_backbone` before the optimizer is
+            built, so the backbone stays bit-identical and the optimizer holds the router alone).
     """
 
     steps: int = 1000
@@ -69,6 +73,7 @@ class TrainOptions:
     activation_checkpointing: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
+    trainable: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "keep_checkpoints", "log_every"):
@@ -102,7 +107,13 @@ class TrainOptions:
         for name in ("progress", "activation_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name, allowed in (("precision", PRECISIONS), ("parallel", PARALLELS), ("device", DEVICES)):
+        choices = (
+            ("precision", PRECISIONS),
+            ("parallel", PARALLELS),
+            ("device", DEVICES),
+            ("trainable", TRAINABLES),
+        )
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
