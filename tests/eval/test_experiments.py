@@ -56,7 +56,7 @@ def test_every_experiment_quick_writes_its_results_and_the_page(tmp_path, text_f
 
 def test_rerun_skips_finished_runs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "runs"
-    assert _quick("recall", out, "--models", "base", "transformer") == 0
+    assert _quick("recall", out, "--models", "grm", "transformer") == 0
     first = {p.name: p.read_text() for p in (out / "recall").glob("*.json")}
     assert len(first) == 2
 
@@ -65,7 +65,7 @@ def test_rerun_skips_finished_runs(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(experiment_module("recall"), "work", must_not_run)
     capsys.readouterr()
-    assert _quick("recall", out, "--models", "base", "transformer") == 0
+    assert _quick("recall", out, "--models", "grm", "transformer") == 0
     assert "0 done, 2 skipped, 0 failed" in capsys.readouterr().out
     assert {p.name: p.read_text() for p in (out / "recall").glob("*.json")} == first
 
@@ -75,20 +75,20 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, ca
     recall = experiment_module("recall")
     work = recall.work
 
-    def base_fails(run, settings, device):
-        if run.model == "base":
+    def ssc_fails(run, settings, device):
+        if run.model == "ssc":
             raise RuntimeError("out of luck")
         return work(run, settings, device)
 
-    monkeypatch.setattr(recall, "work", base_fails)
-    assert _quick("recall", out, "--models", "base", "grm") == 1
+    monkeypatch.setattr(recall, "work", ssc_fails)
+    assert _quick("recall", out, "--models", "ssc", "grm") == 1
     text = capsys.readouterr().out
     assert "FAILED: RuntimeError: out of luck" in text and "1 done, 0 skipped, 1 failed" in text
     failures = list((out / "recall" / "failed").glob("*.json"))
     assert [json.loads(f.read_text())["error"] for f in failures] == ["RuntimeError: out of luck"]
     assert "out of luck" in (out / "results.md").read_text(encoding="utf-8")
     monkeypatch.setattr(recall, "work", work)
-    assert _quick("recall", out, "--models", "base", "grm") == 0  # the retry succeeds
+    assert _quick("recall", out, "--models", "ssc", "grm") == 0  # the retry succeeds
     assert not list((out / "recall" / "failed").glob("*.json"))
     assert "1 done, 1 skipped, 0 failed" in capsys.readouterr().out
 
