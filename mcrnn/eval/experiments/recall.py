@@ -97,6 +97,21 @@ def state_matched_width(width: int, settings: Settings) -> int:
     return max(settings.heads, round(width * segments**0.5 / settings.heads) * settings.heads)
 
 
+def state_matched_note(settings: Settings) -> list[str]:
+    """One line per width: the linear base's state-matched width and the floats both hold."""
+    lines = []
+    for width in settings.widths:
+        matched, heads = state_matched_width(width, settings), settings.heads
+        reads, floats = -(-settings.seq_len // settings.segment), matched**2 // heads
+        lines.append(
+            f"The linear base at width {matched} ({heads} heads of {matched // heads}: {floats:,} "
+            f"state floats per layer) matches what `grm` at width {width} reads per token at the end of a "
+            f"sequence ({reads} states of {heads} x {width // heads} x {width // heads} = "
+            f"{reads * width**2 // heads:,} floats).\n"
+        )
+    return lines
+
+
 def width_of(run_size: str) -> int:
     """The width in a size tag ``w<width>.<hash>``."""
     return int(run_size.split(".")[0][1:])
@@ -151,5 +166,6 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
         f"guessing a value uniformly scores {chance:.3f}):\n",
         format_table(rows, ["model", *(f"width {w}" for w in widths), "params"]),
         "",
+        *state_matched_note(Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})),
         f"![recall]({relative(plot, page_dir)})\n",
     ]
