@@ -559,3 +559,21 @@ def test_each_run_records_the_commit_of_its_code(tmp_path):
     if not (checkout_root() / ".git").exists():
         pytest.skip("not a git checkout")
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", record["commit"]) and record["commit"] == source_commit()
+
+
+def test_a_recall_run_scores_what_the_demo_scores_for_the_same_seed(tmp_path):
+    """End to end at a tiny budget: recall's linear-family run of seed s is the demo's model of seed s
+    (same held-out loss to the last bit), so the demo's seeds and the recall cells are one body of runs."""
+    from mcrnn.eval.demo import DemoSettings, run_demo
+    from mcrnn.eval.experiments.runner import size_tag
+
+    recall = experiment_module("recall")
+    s = recall.Settings(steps=3, batch_size=2, eval_examples=8)
+    demo = run_demo(
+        DemoSettings(steps=3, batch_size=2, eval_examples=8, seed=1),
+        tmp_path,
+        models=("grm",),
+        progress=False,
+    )
+    ours = recall.work(Run("recall", "grm", size_tag("w32", s), 1), s, "cpu")
+    assert (ours["eval_loss"], ours["accuracy"]) == (demo["grm"]["eval_loss"], demo["grm"]["accuracy"])
