@@ -32,7 +32,9 @@ with their failed runs and the runs still missing (a cell aims at seeds 0, 1 and
 is the mean wall time of the cell's finished runs, else of its model's), then each older group of an
 experiment whose defaults changed. The `ordering` table and the routing statement read only the current
 defaults. `mcrnn experiment NAME` run from a checkout writes its runs here; `mcrnn experiment report`
-rewrites this page.
+rewrites this page. Wall times are what each run took on the machine its section names, which was often
+shared with other jobs (the first recall runs, 2026-12-07: a 2-core VM running 5-7 other processes, one
+torch thread per run), so the estimates are upper bounds for an idle machine.
 """
 
 #: the seeds every cell aims at; the page lists what is missing of them
