@@ -3,6 +3,7 @@
 import json
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_every_experiment_quick_writes_its_results_and_the_page(tmp_path, text_f
 
 def test_rerun_skips_finished_runs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "runs"
-    assert _quick("recall", out, "--models", "base", "transformer") == 0
+    assert _quick("recall", out, "--models", "grm", "transformer") == 0
     first = {p.name: p.read_text() for p in (out / "recall").glob("*.json")}
     assert len(first) == 2
 
@@ -65,7 +66,7 @@ def test_rerun_skips_finished_runs(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(experiment_module("recall"), "work", must_not_run)
     capsys.readouterr()
-    assert _quick("recall", out, "--models", "base", "transformer") == 0
+    assert _quick("recall", out, "--models", "grm", "transformer") == 0
     assert "0 done, 2 skipped, 0 failed" in capsys.readouterr().out
     assert {p.name: p.read_text() for p in (out / "recall").glob("*.json")} == first
 
@@ -75,20 +76,20 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, ca
     recall = experiment_module("recall")
     work = recall.work
 
-    def base_fails(run, settings, device):
-        if run.model == "base":
+    def ssc_fails(run, settings, device):
+        if run.model == "ssc":
             raise RuntimeError("out of luck")
         return work(run, settings, device)
 
-    monkeypatch.setattr(recall, "work", base_fails)
-    assert _quick("recall", out, "--models", "base", "grm") == 1
+    monkeypatch.setattr(recall, "work", ssc_fails)
+    assert _quick("recall", out, "--models", "ssc", "grm") == 1
     text = capsys.readouterr().out
     assert "FAILED: RuntimeError: out of luck" in text and "1 done, 0 skipped, 1 failed" in text
     failures = list((out / "recall" / "failed").glob("*.json"))
     assert [json.loads(f.read_text())["error"] for f in failures] == ["RuntimeError: out of luck"]
     assert "out of luck" in (out / "results.md").read_text(encoding="utf-8")
     monkeypatch.setattr(recall, "work", work)
-    assert _quick("recall", out, "--models", "base", "grm") == 0  # the retry succeeds
+    assert _quick("recall", out, "--models", "ssc", "grm") == 0  # the retry succeeds
     assert not list((out / "recall" / "failed").glob("*.json"))
     assert "1 done, 1 skipped, 0 failed" in capsys.readouterr().out
 
@@ -155,7 +156,14 @@ def test_report_from_fake_results(tmp_path, capsys):
     }
     for model, values in accuracies.items():
         for seed, accuracy in enumerate(values):
-            _fake(out, "recall", model, seed, {"width": 16, "accuracy": accuracy, "params": 1000})
+            _fake(
+                out,
+                "recall",
+                model,
+                seed,
+                {"width": 32, "accuracy": accuracy, "params": 1000},
+                "w32.00000000",
+            )
     for seed in range(3):
         common = {"params": 100, "param_ratio": 1.0, "param_target": 100, "train_tokens_per_second": 10.0}
         long_speed = {"base": 10.0, "grm": 5.0, "ssc": 8.0, "log": 9.0}
@@ -189,8 +197,9 @@ def test_report_from_fake_results(tmp_path, capsys):
     assert "Wall time: 12.2 min over 12 runs" in text and "Test CPU (2 cores, 1 torch threads)" in text
     assert "    mcrnn experiment recall --seeds 0 1 2" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    # no deep memory ran (neither side of its comparisons: not part of the plan, nothing listed)
-    assert "| yes |" in rows["MC > base RNN at equal state"]
+    # no gated DeltaNet or deep memory ran: their cells are listed as not run
+    assert "| yes on what ran (4/9) |" in rows["MC > base RNN at equal state"]
+    assert "dla-soup (w32) > dla-base: not run" in rows["MC > base RNN at equal state"]
     cheap = rows["SSC cheapest of the MC variants at long T"]  # 8 tok/s: above grm's 5, below log's 9
     assert (
         "| mixed (1 holds, 1 contradicted) |" in cheap
@@ -198,9 +207,10 @@ def test_report_from_fake_results(tmp_path, capsys):
     )
     assert "| not run |" in rows["post-training caching helps extrapolation"]
     order = rows["GRM >= Soup >= SSC > Log-Linear++ > base on recall"]
-    assert "grm (w16) 0.600 ± 0.100 (3) >= ssc 0.500 ± 0.100 (3): within noise" in order  # 0.1 < 0.1 + 0.1
-    assert "ssc (w16) 0.500 ± 0.100 (3) > log 0.200 ± 0.100 (3): holds" in order  # 0.3 > 0.1 + 0.1
-    assert "| mixed (2 holds, 1 within noise) |" in order and "dla-ssc" not in order  # no deep model ran
+    assert "grm (w32) 0.600 ± 0.100 (3) >= ssc 0.500 ± 0.100 (3): within noise" in order  # 0.1 < 0.1 + 0.1
+    assert "ssc (w32) 0.500 ± 0.100 (3) > log 0.200 ± 0.100 (3): holds" in order  # 0.3 > 0.1 + 0.1
+    assert "| mixed (2 holds, 1 within noise) on what ran (3/9) |" in order  # no gated DeltaNet or deep model
+    assert "dla-ssc (w32) > dla-log: not run" in order
     assert (page.parent / "results" / "recall.png").is_file() and (
         page.parent / "results" / "lm.png"
     ).is_file()
@@ -334,7 +344,7 @@ def test_page_and_ordering_when_no_group_has_the_current_settings(tmp_path):
     verdicts = {claim: result.verdict() for claim, _, result in claims(out)}
     assert set(verdicts.values()) == {"not run"}, verdicts
     rows = [line for line in text.splitlines() if line.startswith("| MC > base RNN")]
-    assert len(rows) == 1 and "| not run | not run |" in rows[0]
+    assert len(rows) == 1 and "| not run | grm (w32) > base: not run<br>" in rows[0]
 
 
 @pytest.mark.parametrize(
@@ -356,3 +366,214 @@ def test_a_claim_holds_only_beyond_the_noise_margin(left, right, sign, outcome):
     claim = Claim()
     claim.compare(left, right, "a", "b", sign)
     assert claim.checks[0][1] == outcome, claim.checks
+
+
+def test_the_state_matched_base_width_holds_what_grm_reads():
+    """grm at width w reads ceil(T / C) states of w^2 / heads floats at the end of a sequence; the base at
+    the matched width holds that many in its one state (defaults: 4 x 4 x 8 x 8 = 4 x 16 x 16 = 1024)."""
+    recall = experiment_module("recall")
+    s = recall.Settings()
+    matched = recall.state_matched_width(32, s)
+    assert matched == 64 and matched**2 // s.heads == -(-s.seq_len // s.segment) * 32**2 // s.heads == 1024
+    assert recall.family_widths("base", s) == (32, 64) and recall.family_widths("grm", s) == (32,)
+    assert recall.family_widths("gdn-ssc", s) == (32,)
+    assert recall.family_widths("transformer-conv", s) == (64,)
+    assert recall.family_widths("transformer", s) == ()  # the plain Transformer++ only when asked for
+
+
+def test_recall_trains_the_demos_models(monkeypatch):
+    """The linear family at the recall defaults is the demo's model (same config, same lr, same data)."""
+    from mcrnn.eval.demo import DemoSettings
+    from mcrnn.eval.demo import model_config as demo_config
+
+    recall, demo = experiment_module("recall"), DemoSettings()
+    s = recall.Settings()
+    pairs = {"segment": "segment_size", "heads": "num_heads", "layers": "num_layers"}
+    for name in (
+        "vocab_size",
+        "num_pairs",
+        "seq_len",
+        "steps",
+        "batch_size",
+        "segment",
+        "heads",
+        "layers",
+        "lr",
+        "transformer_lr",
+        "eval_examples",
+    ):
+        assert getattr(s, name) == getattr(demo, pairs.get(name, name)), name
+    captured = {}
+
+    def fake_train(config, dataset, **kwargs):
+        captured[config.mixer] = (config.to_dict(), dataset.config, kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(recall, "train_model", fake_train)
+    for model, demo_model in (
+        ("base", "base"),
+        ("grm", "grm"),
+        ("ssc", "ssc"),
+        ("transformer-conv", "transformer"),
+    ):
+        run = Run("recall", model, f"w{recall.family_widths(model, s)[0]}.x", 0)
+        with pytest.raises(RuntimeError, match="stop"):
+            recall.work(run, s, "cpu")
+        config, data, kwargs = captured[demo_config(demo_model, demo).mixer]
+        ignore = ("transformers_version", "architectures")
+        want = {k: v for k, v in demo_config(demo_model, demo).to_dict().items() if k not in ignore}
+        assert {k: v for k, v in config.items() if k not in ignore} == want, model
+        assert data.seed == demo.seed and data.num_examples == demo.steps * demo.batch_size
+        assert kwargs["lr"] == (demo.transformer_lr if demo_model == "transformer" else demo.lr)
+
+
+def test_a_side_with_fewer_than_three_seeds_is_not_enough_runs():
+    """One seed has no spread: with std 0 any difference beyond half a digit used to 'hold'."""
+    from mcrnn.eval.experiments.ordering import Claim
+
+    claim = Claim()
+    claim.compare((0.9, 0.0, 1), (0.1, 0.0, 3), "grm", "base", ">")
+    claim.compare((0.9, 0.05, 2), (0.1, 0.0, 3), "ssc", "base", ">")
+    assert [o for _, o in claim.checks] == ["not enough runs"] * 2 and claim.verdict() == "not enough runs"
+    claim.compare((0.9, 0.0, 3), (0.1, 0.0, 3), "log", "base", ">")
+    assert claim.verdict() == "yes on what ran (1/3)"
+
+
+def _recall_cells(out, accuracies, seeds=(0, 1, 2)):
+    """Fake recall runs at the defaults: ``accuracies[model] = value`` (each seed's value +- 0.01)."""
+    from mcrnn.eval.experiments.runner import size_tag
+
+    recall = experiment_module("recall")
+    for model, value in accuracies.items():
+        for width in recall.family_widths(model, recall.Settings()):
+            for seed in seeds:
+                metrics = {"width": width, "accuracy": value + 0.01 * (seed - 1), "params": 1}
+                _fake(out, "recall", model, seed, metrics, size_tag(f"w{width}", recall.Settings()))
+
+
+def _niah_runs(out, accuracies):
+    """Fake niah runs at the defaults: every task and length at ``accuracies[model]`` (+- 0.01 by seed)."""
+    lengths = experiment_module("niah").Settings().lengths
+    for model, value in accuracies.items():
+        for seed in range(3):
+            per = {str(n): value + 0.01 * (seed - 1) for n in lengths}
+            _fake(
+                out, "niah", model, seed, {"accuracy": {t: dict(per) for t in ("niah_1", "niah_2", "niah_3")}}
+            )
+
+
+def test_the_routing_statement_is_read_from_the_runs(tmp_path):
+    """SSC ~ base on MQAR and SSC > base on S-NIAH: the page says the runs agree with both halves; with a
+    cell missing it says not enough runs; SSC > base on MQAR makes the MQAR half disagree."""
+    from mcrnn.eval.experiments.ordering import routing_lines
+
+    out = tmp_path / "runs"
+    _recall_cells(out, {"base": 0.30, "ssc": 0.31, "gdn-base": 0.5, "gdn-ssc": 0.5, "dla-base": 0.2})
+    _niah_runs(out, {"base": 0.1, "ssc": 0.9})
+    text = "\n".join(routing_lines(out))
+    assert "MQAR (`recall`): not enough runs (1 of 3 missing)" in text  # dla-ssc is missing
+    assert "dla-ssc (w32) > dla-base: not run" in text
+    assert "These runs cannot judge the statement yet: not enough runs." in text
+    _recall_cells(out, {"dla-ssc": 0.2})
+    text = "\n".join(routing_lines(out))
+    assert "MQAR (`recall`): routing does not help." in text and "routing helps." in text
+    assert "ssc (w32) 0.310 ± 0.010 (3) > base 0.300 ± 0.010 (3): within noise" in text
+    assert "These runs agree with both halves of the statement." in text
+    _recall_cells(out, {"ssc": 0.9})  # overwrites the ssc runs
+    text = "\n".join(routing_lines(out))
+    assert "routing mixed (1 of 3 comparisons hold)" in text
+    assert (
+        "These runs agree that routing helps single-needle retrieval, but not that it does not help MQAR"
+        in text
+    )
+
+
+def test_ordering_compares_mc_with_the_bigger_base_and_reads_a_reversal_as_contradicted(tmp_path):
+    from mcrnn.eval.experiments.ordering import claims
+
+    out = tmp_path / "runs"
+    _recall_cells(out, {"base": 0.3, "grm": 0.9, "ssc": 0.2})
+    result = {claim: c for claim, _, c in claims(out)}
+    bigger = result["MC > a base RNN with a bigger state"]
+    # base ran at both widths: 0.3 at 64 too
+    assert bigger.checks == [
+        ("grm (w32) 0.900 ± 0.010 (3) > base (w64) 0.300 ± 0.010 (3): holds", "holds"),
+        ("ssc (w32) 0.200 ± 0.010 (3) > base (w64) 0.300 ± 0.010 (3): contradicted", "contradicted"),
+    ]
+    mc = result["MC > base RNN at equal state"]
+    assert [o for _, o in mc.checks] == ["holds", "contradicted"] + ["not run"] * 5  # gated DeltaNet, DLA
+
+
+def test_the_page_lists_missing_cells_with_their_estimated_time(tmp_path):
+    out, page = tmp_path / "runs", tmp_path / "results.md"
+    _recall_cells(out, {"base": 0.3, "grm": 0.9}, seeds=(0,))  # wall time 60 s (seed 0)
+    _recall_cells(out, {"ssc": 0.5}, seeds=(0, 1, 2))
+    write_page(out, page)
+    text = page.read_text(encoding="utf-8")
+    recall = text[text.index("## recall") : text.index("## niah")]
+    missing = experiment_module("recall").plan(experiment_module("recall").Settings(), [0, 1, 2])
+    n_missing = len(missing) - 2 * 1 - 3 - 1  # base at two widths and grm ran seed 0; ssc ran 3 seeds
+    assert (
+        f"Missing runs ({n_missing} in 13 cells; about 0.6 h on one process at the measured times" in recall
+    )
+    table = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in recall.splitlines()}
+    assert [c.strip() for c in table[("base", "w64")].split("|")[3:5]] == ["1, 2", "1.0"]
+    assert [c.strip() for c in table[("gdn-ssc", "w32")].split("|")[3:5]] == ["0, 1, 2", "~1.0"]
+    assert "~: no run of the model yet, the mean of all 6 finished runs" in recall and "| ssc " not in recall
+    assert "`mcrnn experiment recall --seeds 0 1 2` runs them" in recall
+    assert "The linear base at width 64 (4 heads of 16: 1,024 state floats per layer)" in recall
+
+
+def test_default_out_is_the_checkouts_results_folder_and_the_command_omits_it(tmp_path, monkeypatch):
+    """Runs from a checkout land in docs/results/runs (committed) and the page in docs/results.md; --quick
+    and an explicit --out do not; the recorded command names --out only when given."""
+    import argparse
+
+    from mcrnn.eval.experiments.cli import add_arguments, command_of, where
+    from mcrnn.eval.experiments.runner import CHECKOUT_RUNS, checkout_root
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    root = checkout_root()
+    assert root is not None and (root / "pyproject.toml").is_file()
+    args = parser.parse_args(["recall", "--models", "base"])
+    assert where(args) == (root / CHECKOUT_RUNS, root / "docs" / "results.md")
+    assert command_of(args) == "mcrnn experiment recall --seeds 0 1 2 --device cpu --models base"
+    monkeypatch.chdir(tmp_path)
+    quick = parser.parse_args(["recall", "--quick"])
+    assert where(quick) == (Path("runs/experiments"), Path("runs/experiments/results.md"))
+    given = parser.parse_args(["recall", "--out", "elsewhere"])
+    assert where(given) == (
+        Path("elsewhere"),
+        Path("elsewhere/results.md"),
+    ) and "--out elsewhere" in command_of(given)
+
+
+def test_each_run_records_the_commit_of_its_code(tmp_path):
+    import re
+
+    from mcrnn.eval.experiments.runner import checkout_root, source_commit
+
+    assert _quick("recall", tmp_path / "runs", "--models", "grm") == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "recall").glob("*.json")]
+    if not (checkout_root() / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", record["commit"]) and record["commit"] == source_commit()
+
+
+def test_a_recall_run_scores_what_the_demo_scores_for_the_same_seed(tmp_path):
+    """End to end at a tiny budget: recall's linear-family run of seed s is the demo's model of seed s
+    (same held-out loss to the last bit), so the demo's seeds and the recall cells are one body of runs."""
+    from mcrnn.eval.demo import DemoSettings, run_demo
+    from mcrnn.eval.experiments.runner import size_tag
+
+    recall = experiment_module("recall")
+    s = recall.Settings(steps=3, batch_size=2, eval_examples=8)
+    demo = run_demo(
+        DemoSettings(steps=3, batch_size=2, eval_examples=8, seed=1),
+        tmp_path,
+        models=("grm",),
+        progress=False,
+    )
+    ours = recall.work(Run("recall", "grm", size_tag("w32", s), 1), s, "cpu")
+    assert (ours["eval_loss"], ours["accuracy"]) == (demo["grm"]["eval_loss"], demo["grm"]["accuracy"])

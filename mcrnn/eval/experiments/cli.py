@@ -2,12 +2,19 @@
 
 ``mcrnn experiment NAME`` runs every (model, size, seed) of experiment NAME that has no result yet in
 ``--out/NAME/`` (a re-run skips finished runs; a failed run is reported, the others go on, and the exit
-status is 1), then writes the results page ``--out/results.md`` (tables of mean ± std over the seeds,
-plots, machine, wall time, exact commands) from every result under ``--out``, led by the settings that
-just ran. ``mcrnn experiment report`` only writes the page, led by the default settings (by default
-also ``--out/results.md``, plots next to it; ``--page`` puts it elsewhere). ``ordering`` runs nothing:
-it is a table computed from the other experiments' results, written with the page. The experiments on
-text (lm, post-training) need ``--data FILE``; a missing file stops the command before any run.
+status is 1), then writes the results page (tables of mean ± std over the seeds, plots, machine, wall
+time, exact commands, commits) from every result under ``--out``, led by the settings that just ran.
+``mcrnn experiment report`` only writes the page, led by the default settings.
+
+Where: run from a source checkout, ``--out`` defaults to the checkout's ``docs/results/runs`` (the
+per-run JSONs committed with the repository) and the page to its ``docs/results.md``, plots in
+``docs/results/``; with ``--quick`` (a smoke test that never belongs on that page) or from an installed
+package, ``--out`` defaults to ``runs/experiments``. A page whose ``--out`` is not the checkout's goes
+to ``--out/results.md`` unless ``--page`` names it. The recorded command names ``--out`` only when given.
+
+``ordering`` runs nothing: it is a table computed from the other experiments' results, written with
+the page. The experiments on text (lm, post-training) need ``--data FILE``; a missing file stops the
+command before any run.
 
 Experiments: recall (MQAR accuracy vs width), niah (S-NIAH-1/2/3 at three lengths), lm (character-level
 tinyshakespeare perplexity at equal parameters, with throughput), post-training (average caching of
@@ -57,11 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", action=ExtendList, type=list_of(int), default=[0, 1, 2], help="seeds of every run"
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
-    parser.add_argument("--out", default="runs/experiments", help="folder of the per-run result JSONs")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder of the per-run result JSONs (default: the checkout's docs/results/runs; "
+        "runs/experiments with --quick or outside a checkout)",
+    )
     parser.add_argument(
         "--page",
         default=None,
-        help="results page to write (default: OUT/results.md)",
+        help="results page to write (default: the checkout's docs/results.md for its runs, "
+        "else OUT/results.md)",
     )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -127,8 +140,8 @@ def settings_of(module, args: argparse.Namespace):
 def command_of(args: argparse.Namespace) -> str:
     """The command that repeats this one: every option that changes a run, spelled out."""
     parts = ["mcrnn", "experiment", args.name, *(["--quick"] if args.quick else [])]
-    parts += ["--seeds", *map(str, args.seeds), "--device", args.device, "--out", args.out]
-    for flag in ("threads", "models", *SETTING_FLAGS):
+    parts += ["--seeds", *map(str, args.seeds), "--device", args.device]
+    for flag in ("out", "threads", "models", *SETTING_FLAGS):
         value = getattr(args, flag, None)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
@@ -153,17 +166,33 @@ def run(args: argparse.Namespace) -> int:
     given = [flag for flag in ("models", *SETTING_FLAGS) if getattr(args, flag, None) is not None]
     if given and not trains:
         raise ValueError(f"--{given[0].replace('_', '-')} does not apply to {args.name!r}: it trains nothing")
-    out = Path(args.out)
+    out, page = where(args)
     failed, current = 0, {}
     if trains:
         module = experiment_module(args.name)
         settings = settings_of(module, args)  # a missing --data file stops here, before any run
         failed = run_experiment(module, settings, args, out)
         current[args.name] = settings
-    page = Path(args.page) if args.page else out / "results.md"
     write_page(out, page, current)
     print(f"wrote {page}")
     return 1 if failed else 0
+
+
+def where(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``(folder of the per-run results, results page)`` of the command (see the module doc)."""
+    from mcrnn.eval.experiments.runner import CHECKOUT_RUNS, checkout_root
+
+    root = checkout_root()
+    if args.out is not None:
+        out = Path(args.out)
+    elif root is not None and not args.quick:
+        out = root / CHECKOUT_RUNS
+    else:
+        out = Path("runs/experiments")
+    if args.page is not None:
+        return out, Path(args.page)
+    in_checkout = root is not None and out.resolve() == (root / CHECKOUT_RUNS).resolve()
+    return out, (root / "docs" / "results.md" if in_checkout else out / "results.md")
 
 
 def run_experiment(module, settings, args: argparse.Namespace, out: Path) -> int:

@@ -13,34 +13,32 @@ from pathlib import Path
 
 from mcrnn.eval.experiments import EXPERIMENTS, experiment_module
 from mcrnn.eval.experiments.runner import at_settings, by_settings, load_failures, load_results
+from mcrnn.eval.experiments.stats import by_group
+from mcrnn.eval.report import format_table
 from mcrnn.train.checkpoint import atomic_write_text
 
 HEADER = """# Experiment results
 
-Written by `mcrnn experiment report` from the per-run JSONs of `mcrnn experiment NAME` (see the
-commands in each section; `mcrnn experiment --help`). Every number is the mean ± sample standard
-deviation over the seeds, with the number of seeds in parentheses; no seed is dropped. Each section
-shows one group of settings: the current defaults first, with their failed runs, then each older group
-of an experiment whose defaults changed, without its failures. The `ordering` table reads only the
-current defaults. The per-run JSONs of this page are `results/experiments/` in the repository:
-`mcrnn experiment report --out results/experiments --page docs/results.md` writes it again.
+Written by `mcrnn experiment report` from the per-run JSONs committed in `docs/results/runs/<experiment>/`
+(one small file per run: its settings, seed, metrics, wall time, machine, command and git commit), and
+from nothing else: `tests/eval/test_results_page.py` checks that this page is what the report makes of
+them. The numbers of the page before them (recall at 1000 steps, niah, lm and post-training, run on
+2026-11-30) cannot be regenerated, since their JSONs stayed on the machine that ran them, so this page
+holds only what is committed.
 
-Sizes: the defaults are small, sized from step times on the 2-core CPU VM with one torch thread per
-process so that all experiments could run in one session two at a time (the issue's budget was 30-45
-minutes each); each section's wall time is what its runs took on the machine it names, mostly shared
-with other jobs. The size flags (`--widths`, `--width`, `--steps`, `--seq-len`, `--batch-size`, ...)
-and `--device cuda` scale them up. At these sizes the models are far from converged: read the tables
-as what these settings give, not as the paper's numbers.
-
-History of the settings (no setting was changed to favour a model): `recall` first ran 8 pairs at
-widths 16/32 for 250 steps, and every model, the Transformer included, stayed at chance (kept below);
-the defaults then became the demo's task (16 pairs in 64 tokens), where the demo had shown the
-Transformer++ with a short convolution solving it, at 1000 steps (a 2000-step choice was stopped after
-two runs: it would not have finished in the session). MQAR and S-NIAH have a long loss plateau: the
-demo (`mcrnn demo`, README) trains the same task for 4000 steps, where MC beats its base in every seed;
-at 1000 steps most recurrent runs are still on the plateau. `niah` stayed at 0.00 for every model at
-its budget: it shows nothing about the models.
+Every number is the mean ± sample standard deviation over the seeds, with the number of seeds in
+parentheses; no seed is dropped. Each section shows one group of settings: the current defaults first,
+with their failed runs and the runs still missing (a cell aims at seeds 0, 1 and 2; the time estimate
+is the mean wall time of the cell's finished runs, else of its model's), then each older group of an
+experiment whose defaults changed. The `ordering` table and the routing statement read only the current
+defaults. `mcrnn experiment NAME` run from a checkout writes its runs here; `mcrnn experiment report`
+rewrites this page. Wall times are what each run took on the machine its section names, which was often
+shared with other jobs (the first recall runs, 2026-12-07: a 2-core VM running 5-7 other processes, one
+torch thread per run), so the estimates are upper bounds for an idle machine.
 """
+
+#: the seeds every cell aims at; the page lists what is missing of them
+SEEDS_WANTED = (0, 1, 2)
 
 
 def write_page(out: Path, page: Path, current: dict[str, object] | None = None) -> None:
@@ -78,7 +76,7 @@ def experiment_sections(module, out: Path, page: Path, current: object) -> list[
     if older:
         lines.append("### Current settings\n")
     if runs or ours:
-        lines += run_facts(runs, ours) + absent_runs(module, runs, ours)
+        lines += run_facts(runs, ours) + missing_runs(module, runs, ours)
         lines += module.section(runs, plot_dir, page.parent) if runs else []
     else:
         lines.append("No run at the current settings yet (the older settings below are not compared).\n")
@@ -112,23 +110,56 @@ def run_facts(results: list[dict], failures: list[dict]) -> list[str]:
             f"{min(r['wall_seconds'] for r in results):.0f}-{max(r['wall_seconds'] for r in results):.0f} s "
             f"each), finished {finished[0]} to {finished[-1]}.\n"
         )
+    commits = sorted({r.get("commit") or "not recorded" for r in results})
+    if commits:
+        lines.append(
+            "Code: " + ", ".join(f"`{c}`" for c in commits) + " (the git commit each run recorded).\n"
+        )
     if failures:
         lines.append(f"Failed runs ({len(failures)}; rerunning the command retries them):\n")
         lines += [f"- `{f['key']}`: {f['error']}" for f in failures] + [""]
     return lines
 
 
-def absent_runs(module, results: list[dict], failures: list[dict]) -> list[str]:
-    """The runs of the recorded settings and seeds that neither finished nor failed (not run yet)."""
-    seeds = sorted({r["seed"] for r in [*results, *failures]})
+def missing_runs(module, results: list[dict], failures: list[dict]) -> list[str]:
+    """The runs of the recorded settings at :data:`SEEDS_WANTED` (and any other recorded seed) that neither
+    finished nor failed, as a table of cells with the seeds they miss and the estimated time of each."""
+    seeds = sorted({*SEEDS_WANTED, *(r["seed"] for r in [*results, *failures])})
     present = {r["key"] for r in [*results, *failures]}
-    absent = []
+    missing = []
     for values in {str(r["settings"]): r["settings"] for r in results}.values():
         settings = module.Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-        absent += [run.key for run in module.plan(settings, seeds) if run.key not in present]
-    if not absent:
+        missing += [run for run in module.plan(settings, seeds) if run.key not in present]
+    if not missing:
         return []
-    return [f"Not run yet ({len(absent)} runs; the command above runs them): " + ", ".join(absent) + "\n"]
+    cells = by_group(missing, lambda run: (run.model, run.size))
+    rows, total, untimed = [], 0.0, 0
+    everything = sum(r["wall_seconds"] for r in results) / len(results)
+    for (model, size), runs in cells.items():
+        seconds = estimated_seconds(results, model, size)
+        untimed += 0 if seconds else len(runs)
+        total += (seconds or everything) * len(runs)
+        minutes = f"{seconds / 60:.1f}" if seconds else f"~{everything / 60:.1f}"
+        seeds_missing = ", ".join(str(r.seed) for r in runs)
+        rows.append({"model": model, "size": size.split(".")[0], "seeds missing": seeds_missing})
+        rows[-1]["minutes each"] = minutes
+    guess = f"; ~: no run of the model yet, the mean of all {len(results)} finished runs" if untimed else ""
+    command = f"`mcrnn experiment {module.NAME} --seeds {' '.join(map(str, seeds))}` runs them"
+    return [
+        f"Missing runs ({len(missing)} in {len(cells)} cells; about {total / 3600:.1f} h on one process at "
+        f"the measured times{guess}; {command}):\n",
+        format_table(rows, list(rows[0])),
+        "",
+    ]
+
+
+def estimated_seconds(results: list[dict], model: str, size: str) -> float | None:
+    """The mean wall time of the finished runs of ``(model, size)``, else of ``model``; None without any."""
+    for same in (lambda r: r["model"] == model and r["size"] == size, lambda r: r["model"] == model):
+        times = [r["wall_seconds"] for r in results if same(r)]
+        if times:
+            return sum(times) / len(times)
+    return None
 
 
 def relative(path: Path, start: Path) -> str:

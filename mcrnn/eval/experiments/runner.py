@@ -1,7 +1,8 @@
 """The runner shared by the experiments: runs, their result files, the models, training, machine facts.
 
 A *run* is one ``(experiment, model, size, seed)``; its result is ``<out>/<experiment>/<key>.json``
-(written atomically), and a run whose file exists is skipped, so an interrupted experiment resumes
+(written atomically: the run's fields, metrics, settings, wall time, machine, command and the git commit
+of the code that ran it), and a run whose file exists is skipped, so an interrupted experiment resumes
 where it stopped. A run that raises is reported and recorded in ``<out>/<experiment>/failed/<key>.json``
 (removed once it succeeds); the other runs go on.
 
@@ -16,10 +17,12 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -35,6 +38,15 @@ MODELS: dict[str, tuple[str, dict]] = {
         {"memory": "linear", "aggregation": "ssc", "ssc_top_k": 2, "segment_size": "segment"},
     ),
     "log": ("linear Log-Linear++", {"memory": "linear", "aggregation": "grm", "segmentation": "log"}),
+    "gdn-base": ("gated DeltaNet (base RNN)", {"memory": "gated_deltanet", "segment_size": None}),
+    "gdn-grm": (
+        "gated DeltaNet + GRM",
+        {"memory": "gated_deltanet", "aggregation": "grm", "segment_size": "segment"},
+    ),
+    "gdn-ssc": (
+        "gated DeltaNet + SSC (top-2)",
+        {"memory": "gated_deltanet", "aggregation": "ssc", "ssc_top_k": 2, "segment_size": "segment"},
+    ),
     "dla-base": ("DLA (base RNN)", {"memory": "dla", "segment_size": None, "chunk_size": "segment"}),
     "dla-grm": (
         "DLA + GRM",
@@ -166,6 +178,37 @@ def machine() -> dict:
     }
 
 
+def checkout_root() -> Path | None:
+    """The source checkout mcrnn runs from (the folder holding ``mcrnn/`` and ``docs/results.md``), or
+    None for an installed package."""
+    root = Path(__file__).resolve().parents[3]
+    return root if (root / "mcrnn").is_dir() and (root / "docs" / "results.md").is_file() else None
+
+
+#: where the committed per-run results live, relative to the checkout (``docs/results/runs/<experiment>/``)
+CHECKOUT_RUNS = Path("docs") / "results" / "runs"
+
+
+@cache
+def source_commit() -> str | None:
+    """The git commit of the checkout mcrnn runs from, ``+dirty`` when tracked files differ from it; None
+    outside a git checkout. Read once per process (the code a process imported is the code it runs)."""
+    root = checkout_root()
+    if root is None:
+        return None
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        head, status = git("rev-parse", "HEAD").strip(), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if status.strip() else "")
+
+
 def result_path(out: Path, run: Run) -> Path:
     return out / run.experiment / f"{run.key}.json"
 
@@ -189,6 +232,7 @@ def execute(
     wall time, the machine and ``command``. An exception fails that run only.
     """
     counts = {"done": 0, "skipped": 0, "failed": 0}
+    commit = source_commit()  # before any run: the code this process imported
     for index, run in enumerate(runs, 1):
         path = result_path(out, run)
         where = f"[{index}/{len(runs)}] {run.experiment} {run.key}"
@@ -218,6 +262,7 @@ def execute(
                 "wall_seconds": seconds,
                 "machine": machine(),
                 "command": command,
+                "commit": commit,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             },
         )
