@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
-from mcrnn.ops.memories import SWLA, Linear
 from mcrnn.ops.linear import chunk as linear_chunk
+from mcrnn.ops.memories import SWLA, Linear
 from mcrnn.ops.read import log as log_chunk
 from mcrnn.ops.read.fenwick import fenwick_buckets
 
