@@ -3,9 +3,9 @@ decoding, equals the full forward (issue 23.9): through the public op and throug
 
 import pytest
 import torch
+from op_inputs import mc_flat
 
 from mcrnn.models import MCConfig, MCForCausalLM
-from mcrnn.ops import memory_caching
 
 LENGTHS = [4, 8, 4]  # boundaries after 4, 12 and 16 tokens; tokens past 16 continue the last segment
 T = 20
@@ -42,13 +42,13 @@ def test_op_prefill_on_a_boundary_then_decode(memory, options, prefill):
         **options,
         "top_k": 1 if "ssc" in str(options) else None,
     }
-    full = memory_caching(q, k, v, u, **spec, **gates)
+    full = mc_flat(q, k, v, u, **spec, **gates)
 
     def step(start, stop, cache):
         part = {name: x[:, start:stop] for name, x in {"q": q, "k": k, "v": v, "u": u, **gates}.items()}
         if cache is None:
-            return memory_caching(**part, **spec, output_cache=True)
-        return memory_caching(**part, memory=memory, cache=cache, output_cache=True)
+            return mc_flat(**part, **spec, output_cache=True)
+        return mc_flat(**part, memory=memory, cache=cache, output_cache=True)
 
     torch.testing.assert_close(_decode(step, prefill), full, atol=1e-10, rtol=1e-10)
 

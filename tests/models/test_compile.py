@@ -14,10 +14,10 @@ import copy
 import pytest
 import torch
 from mixer_configs import MIXERS, TINY
+from op_inputs import mc_flat
 
 from mcrnn.layers import MemoryCachingAttention
 from mcrnn.models import MCConfig, MCForCausalLM
-from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import layer_shapes
 
 COMPILED_MIXERS = {
@@ -102,6 +102,6 @@ def test_ssc_dense_read_of_compiled_code_equals_the_sparse_read(memory: str, mon
     results = []
     for compiling in (False, True):
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda compiling=compiling: compiling)
-        out = memory_caching(q, k, v, u, **options)
+        out = mc_flat(q, k, v, u, **options)
         results.append((out, torch.autograd.grad(out.square().sum(), [q, k, v, u])))
     torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)

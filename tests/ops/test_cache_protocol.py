@@ -10,6 +10,7 @@ import torch
 from mcrnn.layers import MemoryCachingAttention
 from mcrnn.ops import DeepMemoryCache, FenwickMemoryCache, MatrixMemoryCache, memory_caching
 from mcrnn.ops.deep import layer_shapes
+from mcrnn.ops.memories import memory_inputs
 
 B, T, H, D = 3, 11, 2, 4
 CASES = {
@@ -42,7 +43,7 @@ def _inputs(memory: str, seq_len: int) -> dict:
     if memory in ("dla", "titans"):
         inputs.update(eta=0.1 * gates(), alpha=0.9 + 0.1 * gates())
         if memory == "titans":
-            inputs["beta"] = gates()
+            inputs["momentum"] = gates()
     return inputs
 
 
@@ -52,6 +53,15 @@ def _params(memory: str) -> dict:
     gen = torch.Generator().manual_seed(2)
     return {"params": [0.3 * torch.randn(H, o, i, generator=gen, dtype=torch.float64)
                        for o, i in layer_shapes(D, D, 2, 2)]}
+
+
+def _mc(inputs: dict, params: dict, **options: object) -> object:
+    """``memory_caching`` on a dict of q, k, v, u and the family's tensors, those (with ``params``) grouped
+    into ``memory=<dataclass>`` of the family named by ``options["memory"]`` (default ``linear``)."""
+    qkvu = {name: x for name, x in inputs.items() if name in ("q", "k", "v", "u")}
+    tensors = {name: x for name, x in inputs.items() if name not in qkvu}
+    memory = memory_inputs(options.pop("memory", "linear"), **tensors, **params)
+    return memory_caching(**qkvu, memory=memory, **options)
 
 
 def _split(inputs: dict, start: int, stop: int, rows: list[int] | None = None) -> dict:
@@ -65,52 +75,48 @@ def test_cache_carries_the_spec_layout_and_reorders(name: str) -> None:
     memory = options["memory"]
     inputs, params = _inputs(memory, T + 3), _params(memory)
     spec_options = {n: v for n, v in options.items() if n != "memory"}
-    full = memory_caching(**inputs, **params, **options)
-    prefix, cache = memory_caching(**_split(inputs, 0, T), **params, **options, output_cache=True)
+    full = _mc(inputs, params, **options)
+    prefix, cache = _mc(_split(inputs, 0, T), params, **options, output_cache=True)
     assert isinstance(cache, cache_type) and cache.position == T and cache.batch_size == B
     assert cache.spec.aggregation == options.get("aggregation", "grm")
     if cache_type is not DeepMemoryCache:  # cached states are [B, N, H, Dk, Dv]
         assert cache.cached.shape[0] == B and tuple(cache.cached.shape[2:]) == (H, D, D)
     # decoding needs no spec again; passing the same spec is fine, the cache is not modified
-    rest, after = memory_caching(
-        **_split(inputs, T, T + 3), **params, memory=memory, cache=cache, output_cache=True
-    )
+    rest, after = _mc(_split(inputs, T, T + 3), params, memory=memory, cache=cache, output_cache=True)
     assert cache.position == T and after.position == T + 3
-    again = memory_caching(**_split(inputs, T, T + 3), **params, **spec_options, memory=memory, cache=cache)
+    again = _mc(_split(inputs, T, T + 3), params, **spec_options, memory=memory, cache=cache)
     torch.testing.assert_close(again, rest, rtol=0, atol=0)
     torch.testing.assert_close(torch.cat([prefix, rest], 1), full, rtol=1e-10, atol=1e-10)
     # reorder: rows [2, 0] of the cache continue exactly as rows [2, 0] of the stream
     rows = [2, 0]
     picked = cache.reorder(torch.tensor(rows))
     assert picked.batch_size == 2 and picked.spec == cache.spec
-    out = memory_caching(**_split(inputs, T, T + 3, rows), **params, memory=memory, cache=picked)
+    out = _mc(_split(inputs, T, T + 3, rows), params, memory=memory, cache=picked)
     torch.testing.assert_close(out, full[rows, T:], rtol=1e-10, atol=1e-10)
     beams = cache.reorder(torch.tensor([1, 1, 0]))  # beam search repeats rows
-    out = memory_caching(**_split(inputs, T, T + 3, [1, 1, 0]), **params, memory=memory, cache=beams)
+    out = _mc(_split(inputs, T, T + 3, [1, 1, 0]), params, memory=memory, cache=beams)
     torch.testing.assert_close(out, full[[1, 1, 0], T:], rtol=1e-10, atol=1e-10)
 
 
 def test_cache_mismatches_are_errors() -> None:
     inputs = _inputs("linear", T)
-    _, cache = memory_caching(**inputs, segment_size=4, output_cache=True)
+    _, cache = _mc(inputs, {}, segment_size=4, output_cache=True)
     step = _split(inputs, 0, 1)
     with pytest.raises(ValueError, match=r"segment_size=8 \(cache: 4\)"):
-        memory_caching(**step, segment_size=8, cache=cache)
+        _mc(step, {}, segment_size=8, cache=cache)
     deep_inputs = _inputs("dla", T)
-    _, deep_cache = memory_caching(
-        **deep_inputs, **_params("dla"), memory="dla", segment_size=4, output_cache=True
-    )
+    _, deep_cache = _mc(deep_inputs, _params("dla"), memory="dla", segment_size=4, output_cache=True)
     with pytest.raises(
         TypeError, match="cache must be a MatrixMemoryCache for memory='linear', got DeepMemoryCache"
     ):
-        memory_caching(**step, cache=deep_cache)
+        _mc(step, {}, cache=deep_cache)
     with pytest.raises(
         ValueError, match=r"built for \(B, H, Dk, Dv\)=\(3, 2, 4, 4\), the inputs are \(2, 2, 4, 4\)"
     ):
-        memory_caching(**_split(inputs, 0, 1, [0, 1]), cache=cache)
+        _mc(_split(inputs, 0, 1, [0, 1]), {}, cache=cache)
     swla = {**step, "prev_gate": step["log_decay"].neg(), "cur_gate": step["log_decay"].neg()}
     with pytest.raises(ValueError, match="the cache is for memory='linear', the call for memory='swla'"):
-        memory_caching(**swla, memory="swla", cache=cache)
+        _mc(swla, {}, memory="swla", cache=cache)
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 3\)"):
         cache.reorder(torch.tensor([3]))
 
@@ -150,21 +156,19 @@ def test_low_precision_decode_accumulates_in_float32(name: str, dtype: torch.dty
             inputs["log_decay"] = -0.1 * inputs["beta"]
     low = {name: x.to(dtype) for name, x in inputs.items()}
     params = {name: [p.to(dtype) for p in ps] for name, ps in _params(memory).items()}
-    exact = memory_caching(
-        **{name: x.double() for name, x in low.items()},
-        **{name: [p.double() for p in ps] for name, ps in params.items()},
+    exact = _mc(
+        {name: x.double() for name, x in low.items()},
+        {name: [p.double() for p in ps] for name, ps in params.items()},
         **options,
     )
-    prefix, cache = memory_caching(**_split(low, 0, T), **params, **options, output_cache=True)
+    prefix, cache = _mc(_split(low, 0, T), params, **options, output_cache=True)
     assert isinstance(cache, cache_type) and prefix.dtype == dtype
-    rest, after = memory_caching(
-        **_split(low, T, T + 3), **params, memory=memory, cache=cache, output_cache=True
-    )
+    rest, after = _mc(_split(low, T, T + 3), params, memory=memory, cache=cache, output_cache=True)
     assert rest.dtype == dtype
     assert _floating_dtypes(after) == {torch.float32}
     # a cache held in the low dtype (a user's cast) still decodes in float32
-    again, after = memory_caching(
-        **_split(low, T, T + 3), **params, memory=memory, cache=cache.to_dtype(dtype), output_cache=True
+    again, after = _mc(
+        _split(low, T, T + 3), params, memory=memory, cache=cache.to_dtype(dtype), output_cache=True
     )
     assert _floating_dtypes(after) == {torch.float32}
     torch.testing.assert_close(again, rest, rtol=0, atol=4 * torch.finfo(dtype).eps * rest.abs().max())

@@ -12,8 +12,8 @@ import itertools
 
 import pytest
 import torch
+from op_inputs import mc_flat
 
-from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import layer_shapes
 from mcrnn.ops.deep.coefficients import GateProducts
 
@@ -45,7 +45,7 @@ def make_inputs(
         params=[0.5 * rand(H, o, i) for o, i in layer_shapes(key_dim, value_dim, depth, 2)],
         eta=uniform(0.0, 0.2),
         alpha=uniform(0.8, 1.0),
-        beta=uniform(0.0, 0.9) if memory == "titans" else None,
+        momentum=uniform(0.0, 0.9) if memory == "titans" else None,
     )
     if edge:
         name, value = edge.removesuffix(" all").split("=")
@@ -59,7 +59,7 @@ def outputs_and_gradients(inputs: dict, backend: str, dtype: torch.dtype = torch
     """The output and the gradient of a fixed random projection of it w.r.t. every tensor input."""
     leaves = {n: x.to(dtype).requires_grad_() for n, x in inputs.items() if isinstance(x, torch.Tensor)}
     params = [w.to(dtype).requires_grad_() for w in inputs["params"]]
-    out = memory_caching(**{**inputs, **leaves, "params": params}, **options, backend=backend)
+    out = mc_flat(**{**inputs, **leaves, "params": params}, **options, backend=backend)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     tensors = [*leaves.values(), *params]
     grads = torch.autograd.grad((out * weight.to(dtype)).sum(), tensors, allow_unused=True)
@@ -92,12 +92,12 @@ def test_key_dim_differs_from_value_dim(memory: str, aggregation: str, dims: tup
 def test_key_dim_differs_from_value_dim_one_segment_and_decoding(memory: str) -> None:
     inputs = make_inputs(memory, depth=1, key_dim=4, value_dim=3)
     assert_equal_to_naive(inputs, chunk_size=4, aggregation="soup")
-    full = memory_caching(**inputs, **OPTIONS)
+    full = mc_flat(**inputs, **OPTIONS)
     prefill = 5  # mid-chunk
-    outs, cache = memory_caching(**_tokens(inputs, 0, prefill), **OPTIONS, output_cache=True)
+    outs, cache = mc_flat(**_tokens(inputs, 0, prefill), **OPTIONS, output_cache=True)
     outs = [outs]
     for t in range(prefill, T):
-        out, cache = memory_caching(**_tokens(inputs, t, t + 1), **OPTIONS, cache=cache, output_cache=True)
+        out, cache = mc_flat(**_tokens(inputs, t, t + 1), **OPTIONS, cache=cache, output_cache=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-12, atol=1e-12)
 
@@ -108,7 +108,7 @@ def test_key_dim_differs_from_value_dim_needs_depth_one() -> None:
     inputs = make_inputs("dla", depth=1, key_dim=4, value_dim=3)
     deeper = make_inputs("dla", depth=2, key_dim=4, value_dim=4)["params"]
     with pytest.raises(ValueError, match="Dk=4 to Dv=3"):
-        memory_caching(**{**inputs, "params": deeper}, **OPTIONS)
+        mc_flat(**{**inputs, "params": deeper}, **OPTIONS)
 
 
 def _tokens(inputs: dict, start: int, stop: int) -> dict:
@@ -118,7 +118,9 @@ def _tokens(inputs: dict, start: int, stop: int) -> dict:
     }
 
 
-TITANS_EDGES = ("beta=0", "beta=1", "beta=1e-6", "beta=1e-12", "beta=0 all", "beta=1 all")
+TITANS_EDGES = (
+    "momentum=0", "momentum=1", "momentum=1e-6", "momentum=1e-12", "momentum=0 all", "momentum=1 all"
+)
 EDGES = [
     (memory, edge)
     for memory in ("dla", "titans")
@@ -141,7 +143,7 @@ def test_gate_edges_equal_naive(memory: str, edge: str) -> None:
 def test_tiny_and_zero_gates_other_depths(memory: str, depth: int) -> None:
     inputs = make_inputs(memory, depth=depth, edge="alpha=1e-12")
     if memory == "titans":
-        inputs["beta"] = torch.where(torch.arange(T)[:, None] % 3 == 1, 0.0, inputs["beta"])
+        inputs["momentum"] = torch.where(torch.arange(T)[:, None] % 3 == 1, 0.0, inputs["momentum"])
     assert_equal_to_naive(inputs, **OPTIONS, aggregation="soup", init="independent")
 
 
@@ -201,13 +203,13 @@ def test_right_padded_prefill_state_equals_unpadded(memory: str, init: str) -> N
     lengths = [T, 9]
     mask = torch.arange(T) < torch.tensor(lengths)[:, None]
     options = dict(**OPTIONS, aggregation="grm", init=init)
-    _, padded = memory_caching(**inputs, **options, mask=mask, output_cache=True)
+    _, padded = mc_flat(**inputs, **options, mask=mask, output_cache=True)
     for row, n in enumerate(lengths):
         alone = {
             name: x[row : row + 1, :n] if isinstance(x, torch.Tensor) and x.dim() >= 3 else x
             for name, x in inputs.items()
         }
-        _, expected = memory_caching(**alone, **options, output_cache=True)
+        _, expected = mc_flat(**alone, **options, output_cache=True)
         states = {"weights": (padded.weights, expected.weights)}
         if memory == "titans":
             states["momentum"] = (padded.momentum, expected.momentum)
@@ -225,14 +227,14 @@ def test_mask_decoding_equals_parallel(memory: str, aggregation: str) -> None:
     inputs = make_inputs(memory)
     mask = random_mask()
     options = dict(**OPTIONS, aggregation=aggregation, top_k=1)
-    full = memory_caching(**inputs, **options, mask=mask)
+    full = mc_flat(**inputs, **options, mask=mask)
     prefill = 6  # mid-chunk
-    out, cache = memory_caching(
+    out, cache = mc_flat(
         **_tokens(inputs, 0, prefill), **options, mask=mask[:, :prefill], output_cache=True
     )
     outs = [out]
     for t in range(prefill, T):
-        out, cache = memory_caching(
+        out, cache = mc_flat(
             **_tokens(inputs, t, t + 1), **options, mask=mask[:, t : t + 1], cache=cache, output_cache=True
         )
         outs.append(out)
@@ -242,26 +244,24 @@ def test_mask_decoding_equals_parallel(memory: str, aggregation: str) -> None:
 def test_bad_mask() -> None:
     inputs = make_inputs("titans")
     with pytest.raises(ValueError, match="mask must be a bool"):
-        memory_caching(**inputs, mask=torch.ones(B, T))
+        mc_flat(**inputs, mask=torch.ones(B, T))
     with pytest.raises(ValueError, match="mask must be a bool"):
-        memory_caching(**inputs, mask=torch.ones(B, T - 1, dtype=torch.bool))
+        mc_flat(**inputs, mask=torch.ones(B, T - 1, dtype=torch.bool))
 
 
 def test_public_op_forwards_the_mask() -> None:
-    from mcrnn.ops import memory_caching
-
     inputs, mask = make_inputs("titans"), random_mask()
     torch.testing.assert_close(
-        memory_caching(**inputs, **OPTIONS, mask=mask),
-        memory_caching(**inputs, **OPTIONS, mask=mask),
+        mc_flat(**inputs, **OPTIONS, mask=mask),
+        mc_flat(**inputs, **OPTIONS, mask=mask),
         rtol=0,
         atol=0,
     )
     assert not torch.allclose(
-        memory_caching(**inputs, **OPTIONS, mask=mask), memory_caching(**inputs, **OPTIONS)
+        mc_flat(**inputs, **OPTIONS, mask=mask), mc_flat(**inputs, **OPTIONS)
     )
     with pytest.raises(ValueError, match=r"takes .* not \['mask'\]"):
-        memory_caching(inputs["q"], inputs["k"], inputs["v"], mask=mask)
+        mc_flat(inputs["q"], inputs["k"], inputs["v"], mask=mask)
 
 
 def test_gate_products_backward_matches_numerical_gradients_at_zero_and_tiny_gates() -> None:

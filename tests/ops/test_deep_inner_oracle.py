@@ -12,8 +12,7 @@ import math
 
 import pytest
 import torch
-
-from mcrnn.ops import memory_caching
+from op_inputs import mc_flat
 
 B, T, H, D, E = 2, 6, 2, 4, 2
 
@@ -55,7 +54,9 @@ def inputs(memory: str, seed: int = 0) -> dict:
         params=[0.5 * rand(H, E * D, D), 0.5 * rand(H, D, E * D)],
         eta=0.05 + 0.1 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
         alpha=0.8 + 0.2 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
-        beta=0.9 * torch.rand(B, T, H, generator=gen, dtype=torch.float64) if memory == "titans" else None,
+        momentum=(
+            0.9 * torch.rand(B, T, H, generator=gen, dtype=torch.float64) if memory == "titans" else None
+        ),
     )
 
 
@@ -71,8 +72,8 @@ def test_one_step_is_minus_eta_times_the_gradient_and_lowers_the_loss(memory: st
     data = inputs(memory)
     data.update({name: data[name][:, :1] for name in ("q", "k", "v", "eta")})
     data["alpha"] = torch.ones_like(data["eta"])
-    data["beta"] = torch.zeros_like(data["eta"]) if memory == "titans" else None
-    _, cache = memory_caching(**data, chunk_size=1, output_cache=True)
+    data["momentum"] = torch.zeros_like(data["eta"]) if memory == "titans" else None
+    _, cache = mc_flat(**data, chunk_size=1, output_cache=True)
     start = [w.unsqueeze(0).expand(B, -1, -1, -1) for w in data["params"]]
     k, v = data["k"][:, 0], data["v"][:, 0]
     grads = gradient(memory, start, k, v)
@@ -100,16 +101,16 @@ def test_sequence_matches_hand_written_rule(memory: str, chunk_size: int) -> Non
         step, retain = scalar(data["eta"][:, t]), scalar(data["alpha"][:, t])
         if memory == "titans":
             momentum = [
-                scalar(data["beta"][:, t]) * s - step * g for s, g in zip(momentum, grads, strict=True)
+                scalar(data["momentum"][:, t]) * s - step * g for s, g in zip(momentum, grads, strict=True)
             ]
             weights = [retain * w + s for w, s in zip(weights, momentum, strict=True)]
         else:
             weights = [retain * w - step * g for w, g in zip(weights, grads, strict=True)]
         outputs.append(mlp(*weights, data["q"][:, t]))
     expected = torch.stack(outputs, 1)
-    out, cache = memory_caching(**data, chunk_size=chunk_size, output_cache=True)
+    out, cache = mc_flat(**data, chunk_size=chunk_size, output_cache=True)
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(memory_caching(**data, chunk_size=chunk_size, backend="naive"), expected,
+    torch.testing.assert_close(mc_flat(**data, chunk_size=chunk_size, backend="naive"), expected,
                                atol=1e-10, rtol=1e-10)
     for got, want in zip(cache.weights, weights, strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)

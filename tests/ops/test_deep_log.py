@@ -7,10 +7,10 @@ import itertools
 
 import pytest
 import torch
+from op_inputs import mc_flat
 
 from mcrnn.layers import MemoryCachingAttention
 from mcrnn.models import MCConfig, MCForCausalLM
-from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import DeepFenwickCache, layer_shapes
 from mcrnn.ops.deep.log_recurrent import run_starts
 
@@ -40,7 +40,7 @@ def make_inputs(
         params=[0.5 * rand(H, o, i) for o, i in layer_shapes(DK, value_dim, depth, 2)],
         eta=0.05 + 0.15 * unit(B, seq_len, H),
         alpha=0.8 + 0.2 * unit(B, seq_len, H),
-        beta=0.9 * unit(B, seq_len, H) if memory == "titans" else None,
+        momentum=0.9 * unit(B, seq_len, H) if memory == "titans" else None,
     )
 
 
@@ -63,7 +63,7 @@ def outputs_and_gradients(inputs: dict, backend: str, **opts) -> tuple[torch.Ten
     """The output and the gradient of a random projection of it w.r.t. every tensor input."""
     leaves = {n: x.clone().requires_grad_() for n, x in inputs.items() if isinstance(x, torch.Tensor)}
     params = [w.clone().requires_grad_() for w in inputs["params"]]
-    out = memory_caching(**leaves, params=params, backend=backend, **opts)
+    out = mc_flat(**leaves, params=params, backend=backend, **opts)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
     names = [*leaves, *(f"params[{i}]" for i in range(len(params)))]
     tensors = [*leaves.values(), *params]
@@ -110,9 +110,9 @@ def test_parallel_equals_definition_long(memory: str, init: str, aggregation: st
 def test_sum_pooling_matches_definition(memory: str, init: str) -> None:
     inputs = make_inputs(memory, 21, depth=2, seed=8)
     opts = {**options(memory, "grm", init, chunk_size=4), "pooling": "sum"}
-    out = memory_caching(**inputs, **opts)
-    torch.testing.assert_close(out, memory_caching(**inputs, backend="naive", **opts), rtol=1e-10, atol=1e-10)
-    assert not torch.allclose(out, memory_caching(**inputs, **{**opts, "pooling": "mean"}))
+    out = mc_flat(**inputs, **opts)
+    torch.testing.assert_close(out, mc_flat(**inputs, backend="naive", **opts), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(out, mc_flat(**inputs, **{**opts, "pooling": "mean"}))
 
 
 @pytest.mark.parametrize("memory", ["dla", "titans"])
@@ -122,8 +122,8 @@ def test_masked_tokens_match_definition(memory: str) -> None:
     for init in ("checkpoint", "independent"):
         opts = options(memory, "grm", init, chunk_size=4)
         torch.testing.assert_close(
-            memory_caching(**inputs, mask=mask, **opts),
-            memory_caching(**inputs, mask=mask, backend="naive", **opts),
+            mc_flat(**inputs, mask=mask, **opts),
+            mc_flat(**inputs, mask=mask, backend="naive", **opts),
             rtol=1e-10,
             atol=1e-10,
         )
@@ -140,12 +140,12 @@ def test_decoding_equals_parallel(memory: str, aggregation: str, init: str, pref
     seq_len = 37
     inputs = make_inputs(memory, seq_len, depth=2, seed=5)
     opts = options(memory, aggregation, init, chunk_size=4)
-    full = memory_caching(**inputs, **opts)
-    out, cache = memory_caching(**time_slice(inputs, slice(0, prefill)), output_cache=True, **opts)
+    full = mc_flat(**inputs, **opts)
+    out, cache = mc_flat(**time_slice(inputs, slice(0, prefill)), output_cache=True, **opts)
     assert isinstance(cache, DeepFenwickCache) and cache.position == prefill
     outs = [out]
     for t in range(prefill, seq_len):
-        out, cache = memory_caching(**time_slice(inputs, slice(t, t + 1)), memory=memory, cache=cache,
+        out, cache = mc_flat(**time_slice(inputs, slice(t, t + 1)), memory=memory, cache=cache,
                                     output_cache=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
@@ -156,11 +156,11 @@ def test_masked_decoding_equals_parallel(init: str) -> None:
     inputs = make_inputs("titans", 19, depth=2, seed=9)
     inputs["mask"] = torch.rand(B, 19, generator=torch.Generator().manual_seed(10)) > 0.3
     opts = options("titans", "grm", init, chunk_size=4)
-    full = memory_caching(**inputs, **opts)
-    out, cache = memory_caching(**time_slice(inputs, slice(0, 7)), output_cache=True, **opts)
+    full = mc_flat(**inputs, **opts)
+    out, cache = mc_flat(**time_slice(inputs, slice(0, 7)), output_cache=True, **opts)
     outs = [out]
     for t in range(7, 19):
-        out, cache = memory_caching(**time_slice(inputs, slice(t, t + 1)), memory="titans", cache=cache,
+        out, cache = mc_flat(**time_slice(inputs, slice(t, t + 1)), memory="titans", cache=cache,
                                     output_cache=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
@@ -169,14 +169,14 @@ def test_masked_decoding_equals_parallel(init: str) -> None:
 def test_decoding_keeps_the_cache_passed_in_and_reorders() -> None:
     inputs = make_inputs("titans", 9, depth=2)
     opts = options("titans", "grm", "independent", chunk_size=2)
-    _, cache = memory_caching(**time_slice(inputs, slice(0, 8)), output_cache=True, **opts)
+    _, cache = mc_flat(**time_slice(inputs, slice(0, 8)), output_cache=True, **opts)
     step = time_slice(inputs, slice(8, 9))
-    first, _ = memory_caching(**step, memory="titans", cache=cache, output_cache=True)
-    again, _ = memory_caching(**step, memory="titans", cache=cache, output_cache=True)
+    first, _ = mc_flat(**step, memory="titans", cache=cache, output_cache=True)
+    again, _ = mc_flat(**step, memory="titans", cache=cache, output_cache=True)
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     flipped = cache.reorder(torch.tensor([1, 0]))
     swapped = {n: x.flip(0) if isinstance(x, torch.Tensor) and n != "params" else x for n, x in step.items()}
-    out, _ = memory_caching(**swapped, memory="titans", cache=flipped, output_cache=True)
+    out, _ = mc_flat(**swapped, memory="titans", cache=flipped, output_cache=True)
     torch.testing.assert_close(out, first.flip(0), rtol=0, atol=0)
 
 
@@ -192,9 +192,9 @@ def test_run_starts_are_the_blocks_a_token_opens_or_extends() -> None:
 def test_prefix_outputs_never_change_as_the_sequence_grows(memory: str, init: str) -> None:
     inputs = make_inputs(memory, 37, depth=2, seed=6)
     opts = options(memory, "soup", init, chunk_size=4)
-    full = memory_caching(**inputs, **opts)
+    full = mc_flat(**inputs, **opts)
     for length in (5, 16, 23):
-        prefix = memory_caching(**time_slice(inputs, slice(0, length)), **opts)
+        prefix = mc_flat(**time_slice(inputs, slice(0, length)), **opts)
         torch.testing.assert_close(prefix, full[:, :length], rtol=1e-12, atol=1e-12)
 
 
@@ -206,10 +206,10 @@ def test_float32_close_to_float64(memory: str, init: str) -> None:
     bound 2e-6."""
     inputs = make_inputs(memory, 200, depth=2, seed=7)
     opts = options(memory, "grm", init, chunk_size=16)
-    exact = memory_caching(**inputs, **opts)
+    exact = mc_flat(**inputs, **opts)
     single = {n: x.float() if isinstance(x, torch.Tensor) else x for n, x in inputs.items()}
     single["params"] = [w.float() for w in inputs["params"]]
-    out = memory_caching(**single, **opts)
+    out = mc_flat(**single, **opts)
     assert out.dtype == torch.float32
     assert ((out.double() - exact).abs().max() / exact.abs().max()).item() < 2e-6
 
@@ -218,10 +218,10 @@ def test_float32_close_to_float64(memory: str, init: str) -> None:
 def test_nan_reaches_only_later_tokens_of_its_row(init: str) -> None:
     inputs = make_inputs("titans", 13, depth=2, seed=11)
     opts = options("titans", "grm", init, chunk_size=4)
-    clean = memory_caching(**inputs, **opts)
+    clean = mc_flat(**inputs, **opts)
     inputs["k"] = inputs["k"].clone()
     inputs["k"][1, 6, 0, 0] = float("nan")
-    out = memory_caching(**inputs, **opts)  # the definition's outputs (a chunk would spread the NaN)
+    out = mc_flat(**inputs, **opts)  # the definition's outputs (a chunk would spread the NaN)
     torch.testing.assert_close(out[0], clean[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out[1, :6], clean[1, :6], rtol=1e-12, atol=1e-12)
     assert out[1, 6:].isnan().any()
@@ -230,7 +230,7 @@ def test_nan_reaches_only_later_tokens_of_its_row(init: str) -> None:
 def test_chunk_must_be_a_power_of_two() -> None:
     inputs = make_inputs("dla", 12, depth=1)
     with pytest.raises(ValueError, match="chunk_size must be a power of two for segmentation='log'"):
-        memory_caching(**inputs, **options("dla", "grm", "checkpoint", chunk_size=6))
+        mc_flat(**inputs, **options("dla", "grm", "checkpoint", chunk_size=6))
 
 
 @pytest.mark.parametrize("memory", ["dla", "titans"])

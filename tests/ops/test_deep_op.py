@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 import torch
+from op_inputs import mc_flat
 
-from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import layer_shapes, network
 
 B, H, D = 2, 2, 4
@@ -38,12 +38,12 @@ def make_inputs(
         params=[0.5 * rand(H, o, i) for o, i in layer_shapes(D, D, depth, expansion)],
         eta=0.2 * torch.rand(B, seq_len, H, generator=gen, dtype=dtype),
         alpha=0.8 + 0.2 * gate,
-        beta=0.9 * torch.rand(B, seq_len, H, generator=gen, dtype=dtype) if memory == "titans" else None,
+        momentum=0.9 * torch.rand(B, seq_len, H, generator=gen, dtype=dtype) if memory == "titans" else None,
     )
 
 
 def run(inputs: dict, **options) -> torch.Tensor:
-    return memory_caching(**inputs, **options)
+    return mc_flat(**inputs, **options)
 
 
 CASES = list(
@@ -112,7 +112,7 @@ def test_gradients_equal_naive(memory: str, aggregation: str, init: str, depth: 
     weight = torch.randn(B, 13, H, D, dtype=torch.float64)
     grads = []
     for backend in ("naive", "torch"):
-        out = memory_caching(**leaves, **options, backend=backend)
+        out = mc_flat(**leaves, **options, backend=backend)
         inputs_ = [*leaves.values(), *params]
         found = torch.autograd.grad((out * weight).sum(), inputs_, allow_unused=True)  # u unused by residual
         grads.append([torch.zeros_like(x) if g is None else g for x, g in zip(inputs_, found, strict=True)])
@@ -203,7 +203,7 @@ def test_causal(aggregation: str) -> None:
     before = run(inputs, **options)
     cut = 9  # inside a chunk
     changed = {n: x.clone() if isinstance(x, torch.Tensor) else x for n, x in inputs.items()}
-    for name in ("q", "k", "v", "u", "eta", "alpha", "beta"):
+    for name in ("q", "k", "v", "u", "eta", "alpha", "momentum"):
         changed[name][:, cut + 1 :] = torch.rand_like(changed[name][:, cut + 1 :])
     after = run(changed, **options)
     torch.testing.assert_close(after[:, : cut + 1], before[:, : cut + 1], rtol=0, atol=0)
@@ -263,8 +263,8 @@ def test_bad_inputs() -> None:
         layer_shapes(D, D, 0, 4)
     with pytest.raises(ValueError, match="expansion"):
         layer_shapes(D, D, 2, 0)
-    with pytest.raises(ValueError, match="beta"):
-        run({**inputs, "beta": None})
+    with pytest.raises(ValueError, match="momentum"):
+        run({**inputs, "momentum": None})
     with pytest.raises(ValueError, match="params"):
         run({**inputs, "params": [w[:1] for w in inputs["params"]]})
     with pytest.raises(ValueError, match="memory"):
@@ -279,7 +279,7 @@ def test_base_memory_equals_naive_with_gradients(memory: str) -> None:
     params = [w.clone().requires_grad_() for w in inputs["params"]]
     grads = []
     for backend in ("naive", "torch"):
-        out = memory_caching(**leaves, memory=memory, params=params, chunk_size=4, backend=backend)
+        out = mc_flat(**leaves, memory=memory, params=params, chunk_size=4, backend=backend)
         grads.append(torch.autograd.grad(out.pow(2).sum(), [*leaves.values(), *params]))
     for fast, ref in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
@@ -290,9 +290,9 @@ def test_public_op_rejects_foreign_inputs(memory: str) -> None:
     inputs = make_inputs(memory)
     options = dict(segment_size=8, chunk_size=4, aggregation="ssc", top_k=1)
     with pytest.raises(ValueError, match=f"memory='{memory}' takes .* not \\['log_decay'\\]"):
-        memory_caching(**inputs, **options, log_decay=torch.zeros(B, 20, H, dtype=torch.float64))
+        mc_flat(**inputs, **options, log_decay=torch.zeros(B, 20, H, dtype=torch.float64))
     with pytest.raises(ValueError, match="needs \\['params'\\]"):
-        memory_caching(**{**inputs, "params": None}, **options)
+        mc_flat(**{**inputs, "params": None}, **options)
     linear = {n: inputs[n] for n in "qkvu"}
     with pytest.raises(ValueError, match=r"memory=.linear. takes .* not \[.eta.\]"):
-        memory_caching(**linear, eta=inputs["eta"])
+        mc_flat(**linear, eta=inputs["eta"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
+from mcrnn.ops.memories import DeltaNet, memory_inputs
 
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 MEMORIES = ("deltanet", "gated_deltanet")
@@ -39,7 +40,7 @@ def make_inputs(
 def run(inputs, memory, **options):
     q, k, v, u = (inputs[n] for n in "qkvu")
     gates = {n: inputs[n] for n in ("log_decay", "beta") if n in inputs}
-    return memory_caching(q, k, v, u, memory=memory, **gates, **options)
+    return memory_caching(q, k, v, u, memory=memory_inputs(memory, **gates), **options)
 
 
 def assert_fast_matches_naive(inputs, memory, **options):
@@ -121,7 +122,7 @@ def test_full_strength_with_orthonormal_keys_overwrites(backend):
     queries = eye[[0, 1, 0, 1, 0]]  # read back e0, e1, e0, e1, e0
     q, k, v = (x.view(1, 5, 1, -1) for x in (queries, keys, values))
     out = memory_caching(
-        q, k, v, memory="deltanet", beta=torch.ones(1, 5, 1, dtype=torch.float64), backend=backend
+        q, k, v, memory=DeltaNet(beta=torch.ones(1, 5, 1, dtype=torch.float64)), backend=backend
     )
     want = values[[0, 1, 2, 1, 2]]  # e0 -> v0, e1 -> v1, e0 -> v2 (not v0 + v2), e1 -> v1, e0 -> v2
     torch.testing.assert_close(out[0, :, 0], want, **TOL)
@@ -251,7 +252,7 @@ def test_bad_inputs_are_named(memory, gates, message):
     q = torch.randn(1, 5, 2, 4)
     full = {name: torch.full((1, 5, 2), value) for name, value in gates.items()}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        memory_caching(q, q, q, memory=memory, **full)
+        memory_caching(q, q, q, memory=memory_inputs(memory, **full))
 
 
 @pytest.mark.parametrize(
@@ -264,4 +265,4 @@ def test_bad_inputs_are_named(memory, gates, message):
 def test_unsupported_options_are_rejected(options, message):
     q = torch.randn(1, 5, 2, 4)
     with pytest.raises(ValueError, match=message):
-        memory_caching(q, q, q, memory="deltanet", beta=torch.full((1, 5, 2), 0.5), **options)
+        memory_caching(q, q, q, memory=DeltaNet(beta=torch.full((1, 5, 2), 0.5)), **options)

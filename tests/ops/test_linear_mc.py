@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcrnn.ops import memory_caching
+from mcrnn.ops.memories import Linear, memory_inputs
 
 AGGREGATIONS = ("residual", "grm", "soup", "ssc", "average")
 TOL = dict(atol=1e-10, rtol=1e-10)
@@ -44,7 +45,8 @@ def make_inputs(batch=2, seq_len=13, heads=2, key_dim=4, value_dim=3, seed=0, gr
 def run(inputs, **options):
     q, k, v, u = (inputs[n] for n in "qkvu")
     extra = {n: inputs[n] for n in ("log_decay", "prev_gate", "cur_gate") if n in inputs}
-    return memory_caching(q, k, v, u, **extra, **options)
+    memory = memory_inputs(options.pop("memory", "linear"), **extra)
+    return memory_caching(q, k, v, u, memory=memory, **options)
 
 
 def top_k_for(aggregation):
@@ -293,7 +295,7 @@ def test_u_defaults_to_q():
     inputs = make_inputs()
     inputs_q = dict(inputs, u=inputs["q"])
     no_u = memory_caching(
-        inputs["q"], inputs["k"], inputs["v"], segment_size=3, log_decay=inputs["log_decay"]
+        inputs["q"], inputs["k"], inputs["v"], segment_size=3, memory=Linear(inputs["log_decay"])
     )
     torch.testing.assert_close(no_u, run(inputs_q, segment_size=3), atol=0, rtol=0)
 

@@ -9,6 +9,7 @@ import torch
 
 from mcrnn.ops import memory_caching
 from mcrnn.ops.linear import chunk as linear_chunk
+from mcrnn.ops.memories import SWLA, Linear
 from mcrnn.ops.read import log as log_chunk
 from mcrnn.ops.read.fenwick import fenwick_buckets
 
@@ -25,7 +26,7 @@ def inputs(seq_len=21, seed=0, grad=False, decay=True):
 
 def run(x, **options):
     return memory_caching(
-        x["q"], x["k"], x["v"], x["u"], log_decay=x["log_decay"], segmentation="log", **options
+        x["q"], x["k"], x["v"], x["u"], memory=Linear(x["log_decay"]), segmentation="log", **options
     )
 
 
@@ -150,7 +151,7 @@ def test_prefix_outputs_do_not_depend_on_later_tokens():
 
 def test_log_differs_from_constant_segments():
     x = inputs(seq_len=16)
-    constant = memory_caching(x["q"], x["k"], x["v"], x["u"], segment_size=4, log_decay=x["log_decay"])
+    constant = memory_caching(x["q"], x["k"], x["v"], x["u"], segment_size=4, memory=Linear(x["log_decay"]))
     assert not torch.allclose(run(x), constant)
 
 
@@ -166,6 +167,6 @@ def test_bad_log_options(kwargs, match):
     q = torch.randn(1, 4, 1, 2)
     options = {"segmentation": "log", **kwargs}
     if options.get("memory") == "swla":
-        options.update(prev_gate=torch.rand(1, 4, 1), cur_gate=torch.rand(1, 4, 1))
+        options["memory"] = SWLA(prev_gate=torch.rand(1, 4, 1), cur_gate=torch.rand(1, 4, 1))
     with pytest.raises(ValueError, match=match):
         memory_caching(q, q, q, **options)

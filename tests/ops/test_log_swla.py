@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
+from mcrnn.ops.memories import SWLA, Linear
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 AGGREGATIONS = ["residual", "grm", "ssc", "average"]
@@ -25,7 +26,7 @@ def inputs(seq_len=21, seed=0, grad=False, decay=True, dtype=torch.float64):
 def run(x, **options):
     tensors = {n: t for n, t in x.items() if n not in "qkvu"}
     return memory_caching(
-        x["q"], x["k"], x["v"], x["u"], memory="swla", segmentation="log", **tensors, **options
+        x["q"], x["k"], x["v"], x["u"], memory=SWLA(**tensors), segmentation="log", **options
     )
 
 
@@ -57,7 +58,7 @@ def test_the_previous_token_term_is_read():
     x = inputs()
     silent = dict(x, prev_gate=torch.zeros_like(x["prev_gate"]))
     linear = memory_caching(
-        x["q"], x["k"] * x["cur_gate"].unsqueeze(-1), x["v"], x["u"], log_decay=x["log_decay"],
+        x["q"], x["k"] * x["cur_gate"].unsqueeze(-1), x["v"], x["u"], memory=Linear(x["log_decay"]),
         segmentation="log", aggregation="residual",
     )
     torch.testing.assert_close(run(silent, aggregation="residual"), linear, **TOL)
@@ -82,8 +83,8 @@ def test_decoding_equals_parallel(aggregation, prefill):
 
 def test_a_linear_cache_is_refused_by_an_swla_call():
     x = inputs()
-    linear = {n: x[n] for n in ("q", "k", "v", "u", "log_decay")}
-    _, cache = memory_caching(**linear, segmentation="log", output_cache=True)
+    linear = {n: x[n] for n in ("q", "k", "v", "u")}
+    _, cache = memory_caching(**linear, memory=Linear(x["log_decay"]), segmentation="log", output_cache=True)
     step = {n: (t[:, :1] if t is not None else None) for n, t in x.items()}
     with pytest.raises(ValueError, match="the cache is for memory='linear'"):
         run(step, cache=cache)

@@ -88,6 +88,7 @@ def test_grouped_decoding_continues_the_prefill() -> None:
         ({"memory": "titans"}, ValueError, r"needs \['params', 'eta', 'alpha', 'momentum'\]"),
         ({"memory": Linear(), "log_decay": torch.zeros(B, T, H)}, ValueError, r"inside memory=Linear"),
         ({"memory": "linear", "gamma": 1.0}, TypeError, r"unexpected keyword arguments \['gamma'\]"),
+        ({"memory": "linear", "cur_gate": torch.ones(B, T, H)}, ValueError, "memory='linear' takes"),
         ({"memory": 3}, TypeError, "memory must be a family name"),
         ({"memory": "gla2"}, ValueError, "memory must be one of"),
     ],

@@ -14,14 +14,14 @@ import math
 
 import pytest
 import torch
+from op_inputs import mc_flat
 
-from mcrnn.ops import memory_caching as checked_memory_caching
 from mcrnn.ops.linear import chunk
 from mcrnn.ops.linear import triton as mc_triton
 from mcrnn.ops.read import matrix
 
 #: the paths themselves, past the public checks (which reject a non-finite gate: tests/ops/test_spec.py)
-memory_caching = functools.partial(checked_memory_caching, check_inputs=False)
+memory_caching = functools.partial(mc_flat, check_inputs=False)
 
 B, T, H, DK, DV = 2, 21, 2, 8, 4  # T not a multiple of the segment, Dk != Dv
 POS, SEGMENT = 11, 5  # the corrupted token (row 0, head 1) and the constant segment size
@@ -223,7 +223,7 @@ def test_deep_memories_stay_causal(memory, name):
     inputs["eta"] = 0.2 * torch.rand(B, T, H, generator=gen)
     inputs["alpha"] = 0.8 + 0.2 * torch.rand(B, T, H, generator=gen)
     if memory == "titans":
-        inputs["beta"] = 0.9 * torch.rand(B, T, H, generator=gen)
+        inputs["momentum"] = 0.9 * torch.rand(B, T, H, generator=gen)
     params = [0.5 * torch.randn(H, DK, DK, generator=gen)]
     opts = dict(memory=memory, params=params, segment_size=8, chunk_size=4, aggregation="grm")
     clean = memory_caching(**inputs, **opts)

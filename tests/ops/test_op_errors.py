@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mcrnn.ops import memory_caching
+from mcrnn.ops.memories import Linear
 
 
 def tensors(batch=1, seq_len=6, heads=2, key_dim=4, value_dim=3):
@@ -41,10 +42,9 @@ def tensors(batch=1, seq_len=6, heads=2, key_dim=4, value_dim=3):
         (lambda q, k, v: (q, k, v), {"pooling": "max"}, ValueError, "pooling"),
         (lambda q, k, v: (q, k, v), {"memory": "lstm"}, ValueError, "memory"),
         (lambda q, k, v: (q, k, v), {"backend": "cuda"}, ValueError, "backend"),
-        (lambda q, k, v: (q, k, v), {"log_decay": torch.full((1, 6, 2), 0.1)}, ValueError, "log_decay"),
-        (lambda q, k, v: (q, k, v), {"log_decay": torch.zeros(1, 6)}, ValueError, "log_decay must be"),
+        (lambda q, k, v: (q, k, v), {"memory": Linear(torch.full((1, 6, 2), 0.1))}, ValueError, "log_decay"),
+        (lambda q, k, v: (q, k, v), {"memory": Linear(torch.zeros(1, 6))}, ValueError, "log_decay must be"),
         (lambda q, k, v: (q, k, v), {"memory": "swla"}, ValueError, "prev_gate"),
-        (lambda q, k, v: (q, k, v), {"cur_gate": torch.ones(1, 6, 2)}, ValueError, "memory='linear' takes"),
         (lambda q, k, v: (q, k, v), {"chunk_size": 0}, ValueError, "chunk_size"),
         (lambda q, k, v: (q, k, v), {"cache": {}}, TypeError, "cache"),
     ],

@@ -9,6 +9,7 @@ from mcrnn.layers import MemoryCachingAttention
 from mcrnn.models import MCConfig
 from mcrnn.ops import MCSpec, memory_caching
 from mcrnn.ops.deep import layer_shapes
+from mcrnn.ops.memories import SWLA, Linear, memory_inputs
 from mcrnn.ops.spec import check_memory
 
 B, T, H, D = 1, 8, 2, 4
@@ -78,20 +79,23 @@ def _op(options: dict) -> None:
     options = dict(options)
     memory = options.get("memory", "linear")
     gen = torch.Generator().manual_seed(0)
+    gates: dict = {}
     q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
     if memory == "swla":
-        options.update(prev_gate=torch.rand(B, T, H), cur_gate=torch.rand(B, T, H))
+        gates.update(prev_gate=torch.rand(B, T, H), cur_gate=torch.rand(B, T, H))
     if memory in ("gla", "kda"):
-        options["log_decay"] = -torch.rand(B, T, H, D)  # one per key channel
+        gates["log_decay"] = -torch.rand(B, T, H, D)  # one per key channel
     if memory in ("deltanet", "gated_deltanet", "kda"):
-        options["beta"] = torch.rand(B, T, H)
+        gates["beta"] = torch.rand(B, T, H)
         if memory == "gated_deltanet":
-            options["log_decay"] = -torch.rand(B, T, H)
+            gates["log_decay"] = -torch.rand(B, T, H)
     if memory in ("dla", "titans"):
-        options["params"] = [0.1 * torch.randn(H, o, i) for o, i in layer_shapes(D, D, 2, 2)]
-        options.update(eta=0.1 * torch.rand(B, T, H), alpha=torch.ones(B, T, H))
+        gates["params"] = [0.1 * torch.randn(H, o, i) for o, i in layer_shapes(D, D, 2, 2)]
+        gates.update(eta=0.1 * torch.rand(B, T, H), alpha=torch.ones(B, T, H))
         if memory == "titans":
-            options["beta"] = torch.rand(B, T, H)
+            gates["momentum"] = torch.rand(B, T, H)
+    if gates:
+        options["memory"] = memory_inputs(memory, **gates)
     memory_caching(q, k, v, **options)
 
 
@@ -173,15 +177,13 @@ def test_gate_ranges_checked_once_and_skippable() -> None:
     bad = torch.zeros(B, T, H)
     bad[0, 3, 1] = 0.5
     with pytest.raises(ValueError, match=r"log_decay must be finite and <= 0"):
-        memory_caching(q, q, q, log_decay=bad)
+        memory_caching(q, q, q, memory=Linear(bad))
     bad[0, 3, 1] = -float("inf")
     with pytest.raises(ValueError, match=r"log_decay must be finite and <= 0; got 1 non-finite"):
-        memory_caching(q, q, q, log_decay=bad)
+        memory_caching(q, q, q, memory=Linear(bad))
     with pytest.raises(ValueError, match=r"cur_gate must be finite and in \[0, 1\]"):
-        memory_caching(
-            q, q, q, memory="swla", prev_gate=torch.rand(B, T, H), cur_gate=1 + torch.rand(B, T, H)
-        )
-    memory_caching(q, q, q, log_decay=-torch.rand(B, T, H), check_inputs=False)  # valid, unchecked
+        memory_caching(q, q, q, memory=SWLA(prev_gate=torch.rand(B, T, H), cur_gate=1 + torch.rand(B, T, H)))
+    memory_caching(q, q, q, memory=Linear(-torch.rand(B, T, H)), check_inputs=False)  # valid, unchecked
 
 
 @pytest.mark.parametrize(

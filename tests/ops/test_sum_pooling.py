@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from op_inputs import mc_flat
 
-from mcrnn.ops import memory_caching
 from mcrnn.ops.deep import layer_shapes
 from mcrnn.ops.linear import triton as mc_triton
 
@@ -34,7 +34,9 @@ def deep_inputs(memory: str, seed: int = 0) -> dict:
         params=[0.5 * rand(H, o, i) for o, i in layer_shapes(D, D, 2, 2)],
         eta=0.2 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
         alpha=0.8 + 0.2 * torch.rand(B, T, H, generator=gen, dtype=torch.float64),
-        beta=0.9 * torch.rand(B, T, H, generator=gen, dtype=torch.float64) if memory == "titans" else None,
+        momentum=(
+            0.9 * torch.rand(B, T, H, generator=gen, dtype=torch.float64) if memory == "titans" else None
+        ),
     )
 
 
@@ -45,10 +47,10 @@ def decode(inputs: dict, prefill: int, **options) -> torch.Tensor:
     def part(sl: slice) -> dict:
         return {n: x[:, sl] if n in per_token else x for n, x in inputs.items()}
 
-    out, cache = memory_caching(**part(slice(0, prefill)), output_cache=True, **options)
+    out, cache = mc_flat(**part(slice(0, prefill)), output_cache=True, **options)
     outputs = [out]
     for t in range(prefill, T):
-        out, cache = memory_caching(**part(slice(t, t + 1)), cache=cache, output_cache=True, **options)
+        out, cache = mc_flat(**part(slice(t, t + 1)), cache=cache, output_cache=True, **options)
         outputs.append(out)
     return torch.cat(outputs, 1)
 
@@ -82,10 +84,10 @@ def test_matrix_memories(memory: str, aggregation: str, init: str, path: str) ->
     def run(pooling: str) -> torch.Tensor:
         if path == "decode":
             return decode(inputs, 4, pooling=pooling, **options)
-        return memory_caching(**inputs, pooling=pooling, backend="torch", chunk_size=2, **options)
+        return mc_flat(**inputs, pooling=pooling, backend="torch", chunk_size=2, **options)
 
     assert_sum_path(
-        run, lambda pooling: memory_caching(**inputs, pooling=pooling, backend="naive", **options)
+        run, lambda pooling: mc_flat(**inputs, pooling=pooling, backend="naive", **options)
     )
 
 
@@ -98,10 +100,10 @@ def test_log_segments(aggregation: str, path: str) -> None:
     def run(pooling: str) -> torch.Tensor:
         if path == "decode":
             return decode(inputs, 5, pooling=pooling, **options)
-        return memory_caching(**inputs, pooling=pooling, backend="torch", chunk_size=2, **options)
+        return mc_flat(**inputs, pooling=pooling, backend="torch", chunk_size=2, **options)
 
     assert_sum_path(
-        run, lambda pooling: memory_caching(**inputs, pooling=pooling, backend="naive", **options)
+        run, lambda pooling: mc_flat(**inputs, pooling=pooling, backend="naive", **options)
     )
 
 
@@ -114,10 +116,10 @@ def test_deep_memories(memory: str, aggregation: str, path: str) -> None:
     def run(pooling: str) -> torch.Tensor:
         if path == "decode":
             return decode(inputs, 5, pooling=pooling, **options)
-        return memory_caching(**inputs, pooling=pooling, **options)
+        return mc_flat(**inputs, pooling=pooling, **options)
 
     assert_sum_path(
-        run, lambda pooling: memory_caching(**inputs, pooling=pooling, backend="naive", **options)
+        run, lambda pooling: mc_flat(**inputs, pooling=pooling, backend="naive", **options)
     )
 
 
@@ -133,10 +135,10 @@ def test_triton(aggregation: str) -> None:
     options = dict(segment_size=4, aggregation=aggregation, top_k=1)
 
     def run(pooling: str) -> torch.Tensor:
-        return memory_caching(**inputs, pooling=pooling, backend="triton", **options).double()
+        return mc_flat(**inputs, pooling=pooling, backend="triton", **options).double()
 
     wide = {n: x.double() for n, x in inputs.items()}
-    expected = memory_caching(**wide, pooling="sum", backend="naive", **options)
+    expected = mc_flat(**wide, pooling="sum", backend="naive", **options)
     got = run("sum")
     assert (got - expected).abs().max() <= 2e-6 * expected.abs().max()
     assert not torch.allclose(got, run("mean"), atol=1e-3)

@@ -7,6 +7,7 @@ import torch
 
 from mcrnn.ops import memory_caching
 from mcrnn.ops.linear import triton as mc_triton
+from mcrnn.ops.memories import memory_inputs
 
 UNSUPPORTED = mc_triton.unsupported_reason(torch.zeros(1), head_dims=(16,))
 pytestmark = pytest.mark.skipif(UNSUPPORTED is not None, reason=f"Triton kernels cannot run: {UNSUPPORTED}")
@@ -29,15 +30,15 @@ def test_triton_backend_matches_torch(aggregation, init, memory):
         segment_size=6,
         aggregation=aggregation,
         init=init,
-        memory=memory,
-        log_decay=log_decay,
         top_k=2 if aggregation == "ssc" else None,
         output_cache=True,
     )
+    gates = {"log_decay": log_decay}
     if memory == "swla":
-        options.update(
+        gates.update(
             prev_gate=torch.rand(1, 20, 2, generator=gen), cur_gate=torch.rand(1, 20, 2, generator=gen)
         )
+    options["memory"] = memory_inputs(memory, **gates)
     expected, expected_cache = memory_caching(q, k, v, u, backend="torch", **options)
     got, cache = memory_caching(q, k, v, u, backend="triton", **options)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

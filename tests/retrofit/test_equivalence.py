@@ -3,10 +3,10 @@ op (the naive token-loop definition, float64) on the q, k, v and gates the host 
 
 import pytest
 import torch
+from op_inputs import mc_flat
 from tiny import CONFIGS, DELTA_FAMILIES, KDA_FAMILIES, logits, tiny_model
 
 import mcrnn.retrofit.families as families
-from mcrnn.ops import memory_caching
 from mcrnn.retrofit import add_memory_caching, remove_memory_caching, supported_layers
 
 IDS = torch.randint(2, 64, (2, 37), generator=torch.Generator().manual_seed(0))
@@ -86,7 +86,7 @@ def test_read_is_the_op_on_the_layers_inputs(monkeypatch, name, options, router)
     memory = {"gated_deltanet": "gated_deltanet", "kda": "kda", "mamba2": "linear"}[family]
     # check_inputs=False: OLMo-hybrid (allow_neg_eigval) writes with beta in [0, 2], where the op asks [0, 1]
     options = {"spec": spec, "memory": memory, "backend": "naive", "check_inputs": False}
-    expected = memory_caching(q, k, v, u, **options, **gates)
+    expected = mc_flat(q, k, v, u, **options, **gates)
     if family == "mamba2":
         expected = expected + layer.D[:, None] * v
     torch.testing.assert_close(core_out.reshape(expected.shape), expected, atol=1e-10, rtol=1e-10)
