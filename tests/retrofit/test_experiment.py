@@ -42,3 +42,13 @@ def test_verdict_is_the_margin_rule():
     assert experiment.verdict((0.9, 0.05, 3), (0.5, 0.1, 3)) == "+0.400 helps"
     assert experiment.verdict((0.3, 0.05, 3), (0.5, 0.1, 3)) == "-0.200 hurts"
     assert experiment.verdict((0.6, 0.05, 3), (0.5, 0.1, 3)) == "+0.100 within noise"  # 0.1 <= 0.15
+
+
+def test_summary_names_where_each_read_helps_or_hurts():
+    base = {16: (0.9, 0.0, 3), 128: (0.5, 0.1, 3)}
+    moved = {16: (0.7, 0.05, 3), 128: (0.9, 0.05, 3)}
+    stats = {"none": base, **{v: moved for v in experiment.VARIANTS if v != "none"}}
+    stats["average"] = base
+    text = experiment.summary(stats, [16, 128])
+    assert "`average` within noise at every length." in text
+    assert "`grm+query` helps at T=128; hurts at T=16." in text

@@ -212,6 +212,22 @@ def verdict(variant: tuple[float, float, int], base: tuple[float, float, int]) -
     return f"{change:+.3f} {'helps' if change > 0 else 'hurts'}"
 
 
+def summary(stats: dict[str, dict[int, tuple[float, float, int]]], lengths: list[int]) -> str:
+    """Per MC read, the lengths where it helps or hurts by the margin rule ("within noise" elsewhere)."""
+    parts = []
+    for variant in VARIANTS:
+        if variant == "none":
+            continue
+        found = {"helps": [], "hurts": []}
+        for n in lengths:
+            word = verdict(stats[variant][n], stats["none"][n]).split(" ", 1)[1]
+            if word in found:
+                found[word].append(f"T={n}")
+        said = [f"{word} at {', '.join(at)}" for word, at in found.items() if at]
+        parts.append(f"`{variant}` {'; '.join(said) if said else 'within noise at every length'}")
+    return ". ".join(parts) + "."
+
+
 def task_section(task: str, results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
     """One task's table (accuracy per variant and length), its verdicts against ``none``, and a plot."""
     from mcrnn.eval.experiments.page import relative
@@ -243,6 +259,7 @@ def task_section(task: str, results: list[dict], plot_dir: Path, page_dir: Path)
         "Change of the mean from `none` (helps / hurts only when larger than the sum of the two stds):\n",
         format_table(changes, ["read", *columns]),
         "",
+        f"In words: {summary(stats, lengths)}\n",
         f"Learned gates |gamma| after router training (per head, all runs): max {max(gates, default=0):.3f}."
         "\n",
         f"![retrofit {task}]({relative(plot, page_dir)})\n",
@@ -265,4 +282,9 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
         ran = [r for r in results if r["model"] == task]
         if ran:
             lines += task_section(task, ran, plot_dir, page_dir)
+    lines.append(
+        "The published peer result this is set against: a learned read-out router on a frozen pretrained "
+        "Mamba2 lifted 8K passkey retrieval from 0.74 to 0.99, while its fixed aggregations collapsed at "
+        "long context, and multi-key recall did not improve.\n"
+    )
     return lines
