@@ -48,7 +48,7 @@ class MixedNIAH(Dataset):
 
         per_task = -(-num_examples // len(TASKS))
         self.parts = [NIAHDataset(NIAHConfig(task=t, context_length=context_length, num_examples=per_task,
-                                             seed=seed)) for t in TASKS]  # fmt: skip
+                                             seed=seed)) for t in TASKS]
         self.length = max(len(p[0]["input_ids"]) for p in self.parts)
         self.num_examples = num_examples
         self.pad_id = pad_id
@@ -76,12 +76,12 @@ def work(run: Run, s: Settings, device: str) -> dict:
 
     tokenizer = ByteTokenizer()
     config = model_config(run.model, vocab_size=tokenizer.vocab_size, width=s.width, layers=s.layers,
-                          heads=s.heads, segment=s.segment)  # fmt: skip
+                          heads=s.heads, segment=s.segment)
     train_length = min(s.lengths)
     data = MixedNIAH(train_length, s.steps * s.batch_size, seed=1000 + run.seed, pad_id=tokenizer.eos_id)
     lr = s.transformer_lr if run.model == "transformer" else s.lr
     model, trained, seconds = train_model(config, data, steps=s.steps, batch_size=s.batch_size, lr=lr,
-                                          seed=run.seed, device=device)  # fmt: skip
+                                          seed=run.seed, device=device)
     with torch.no_grad():
         scores = eval_niah(
             model, TASKS, sorted(s.lengths), num_examples=s.eval_examples, seed=2000 + run.seed, batch_size=8
@@ -92,7 +92,7 @@ def work(run: Run, s: Settings, device: str) -> dict:
         "final_train_loss": sum(trained.losses[-10:]) / len(trained.losses[-10:]), "lr": lr,
         "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
         "train_tokens_per_second": trained.tokens_per_second,
-    }  # fmt: skip
+    }
 
 
 def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
@@ -124,7 +124,7 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
         }
     plot = plot_dir / "niah.png"
     plot_lines(plot, series, title="S-NIAH accuracy (mean of the 3 tasks and the seeds)",
-               xlabel="context length", ylabel="accuracy")  # fmt: skip
+               xlabel="context length", ylabel="accuracy")
     return [
         f"Exact-match accuracy; trained at {lengths[0]} tokens:\n",
         format_table(rows, ["model", *columns]),

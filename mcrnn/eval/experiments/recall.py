@@ -34,7 +34,7 @@ from mcrnn.eval.experiments.runner import MODELS, Run, model_config, size_tag, t
 
 NAME = "recall"
 MODEL_NAMES = ("base", "grm", "ssc", "log", "gdn-base", "gdn-grm", "gdn-ssc", "dla-base", "dla-grm",
-               "dla-soup", "dla-ssc", "dla-log", "transformer", "transformer-conv")  # fmt: skip
+               "dla-soup", "dla-ssc", "dla-log", "transformer", "transformer-conv")
 ATTENTION = ("transformer", "transformer-conv")
 
 
@@ -59,7 +59,7 @@ class Settings:
 
 QUICK = Settings(num_pairs=2, seq_len=16, widths=(8,), deep_widths=(8,), attention_widths=(8,),
                  plain_attention_widths=(8,), heads=2, segment=4, steps=2, batch_size=2,
-                 eval_examples=4)  # fmt: skip
+                 eval_examples=4)
 
 
 def plan(settings: Settings, seeds: list[int]) -> list[Run]:
@@ -124,18 +124,18 @@ def work(run: Run, s: Settings, device: str) -> dict:
     width = width_of(run.size)
     chunk = {} if "chunk_size" in MODELS[run.model][1] else {"chunk_size": s.segment}  # as the demo
     config = model_config(run.model, vocab_size=s.vocab_size, width=width, layers=s.layers, heads=s.heads,
-                          segment=s.segment, **chunk)  # fmt: skip
+                          segment=s.segment, **chunk)
     mqar = MQARConfig(s.vocab_size, s.num_pairs, s.seq_len, s.steps * s.batch_size, seed=run.seed)
     lr = s.transformer_lr if run.model in ATTENTION else s.lr
     model, trained, seconds = train_model(config, MQARDataset(mqar), steps=s.steps, batch_size=s.batch_size,
-                                          lr=lr, seed=run.seed, device=device)  # fmt: skip
+                                          lr=lr, seed=run.seed, device=device)
     held_out = replace(mqar, num_examples=s.eval_examples, seed=run.seed + 1)
     scores = evaluate_lm(model, MQARDataset(held_out), batch_size=64)
     return {
         "width": width, "accuracy": scores["accuracy"], "eval_loss": scores["loss"],
         "params": sum(p.numel() for p in model.parameters()), "lr": lr, "train_seconds": seconds,
         "train_tokens_per_second": trained.tokens_per_second,
-    }  # fmt: skip
+    }
 
 
 def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
@@ -149,16 +149,16 @@ def section(results: list[dict], plot_dir: Path, page_dir: Path) -> list[str]:
     rows, series = [], {}
     for model in MODEL_NAMES:
         stats = {w: metric_stats(groups[(model, w)], lambda r: r["metrics"]["accuracy"])
-                 for w in widths if (model, w) in groups}  # fmt: skip
+                 for w in widths if (model, w) in groups}
         if not stats:
             continue
         params = {w: groups[(model, w)][0]["metrics"]["params"] for w in stats}
         rows.append({"model": MODELS[model][0], **{f"width {w}": cell(stats.get(w)) for w in widths},
-                     "params": " / ".join(f"{params[w]:,}" for w in sorted(params))})  # fmt: skip
+                     "params": " / ".join(f"{params[w]:,}" for w in sorted(params))})
         series[MODELS[model][0]] = {w: stats[w][0] for w in stats}
     plot = plot_dir / "recall.png"
     plot_lines(plot, series, title="MQAR accuracy vs width (mean over seeds)", xlabel="width",
-               ylabel="accuracy")  # fmt: skip
+               ylabel="accuracy")
     s = results[0]["settings"]
     chance = 1 / (s["vocab_size"] - s["vocab_size"] // 2)
     return [
