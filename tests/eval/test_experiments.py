@@ -577,3 +577,33 @@ def test_a_recall_run_scores_what_the_demo_scores_for_the_same_seed(tmp_path):
     )
     ours = recall.work(Run("recall", "grm", size_tag("w32", s), 1), s, "cpu")
     assert (ours["eval_loss"], ours["accuracy"]) == (demo["grm"]["eval_loss"], demo["grm"]["accuracy"])
+
+
+def test_recorded_commit_is_dirty_only_when_the_code_changed(tmp_path, monkeypatch):
+    """A rewritten results page (docs/) left the next runs marked ``+dirty`` though their code was the
+    commit's; only a change under mcrnn/ or pyproject.toml counts."""
+    import subprocess
+
+    from mcrnn.eval.experiments import runner
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "mcrnn").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "mcrnn" / "code.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "results.md").write_text("page\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(runner, "checkout_root", lambda: tmp_path)
+
+    def commit() -> str:
+        runner.source_commit.cache_clear()
+        return runner.source_commit()
+
+    (tmp_path / "docs" / "results.md").write_text("page rewritten by a run\n")
+    assert not commit().endswith("+dirty")
+    (tmp_path / "mcrnn" / "code.py").write_text("x = 2\n")
+    assert commit().endswith("+dirty")
+    runner.source_commit.cache_clear()

@@ -189,10 +189,16 @@ def checkout_root() -> Path | None:
 CHECKOUT_RUNS = Path("docs") / "results" / "runs"
 
 
+#: the tracked paths whose changes make a run's recorded commit ``+dirty``
+CODE_PATHS = ("mcrnn", "pyproject.toml")
+
+
 @cache
 def source_commit() -> str | None:
-    """The git commit of the checkout mcrnn runs from, ``+dirty`` when tracked files differ from it; None
-    outside a git checkout. Read once per process (the code a process imported is the code it runs)."""
+    """The git commit of the checkout mcrnn runs from, ``+dirty`` when its code (``CODE_PATHS``) differs
+    from it; None outside a git checkout. Only the code counts: a run rewriting the committed page
+    (``docs/``) does not make the next run's code dirty. Read once per process (the code a process imported
+    is the code it runs)."""
     root = checkout_root()
     if root is None:
         return None
@@ -203,7 +209,9 @@ def source_commit() -> str | None:
         ).stdout
 
     try:
-        head, status = git("rev-parse", "HEAD").strip(), git("status", "--porcelain", "--untracked-files=no")
+        head, status = git("rev-parse", "HEAD").strip(), git(
+            "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if status.strip() else "")
