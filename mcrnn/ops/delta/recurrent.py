@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.inputs import compute_dtype
-from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
-from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, matrix_token_step
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token
 
 
 def recurrent_delta_mc(
@@ -56,9 +56,7 @@ def recurrent_delta_mc(
             predicted = decay.unsqueeze(-1) * predicted
         pseudo_v = beta[:, t].to(dtype).unsqueeze(-1) * (v_t - predicted)
         write = k_t.unsqueeze(-1) * pseudo_v.unsqueeze(-2)
-        if isinstance(cache, FenwickMemoryCache):  # checkpoint: the online state is the prefix state
-            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
-        else:
-            y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=decay)
+        # log (checkpoint only): the Fenwick cache's online state is the prefix state
+        y, cache = matrix_token_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.inputs import compute_dtype
-from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
-from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, matrix_token_step
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token
 
 
 def recurrent_gla_mc(
@@ -39,10 +39,8 @@ def recurrent_gla_mc(
         q_t, k_t, v_t, u_t = (x[:, t].to(dtype) for x in (q, k, v, u))
         step_log_decay = log_decay[:, t].to(dtype)
         write = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
-        if isinstance(cache, FenwickMemoryCache):
-            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
-        else:
-            decay = step_log_decay.exp()
-            y, cache = recurrent_step(q_t, k_t, u_t, cache=open_token(cache), write=write, decay=decay)
+        if isinstance(cache, MatrixMemoryCache):
+            cache = open_token(cache)
+        y, cache = matrix_token_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from mcrnn.ops.inputs import compute_dtype
-from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
-from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, matrix_token_step
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token
 
 
 def recurrent_kda_mc(
@@ -51,9 +51,6 @@ def recurrent_kda_mc(
         predicted = torch.einsum("bhk,bhkv->bhv", k_t * step_log_decay.exp(), cache.online)  # M'^T k
         pseudo_v = beta[:, t].to(dtype).unsqueeze(-1) * (v_t - predicted)
         write = k_t.unsqueeze(-1) * pseudo_v.unsqueeze(-2)
-        if isinstance(cache, FenwickMemoryCache):
-            y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
-        else:
-            y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=step_log_decay.exp())
+        y, cache = matrix_token_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(q.dtype), cache

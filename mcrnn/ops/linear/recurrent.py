@@ -13,8 +13,8 @@ from dataclasses import replace
 import torch
 
 from mcrnn.ops.inputs import full_precision, to_compute_dtype
-from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, fenwick_step
-from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token, recurrent_step
+from mcrnn.ops.read.fenwick_cache import FenwickMemoryCache, matrix_token_step
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, open_token
 
 
 def token_write(
@@ -81,11 +81,7 @@ def recurrent_linear_mc(
             )
             step_log_decay = None if log_decay is None else log_decay[:, t]
             q_t, k_t, u_t = q_c[:, t], k[:, t], u[:, t]
-            if isinstance(cache, FenwickMemoryCache):
-                y, cache = fenwick_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
-            else:
-                decay = None if step_log_decay is None else step_log_decay.exp()
-                y, cache = recurrent_step(q_t, k_t, u_t, cache=cache, write=write, decay=decay)
+            y, cache = matrix_token_step(q_t, k_t, u_t, cache=cache, write=write, log_decay=step_log_decay)
             if swla:
                 cache = replace(cache, prev_key=k[:, t], prev_value=v[:, t])
             outputs.append(y)

@@ -14,7 +14,7 @@ import torch
 
 from mcrnn.ops.cache import MemoryCache
 from mcrnn.ops.read.fenwick import fenwick_buckets
-from mcrnn.ops.read.matrix_cache import decayed
+from mcrnn.ops.read.matrix_cache import MatrixMemoryCache, decayed, recurrent_step
 from mcrnn.ops.read.segments import mixing_weights
 from mcrnn.ops.spec import MCSpec
 
@@ -211,3 +211,23 @@ def fenwick_prefill_cache(
         cached_log_decay=stacked.get("cached_log_decay", cache.cached_log_decay),
         log_decay_total=cum[:, -1],
     )
+
+
+def matrix_token_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    cache: MatrixMemoryCache | FenwickMemoryCache,
+    write: torch.Tensor,
+    log_decay: torch.Tensor | None,
+) -> tuple[torch.Tensor, MatrixMemoryCache | FenwickMemoryCache]:
+    """One decoded token of any matrix write rule, every segmentation: :func:`fenwick_step` for a
+    :class:`FenwickMemoryCache` (log), else :func:`~mcrnn.ops.read.matrix_cache.recurrent_step` with the
+    decay ``exp(log_decay)`` (a :class:`MatrixMemoryCache` already opened for this token by
+    :func:`~mcrnn.ops.read.matrix_cache.open_token`). q, k, u: [B, H, Dk]; write: [B, H, Dk, Dv];
+    log_decay: [B, H] or [B, H, Dk] or None. Returns ``y`` [B, H, Dv] and the new cache."""
+    if isinstance(cache, FenwickMemoryCache):
+        return fenwick_step(q, k, u, cache=cache, write=write, log_decay=log_decay)
+    decay = None if log_decay is None else log_decay.exp()
+    return recurrent_step(q, k, u, cache=cache, write=write, decay=decay)
