@@ -42,6 +42,7 @@ MC (grm and ssc) beats its base in every seed; the Transformer is at the ceiling
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -64,10 +65,10 @@ class DemoSettings:
     hidden_size: int = 32
     num_heads: int = 4
     num_layers: int = 2
-    segment_size: int = 16
-    init: str = "independent"
-    ssc_top_k: int = 2
-    steps: int = 4000
+    segment_size: int = 8
+    init: str = "checkpoint"
+    ssc_top_k: int = 4
+    steps: int = 3000
     batch_size: int = 16
     lr: float = 1e-2
     transformer_lr: float = 3e-3
@@ -193,7 +194,10 @@ def run_demo(settings: DemoSettings, out: Path, models=DEMO_MODELS, progress: bo
 
 def summarize_seeds(records: dict[int, dict]) -> dict[str, dict]:
     """Per model, the accuracies of every seed (``records[seed]`` is a :func:`run_demo` record), their
-    mean, sample standard deviation (0 for one seed), min and max."""
+    mean, sample standard deviation (0 for one seed), min and max, and the mean training seconds; with
+    ``base`` among the models, every other model also gets ``beats_base`` (the seeds where its accuracy
+    is strictly above the base's of the same seed) and ``min_lead_over_base`` (its smallest
+    ``accuracy - base accuracy`` over the seeds; negative where it lost)."""
     models = [name for name in DEMO_MODELS if all(name in record for record in records.values())]
     summary = {}
     for name in models:
@@ -205,23 +209,58 @@ def summarize_seeds(records: dict[int, dict]) -> dict[str, dict]:
             "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "min": min(accuracies),
             "max": max(accuracies),
+            "train_seconds": statistics.fmean(records[seed][name]["train_seconds"] for seed in by_seed),
         }
+    if "base" in summary:
+        base = summary["base"]["accuracy_by_seed"]
+        for name in models:
+            if name != "base":
+                leads = [acc - base[seed] for seed, acc in summary[name]["accuracy_by_seed"].items()]
+                summary[name]["beats_base"] = sum(lead > 0 for lead in leads)
+                summary[name]["min_lead_over_base"] = min(leads)
     return summary
+
+
+def finished_seed(folder: Path, settings: DemoSettings, models) -> dict | None:
+    """The record in ``folder/results.json`` if it is a finished run of exactly ``settings`` at this
+    process's torch thread count holding every one of ``models``, else None."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    same = record.get("settings") == asdict(settings) and all(name in record for name in models)
+    return record if same and record["machine"]["torch_threads"] == torch.get_num_threads() else None
 
 
 def run_seeds(settings: DemoSettings, seeds, out: Path, models=DEMO_MODELS, progress: bool = True) -> dict:
     """:func:`run_demo` once per seed into ``out/seed<N>``; write ``out/summary.json`` (per model: the
-    accuracy of each seed, mean, std, min, max, see :func:`summarize_seeds`), print it and return it."""
+    accuracy of each seed, mean, std, min, max, see :func:`summarize_seeds`), print it and return it.
+
+    A seed whose folder already holds a finished run of the same settings, thread count and models is
+    read back, not trained again: a sweep resumes after an interruption, and processes that split the
+    seeds between them (``--seeds 0 2 4 ...`` and ``--seeds 1 3 5 ...`` into one ``--out``) are gathered
+    by a last call with every seed."""
     from mcrnn.eval.report import format_table, write_json
 
     seeds = list(dict.fromkeys(seeds))
-    records = {
-        seed: run_demo(replace(settings, seed=seed), out / f"seed{seed}", models, progress) for seed in seeds
-    }
+    records = {}
+    for seed in seeds:
+        seed_settings, folder = replace(settings, seed=seed), out / f"seed{seed}"
+        records[seed] = finished_seed(folder, seed_settings, models)
+        if records[seed] is None:
+            records[seed] = run_demo(seed_settings, folder, models, progress)
+        else:
+            print(f"seed {seed}: finished before, read from {folder / 'results.json'}", flush=True)
     summary = summarize_seeds(records)
-    write_json(out / "summary.json", {"seeds": seeds, "models": summary, "settings": asdict(settings)})
+    machine = next(iter(records.values()))["machine"]
+    write_json(
+        out / "summary.json",
+        {"seeds": seeds, "threads": machine["torch_threads"], "machine": machine, "models": summary,
+         "settings": asdict(settings)},
+    )
     rows = [
         {"model": name, "mean": r["mean"], "std": r["std"], "min": r["min"], "max": r["max"],
+         "beats base": f"{r['beats_base']}/{len(seeds)}" if "beats_base" in r else "",
          **{f"seed {seed}": acc for seed, acc in r["accuracy_by_seed"].items()}}
         for name, r in summary.items()
     ]
@@ -244,6 +283,8 @@ EXAMPLES = """
   mcrnn demo
   mcrnn demo --steps 200 --models base grm --out runs/demo_quick
   mcrnn demo --seeds 0 1 2 --out runs/demo_seeds
+  mcrnn demo --seeds 0 1 2 3 4 5 6 7 8 9 --threads 1 --models base grm ssc --out docs/results/demo/threads1
+  mcrnn demo --table docs/results/demo --write-docs README.md
 """
 
 
@@ -272,9 +313,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="subset of the models to train",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--table", metavar="FOLDER", default=None,
+        help="train nothing: print the README's table of the seed sweeps (summary.json files) under FOLDER",
+    )
+    parser.add_argument(
+        "--write-docs", metavar="FILE", default=None,
+        help="with --table: replace the table between its markers in FILE",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.table is not None:
+        from mcrnn.eval.demo_table import write_table
+
+        return write_table(Path(args.table), None if args.write_docs is None else Path(args.write_docs))
+    if args.write_docs is not None:
+        raise ValueError("--write-docs needs --table")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     unknown = sorted(set(args.models) - set(DEMO_MODELS))
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; choose from {DEMO_MODELS}")
