@@ -231,8 +231,9 @@ def finished_seed(folder: Path, settings: DemoSettings, models) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
+    threads = record.get("machine", {}).get("torch_threads")
     same = record.get("settings") == asdict(settings) and all(name in record for name in models)
-    return record if same and record["machine"]["torch_threads"] == torch.get_num_threads() else None
+    return record if same and threads == torch.get_num_threads() else None
 
 
 def run_seeds(settings: DemoSettings, seeds, out: Path, models=DEMO_MODELS, progress: bool = True) -> dict:
