@@ -1,4 +1,4 @@
-"""``recall`` (paper Fig. 5, Zoology style): MQAR accuracy at the demo's budget, every family.
+"""``recall`` (paper Fig. 5, Zoology style): MQAR accuracy, the demo's task at 4000 steps, every family.
 
 Models: the linear memory (the demo's gated linear attention) as the base RNN, + GRM, + SSC (top-2) and
 Log-Linear++; gated DeltaNet as the base RNN, + GRM and + SSC; one deep memory (DLA) as the base RNN, +
