@@ -71,10 +71,10 @@ def test_table_rows_per_thread_count_and_write_docs_replaces_only_the_block(tmp_
     _sweep(tmp_path / "sweeps", 2, {"base": [0.2, 0.3], "grm": [0.9, 0.25]})
     _sweep(tmp_path / "sweeps", 1, {"base": [0.2, 0.4], "grm": [0.9, 0.8]})
     table = render_table(tmp_path / "sweeps")
-    base = "| base (gated linear attention) | 1 | 2 | **0.300 ± 0.141** | 0.200-0.400 | - | - | 10 |"
+    base = "| base (gated linear attention) | 1 | 2 | **0.300 ± 0.141** | 0.200-0.400 | - | - |"
     assert table[2] == base
-    assert table[3] == "| + MC `grm` | 1 | 2 | **0.850 ± 0.071** | 0.800-0.900 | 2/2 | +0.400 | 10 |"
-    assert table[5] == "| + MC `grm` | 2 | 2 | **0.575 ± 0.460** | 0.250-0.900 | 1/2 | -0.050 | 10 |"
+    assert table[3] == "| + MC `grm` | 1 | 2 | **0.850 ± 0.071** | 0.800-0.900 | 2/2 | +0.400 |"
+    assert table[5] == "| + MC `grm` | 2 | 2 | **0.575 ± 0.460** | 0.250-0.900 | 1/2 | -0.050 |"
     doc = tmp_path / "README.md"
     doc.write_text(f"# t\n{BEGIN}\n| old |\n{END}\nafter\n", encoding="utf-8")
     assert main(["demo", "--table", str(tmp_path / "sweeps"), "--write-docs", str(doc)]) == 0
