@@ -16,7 +16,8 @@ finished segment). The MC models use ``init="checkpoint"``: the online memory is
 (it keeps running over segment boundaries) and each cached state is its value at a segment's end, so
 a cached state of an early segment holds its pairs with fewer others written over them. Accuracy is
 the fraction of queried values predicted right. The demo runs on one torch thread unless ``--threads``
-says otherwise (at this size a second thread costs more than it gains; README).
+says otherwise: at this size a second thread gains nothing (400 steps of ``grm``: 9.6 s at one thread,
+9.7 s at two, shared 2-core VM) and the accuracies at one and two threads are the same (README).
 
 How the settings were chosen (issue 24): the previous settings (segments of 16, ``init="independent"``,
 SSC top-2, 4000 steps) left each MC model's escape from MQAR's loss plateau to chance (grm 0.47 / 0.25
@@ -60,7 +61,8 @@ DEMO_MODELS = ("base", "grm", "ssc", "transformer")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's task, model and training sizes (defaults: 10 min 47 s measured on a 2-core CPU)."""
+    """The demo's task, model and training sizes (defaults: ``mcrnn demo`` took 5 min 7 s on a 2-core
+    CPU, one torch thread)."""
 
     vocab_size: int = 64
     num_pairs: int = 16
@@ -319,7 +321,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument(
         "--threads", type=positive_int, default=1,
-        help="torch CPU threads (default 1: at the demo's size a second thread costs more than it gains)",
+        help="torch CPU threads (default 1: at the demo's size more threads gain nothing)",
     )
     parser.add_argument(
         "--table", metavar="FOLDER", default=None,
