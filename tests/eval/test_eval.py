@@ -158,3 +158,18 @@ def test_demo_seeds_resume_reads_finished_seeds_and_retrains_changed_ones(tmp_pa
     finally:
         torch.set_num_threads(threads)
     assert trained == [(3, 3, ("base",)), (3, 2, ("base", "grm")), (3, 2, ("base",))]
+
+
+def test_demo_cli_runs_on_one_thread_unless_told(tmp_path):
+    """The default demo sets one torch thread (its sweeps ran at one and two); ``--threads`` changes it."""
+    from mcrnn.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        for argv, expected in (([], 1), (["--threads", "2"], 2)):
+            out = tmp_path / str(expected)
+            argv = ["demo", "--steps", "1", "--models", "base", "--out", str(out), "--no-progress", *argv]
+            assert main(argv) == 0
+            assert json.loads((out / "results.json").read_text())["machine"]["torch_threads"] == expected
+    finally:
+        torch.set_num_threads(threads)
