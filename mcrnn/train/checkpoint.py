@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from mcrnn.retrofit.api import CONFIG_KEY
 from mcrnn.retrofit.hub import add_model_code
+from mcrnn.utils.files import atomic_write_text, fsync_path
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -63,26 +64,6 @@ class DiskFullError(OSError):
 
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a folder's contents (a folder: its entries) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` durably: temporary file, fsync, rename, fsync of the folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:

@@ -22,8 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mcrnn.train.checkpoint import atomic_write_text
 from mcrnn.train.estimate import GPU, GPUS, BlockActivations, estimate_setup, setup_of
+from mcrnn.utils.files import atomic_write_text, marked_block, replace_marked_block
 
 #: the fits of a folder's configs, in the table's row order
 FITS = "block_activations.json"
@@ -105,18 +105,12 @@ def render_table(folder: Path, *, gpu: GPU = GPUS["h100"], gpus: int = 32, mfu: 
 
 def docs_block(doc: Path) -> list[str]:
     """The lines between :data:`BEGIN` and :data:`END` in ``doc``."""
-    lines = Path(doc).read_text(encoding="utf-8").splitlines()
-    if BEGIN not in lines or END not in lines:
-        raise ValueError(f"--write-docs: {doc} has no line {BEGIN!r} followed by {END!r}")
-    return lines[lines.index(BEGIN) + 1 : lines.index(END)]
+    return marked_block(doc, BEGIN, END)
 
 
 def write_docs(doc: Path, table: list[str]) -> None:
     """Replace the lines between the markers of ``doc`` with ``table``, atomically."""
-    docs_block(doc)  # the markers are there
-    lines = Path(doc).read_text(encoding="utf-8").splitlines()
-    begin, end = lines.index(BEGIN), lines.index(END)
-    atomic_write_text(Path(doc), "\n".join([*lines[: begin + 1], *table, *lines[end:]]) + "\n")
+    replace_marked_block(doc, BEGIN, END, table)
 
 
 def run_table(args: argparse.Namespace) -> int:

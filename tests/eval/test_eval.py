@@ -1,5 +1,6 @@
 import json
 from argparse import Namespace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -104,12 +105,14 @@ def test_demo_transformer_has_its_own_width_and_conv_the_mc_models_share_the_bas
 
 
 def test_summarize_seeds_reports_every_seed_and_the_spread():
-    records = {2: {"base": {"accuracy": 0.2}}, 0: {"base": {"accuracy": 0.5}}, 1: {"base": {"accuracy": 0.8}}}
+    records = {
+        seed: {"base": {"accuracy": a, "train_seconds": 1.0}} for seed, a in ((2, 0.2), (0, 0.5), (1, 0.8))
+    }
     summary = summarize_seeds(records)
     assert summary["base"]["accuracy_by_seed"] == {0: 0.5, 1: 0.8, 2: 0.2}
     assert summary["base"]["mean"] == pytest.approx(0.5) and summary["base"]["std"] == pytest.approx(0.3)
     assert (summary["base"]["min"], summary["base"]["max"]) == (0.2, 0.8)
-    assert summarize_seeds({0: {"base": {"accuracy": 0.5}}})["base"]["std"] == 0.0
+    assert summarize_seeds({0: {"base": {"accuracy": 0.5, "train_seconds": 1.0}}})["base"]["std"] == 0.0
 
 
 def test_demo_seeds_runs_each_seed_into_its_own_folder(tmp_path):
@@ -124,3 +127,49 @@ def test_demo_seeds_runs_each_seed_into_its_own_folder(tmp_path):
         record = json.loads((tmp_path / f"seed{seed}" / "results.json").read_text())
         assert record["settings"]["seed"] == seed
         assert summary["base"]["accuracy_by_seed"][seed] == record["base"]["accuracy"]
+
+
+def test_demo_seeds_resume_reads_finished_seeds_and_retrains_changed_ones(tmp_path, monkeypatch):
+    """A sweep split across processes (or interrupted) is gathered by a last call with every seed; a seed
+    of other settings, threads or models is trained again, never mixed in."""
+    from mcrnn.eval import demo
+
+    settings = DemoSettings(
+        vocab_size=32, num_pairs=4, seq_len=32, hidden_size=16, num_heads=2, num_layers=1, segment_size=8,
+        steps=2, batch_size=4, eval_examples=8,
+    )
+    first = run_seeds(settings, [3], tmp_path, models=["base"], progress=False)
+    trained = []
+
+    def fake_run_demo(s, out, models, progress):
+        trained.append((s.seed, s.steps, tuple(models)))
+        return {**{m: {"accuracy": 0.5, "train_seconds": 1.0} for m in models}, "settings": asdict(s),
+                "machine": {"torch_threads": torch.get_num_threads()}}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    again = run_seeds(settings, [3], tmp_path, models=["base"], progress=False)
+    assert trained == [] and again == first
+    run_seeds(replace(settings, steps=3), [3], tmp_path, models=["base"], progress=False)
+    run_seeds(settings, [3], tmp_path, models=["base", "grm"], progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        run_seeds(settings, [3], tmp_path, models=["base"], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert trained == [(3, 3, ("base",)), (3, 2, ("base", "grm")), (3, 2, ("base",))]
+
+
+def test_demo_cli_runs_on_one_thread_unless_told(tmp_path):
+    """The default demo sets one torch thread (its sweeps ran at one and two); ``--threads`` changes it."""
+    from mcrnn.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        for argv, expected in (([], 1), (["--threads", "2"], 2)):
+            out = tmp_path / str(expected)
+            argv = ["demo", "--steps", "1", "--models", "base", "--out", str(out), "--no-progress", *argv]
+            assert main(argv) == 0
+            assert json.loads((out / "results.json").read_text())["machine"]["torch_threads"] == expected
+    finally:
+        torch.set_num_threads(threads)

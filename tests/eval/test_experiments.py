@@ -382,12 +382,14 @@ def test_the_state_matched_base_width_holds_what_grm_reads():
 
 
 def test_recall_trains_the_demos_models(monkeypatch):
-    """The linear family at the recall defaults is the demo's model (same config, same lr, same data)."""
+    """The linear family at the recall defaults is the demo's model (same config, same lr, same data) at
+    recall's segment, init, top-k and budget: the demo's settings before issue 24 changed them."""
     from mcrnn.eval.demo import DemoSettings
     from mcrnn.eval.demo import model_config as demo_config
 
-    recall, demo = experiment_module("recall"), DemoSettings()
+    recall = experiment_module("recall")
     s = recall.Settings()
+    demo = replace(DemoSettings(), segment_size=s.segment, ssc_top_k=2, steps=s.steps, init="independent")
     pairs = {"segment": "segment_size", "heads": "num_heads", "layers": "num_layers"}
     for name in (
         "vocab_size",
@@ -570,7 +572,10 @@ def test_a_recall_run_scores_what_the_demo_scores_for_the_same_seed(tmp_path):
     recall = experiment_module("recall")
     s = recall.Settings(steps=3, batch_size=2, eval_examples=8)
     demo = run_demo(
-        DemoSettings(steps=3, batch_size=2, eval_examples=8, seed=1),
+        DemoSettings(
+            steps=3, batch_size=2, eval_examples=8, seed=1, segment_size=s.segment, ssc_top_k=2,
+            init="independent",
+        ),
         tmp_path,
         models=("grm",),
         progress=False,

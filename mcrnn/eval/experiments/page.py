@@ -15,7 +15,7 @@ from mcrnn.eval.experiments import EXPERIMENTS, experiment_module
 from mcrnn.eval.experiments.runner import at_settings, by_settings, load_failures, load_results
 from mcrnn.eval.experiments.stats import by_group
 from mcrnn.eval.report import format_table
-from mcrnn.train.checkpoint import atomic_write_text
+from mcrnn.utils.files import atomic_write_text
 
 HEADER = """# Experiment results
 
