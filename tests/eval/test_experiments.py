@@ -473,9 +473,9 @@ def test_the_routing_statement_is_read_from_the_runs(tmp_path):
     _recall_cells(out, {"base": 0.30, "ssc": 0.31, "gdn-base": 0.5, "gdn-ssc": 0.5, "dla-base": 0.2})
     _niah_runs(out, {"base": 0.1, "ssc": 0.9})
     text = "\n".join(routing_lines(out))
-    assert "MQAR (`recall`): not enough runs (1 of 3 missing)" in text  # dla-ssc is missing
+    assert "MQAR (`recall`): no evidence yet: not enough runs (1 of 3 missing)" in text  # dla-ssc missing
     assert "dla-ssc (w32) > dla-base: not run" in text
-    assert "These runs cannot judge the statement yet: not enough runs." in text
+    assert "These runs cannot judge the statement yet: not enough runs (1 of 3 missing)." in text
     _recall_cells(out, {"dla-ssc": 0.2})
     text = "\n".join(routing_lines(out))
     assert "MQAR (`recall`): routing does not help." in text and "routing helps." in text
@@ -488,6 +488,30 @@ def test_the_routing_statement_is_read_from_the_runs(tmp_path):
         "These runs agree that routing helps single-needle retrieval, but not that it does not help MQAR"
         in text
     )
+
+
+def test_a_niah_cell_no_model_learned_is_no_evidence_about_routing(tmp_path):
+    """Every model, the Transformer++ included, at 0.00 on S-NIAH (150 steps) read as "routing does not
+    help single-needle retrieval" and "These runs disagree with both halves"; equal zeros say the budget
+    taught nothing. A cell where any model scored is evidence again."""
+    from mcrnn.eval.experiments.ordering import routing_lines
+
+    out = tmp_path / "runs"
+    recall = {"base": 0.30, "ssc": 0.31, "gdn-base": 0.5, "gdn-ssc": 0.5, "dla-base": 0.2, "dla-ssc": 0.2}
+    _recall_cells(out, recall)
+    _niah_runs(out, {"base": 0.0, "ssc": 0.0, "transformer": 0.0})  # seeds -0.01, 0, 0.01: means 0
+    text = "\n".join(routing_lines(out))
+    assert (
+        "single-needle retrieval (`niah`): no evidence yet: no model learned the task at these settings "
+        "(9 of 9 cells)" in text
+    )
+    assert "ssc (S-NIAH-1 @320) > base: every model scored 0, the Transformer++ too" in text
+    assert "does not help single-needle" not in text and "disagree" not in text
+    assert "These runs cannot judge the statement yet: no model learned the task" in text
+    _niah_runs(out, {"transformer": 1.0})
+    text = "\n".join(routing_lines(out))
+    assert "ssc (S-NIAH-1 @320) 0.00 ± 0.01 (3) > base 0.00 ± 0.01 (3): within noise" in text
+    assert "single-needle retrieval (`niah`): routing does not help." in text
 
 
 def test_ordering_compares_mc_with_the_bigger_base_and_reads_a_reversal_as_contradicted(tmp_path):

@@ -14,7 +14,9 @@ runs at (:func:`mcrnn.eval.experiments.recall.family_widths`).
 
 Below the table, :func:`routing_lines` states what the runs say about the report that segment-level
 routing does not help MQAR while it helps single-needle retrieval, generated from the comparisons of
-SSC (routed reads of the cache) with its base on ``recall`` and on ``niah``.
+SSC (routed reads of the cache) with its base on ``recall`` and on ``niah``. A ``niah`` cell (task and
+length) where no model of the group scored above 0, the Transformer++ included, is no evidence either
+way (:data:`FLOOR`): equal zeros say that the budget taught nothing, not that routing does not help.
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ MC_PAIRS = (
 )
 #: (routed model, its base) pairs of the routing statement: SSC reads the top-k cached segments
 ROUTING_PAIRS = (("ssc", "base"), ("gdn-ssc", "gdn-base"), ("dla-ssc", "dla-base"))
+#: a comparison on a task no model of its group learned (every mean 0, the Transformer++'s too)
+FLOOR = "no model learned it"
 #: outcomes that are no evidence either way
-NO_EVIDENCE = ("not run", "not enough runs")
+NO_EVIDENCE = ("not run", "not enough runs", FLOOR)
 
 
 class Claim:
@@ -245,7 +249,11 @@ def routing_claims(out: Path, current: dict[str, object] | None = None) -> tuple
                 return _stats(niah, model, metric) if n is not None else None
 
             label = f"ssc ({task.replace('niah_', 'S-NIAH-')}" + (f" @{n})" if n else ")")
-            needle.compare(score("ssc"), score("base"), label, "base", ">", digits=2)
+            scores = [score(model) for model in niah] if n is not None else []
+            if scores and max(found[0] for found in scores) <= 0.0:
+                needle.checks.append((f"{label} > base: every model scored 0, the Transformer++ too", FLOOR))
+            else:
+                needle.compare(score("ssc"), score("base"), label, "base", ">", digits=2)
     if not needle.checks:
         needle.checks.append(("ssc > base on S-NIAH: not run", "not run"))
     return mqar, needle
@@ -265,6 +273,15 @@ def routing_reading(claim: Claim) -> str | None:
     return f"mixed ({holds} of {len(ran)} comparisons hold)"
 
 
+def _no_evidence(claim: Claim) -> str:
+    """Why a routing comparison list is no evidence: its missing comparisons, or that no model learned
+    the task."""
+    outcomes = [outcome for _, outcome in claim.checks if outcome in NO_EVIDENCE]
+    if outcomes and all(outcome == FLOOR for outcome in outcomes):
+        return f"no model learned the task at these settings ({len(outcomes)} of {len(claim.checks)} cells)"
+    return f"not enough runs ({len(outcomes)} of {len(claim.checks)} missing)"
+
+
 def routing_lines(out: Path, current: dict[str, object] | None = None) -> list[str]:
     """The routing statement, its two halves as these runs read them, and the conclusion (generated)."""
     mqar, needle = routing_claims(out, current)
@@ -277,15 +294,12 @@ def routing_lines(out: Path, current: dict[str, object] | None = None) -> list[s
     for task, claim in (("MQAR (`recall`)", mqar), ("single-needle retrieval (`niah`)", needle)):
         reading = routing_reading(claim)
         readings.append(reading)
-        missing = [text for text, outcome in claim.checks if outcome in NO_EVIDENCE]
-        said = (
-            f"routing {reading}"
-            if reading
-            else f"not enough runs ({len(missing)} of {len(claim.checks)} missing)"
-        )
+        said = f"routing {reading}" if reading else f"no evidence yet: {_no_evidence(claim)}"
         lines.append(f"- {task}: {said}. " + "; ".join(text for text, _ in claim.checks) + ".")
     if None in readings:
-        lines.append("\nThese runs cannot judge the statement yet: not enough runs.\n")
+        pairs = zip((mqar, needle), readings, strict=True)
+        reasons = "; ".join(_no_evidence(claim) for claim, reading in pairs if not reading)
+        lines.append(f"\nThese runs cannot judge the statement yet: {reasons}.\n")
         return lines
     agrees = (readings[0].startswith("does not help"), readings[1] == "helps")
     verdict = {
