@@ -514,6 +514,29 @@ def test_a_niah_cell_no_model_learned_is_no_evidence_about_routing(tmp_path):
     assert "single-needle retrieval (`niah`): routing does not help." in text
 
 
+def test_the_routing_statement_adds_the_frozen_host_evidence_of_retrofit(tmp_path):
+    """The retrofit runs (routed ssc+query against the unrouted average and against no caching, at the
+    longest length, passkey then MQAR) are a line of the statement; without them there is no line."""
+    from mcrnn.eval.experiments.ordering import frozen_host_routing, routing_lines
+
+    out = tmp_path / "runs"
+    assert frozen_host_routing(out) is None
+    reads = {
+        "passkey": {"none": 0.6, "average": 0.9, "ssc+query": 0.98},
+        "mqar": {"none": 0.3, "average": 0.3, "ssc+query": 0.31},
+    }
+    for task, accuracy in reads.items():
+        for seed in range(3):
+            per = {read: {"16": 1.0, "256": value + 0.01 * (seed - 1)} for read, value in accuracy.items()}
+            _fake(out, "retrofit", task, seed, {"accuracy": per})
+    line = frozen_host_routing(out)
+    assert line.startswith("- routed reads added to a frozen host trained without caching (`retrofit`")
+    assert "passkey: ssc+query @256 0.980 ± 0.010 (3) > average 0.900 ± 0.010 (3): holds" in line
+    assert "ssc+query @256 0.980 ± 0.010 (3) > no caching 0.600 ± 0.010 (3): holds; MQAR:" in line
+    assert "MQAR: ssc+query @256 0.310 ± 0.010 (3) > average 0.300 ± 0.010 (3): within noise" in line
+    assert line in routing_lines(out)
+
+
 def test_ordering_compares_mc_with_the_bigger_base_and_reads_a_reversal_as_contradicted(tmp_path):
     from mcrnn.eval.experiments.ordering import claims
 

@@ -17,6 +17,9 @@ routing does not help MQAR while it helps single-needle retrieval, generated fro
 SSC (routed reads of the cache) with its base on ``recall`` and on ``niah``. A ``niah`` cell (task and
 length) where no model of the group scored above 0, the Transformer++ included, is no evidence either
 way (:data:`FLOOR`): equal zeros say that the budget taught nothing, not that routing does not help.
+The statement also lists, outside its conclusion, what ``retrofit`` says: routed reads added to a frozen
+host trained without caching, against the unrouted average and against no caching
+(:func:`frozen_host_routing`).
 """
 
 from __future__ import annotations
@@ -282,6 +285,35 @@ def _no_evidence(claim: Claim) -> str:
     return f"not enough runs ({len(outcomes)} of {len(claim.checks)} missing)"
 
 
+def frozen_host_routing(out: Path, current: object = None) -> str | None:
+    """The ``retrofit`` evidence on routing, one line: on a host trained without caching and frozen, the
+    routed read (``ssc`` with the host's query as router) against the unrouted ``average`` and against
+    no caching, at the longest length, per task (passkey = single needle, then MQAR); None when it did
+    not run at ``current``."""
+    runs = by_group(main_settings(out, "retrofit", current), lambda r: r["model"])
+    parts = []
+    for task, name in (("passkey", "single-needle passkey"), ("mqar", "MQAR")):
+        if task not in runs:
+            continue
+        n = str(max(int(length) for length in runs[task][0]["metrics"]["accuracy"]["none"]))
+
+        def score(read: str, n=n, task=task):
+            return _stats(runs, task, lambda r: r["metrics"]["accuracy"][read][n])
+
+        claim = Claim()
+        claim.compare(score("ssc+query"), score("average"), f"ssc+query @{n}", "average", ">")
+        claim.compare(score("ssc+query"), score("none"), f"ssc+query @{n}", "no caching", ">")
+        parts.append(f"{name}: " + "; ".join(text for text, _ in claim.checks))
+    if not parts:
+        return None
+    return (
+        "- routed reads added to a frozen host trained without caching (`retrofit`, the longest length; "
+        "not part of the conclusion below, which is about models trained with routing): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def routing_lines(out: Path, current: dict[str, object] | None = None) -> list[str]:
     """The routing statement, its two halves as these runs read them, and the conclusion (generated)."""
     mqar, needle = routing_claims(out, current)
@@ -296,6 +328,9 @@ def routing_lines(out: Path, current: dict[str, object] | None = None) -> list[s
         readings.append(reading)
         said = f"routing {reading}" if reading else f"no evidence yet: {_no_evidence(claim)}"
         lines.append(f"- {task}: {said}. " + "; ".join(text for text, _ in claim.checks) + ".")
+    frozen = frozen_host_routing(out, (current or {}).get("retrofit"))
+    if frozen:
+        lines.append(frozen)
     if None in readings:
         pairs = zip((mqar, needle), readings, strict=True)
         reasons = "; ".join(_no_evidence(claim) for claim, reading in pairs if not reading)
