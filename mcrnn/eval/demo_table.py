@@ -2,12 +2,13 @@
 
 Each ``summary.json`` under the folder is one seed sweep of the demo at one torch thread count
 (``mcrnn demo --seeds 0 1 ... 9 --threads N --out docs/results/demo/threads<N>``, whose per-seed
-``results.json`` files are committed beside it). One row per sweep and model: the accuracy's mean ±
-sample std and min-max over the seeds, in how many seeds the model is strictly above the base of the
-same seed and its smallest lead over it (training times are in the JSON files: the sweeps ran side by
-side on a shared machine, so they are not the demo's time). The table is a pure function of the
-committed per-seed accuracies; ``--write-docs`` replaces the lines between
-:data:`BEGIN` and :data:`END` (atomically) and a test regenerates it and compares it with the README.
+``results.json`` files are committed beside it; a sweep of other seeds has a folder of its own). One
+row per sweep and model: the accuracy's mean ± sample std and min-max over the seeds, in how many seeds
+the model is strictly above the base of the same seed and its smallest lead over it (training times
+are in the JSON files: the sweeps ran side by side on a shared machine, so they are not the demo's
+time). The table is a pure function of the committed per-seed accuracies; ``--write-docs`` replaces
+the lines between :data:`BEGIN` and :data:`END` (atomically) and a test regenerates it and compares
+it with the README.
 """
 
 from __future__ import annotations
@@ -36,12 +37,20 @@ LABELS = {
 
 
 def load_summaries(folder: Path) -> list[dict]:
-    """Every ``summary.json`` under ``folder`` (any depth), fewest threads first."""
+    """Every ``summary.json`` under ``folder`` (any depth), by first seed, then fewest threads."""
     paths = sorted(Path(folder).rglob("summary.json"))
     if not paths:
         raise ValueError(f"--table: no summary.json under {folder} (run mcrnn demo --seeds ... --out DIR)")
     summaries = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
-    return sorted(summaries, key=lambda summary: summary["threads"])
+    return sorted(summaries, key=lambda summary: (min(summary["seeds"]), summary["threads"]))
+
+
+def seed_range(seeds: list[int]) -> str:
+    """``0-9`` for consecutive seeds, else the seeds listed."""
+    ordered = sorted(seeds)
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ", ".join(map(str, ordered))
 
 
 def render_rows(summary: dict) -> list[str]:
@@ -58,7 +67,7 @@ def render_rows(summary: dict) -> list[str]:
             leads = [acc - base[seed] for seed, acc in model["accuracy_by_seed"].items()]
             beats, lead = f"{sum(x > 0 for x in leads)}/{len(leads)}", f"{min(leads):+.3f}"
         cells = [
-            LABELS.get(name, name), str(summary["threads"]), str(len(accuracies)),
+            LABELS.get(name, name), str(summary["threads"]), seed_range(summary["seeds"]),
             f"**{statistics.fmean(accuracies):.3f} ± {std:.3f}**",
             f"{min(accuracies):.3f}-{max(accuracies):.3f}",
             beats, lead,
