@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from mcrnn.eval.experiments.runner import Run, size_tag
+from mcrnn.eval.experiments.runner import Run, recipe_options, size_tag
 
 NAME = "retrofit"
 MODEL_NAMES = ("passkey", "mqar")  # the tasks; a run's ``model`` is its task
@@ -136,19 +136,9 @@ def host_model(s: Settings, seed: int):
 
 
 def _train(model, dataset, steps: int, s: Settings, lr: float, seed: int, device: str):
-    from mcrnn.train import TrainOptions, train
+    from mcrnn.train import train
 
-    options = TrainOptions(
-        steps=steps,
-        batch_size=s.batch_size,
-        lr=lr,
-        warmup_steps=max(steps // 10, 1),
-        weight_decay=0.1,
-        seed=seed,
-        log_every=10**9,
-        progress=False,
-        device=device,
-    )
+    options = recipe_options(steps=steps, batch_size=s.batch_size, lr=lr, seed=seed, device=device)
     return train(model, dataset, options)
 
 

@@ -140,15 +140,12 @@ def matched_config(name: str, target_params: int, **sizes):
     return model_config(name, **sizes, intermediate_size=inter)
 
 
-def train_model(config, dataset, *, steps: int, batch_size: int, lr: float, seed: int, device: str):
-    """Train ``MCForCausalLM(config)`` (weights seeded by ``seed``) with the library's loop (AdamW,
-    10% warmup, cosine, weight decay 0.1); returns ``(model, TrainResult, wall seconds)``."""
-    from mcrnn.models import MCForCausalLM
-    from mcrnn.train import TrainOptions, train
+def recipe_options(*, steps: int, batch_size: int, lr: float, seed: int, device: str):
+    """The experiments' training recipe as :class:`~mcrnn.train.TrainOptions`: AdamW, 10% warmup,
+    cosine, weight decay 0.1, no logging or progress bars."""
+    from mcrnn.train import TrainOptions
 
-    torch.manual_seed(seed)
-    model = MCForCausalLM(config)
-    options = TrainOptions(
+    return TrainOptions(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -159,6 +156,17 @@ def train_model(config, dataset, *, steps: int, batch_size: int, lr: float, seed
         progress=False,
         device=device,
     )
+
+
+def train_model(config, dataset, *, steps: int, batch_size: int, lr: float, seed: int, device: str):
+    """Train ``MCForCausalLM(config)`` (weights seeded by ``seed``) with :func:`recipe_options`;
+    returns ``(model, TrainResult, wall seconds)``."""
+    from mcrnn.models import MCForCausalLM
+    from mcrnn.train import train
+
+    torch.manual_seed(seed)
+    model = MCForCausalLM(config)
+    options = recipe_options(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
     started = time.perf_counter()
     result = train(model, dataset, options)
     return model, result, time.perf_counter() - started
